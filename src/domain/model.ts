@@ -1,0 +1,120 @@
+import type { Environment } from "./environment.js";
+
+/** A stored token: everything the service keeps about it. Never the token itself. */
+export interface TokenRecord {
+  /** UUID; also the `jti` claim. */
+  readonly id: string;
+  /** SHA-256 of the token. */
+  readonly digest: Uint8Array;
+  /** Prefix and last four characters. */
+  readonly displayHint: string;
+  readonly name: string;
+  readonly subject: string;
+  readonly fullName: string;
+  readonly teams: readonly string[];
+  readonly scopes: readonly string[];
+  readonly namespaces: readonly string[];
+  readonly isAdmin: boolean;
+  readonly metadata: Readonly<Record<string, string>>;
+  readonly environment: Environment;
+  readonly createdAt: Date;
+  readonly createdBy: string;
+  /** Null only when the service allows tokens without expiry. */
+  readonly expiresAt: Date | null;
+  readonly lastUsedAt: Date | null;
+  readonly revokedAt: Date | null;
+  readonly revokedBy: string | null;
+  readonly revokeReason: string | null;
+}
+
+/** What a token stands for: the claims every issuing path builds through `buildClaims`. */
+export interface TokenClaims {
+  readonly subject: string;
+  readonly fullName: string;
+  readonly teams: readonly string[];
+  readonly scopes: readonly string[];
+  readonly namespaces: readonly string[];
+  readonly isAdmin: boolean;
+  readonly name: string;
+  readonly metadata: Readonly<Record<string, string>>;
+  readonly environment: Environment;
+  readonly issuedAt: Date;
+  readonly expiresAt: Date | null;
+}
+
+/** The token's state at a given time. */
+export type TokenState = "active" | "expired" | "revoked";
+
+/** Computes a record's state at `now`. Revocation wins over expiry. */
+export function tokenState(record: Pick<TokenRecord, "revokedAt" | "expiresAt">, now: Date): TokenState {
+  if (record.revokedAt !== null) return "revoked";
+  if (record.expiresAt !== null && record.expiresAt.getTime() <= now.getTime()) return "expired";
+  return "active";
+}
+
+/** The authenticated caller of an RPC: the claims of its bearer token. */
+export interface Caller {
+  readonly tokenId: string;
+  readonly subject: string;
+  readonly fullName: string;
+  readonly scopes: readonly string[];
+  readonly teams: readonly string[];
+  readonly namespaces: readonly string[];
+  readonly isAdmin: boolean;
+  readonly expiresAt: Date | null;
+}
+
+/** Facts about the request, for security events. Never the credentials. */
+export interface RequestMeta {
+  /** Full RPC method name, e.g. `/tokens.v1.TokenService/IntrospectToken`. */
+  readonly method: string;
+  readonly peer?: string;
+  readonly userAgent?: string;
+}
+
+/** Permission scopes of this service itself. */
+export const SCOPES = Object.freeze({
+  introspect: "tokens.introspect",
+  create: "tokens.create",
+  read: "tokens.read",
+  revoke: "tokens.revoke",
+} as const);
+
+/** One of this service's own permission scopes. */
+export type ServiceScope = (typeof SCOPES)[keyof typeof SCOPES];
+
+/** How serious a security event is. */
+export type Severity = "info" | "warning" | "critical";
+
+/** The kinds of security event the service raises. */
+export type SecurityEventType =
+  | "environment_mismatch"
+  | "permission_denied"
+  | "authentication_failed"
+  | "platform_admin_bootstrap"
+  | "token_revoked";
+
+/** A security event as raised. Identical events are folded into one stored row with a count. */
+export interface SecurityEvent {
+  readonly type: SecurityEventType;
+  readonly severity: Severity;
+  readonly message: string;
+  readonly serviceEnvironment: Environment;
+  readonly tokenEnvironment?: Environment;
+  readonly callerTokenId?: string;
+  readonly callerSubject?: string;
+  readonly peer?: string;
+  readonly userAgent?: string;
+  /** Display hint of the presented token; never the token. */
+  readonly tokenHint?: string;
+  readonly tokenId?: string;
+  readonly method?: string;
+}
+
+/** A stored security event: one or more identical occurrences. */
+export interface SecurityEventRow extends SecurityEvent {
+  readonly id: string;
+  readonly firstSeen: Date;
+  readonly lastSeen: Date;
+  readonly count: number;
+}

@@ -1,0 +1,112 @@
+import type { Environment } from "./environment.js";
+import type { SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
+
+/** A token about to be stored. */
+export type NewToken = Omit<TokenRecord, "lastUsedAt" | "revokedAt" | "revokedBy" | "revokeReason">;
+
+/** Filters and keyset position for listing tokens, newest first. */
+export interface TokenListQuery {
+  readonly subject?: string;
+  readonly team?: string;
+  readonly includeRevoked: boolean;
+  readonly includeExpired: boolean;
+  /** The time "expired" is judged against. */
+  readonly now: Date;
+  /** Rows to return. */
+  readonly limit: number;
+  /** Only rows strictly after this position in (createdAt desc, id desc) order. */
+  readonly after?: { readonly createdAt: Date; readonly id: string };
+}
+
+/** The outcome of a revocation in the store. */
+export interface RevokeOutcome {
+  readonly record: TokenRecord;
+  /** True when the token had been revoked before; the record then shows the first revocation. */
+  readonly alreadyRevoked: boolean;
+}
+
+/**
+ * Token persistence. Implementations translate driver failures into
+ * `TokenError("unavailable")` so that an outage is never mistaken for an
+ * unknown token.
+ */
+export interface TokenStore {
+  /**
+   * Stores a token, atomically refusing with `TokenError("resource_exhausted")`
+   * when its subject already holds `maxActivePerSubject` active tokens at `now`.
+   */
+  insert(token: NewToken, limits: { readonly maxActivePerSubject: number; readonly now: Date }): Promise<TokenRecord>;
+  /** The token with this SHA-256 digest, if any. */
+  findByDigest(digest: Uint8Array): Promise<TokenRecord | undefined>;
+  /** The token with this id, if any. */
+  findById(id: string): Promise<TokenRecord | undefined>;
+  /** Marks a token revoked, durably, before resolving. Undefined when no such id. */
+  revoke(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOutcome | undefined>;
+  /** Tokens matching the query, newest first. */
+  list(query: TokenListQuery): Promise<TokenRecord[]>;
+  /** Records last-use times in one batch; unknown ids are ignored. */
+  touchLastUsed(entries: ReadonlyMap<string, Date>): Promise<void>;
+  /** How many tokens have ever been stored (for the first-start bootstrap). */
+  count(): Promise<number>;
+  /** Resolves when the store answers a trivial query. */
+  ping(): Promise<void>;
+}
+
+/** Filters and keyset position for listing security events, newest first. */
+export interface SecurityEventQuery {
+  readonly type?: string;
+  readonly minSeverity?: Severity;
+  readonly since?: Date;
+  readonly limit: number;
+  /** Only rows strictly after this position in (firstSeen desc, id desc) order. */
+  readonly after?: { readonly firstSeen: Date; readonly id: string };
+}
+
+/** Persistence of security events. */
+export interface SecurityEventStore {
+  /** Stores folded events in one write. */
+  insertMany(rows: readonly SecurityEventRow[]): Promise<void>;
+  /** Events matching the query, newest first. */
+  list(query: SecurityEventQuery): Promise<SecurityEventRow[]>;
+}
+
+/** Where security events go: a log line at once, a folded row soon after. */
+export interface EventSink {
+  /** Raises an event. Never throws, never waits: it runs on request paths. */
+  record(event: SecurityEvent): void;
+  /** Writes everything buffered. */
+  flush(): Promise<void>;
+}
+
+/** Time, injected so tests can freeze it. */
+export interface Clock {
+  now(): Date;
+}
+
+/** The system clock. */
+export const systemClock: Clock = Object.freeze({ now: () => new Date() });
+
+/** Structured logging, shaped like pino's: fields first, then the message. */
+export interface Logger {
+  debug(fields: object, message: string): void;
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+  error(fields: object, message: string): void;
+}
+
+/** Policy the domain needs from configuration. */
+export interface TokenPolicy {
+  readonly environment: Environment;
+  /** Issuer (`iss`) claim of opaque tokens. */
+  readonly issuer: string;
+  /** Audience (`aud`) claim of opaque tokens; may be empty. */
+  readonly audience: readonly string[];
+  /** Lifetime applied when a request sets none, in milliseconds. */
+  readonly defaultTtlMs: number;
+  /** Longest lifetime allowed, in milliseconds. */
+  readonly maxTtlMs: number;
+  /** When true (the default) every token expires: a request without expiry gets `defaultTtlMs`. When false, such a request gets a token that never expires. */
+  readonly requireExpiry: boolean;
+  /** Cap on active tokens per subject. */
+  readonly maxActiveTokensPerSubject: number;
+}
