@@ -110,3 +110,20 @@ export interface TokenPolicy {
   /** Cap on active tokens per subject. */
   readonly maxActiveTokensPerSubject: number;
 }
+
+/** Where last-use times go; batched off the request path. */
+export interface UsageRecorder {
+  /** Notes that a token was used at a time. Never throws, never waits. */
+  note(tokenId: string, at: Date): void;
+}
+
+/** Everything the use cases need, built once in main.ts. */
+export interface TokenDeps {
+  readonly store: TokenStore;
+  readonly securityEvents: SecurityEventStore;
+  readonly events: EventSink;
+  readonly usage: UsageRecorder;
+  readonly clock: Clock;
+  readonly policy: TokenPolicy;
+  readonly log: Logger;
+}

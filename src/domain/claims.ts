@@ -1,0 +1,63 @@
+import { randomUUID } from "node:crypto";
+import type { Environment } from "./environment.js";
+import type { TokenClaims } from "./model.js";
+import type { NewToken } from "./ports.js";
+import type { MintedToken } from "./token-format.js";
+
+/** What any issuing path knows about the token it is about to create. */
+export interface ClaimsParams {
+  readonly subject: string;
+  readonly name: string;
+  readonly environment: Environment;
+  readonly issuedAt: Date;
+  readonly expiresAt: Date | null;
+  readonly fullName?: string;
+  readonly teams?: readonly string[];
+  readonly scopes?: readonly string[];
+  readonly namespaces?: readonly string[];
+  readonly isAdmin?: boolean;
+  readonly metadata?: Readonly<Record<string, string>>;
+}
+
+/**
+ * The one place that builds a token's claims. `IssueToken`, the bootstrap
+ * path and the CLI all come through here, so the same parameters always give
+ * the same claims. Inputs are expected to be validated already.
+ */
+export function buildClaims(params: ClaimsParams): TokenClaims {
+  return Object.freeze({
+    subject: params.subject,
+    fullName: params.fullName ?? "",
+    teams: Object.freeze([...(params.teams ?? [])]),
+    scopes: Object.freeze([...(params.scopes ?? [])]),
+    namespaces: Object.freeze([...(params.namespaces ?? [])]),
+    isAdmin: params.isAdmin ?? false,
+    name: params.name,
+    metadata: Object.freeze({ ...(params.metadata ?? {}) }),
+    environment: params.environment,
+    issuedAt: params.issuedAt,
+    expiresAt: params.expiresAt,
+  });
+}
+
+/** The row to store for freshly minted claims: the digest and hint, never the token. */
+export function newTokenRecord(claims: TokenClaims, minted: MintedToken, createdBy: string): NewToken {
+  return {
+    // Every credential carries a jti (RFC 7519 §4.1.7), so it can be revoked by id.
+    id: randomUUID(),
+    digest: minted.digest,
+    displayHint: minted.displayHint,
+    name: claims.name,
+    subject: claims.subject,
+    fullName: claims.fullName,
+    teams: claims.teams,
+    scopes: claims.scopes,
+    namespaces: claims.namespaces,
+    isAdmin: claims.isAdmin,
+    metadata: claims.metadata,
+    environment: claims.environment,
+    createdAt: claims.issuedAt,
+    createdBy,
+    expiresAt: claims.expiresAt,
+  };
+}

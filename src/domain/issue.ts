@@ -1,0 +1,157 @@
+import { deny } from "./access.js";
+import { buildClaims, newTokenRecord } from "./claims.js";
+import { invalidArgument } from "./errors.js";
+import type { Caller, RequestMeta, TokenRecord } from "./model.js";
+import { SCOPES } from "./model.js";
+import type { TokenDeps } from "./ports.js";
+import { displayHint, mintToken } from "./token-format.js";
+import * as rules from "./validation.js";
+
+/** An `IssueToken` request, as the domain sees it. */
+export interface IssueInput {
+  readonly name: string;
+  readonly scopes: readonly string[];
+  readonly teams: readonly string[];
+  readonly namespaces: readonly string[];
+  readonly metadata: Readonly<Record<string, string>>;
+  /** Lifetime from now, if the request set one. */
+  readonly ttlMs?: number;
+  /** Absolute expiry, if the request set one. */
+  readonly expiresAt?: Date;
+  /** Admins only; empty means the caller's own subject. */
+  readonly subject: string;
+  /** Admins only. */
+  readonly fullName: string;
+  /** Admins only. */
+  readonly isAdmin: boolean;
+}
+
+/** A newly issued token: the secret, shown once, and its stored record. */
+export interface IssuedToken {
+  readonly token: string;
+  readonly record: TokenRecord;
+}
+
+/**
+ * Issues a token. Everything is validated before anything is written; a
+ * non-admin may only issue for itself, within the scopes, teams and
+ * namespaces it holds, and no longer-lived than its own token (otherwise a
+ * short-lived token could mint itself a long-lived successor).
+ */
+export async function issueToken(deps: TokenDeps, caller: Caller, input: IssueInput, meta: RequestMeta): Promise<IssuedToken> {
+  const { policy } = deps;
+  const now = deps.clock.now();
+  const name = rules.requiredText("name", input.name, 128);
+  const scopes = rules.scopes("scopes", input.scopes);
+  const teams = rules.labels("teams", input.teams);
+  const namespaces = rules.labels("namespaces", input.namespaces);
+  const metadata = rules.metadata("metadata", input.metadata);
+  const requestedSubject = rules.optionalText("subject", input.subject, 256);
+  const fullName = rules.optionalText("full_name", input.fullName, 256);
+  const expiresAt = expiryOf(deps, input, now);
+
+  let subject = caller.subject;
+  if (!caller.isAdmin) {
+    if (requestedSubject !== "" && requestedSubject !== caller.subject) deny(deps, caller, meta, "only admins may issue tokens for another subject");
+    if (fullName !== "") deny(deps, caller, meta, "only admins may set full_name");
+    if (input.isAdmin) deny(deps, caller, meta, "only admins may issue admin tokens");
+    requireSubset(deps, caller, meta, "scopes", scopes, caller.scopes);
+    requireSubset(deps, caller, meta, "teams", teams, caller.teams);
+    requireSubset(deps, caller, meta, "namespaces", namespaces, caller.namespaces);
+    if (caller.expiresAt !== null && (expiresAt === null || expiresAt.getTime() > caller.expiresAt.getTime())) {
+      deny(deps, caller, meta, `the new token may not outlive yours (which expires at ${caller.expiresAt.toISOString()})`);
+    }
+  } else if (requestedSubject !== "") {
+    subject = requestedSubject;
+  }
+
+  const claims = buildClaims({
+    subject,
+    fullName: fullName !== "" ? fullName : subject === caller.subject ? caller.fullName : "",
+    name,
+    teams,
+    scopes,
+    namespaces,
+    isAdmin: input.isAdmin,
+    metadata,
+    environment: policy.environment,
+    issuedAt: now,
+    expiresAt,
+  });
+  const minted = mintToken(policy.environment);
+  const record = await deps.store.insert(newTokenRecord(claims, minted, caller.subject), {
+    maxActivePerSubject: policy.maxActiveTokensPerSubject,
+    now,
+  });
+  deps.log.info({ token_id: record.id, token_hint: minted.displayHint, subject, created_by: caller.subject, is_admin: record.isAdmin }, "token issued");
+  return { token: minted.token, record };
+}
+
+/** The expiry a request asks for, checked against the service's policy. */
+function expiryOf(deps: TokenDeps, input: IssueInput, now: Date): Date | null {
+  const { policy } = deps;
+  let expiresAt: Date | null;
+  let field: string;
+  if (input.ttlMs !== undefined) {
+    field = "ttl";
+    if (!Number.isFinite(input.ttlMs) || input.ttlMs <= 0) throw invalidArgument("ttl", "must be positive");
+    expiresAt = new Date(now.getTime() + input.ttlMs);
+  } else if (input.expiresAt !== undefined) {
+    field = "expire_time";
+    if (Number.isNaN(input.expiresAt.getTime()) || input.expiresAt.getTime() <= now.getTime()) throw invalidArgument("expire_time", "must be in the future");
+    expiresAt = input.expiresAt;
+  } else {
+    return policy.requireExpiry ? new Date(now.getTime() + policy.defaultTtlMs) : null;
+  }
+  if (expiresAt.getTime() - now.getTime() > policy.maxTtlMs) {
+    throw invalidArgument(field, `must not be more than ${formatDuration(policy.maxTtlMs)} from now (the service's maximum token lifetime)`);
+  }
+  return expiresAt;
+}
+
+function requireSubset(deps: TokenDeps, caller: Caller, meta: RequestMeta, field: string, wanted: readonly string[], held: readonly string[]): void {
+  const extra = wanted.filter((value) => !held.includes(value));
+  if (extra.length > 0) deny(deps, caller, meta, `${field}: you may only grant ${field} you hold yourself; not held: ${extra.join(", ")}`);
+}
+
+/** Milliseconds as the largest whole unit, e.g. `90d`, `12h`. */
+export function formatDuration(ms: number): string {
+  const units: [string, number][] = [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]];
+  for (const [unit, size] of units) if (ms % size === 0) return `${ms / size}${unit}`;
+  return `${ms}ms`;
+}
+
+/**
+ * Creates an admin token directly in the store, for the first operator (the
+ * CLI's `bootstrap` and the first start of a development server). Records a
+ * `platform_admin_bootstrap` security event. The claims come from the same
+ * builder as every other token.
+ */
+export async function bootstrapAdmin(deps: TokenDeps, subjectInput: string, source: "cli" | "first-start"): Promise<IssuedToken> {
+  const subject = rules.requiredText("subject", subjectInput, 256);
+  const now = deps.clock.now();
+  const claims = buildClaims({
+    subject,
+    name: "platform-admin-bootstrap",
+    isAdmin: true,
+    scopes: Object.values(SCOPES),
+    metadata: { source },
+    environment: deps.policy.environment,
+    issuedAt: now,
+    expiresAt: new Date(now.getTime() + deps.policy.defaultTtlMs),
+  });
+  const minted = mintToken(deps.policy.environment);
+  // The cap would only block an operator locked out of their own service.
+  const record = await deps.store.insert(newTokenRecord(claims, minted, "bootstrap"), { maxActivePerSubject: Number.MAX_SAFE_INTEGER, now });
+  deps.events.record({
+    type: "platform_admin_bootstrap",
+    severity: "info",
+    message: `platform admin token bootstrapped for ${subject} (${source})`,
+    serviceEnvironment: deps.policy.environment,
+    tokenId: record.id,
+    tokenHint: displayHint(minted.token),
+    callerSubject: subject,
+    method: source === "cli" ? "tokenctl bootstrap" : "first start",
+  });
+  return { token: minted.token, record };
+}

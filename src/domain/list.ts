@@ -1,0 +1,89 @@
+import { deny, requireAdmin } from "./access.js";
+import type { Caller, RequestMeta, SecurityEventRow, Severity, TokenRecord } from "./model.js";
+import { decodePageToken, encodePageToken } from "./paging.js";
+import type { TokenDeps } from "./ports.js";
+import * as rules from "./validation.js";
+
+/** Rows per page when the request sets none. */
+export const DEFAULT_PAGE_SIZE = 50;
+/** Most rows per page. */
+export const MAX_PAGE_SIZE = 500;
+
+/** A page of results and the token for the next one ("" on the last page). */
+export interface Page<T> {
+  readonly items: T[];
+  readonly nextPageToken: string;
+}
+
+/** `ListTokens` filters. */
+export interface ListTokensInput {
+  readonly subject: string;
+  readonly team: string;
+  readonly includeRevoked: boolean;
+  readonly includeExpired: boolean;
+  readonly pageSize: number;
+  readonly pageToken: string;
+}
+
+/**
+ * Lists token metadata newest first, by keyset (never offset) pagination so
+ * pages stay stable while tokens are issued. A non-admin sees only its own
+ * subject's tokens; asking for another subject is denied, not silently narrowed.
+ */
+export async function listTokens(deps: TokenDeps, caller: Caller, input: ListTokensInput, meta: RequestMeta): Promise<Page<TokenRecord>> {
+  const requested = rules.optionalText("subject", input.subject, 256);
+  const team = rules.optionalLabel("team", input.team);
+  const limit = rules.pageSize("page_size", input.pageSize, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
+  let subject: string | undefined = requested === "" ? undefined : requested;
+  if (!caller.isAdmin) {
+    if (subject !== undefined && subject !== caller.subject) deny(deps, caller, meta, "only admins may list another subject's tokens");
+    subject = caller.subject;
+  }
+  const filters = { subject, team, r: input.includeRevoked, e: input.includeExpired };
+  const cursor = decodePageToken("page_token", input.pageToken, filters);
+  const rows = await deps.store.list({
+    ...(subject !== undefined ? { subject } : {}),
+    ...(team !== undefined ? { team } : {}),
+    includeRevoked: input.includeRevoked,
+    includeExpired: input.includeExpired,
+    now: deps.clock.now(),
+    limit: limit + 1,
+    ...(cursor ? { after: { createdAt: cursor.at, id: cursor.id } } : {}),
+  });
+  return pageOf(rows, limit, (row) => encodePageToken({ at: row.createdAt, id: row.id }, filters));
+}
+
+/** `ListSecurityEvents` filters. */
+export interface ListSecurityEventsInput {
+  readonly type: string;
+  readonly minSeverity?: Severity;
+  readonly since?: Date;
+  readonly pageSize: number;
+  readonly pageToken: string;
+}
+
+/** Lists security events newest first. Admins only. */
+export async function listSecurityEvents(deps: TokenDeps, caller: Caller, input: ListSecurityEventsInput, meta: RequestMeta): Promise<Page<SecurityEventRow>> {
+  requireAdmin(deps, caller, meta, "list security events");
+  const type = rules.optionalText("type", input.type, 64);
+  const limit = rules.pageSize("page_size", input.pageSize, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
+  const filters = { type, s: input.minSeverity, t: input.since?.getTime() };
+  const cursor = decodePageToken("page_token", input.pageToken, filters);
+  // Read our own writes: events still folding in memory are stored first.
+  await deps.events.flush();
+  const rows = await deps.securityEvents.list({
+    ...(type !== "" ? { type } : {}),
+    ...(input.minSeverity ? { minSeverity: input.minSeverity } : {}),
+    ...(input.since ? { since: input.since } : {}),
+    limit: limit + 1,
+    ...(cursor ? { after: { firstSeen: cursor.at, id: cursor.id } } : {}),
+  });
+  return pageOf(rows, limit, (row) => encodePageToken({ at: row.firstSeen, id: row.id }, filters));
+}
+
+/** Cuts `limit + 1` rows into a page, with a next-page token when there was one more. */
+function pageOf<T>(rows: T[], limit: number, tokenFor: (last: T) => string): Page<T> {
+  if (rows.length <= limit) return { items: rows, nextPageToken: "" };
+  const items = rows.slice(0, limit);
+  return { items, nextPageToken: tokenFor(items[items.length - 1]!) };
+}
