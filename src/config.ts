@@ -1,0 +1,170 @@
+import { parseEnvironment, type Environment } from "./domain/environment.js";
+
+/**
+ * Configuration: the only reader of `process.env`. Every key is declared once
+ * in `CONFIG_KEYS` with its default and its documentation (the README table
+ * mirrors it, and a test checks that it does). `loadConfig` validates them
+ * all at start-up and fails naming every bad key, so a typo never reaches
+ * production as a silent default.
+ */
+
+/** The service's configuration, typed and frozen. */
+export interface Config {
+  readonly environment: Environment;
+  readonly databaseUrl: string | undefined;
+  readonly dataDir: string;
+  readonly databasePoolMax: number;
+  readonly databaseConnectTimeoutMs: number;
+  readonly databaseStatementTimeoutMs: number;
+  readonly listenHost: string;
+  readonly grpcPort: number;
+  readonly httpPort: number;
+  readonly maxMessageBytes: number;
+  readonly rpcMaxTimeoutMs: number;
+  readonly tokenIssuer: string;
+  readonly tokenAudience: readonly string[];
+  readonly tokenDefaultTtlMs: number;
+  readonly tokenMaxTtlMs: number;
+  readonly tokenRequireExpiry: boolean;
+  readonly maxActiveTokensPerSubject: number;
+  readonly lastUsedFlushMs: number;
+  readonly securityEventWindowMs: number;
+  readonly bootstrapAdminSubject: string;
+  readonly logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  readonly shutdownGraceMs: number;
+}
+
+/** Thrown by `loadConfig` with one line per bad key. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid configuration:\n  ${problems.join("\n  ")}`);
+  }
+}
+
+type Parser<T> = (raw: string) => T;
+
+interface KeySpec<K extends keyof Config> {
+  readonly field: K;
+  readonly default: string | undefined;
+  readonly doc: string;
+  readonly parse: Parser<Config[K]>;
+}
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+function integer(min: number, max: number): Parser<number> {
+  return (raw) => {
+    if (!/^\d+$/.test(raw)) throw new Error(`must be a whole number from ${min} to ${max}`);
+    const value = Number(raw);
+    if (value < min || value > max) throw new Error(`must be a whole number from ${min} to ${max}`);
+    return value;
+  };
+}
+
+const DURATION_UNITS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** Parses `500ms`, `30s`, `15m`, `12h`, `90d`. */
+export function parseDuration(raw: string): number {
+  const match = /^(\d+)(ms|s|m|h|d)$/.exec(raw.trim());
+  if (!match) throw new Error("must be a duration such as 500ms, 30s, 15m, 12h or 90d");
+  return Number(match[1]) * DURATION_UNITS[match[2]!]!;
+}
+
+function duration(minMs: number): Parser<number> {
+  return (raw) => {
+    const ms = parseDuration(raw);
+    if (ms < minMs) throw new Error(`must be at least ${minMs}ms`);
+    return ms;
+  };
+}
+
+function boolean(raw: string): boolean {
+  const value = raw.trim().toLowerCase();
+  if (["true", "1", "yes", "on"].includes(value)) return true;
+  if (["false", "0", "no", "off"].includes(value)) return false;
+  throw new Error("must be true or false");
+}
+
+function text(raw: string): string {
+  return raw.trim();
+}
+
+function spec<K extends keyof Config>(field: K, def: string | undefined, doc: string, parse: Parser<Config[K]>): KeySpec<K> {
+  return { field, default: def, doc, parse };
+}
+
+/** Every configuration key: environment variable name → field, default, documentation, parser. */
+export const CONFIG_KEYS = {
+  TOKEN_ENVIRONMENT: spec("environment", "development", "Environment this service runs in: development, staging or production (also dev, stage, prod). Decides the prefix of issued tokens (cf-, cfstg-, cfprd-) and which tokens are accepted.", (raw) => {
+    const env = parseEnvironment(raw);
+    if (!env) throw new Error("must be development, staging or production (or dev, stage, prod)");
+    return env;
+  }),
+  DATABASE_URL: spec("databaseUrl", undefined, "PostgreSQL (15 or newer) connection URL, e.g. postgres://user@host:5432/tokens. Unset: embedded PGlite in DATA_DIR.", (raw) => {
+    if (!/^postgres(ql)?:\/\//.test(raw)) throw new Error("must start with postgres:// or postgresql://");
+    return raw;
+  }),
+  DATA_DIR: spec("dataDir", "./data", "Data directory of the embedded PGlite store, used when DATABASE_URL is unset. `memory://` keeps it in memory (lost on exit).", text),
+  DATABASE_POOL_MAX: spec("databasePoolMax", "10", "Most PostgreSQL connections in the pool.", integer(1, 1000)),
+  DATABASE_CONNECT_TIMEOUT: spec("databaseConnectTimeoutMs", "2s", "How long to wait for a PostgreSQL connection before answering UNAVAILABLE.", duration(1)),
+  DATABASE_STATEMENT_TIMEOUT: spec("databaseStatementTimeoutMs", "5s", "Longest a single statement may run (PostgreSQL statement_timeout).", duration(1)),
+  LISTEN_HOST: spec("listenHost", "127.0.0.1", "Address both servers listen on. Use 0.0.0.0 in a container.", text),
+  GRPC_PORT: spec("grpcPort", "50051", "Port of the gRPC server (@grpc/grpc-js), the gateways' hot path. 0 picks a free port.", integer(0, 65535)),
+  HTTP_PORT: spec("httpPort", "8080", "Port of the Connect server: Connect, gRPC-Web and gRPC over HTTP/1.1 and cleartext HTTP/2. 0 picks a free port.", integer(0, 65535)),
+  MAX_MESSAGE_BYTES: spec("maxMessageBytes", "65536", "Largest request message accepted on either port; larger ones are refused before any work.", integer(1024, 16 * 1024 * 1024)),
+  RPC_MAX_TIMEOUT: spec("rpcMaxTimeoutMs", "30s", "Longest deadline a caller may ask for on the Connect port; longer ones are cut to this.", duration(1)),
+  TOKEN_ISSUER: spec("tokenIssuer", "cf-token-service", "The `iss` claim reported for opaque tokens.", text),
+  TOKEN_AUDIENCE: spec("tokenAudience", "", "Comma-separated `aud` claim reported for opaque tokens; empty for none.", (raw) => Object.freeze(raw.split(",").map((s) => s.trim()).filter((s) => s !== ""))),
+  TOKEN_DEFAULT_TTL: spec("tokenDefaultTtlMs", "30d", "Lifetime of a token whose request sets no expiry (and of bootstrap tokens).", duration(1000)),
+  TOKEN_MAX_TTL: spec("tokenMaxTtlMs", "365d", "Longest lifetime a token may be issued with.", duration(1000)),
+  TOKEN_REQUIRE_EXPIRY: spec("tokenRequireExpiry", "true", "When true every token expires; when false a request without expiry gets a token that never expires.", boolean),
+  MAX_ACTIVE_TOKENS_PER_SUBJECT: spec("maxActiveTokensPerSubject", "100", "Most active (unexpired, unrevoked) tokens one subject may hold; IssueToken answers RESOURCE_EXHAUSTED beyond it.", integer(1, 1_000_000)),
+  LAST_USED_FLUSH_INTERVAL: spec("lastUsedFlushMs", "5s", "How often batched last-used times are written (and always on shutdown).", duration(10)),
+  SECURITY_EVENT_WINDOW: spec("securityEventWindowMs", "10s", "Identical security events within this window are stored as one row with a count.", duration(10)),
+  BOOTSTRAP_ADMIN_SUBJECT: spec("bootstrapAdminSubject", "admin@localhost", "Subject of the admin token printed on the very first start of a development server with an empty store.", text),
+  LOG_LEVEL: spec("logLevel", "info", "Log level: fatal, error, warn, info, debug, trace or silent.", (raw) => {
+    const level = raw.trim().toLowerCase();
+    if (!(LOG_LEVELS as readonly string[]).includes(level)) throw new Error(`must be one of ${LOG_LEVELS.join(", ")}`);
+    return level as Config["logLevel"];
+  }),
+  SHUTDOWN_GRACE: spec("shutdownGraceMs", "10s", "How long in-flight calls may finish after SIGTERM before connections are closed.", duration(0)),
+} as const satisfies Record<string, KeySpec<keyof Config>>;
+
+/**
+ * Reads and validates the configuration. Unset and empty variables take their
+ * default. Throws `ConfigError` naming every bad key.
+ */
+export function loadConfig(env: Readonly<Record<string, string | undefined>>): Config {
+  const problems: string[] = [];
+  const out: Record<string, unknown> = {};
+  for (const [key, keySpec] of Object.entries(CONFIG_KEYS) as [string, KeySpec<keyof Config>][]) {
+    const raw = env[key] === undefined || env[key] === "" ? keySpec.default : env[key];
+    if (raw === undefined) {
+      out[keySpec.field] = undefined;
+      continue;
+    }
+    try {
+      out[keySpec.field] = keySpec.parse(raw);
+    } catch (error) {
+      problems.push(`${key}=${JSON.stringify(key === "DATABASE_URL" ? redactUrl(raw) : raw)}: ${(error as Error).message}`);
+    }
+  }
+  const config = out as unknown as Config;
+  if (problems.length === 0 && config.tokenDefaultTtlMs > config.tokenMaxTtlMs) {
+    problems.push("TOKEN_DEFAULT_TTL: must not be longer than TOKEN_MAX_TTL");
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze(config);
+}
+
+/** A connection URL without its password, for messages and logs. */
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = "***";
+    return parsed.toString();
+  } catch {
+    return "(unparseable URL)";
+  }
+}

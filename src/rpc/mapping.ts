@@ -1,0 +1,154 @@
+import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import {
+  Environment as PbEnvironment,
+  InactiveReason as PbInactiveReason,
+  Severity as PbSeverity,
+  TokenKind as PbTokenKind,
+  TokenState as PbTokenState,
+  type IntrospectTokenResponseSchema,
+  type SecurityEventSchema,
+  type TokenInfoSchema,
+} from "../../gen/tokens/v1/token_service_pb.js";
+import type { Environment } from "../domain/environment.js";
+import type { InactiveReason, IntrospectResult, TokenKind } from "../domain/introspect.js";
+import type { SecurityEventRow, Severity, TokenRecord } from "../domain/model.js";
+import { tokenState } from "../domain/model.js";
+
+/**
+ * Protobuf ⇄ domain mapping: the only place that knows both shapes.
+ */
+
+/** Domain environment → protobuf enum. */
+export const PB_ENVIRONMENT: Readonly<Record<Environment, PbEnvironment>> = Object.freeze({
+  development: PbEnvironment.DEVELOPMENT,
+  staging: PbEnvironment.STAGING,
+  production: PbEnvironment.PRODUCTION,
+});
+
+const PB_REASON: Readonly<Record<InactiveReason, PbInactiveReason>> = Object.freeze({
+  malformed: PbInactiveReason.MALFORMED,
+  unknown: PbInactiveReason.UNKNOWN,
+  expired: PbInactiveReason.EXPIRED,
+  revoked: PbInactiveReason.REVOKED,
+  environment_mismatch: PbInactiveReason.ENVIRONMENT_MISMATCH,
+});
+
+const PB_KIND: Readonly<Record<TokenKind, PbTokenKind>> = Object.freeze({
+  opaque: PbTokenKind.OPAQUE,
+  legacy_jwt: PbTokenKind.LEGACY_JWT,
+});
+
+const PB_SEVERITY: Readonly<Record<Severity, PbSeverity>> = Object.freeze({
+  info: PbSeverity.INFO,
+  warning: PbSeverity.WARNING,
+  critical: PbSeverity.CRITICAL,
+});
+
+/** Protobuf severity → domain; undefined for UNSPECIFIED (no filter). */
+export function severityFromPb(value: PbSeverity): Severity | undefined {
+  switch (value) {
+    case PbSeverity.INFO:
+      return "info";
+    case PbSeverity.WARNING:
+      return "warning";
+    case PbSeverity.CRITICAL:
+      return "critical";
+    default:
+      return undefined;
+  }
+}
+
+function ts(date: Date | null | undefined): Timestamp | undefined {
+  return date ? timestampFromDate(date) : undefined;
+}
+
+/** A protobuf Timestamp → Date, or undefined when unset. */
+export function dateFromPb(value: Timestamp | undefined): Date | undefined {
+  return value ? timestampDate(value) : undefined;
+}
+
+/** A stored token → `TokenInfo`. Never the token or its digest. */
+export function tokenInfo(record: TokenRecord, now: Date): MessageInitShape<typeof TokenInfoSchema> {
+  const state = tokenState(record, now);
+  return {
+    id: record.id,
+    name: record.name,
+    subject: record.subject,
+    fullName: record.fullName,
+    teams: [...record.teams],
+    scopes: [...record.scopes],
+    namespaces: [...record.namespaces],
+    isAdmin: record.isAdmin,
+    metadata: { ...record.metadata },
+    environment: PB_ENVIRONMENT[record.environment],
+    displayHint: record.displayHint,
+    state: state === "active" ? PbTokenState.ACTIVE : state === "expired" ? PbTokenState.EXPIRED : PbTokenState.REVOKED,
+    createTime: ts(record.createdAt),
+    createdBy: record.createdBy,
+    expireTime: ts(record.expiresAt),
+    lastUsedTime: ts(record.lastUsedAt),
+    revokeTime: ts(record.revokedAt),
+    revokedBy: record.revokedBy ?? "",
+    revokeReason: record.revokeReason ?? "",
+  };
+}
+
+const seconds = (date: Date): bigint => BigInt(Math.floor(date.getTime() / 1000));
+
+/**
+ * An introspection result → the RFC 7662-shaped answer. Inactive answers hold
+ * no claims at all, only the reason and message (RFC 7662 §2.2).
+ */
+export function introspectResponse(
+  result: IntrospectResult,
+  claimsContext: { readonly issuer: string; readonly audience: readonly string[] },
+): MessageInitShape<typeof IntrospectTokenResponseSchema> {
+  if (!result.active) return { active: false, reason: PB_REASON[result.reason], message: result.message };
+  const c = result.claims;
+  return {
+    active: true,
+    scope: c.scopes.join(" "),
+    scopes: [...c.scopes],
+    clientId: c.id,
+    username: c.subject,
+    tokenType: c.kind === "opaque" ? "api_token" : "jwt",
+    exp: c.expiresAt ? seconds(c.expiresAt) : 0n,
+    iat: seconds(c.issuedAt),
+    nbf: seconds(c.issuedAt),
+    sub: c.subject,
+    aud: [...claimsContext.audience],
+    iss: claimsContext.issuer,
+    jti: c.id,
+    teams: [...c.teams],
+    namespaces: [...c.namespaces],
+    isAdmin: c.isAdmin,
+    environment: PB_ENVIRONMENT[c.environment],
+    tokenName: c.name,
+    metadata: { ...c.metadata },
+    fullName: c.fullName,
+    tokenKind: PB_KIND[c.kind],
+  };
+}
+
+/** A stored security event → protobuf. */
+export function securityEvent(row: SecurityEventRow): MessageInitShape<typeof SecurityEventSchema> {
+  return {
+    id: row.id,
+    type: row.type,
+    severity: PB_SEVERITY[row.severity],
+    firstSeenTime: ts(row.firstSeen),
+    lastSeenTime: ts(row.lastSeen),
+    count: BigInt(row.count),
+    serviceEnvironment: PB_ENVIRONMENT[row.serviceEnvironment],
+    tokenEnvironment: row.tokenEnvironment ? PB_ENVIRONMENT[row.tokenEnvironment] : PbEnvironment.UNSPECIFIED,
+    callerTokenId: row.callerTokenId ?? "",
+    callerSubject: row.callerSubject ?? "",
+    peer: row.peer ?? "",
+    userAgent: row.userAgent ?? "",
+    tokenHint: row.tokenHint ?? "",
+    tokenId: row.tokenId ?? "",
+    message: row.message,
+    method: row.method ?? "",
+  };
+}
