@@ -1,0 +1,203 @@
+import { pathToFileURL } from "node:url";
+import type { Logger as PinoLogger } from "pino";
+import { file_grpc_reflection_v1_reflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { file_grpc_reflection_v1alpha_reflection } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { file_health_v1_health } from "../gen/health/v1/health_pb.js";
+import { TokenService, file_tokens_v1_token_service } from "../gen/tokens/v1/token_service_pb.js";
+import { ConfigError, loadConfig, redactUrl, type Config } from "./config.js";
+import { bootstrapAdmin } from "./domain/issue.js";
+import { systemClock, type Clock, type TokenDeps } from "./domain/ports.js";
+import { SecurityEventRecorder } from "./domain/security-events.js";
+import { LastUsedRecorder } from "./domain/usage.js";
+import { createLogger } from "./logger.js";
+import { TokenServiceHandler } from "./rpc/token-service.js";
+import { startGrpcServer } from "./server/grpc-server.js";
+import { createHealthService } from "./server/health.js";
+import { startHttpServer } from "./server/http-server.js";
+import { createReflectionServices } from "./server/reflection.js";
+import { routeServices } from "./server/http-server.js";
+import { migrateToLatest, openDatabase, type OpenedDatabase } from "./storage/database.js";
+import { KyselySecurityEventStore } from "./storage/security-event-store.js";
+import { KyselyTokenStore } from "./storage/token-store.js";
+
+/** A running service, as `startService` returns it. */
+export interface RunningService {
+  readonly grpcPort: number;
+  readonly httpPort: number;
+  readonly deps: TokenDeps;
+  readonly database: OpenedDatabase;
+  /** Graceful shutdown: stop accepting, finish in-flight calls, flush batched writes, close the store. */
+  stop(): Promise<void>;
+}
+
+/** Options beyond configuration, for tests and embedding. */
+export interface StartOptions {
+  readonly log?: PinoLogger;
+  readonly clock?: Clock;
+  /** Where the first-start bootstrap token is shown; stdout by default. */
+  readonly showBootstrapToken?: (token: string, subject: string) => void;
+}
+
+/** Opens the store and builds the domain's dependencies (shared with tokenctl). */
+export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock) {
+  const database = await openDatabase({
+    ...(config.databaseUrl ? { url: config.databaseUrl } : { dataDir: config.dataDir }),
+    poolMax: config.databasePoolMax,
+    connectTimeoutMs: config.databaseConnectTimeoutMs,
+    statementTimeoutMs: config.databaseStatementTimeoutMs,
+    onIdleClientError: (err) => log.warn({ err }, "an idle database connection failed; the pool replaces it"),
+  });
+  try {
+    const applied = await migrateToLatest(database.db);
+    log.info({ store: database.kind, applied }, applied.length > 0 ? "migrations applied" : "schema up to date");
+  } catch (error) {
+    await database.close();
+    throw error;
+  }
+  const store = new KyselyTokenStore(database.db);
+  const securityEvents = new KyselySecurityEventStore(database.db);
+  const events = new SecurityEventRecorder(securityEvents, log, clock, config.securityEventWindowMs);
+  const usage = new LastUsedRecorder(store, log, config.lastUsedFlushMs);
+  const deps: TokenDeps = {
+    store,
+    securityEvents,
+    events,
+    usage,
+    clock,
+    log,
+    policy: {
+      environment: config.environment,
+      issuer: config.tokenIssuer,
+      audience: config.tokenAudience,
+      defaultTtlMs: config.tokenDefaultTtlMs,
+      maxTtlMs: config.tokenMaxTtlMs,
+      requireExpiry: config.tokenRequireExpiry,
+      maxActiveTokensPerSubject: config.maxActiveTokensPerSubject,
+    },
+  };
+  return { database, deps, events, usage };
+}
+
+/**
+ * Wiring: config → database → stores → domain → servers. The one place that
+ * sees every layer. Tears down in reverse order.
+ */
+export async function startService(config: Config, options: StartOptions = {}): Promise<RunningService> {
+  const log = options.log ?? createLogger(config.logLevel);
+  const { database, deps, events, usage } = await openDeps(config, log, options.clock);
+  events.start();
+  usage.start();
+
+  // First start of a development server on an empty store: hand the operator
+  // an admin token once. Never in staging or production.
+  if (config.environment === "development" && (await deps.store.count()) === 0) {
+    const { token, record } = await bootstrapAdmin(deps, config.bootstrapAdminSubject, "first-start");
+    log.info({ token_id: record.id, token_hint: record.displayHint, subject: record.subject }, "first start: bootstrap admin token issued");
+    (options.showBootstrapToken ?? printBootstrapToken)(token, record.subject);
+  }
+
+  const handler = new TokenServiceHandler(deps);
+  const health = createHealthService({
+    services: [TokenService.typeName],
+    check: () => deps.store.ping().then(() => true, () => false),
+  });
+  const services = [
+    { service: TokenService, impl: handler },
+    health,
+    ...createReflectionServices([file_tokens_v1_token_service, file_health_v1_health, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection]),
+  ];
+  const onInternalError = (err: unknown, method: string) => log.error({ err, method }, "unexpected failure in transport");
+
+  const grpc = await startGrpcServer({
+    host: config.listenHost,
+    port: config.grpcPort,
+    services,
+    maxMessageBytes: config.maxMessageBytes,
+    onInternalError,
+  });
+  const http = await startHttpServer({
+    host: config.listenHost,
+    port: config.httpPort,
+    routes: routeServices(services),
+    maxMessageBytes: config.maxMessageBytes,
+    maxTimeoutMs: config.rpcMaxTimeoutMs,
+    onInternalError,
+  }).catch(async (error: unknown) => {
+    await grpc.close(0);
+    throw error;
+  });
+
+  log.info(
+    {
+      environment: config.environment,
+      store: database.kind,
+      database: config.databaseUrl ? redactUrl(config.databaseUrl) : config.dataDir,
+      grpc: `${config.listenHost}:${grpc.port}`,
+      http: `${config.listenHost}:${http.port}`,
+    },
+    "token service listening",
+  );
+
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      health.setShuttingDown();
+      await Promise.all([grpc.close(config.shutdownGraceMs), http.close(config.shutdownGraceMs)]);
+      await usage.stop();
+      await events.stop();
+      await database.close();
+      log.info({}, "token service stopped");
+    })());
+
+  return { grpcPort: grpc.port, httpPort: http.port, deps, database, stop };
+}
+
+function printBootstrapToken(token: string, subject: string): void {
+  process.stdout.write(
+    [
+      "",
+      "================ FIRST START: BOOTSTRAP ADMIN TOKEN ================",
+      `  subject: ${subject}`,
+      `  token:   ${token}`,
+      "  Shown once, now. Store it safely; it cannot be shown again.",
+      "====================================================================",
+      "",
+    ].join("\n"),
+  );
+}
+
+async function main(): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig(process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n`);
+      process.exit(78); // EX_CONFIG
+    }
+    throw error;
+  }
+  const log = createLogger(config.logLevel);
+  const service = await startService(config, { log });
+  let signals = 0;
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    process.on(signal, () => {
+      if (++signals > 1) process.exit(130); // a second signal: stop waiting
+      log.info({ signal }, "shutting down");
+      service.stop().then(
+        () => process.exit(0),
+        (err: unknown) => {
+          log.error({ err }, "shutdown failed");
+          process.exit(1);
+        },
+      );
+    });
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`token service failed to start: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  });
+}
