@@ -48,7 +48,7 @@ export async function issueToken(deps: TokenDeps, caller: Caller, input: IssueIn
   const metadata = rules.metadata("metadata", input.metadata);
   const requestedSubject = rules.optionalText("subject", input.subject, 256);
   const fullName = rules.optionalText("full_name", input.fullName, 256);
-  const expiresAt = expiryOf(deps, input, now);
+  let expiresAt = expiryOf(deps, input, now);
 
   let subject = caller.subject;
   if (!caller.isAdmin) {
@@ -58,8 +58,11 @@ export async function issueToken(deps: TokenDeps, caller: Caller, input: IssueIn
     requireSubset(deps, caller, meta, "scopes", scopes, caller.scopes);
     requireSubset(deps, caller, meta, "teams", teams, caller.teams);
     requireSubset(deps, caller, meta, "namespaces", namespaces, caller.namespaces);
+    const askedForExpiry = input.ttlMs !== undefined || input.expiresAt !== undefined;
     if (caller.expiresAt !== null && (expiresAt === null || expiresAt.getTime() > caller.expiresAt.getTime())) {
-      deny(deps, caller, meta, `the new token may not outlive yours (which expires at ${caller.expiresAt.toISOString()})`);
+      // Unasked, the default lifetime is simply cut to the caller's own.
+      if (!askedForExpiry) expiresAt = caller.expiresAt;
+      else deny(deps, caller, meta, `the new token may not outlive yours (which expires at ${caller.expiresAt.toISOString()})`);
     }
   } else if (requestedSubject !== "") {
     subject = requestedSubject;

@@ -1,0 +1,159 @@
+import { TokenError } from "../../src/domain/errors.js";
+import type { SecurityEvent, SecurityEventRow, TokenRecord } from "../../src/domain/model.js";
+import { tokenState } from "../../src/domain/model.js";
+import type {
+  Clock,
+  EventSink,
+  Logger,
+  NewToken,
+  RevokeOutcome,
+  SecurityEventQuery,
+  SecurityEventStore,
+  TokenDeps,
+  TokenListQuery,
+  TokenPolicy,
+  TokenStore,
+} from "../../src/domain/ports.js";
+
+/** A clock tests move by hand. */
+export class FixedClock implements Clock {
+  constructor(public current = new Date("2026-11-22T12:00:00.000Z")) {}
+  now(): Date {
+    return new Date(this.current.getTime());
+  }
+  advance(ms: number): void {
+    this.current = new Date(this.current.getTime() + ms);
+  }
+}
+
+/** An in-memory TokenStore with the same contract as the real ones; `down` simulates an outage. */
+export class MemoryTokenStore implements TokenStore {
+  readonly rows = new Map<string, TokenRecord>();
+  down = false;
+
+  private check(): void {
+    if (this.down) throw new TokenError("unavailable", "the token store is unavailable; try again");
+  }
+  async insert(token: NewToken, limits: { maxActivePerSubject: number; now: Date }): Promise<TokenRecord> {
+    this.check();
+    const active = [...this.rows.values()].filter((r) => r.subject === token.subject && tokenState(r, limits.now) === "active").length;
+    if (active >= limits.maxActivePerSubject) {
+      throw new TokenError("resource_exhausted", `subject already holds ${active} active tokens, the most allowed; revoke some first`);
+    }
+    const record: TokenRecord = { ...token, lastUsedAt: null, revokedAt: null, revokedBy: null, revokeReason: null };
+    this.rows.set(record.id, record);
+    return record;
+  }
+  async findByDigest(digest: Uint8Array): Promise<TokenRecord | undefined> {
+    this.check();
+    const hex = Buffer.from(digest).toString("hex");
+    return [...this.rows.values()].find((r) => Buffer.from(r.digest).toString("hex") === hex);
+  }
+  async findById(id: string): Promise<TokenRecord | undefined> {
+    this.check();
+    return this.rows.get(id);
+  }
+  async revoke(id: string, revocation: { by: string; reason: string; at: Date }): Promise<RevokeOutcome | undefined> {
+    this.check();
+    const row = this.rows.get(id);
+    if (!row) return undefined;
+    if (row.revokedAt) return { record: row, alreadyRevoked: true };
+    const record = { ...row, revokedAt: revocation.at, revokedBy: revocation.by, revokeReason: revocation.reason };
+    this.rows.set(id, record);
+    return { record, alreadyRevoked: false };
+  }
+  async list(q: TokenListQuery): Promise<TokenRecord[]> {
+    this.check();
+    return [...this.rows.values()]
+      .filter((r) => (q.subject === undefined || r.subject === q.subject) && (q.team === undefined || r.teams.includes(q.team)))
+      .filter((r) => q.includeRevoked || r.revokedAt === null)
+      .filter((r) => q.includeExpired || r.expiresAt === null || r.expiresAt > q.now)
+      .sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime() || (a.id < b.id ? 1 : -1))
+      .filter((r) => !q.after || r.createdAt < q.after.createdAt || (r.createdAt.getTime() === q.after.createdAt.getTime() && r.id < q.after.id))
+      .slice(0, q.limit);
+  }
+  async touchLastUsed(entries: ReadonlyMap<string, Date>): Promise<void> {
+    this.check();
+    for (const [id, at] of entries) {
+      const row = this.rows.get(id);
+      if (row && (!row.lastUsedAt || row.lastUsedAt < at)) this.rows.set(id, { ...row, lastUsedAt: at });
+    }
+  }
+  async count(): Promise<number> {
+    this.check();
+    return this.rows.size;
+  }
+  async ping(): Promise<void> {
+    this.check();
+  }
+}
+
+/** An in-memory SecurityEventStore. */
+export class MemorySecurityEventStore implements SecurityEventStore {
+  readonly rows: SecurityEventRow[] = [];
+  writes = 0;
+  async insertMany(rows: readonly SecurityEventRow[]): Promise<void> {
+    this.writes++;
+    this.rows.push(...rows);
+  }
+  async list(q: SecurityEventQuery): Promise<SecurityEventRow[]> {
+    return this.rows.filter((r) => !q.type || r.type === q.type).slice(0, q.limit);
+  }
+}
+
+/** An EventSink that keeps what it is given. */
+export class CapturedEvents implements EventSink {
+  readonly events: SecurityEvent[] = [];
+  record(event: SecurityEvent): void {
+    this.events.push(event);
+  }
+  async flush(): Promise<void> {}
+}
+
+/** A Logger that keeps its lines. */
+export class CapturedLog implements Logger {
+  readonly lines: { level: string; fields: object; message: string }[] = [];
+  debug(fields: object, message: string): void {
+    this.lines.push({ level: "debug", fields, message });
+  }
+  info(fields: object, message: string): void {
+    this.lines.push({ level: "info", fields, message });
+  }
+  warn(fields: object, message: string): void {
+    this.lines.push({ level: "warn", fields, message });
+  }
+  error(fields: object, message: string): void {
+    this.lines.push({ level: "error", fields, message });
+  }
+}
+
+/** The policy tests start from. */
+export const TEST_POLICY: TokenPolicy = Object.freeze({
+  environment: "development",
+  issuer: "test-issuer",
+  audience: ["gateway"],
+  defaultTtlMs: 30 * 86_400_000,
+  maxTtlMs: 365 * 86_400_000,
+  requireExpiry: true,
+  maxActiveTokensPerSubject: 5,
+});
+
+/** Domain dependencies on fakes, with handles to inspect them. */
+export function fakeDeps(policy: Partial<TokenPolicy> = {}) {
+  const store = new MemoryTokenStore();
+  const securityEvents = new MemorySecurityEventStore();
+  const events = new CapturedEvents();
+  const clock = new FixedClock();
+  const log = new CapturedLog();
+  const used = new Map<string, Date>();
+  const deps: TokenDeps = {
+    store,
+    securityEvents,
+    events,
+    clock,
+    log,
+    usage: { note: (id, at) => void used.set(id, at) },
+    policy: { ...TEST_POLICY, ...policy },
+  };
+  return { deps, store, securityEvents, events, clock, log, used };
+}
