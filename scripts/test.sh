@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: contract checks, type checks, then every
+# test tier (unit, rpc, integration on PostgreSQL and embedded PGlite).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== buf lint"
+npx buf lint
+
+echo "== generated code is fresh"
+npx buf generate
+if [ -d .git ] && [ -n "$(git status --porcelain -- gen)" ]; then
+  git status --porcelain -- gen
+  echo "gen/ is stale: run 'npm run generate' and commit the result" >&2
+  exit 1
+fi
+
+echo "== type check"
+npx tsc -p tsconfig.json --noEmit
+
+echo "== build"
+npm run build --silent
+
+echo "== tests"
+npx vitest run
