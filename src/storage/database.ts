@@ -1,0 +1,123 @@
+/**
+ * Opening the database and bringing its schema up to date. The same Kysely
+ * handle type serves real PostgreSQL (through a `pg` pool) and embedded PGlite,
+ * so every store runs unchanged on both.
+ */
+import { mkdir } from "node:fs/promises";
+import { PGlite } from "@electric-sql/pglite";
+import { Kysely, Migrator, PostgresDialect } from "kysely";
+import { PGliteDialect } from "kysely-pglite-dialect";
+import { Pool } from "pg";
+import { migrationProvider } from "./migrations/index.js";
+import type { Database } from "./schema.js";
+
+/** How to reach the database. */
+export interface DatabaseOptions {
+  /** `postgres://` or `postgresql://` URL of a PostgreSQL server. When set, PGlite is not used. */
+  readonly url?: string;
+  /** PGlite data directory, used when there is no `url`; `memory://` keeps everything in memory. */
+  readonly dataDir?: string;
+  /** Most connections the pool opens (PostgreSQL only; PGlite is one connection). */
+  readonly poolMax: number;
+  /** How long to wait for a connection, in milliseconds (PostgreSQL only). */
+  readonly connectTimeoutMs: number;
+  /**
+   * Longest a statement may run, in milliseconds; 0 disables it. PostgreSQL
+   * only: PGlite does not enforce `statement_timeout`.
+   */
+  readonly statementTimeoutMs: number;
+  /**
+   * Told about errors of idle pooled connections (server restart, network
+   * loss). The pool drops such a connection by itself; this is for logging.
+   */
+  readonly onIdleClientError?: (error: Error) => void;
+}
+
+/** An open database: the Kysely handle for the stores, and how to close it. */
+export interface OpenedDatabase {
+  readonly db: Kysely<Database>;
+  readonly kind: "postgres" | "pglite";
+  /** Closes the pool or the PGlite instance; safe to call more than once. */
+  close(): Promise<void>;
+}
+
+/**
+ * Client-side read timeout beyond `statement_timeout`. The server cancels a
+ * slow statement first (SQLSTATE 57014, connection stays usable); the client
+ * timeout only fires when the server cannot answer at all (a dead network
+ * path), which `statement_timeout` cannot detect.
+ */
+const QUERY_TIMEOUT_MARGIN_MS = 1_000;
+
+/**
+ * Opens PostgreSQL when `options.url` is set, else PGlite in `options.dataDir`
+ * (created if missing). Does not connect to PostgreSQL yet: the pool connects
+ * on first use, so call `migrateToLatest` or a store's `ping` to fail fast.
+ *
+ * @throws Error when neither `url` nor `dataDir` is given, or the URL is not a PostgreSQL one
+ */
+export async function openDatabase(options: DatabaseOptions): Promise<OpenedDatabase> {
+  if (options.url !== undefined) return openPostgres(options.url, options);
+  if (options.dataDir !== undefined) return openPglite(options.dataDir);
+  throw new Error("openDatabase needs a PostgreSQL url or a PGlite dataDir");
+}
+
+function openPostgres(url: string, options: DatabaseOptions): OpenedDatabase {
+  if (!/^postgres(ql)?:\/\//.test(url)) {
+    throw new Error("the database URL must start with postgres:// or postgresql://");
+  }
+  const statementTimeout = options.statementTimeoutMs > 0 ? options.statementTimeoutMs : undefined;
+  const pool = new Pool({
+    connectionString: url,
+    max: options.poolMax,
+    connectionTimeoutMillis: options.connectTimeoutMs,
+    statement_timeout: statementTimeout ?? false,
+    query_timeout: statementTimeout === undefined ? undefined : statementTimeout + QUERY_TIMEOUT_MARGIN_MS,
+    // TCP keepalive lets the kernel notice a half-open connection (node-postgres #967, #3003).
+    keepAlive: true,
+    application_name: "token-introspection-service",
+  });
+  // Without a listener, an idle client's error (server restart, network loss)
+  // is an unhandled 'error' event and kills the process. The pool already
+  // discards that client; the next query opens a fresh one.
+  pool.on("error", (error) => options.onIdleClientError?.(error));
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  return { db, kind: "postgres", close: once(() => db.destroy()) };
+}
+
+async function openPglite(dataDir: string): Promise<OpenedDatabase> {
+  // A plain path or file:// is a directory on disk, which PGlite does not create itself;
+  // other schemes (memory://, and browser-only ones) are PGlite's business.
+  const onDisk = dataDir.startsWith("file://") ? dataDir.slice("file://".length) : /^[a-z][a-z0-9+.-]*:\/\//i.test(dataDir) ? undefined : dataDir;
+  if (onDisk !== undefined) await mkdir(onDisk, { recursive: true });
+  const pglite = await PGlite.create({ dataDir });
+  const db = new Kysely<Database>({ dialect: new PGliteDialect(pglite) });
+  // Destroying the Kysely handle closes the PGlite instance (the dialect's driver owns it).
+  return { db, kind: "pglite", close: once(() => db.destroy()) };
+}
+
+/** Wraps `fn` so that every call after the first returns the first call's promise. */
+function once(fn: () => Promise<void>): () => Promise<void> {
+  let result: Promise<void> | undefined;
+  return () => (result ??= fn());
+}
+
+/**
+ * Applies every pending migration, in order, in one transaction (PostgreSQL
+ * DDL is transactional, so a failure leaves the schema as it was), under
+ * Kysely's migration lock (a session advisory lock, which PGlite also
+ * honours), so several instances starting together migrate once.
+ *
+ * @returns the names of the migrations applied now; empty when already up to date
+ * @throws Error naming the failed migration, with the driver error as `cause`
+ */
+export async function migrateToLatest(db: Kysely<Database>): Promise<string[]> {
+  const migrator = new Migrator({ db, provider: migrationProvider });
+  const { error, results = [] } = await migrator.migrateToLatest();
+  if (error !== undefined) {
+    const failed = results.find((result) => result.status === "Error");
+    const what = failed === undefined ? "preparing the migrations" : `migration ${failed.migrationName}`;
+    throw new Error(`database migration failed at ${what}; no pending migration was applied`, { cause: error });
+  }
+  return results.filter((result) => result.status === "Success").map((result) => result.migrationName);
+}

@@ -1,0 +1,67 @@
+/**
+ * The database as Kysely sees it. Column names are the SQL ones (snake_case);
+ * the stores map rows to domain types, so nothing above `storage/` sees these.
+ *
+ * Types follow what both drivers return: `pg` and PGlite both parse
+ * `timestamptz` to `Date`, `text[]` to `string[]` and `jsonb` to an object;
+ * `bytea` comes back as a `Buffer` from `pg` and a `Uint8Array` from PGlite,
+ * and `bigint` as a string from `pg` and a number from PGlite.
+ */
+import type { ColumnType, GeneratedAlways } from "kysely";
+import type { Environment } from "../domain/environment.js";
+import type { Severity } from "../domain/model.js";
+
+/** The `tokens` table: one row per token ever issued; revocation never deletes. */
+export interface TokensTable {
+  id: string;
+  /** SHA-256 of the token; the only way to find a token from its bearer string. */
+  digest: Uint8Array;
+  display_hint: string;
+  name: string;
+  subject: string;
+  full_name: string;
+  teams: string[];
+  scopes: string[];
+  namespaces: string[];
+  is_admin: boolean;
+  /** Written as JSON text (so both drivers encode it the same way), read back as an object. */
+  metadata: ColumnType<Record<string, string>, string, string>;
+  environment: Environment;
+  /** Always the application's Date, never `now()`, so keyset cursors round-trip exactly. */
+  created_at: Date;
+  created_by: string;
+  expires_at: Date | null;
+  last_used_at: Date | null;
+  revoked_at: Date | null;
+  revoked_by: string | null;
+  revoke_reason: string | null;
+}
+
+/** The `security_events` table: folded occurrences of one event. */
+export interface SecurityEventsTable {
+  id: string;
+  type: string;
+  severity: Severity;
+  /** Generated from `severity` (info 1, warning 2, critical 3) so "at least warning" is a range test. */
+  severity_rank: GeneratedAlways<number>;
+  first_seen: Date;
+  last_seen: Date;
+  /** `bigint`: a string from `pg`, a number from PGlite; written as a number. */
+  count: ColumnType<string | number | bigint, number, number>;
+  service_environment: Environment;
+  token_environment: Environment | null;
+  caller_token_id: string | null;
+  caller_subject: string | null;
+  peer: string | null;
+  user_agent: string | null;
+  token_hint: string | null;
+  token_id: string | null;
+  method: string | null;
+  message: string;
+}
+
+/** Every table the service owns (Kysely's migration tables are Kysely's). */
+export interface Database {
+  tokens: TokensTable;
+  security_events: SecurityEventsTable;
+}

@@ -1,0 +1,209 @@
+/**
+ * `TokenStore` on Kysely: the only code that knows how tokens are laid out in
+ * SQL. Runs unchanged on PostgreSQL and PGlite.
+ */
+import { sql } from "kysely";
+import type { Kysely, Selectable } from "kysely";
+import { TokenError } from "../domain/errors.js";
+import type { TokenRecord } from "../domain/model.js";
+import type { NewToken, RevokeOutcome, TokenListQuery, TokenStore } from "../domain/ports.js";
+import { translatingErrors } from "./errors.js";
+import type { Database, TokensTable } from "./schema.js";
+
+/**
+ * First key of the two-key advisory lock that serialises inserts per subject.
+ * The two-key form lives in its own lock space, so it cannot collide with
+ * single-key locks (Kysely's migration lock) or another application's locks
+ * on a shared server unless they pick the same constant. ASCII "tok1".
+ */
+const SUBJECT_LOCK_SPACE = 0x746f6b31;
+
+/** The canonical textual UUID form. Anything else is not an id we issued. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Whether `id` is a UUID PostgreSQL will accept, so a bad id is "not found", not a cast error. */
+export function isUuid(id: string): boolean {
+  return UUID.test(id);
+}
+
+/** Token persistence in the `tokens` table. Every failure surfaces as a {@link TokenError}. */
+export class KyselyTokenStore implements TokenStore {
+  /** @param db the handle from `openDatabase`, already migrated */
+  constructor(private readonly db: Kysely<Database>) {}
+
+  /**
+   * Inserts under a per-subject advisory lock held until commit, so two
+   * concurrent issues for one subject cannot both pass the count.
+   */
+  insert(token: NewToken, limits: { readonly maxActivePerSubject: number; readonly now: Date }): Promise<TokenRecord> {
+    return translatingErrors(() =>
+      // PGlite is one connection: everything below must go through `trx`, or it waits forever.
+      this.db.transaction().execute(async (trx) => {
+        await sql`SELECT pg_advisory_xact_lock(${sql.lit(SUBJECT_LOCK_SPACE)}, hashtext(${token.subject}))`.execute(trx);
+        // Read committed: this statement's snapshot is taken after the lock, so it sees every earlier insert.
+        const { active } = await trx
+          .selectFrom("tokens")
+          .select((eb) => eb.fn.countAll<string | number>().as("active"))
+          .where("subject", "=", token.subject)
+          .where("revoked_at", "is", null)
+          .where((eb) => eb.or([eb("expires_at", "is", null), eb("expires_at", ">", limits.now)]))
+          .executeTakeFirstOrThrow();
+        const held = Number(active);
+        if (held >= limits.maxActivePerSubject) {
+          throw new TokenError(
+            "resource_exhausted",
+            `subject already holds ${held} active tokens, the most allowed; revoke some first`,
+          );
+        }
+        const row = await trx
+          .insertInto("tokens")
+          .values({
+            id: token.id,
+            digest: token.digest,
+            display_hint: token.displayHint,
+            name: token.name,
+            subject: token.subject,
+            full_name: token.fullName,
+            teams: [...token.teams],
+            scopes: [...token.scopes],
+            namespaces: [...token.namespaces],
+            is_admin: token.isAdmin,
+            metadata: JSON.stringify(token.metadata),
+            environment: token.environment,
+            created_at: token.createdAt,
+            created_by: token.createdBy,
+            expires_at: token.expiresAt,
+          })
+          .returningAll()
+          .executeTakeFirstOrThrow();
+        return toRecord(row);
+      }),
+    );
+  }
+
+  /** Looks a token up by its digest: the introspection hot path, one index probe. */
+  findByDigest(digest: Uint8Array): Promise<TokenRecord | undefined> {
+    return translatingErrors(async () => {
+      const row = await this.db.selectFrom("tokens").selectAll().where("digest", "=", digest).executeTakeFirst();
+      return row === undefined ? undefined : toRecord(row);
+    });
+  }
+
+  /** Looks a token up by id; undefined, not an error, for a string that is not a UUID. */
+  findById(id: string): Promise<TokenRecord | undefined> {
+    return translatingErrors(() => this.selectById(id));
+  }
+
+  /**
+   * One conditional UPDATE, so the first revocation wins and later ones see
+   * it; the statement has committed when this resolves.
+   */
+  revoke(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOutcome | undefined> {
+    return translatingErrors(async () => {
+      if (!isUuid(id)) return undefined;
+      const row = await this.db
+        .updateTable("tokens")
+        .set({ revoked_at: revocation.at, revoked_by: revocation.by, revoke_reason: revocation.reason })
+        .where("id", "=", id)
+        .where("revoked_at", "is", null)
+        .returningAll()
+        .executeTakeFirst();
+      if (row !== undefined) return { record: toRecord(row), alreadyRevoked: false };
+      // No unrevoked row: either no such id, or revoked before (revocation is never undone).
+      const existing = await this.selectById(id);
+      return existing === undefined ? undefined : { record: existing, alreadyRevoked: true };
+    });
+  }
+
+  /** Keyset pagination on (created_at, id), which the indexes serve in order. */
+  list(query: TokenListQuery): Promise<TokenRecord[]> {
+    return translatingErrors(async () => {
+      if (query.limit <= 0) return [];
+      let select = this.db.selectFrom("tokens").selectAll();
+      if (query.subject !== undefined) select = select.where("subject", "=", query.subject);
+      if (query.team !== undefined) {
+        // `@>` rather than `= ANY(teams)` so the GIN index on teams can serve it.
+        select = select.where("teams", "@>", sql<string[]>`ARRAY[${query.team}]::text[]`);
+      }
+      if (!query.includeRevoked) select = select.where("revoked_at", "is", null);
+      if (!query.includeExpired) {
+        select = select.where((eb) => eb.or([eb("expires_at", "is", null), eb("expires_at", ">", query.now)]));
+      }
+      const after = query.after;
+      if (after !== undefined) {
+        select = select.where((eb) => eb(eb.refTuple("created_at", "id"), "<", eb.tuple(after.createdAt, after.id)));
+      }
+      const rows = await select.orderBy("created_at", "desc").orderBy("id", "desc").limit(query.limit).execute();
+      return rows.map(toRecord);
+    });
+  }
+
+  /**
+   * One UPDATE for the whole batch. A time only moves forward, and rows whose
+   * stored time is already as late are not rewritten (no dead tuple for nothing).
+   */
+  touchLastUsed(entries: ReadonlyMap<string, Date>): Promise<void> {
+    return translatingErrors(async () => {
+      // Ids not shaped like UUIDs cannot match a row, and one would fail the whole cast.
+      // Sorting gives concurrent batches (several instances) the same lock order.
+      const batch = [...entries].filter(([id]) => isUuid(id)).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+      if (batch.length === 0) return;
+      const ids = batch.map(([id]) => id);
+      const ats = batch.map(([, at]) => at);
+      await sql`
+        UPDATE tokens SET last_used_at = v.at
+        FROM unnest(${ids}::uuid[], ${ats}::timestamptz[]) AS v(id, at)
+        WHERE tokens.id = v.id AND (tokens.last_used_at IS NULL OR tokens.last_used_at < v.at)`.execute(this.db);
+    });
+  }
+
+  /** Counts every token ever stored, revoked and expired included. */
+  count(): Promise<number> {
+    return translatingErrors(async () => {
+      const { total } = await this.db
+        .selectFrom("tokens")
+        .select((eb) => eb.fn.countAll<string | number>().as("total"))
+        .executeTakeFirstOrThrow();
+      return Number(total);
+    });
+  }
+
+  /** Resolves when the database answers `SELECT 1`. */
+  ping(): Promise<void> {
+    return translatingErrors(async () => {
+      await sql`SELECT 1`.execute(this.db);
+    });
+  }
+
+  private async selectById(id: string): Promise<TokenRecord | undefined> {
+    if (!isUuid(id)) return undefined;
+    const row = await this.db.selectFrom("tokens").selectAll().where("id", "=", id).executeTakeFirst();
+    return row === undefined ? undefined : toRecord(row);
+  }
+}
+
+/** Maps a row to the domain record. */
+function toRecord(row: Selectable<TokensTable>): TokenRecord {
+  return {
+    id: row.id,
+    // `pg` returns a Buffer (often a view into a larger pooled one); the domain gets a plain, own copy.
+    digest: row.digest instanceof Buffer ? new Uint8Array(row.digest) : row.digest,
+    displayHint: row.display_hint,
+    name: row.name,
+    subject: row.subject,
+    fullName: row.full_name,
+    teams: row.teams,
+    scopes: row.scopes,
+    namespaces: row.namespaces,
+    isAdmin: row.is_admin,
+    metadata: row.metadata,
+    environment: row.environment,
+    createdAt: row.created_at,
+    createdBy: row.created_by,
+    expiresAt: row.expires_at,
+    lastUsedAt: row.last_used_at,
+    revokedAt: row.revoked_at,
+    revokedBy: row.revoked_by,
+    revokeReason: row.revoke_reason,
+  };
+}
