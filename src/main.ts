@@ -45,7 +45,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     poolMax: config.databasePoolMax,
     connectTimeoutMs: config.databaseConnectTimeoutMs,
     statementTimeoutMs: config.databaseStatementTimeoutMs,
-    onIdleClientError: (err) => log.warn({ err }, "an idle database connection failed; the pool replaces it"),
+    onIdleClientError: (err) => log.warn({ err }, "a database connection failed; the pool replaces it"),
   });
   try {
     const applied = await migrateToLatest(database.db);

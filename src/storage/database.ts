@@ -81,6 +81,13 @@ function openPostgres(url: string, options: DatabaseOptions): OpenedDatabase {
   // is an unhandled 'error' event and kills the process. The pool already
   // discards that client; the next query opens a fresh one.
   pool.on("error", (error) => options.onIdleClientError?.(error));
+  // pg-pool removes its own listener while a client is checked out, and a
+  // connection that dies mid-query then emits 'error' with nobody listening,
+  // which would crash the process. The query itself already fails (and is
+  // answered UNAVAILABLE); this listener only keeps the process alive.
+  pool.on("connect", (client) => {
+    client.on("error", (error) => options.onIdleClientError?.(error));
+  });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   return { db, kind: "postgres", close: once(() => db.destroy()) };
 }
