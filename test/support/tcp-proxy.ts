@@ -1,4 +1,4 @@
-import net from "node:net";
+import * as net from "node:net";
 
 /**
  * A TCP proxy on 127.0.0.1 that a test can cut and restore, to play a store
