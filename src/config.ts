@@ -1,4 +1,5 @@
 import { parseEnvironment, type Environment } from "./domain/environment.js";
+import { LEGACY_ALGORITHMS, type LegacyAlgorithm } from "./domain/legacy-jwt.js";
 
 /**
  * Configuration: the only reader of `process.env`. Every key is declared once
@@ -32,6 +33,20 @@ export interface Config {
   readonly bootstrapAdminSubject: string;
   readonly logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   readonly shutdownGraceMs: number;
+  readonly legacyHmacSecret: string | undefined;
+  readonly legacyHmacSecretPrevious: string | undefined;
+  readonly legacyHmacAlgorithm: LegacyAlgorithm;
+  readonly legacyPublicKeyFile: string | undefined;
+  readonly legacyPublicKeyAlgorithm: LegacyAlgorithm;
+  readonly legacyJwksFile: string | undefined;
+  readonly legacyIssuer: string | undefined;
+  readonly legacyAudience: readonly string[];
+  readonly requireJti: boolean;
+  readonly legacyReleaseDate: Date;
+  readonly legacySunsetDate: Date | undefined;
+  readonly legacyMigrationUrl: string;
+  readonly legacyMaxLength: number;
+  readonly legacyClockToleranceMs: number;
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -86,6 +101,26 @@ function boolean(raw: string): boolean {
   throw new Error("must be true or false");
 }
 
+function date(raw: string): Date {
+  if (!/^\d{4}-\d{2}-\d{2}(T[\d:.]+(Z|[+-]\d{2}:\d{2}))?$/.test(raw.trim())) throw new Error("must be a date such as 2027-02-20 or 2027-02-20T00:00:00Z");
+  const value = new Date(raw.trim());
+  if (Number.isNaN(value.getTime())) throw new Error("must be a valid date");
+  return value;
+}
+
+function list(raw: string): readonly string[] {
+  return Object.freeze(raw.split(",").map((s) => s.trim()).filter((s) => s !== ""));
+}
+
+function algorithm(family: "hmac" | "public"): Parser<LegacyAlgorithm> {
+  const allowed = LEGACY_ALGORITHMS.filter((a) => (family === "hmac") === a.startsWith("HS"));
+  return (raw) => {
+    const value = raw.trim() as LegacyAlgorithm;
+    if (!allowed.includes(value)) throw new Error(`must be one of ${allowed.join(", ")}`);
+    return value;
+  };
+}
+
 function text(raw: string): string {
   return raw.trim();
 }
@@ -115,7 +150,7 @@ export const CONFIG_KEYS = {
   MAX_MESSAGE_BYTES: spec("maxMessageBytes", "65536", "Largest request message accepted on either port; larger ones are refused before any work.", integer(1024, 16 * 1024 * 1024)),
   RPC_MAX_TIMEOUT: spec("rpcMaxTimeoutMs", "30s", "Longest deadline a caller may ask for on the Connect port; longer ones are cut to this.", duration(1)),
   TOKEN_ISSUER: spec("tokenIssuer", "cf-token-service", "The `iss` claim reported for opaque tokens.", text),
-  TOKEN_AUDIENCE: spec("tokenAudience", "", "Comma-separated `aud` claim reported for opaque tokens; empty for none.", (raw) => Object.freeze(raw.split(",").map((s) => s.trim()).filter((s) => s !== ""))),
+  TOKEN_AUDIENCE: spec("tokenAudience", "", "Comma-separated `aud` claim reported for opaque tokens; empty for none.", list),
   TOKEN_DEFAULT_TTL: spec("tokenDefaultTtlMs", "30d", "Lifetime of a token whose request sets no expiry (and of bootstrap tokens).", duration(1000)),
   TOKEN_MAX_TTL: spec("tokenMaxTtlMs", "365d", "Longest lifetime a token may be issued with.", duration(1000)),
   TOKEN_REQUIRE_EXPIRY: spec("tokenRequireExpiry", "true", "When true every token expires; when false a request without expiry gets a token that never expires.", boolean),
@@ -129,7 +164,27 @@ export const CONFIG_KEYS = {
     return level as Config["logLevel"];
   }),
   SHUTDOWN_GRACE: spec("shutdownGraceMs", "10s", "How long in-flight calls may finish after SIGTERM before connections are closed.", duration(0)),
+  LEGACY_JWT_HMAC_SECRET: spec("legacyHmacSecret", undefined, "Current HMAC secret of the old system's JWTs. Unset (and no public key): legacy JWTs are refused as MALFORMED.", text),
+  LEGACY_JWT_HMAC_SECRET_PREVIOUS: spec("legacyHmacSecretPrevious", undefined, "The previous HMAC secret, still accepted during a rotation.", text),
+  LEGACY_JWT_HMAC_ALGORITHM: spec("legacyHmacAlgorithm", "HS256", "The one algorithm the HMAC secrets are used with: HS256, HS384 or HS512.", algorithm("hmac")),
+  LEGACY_JWT_PUBLIC_KEY_FILE: spec("legacyPublicKeyFile", undefined, "PEM file (SPKI public key) verifying legacy JWTs signed with LEGACY_JWT_PUBLIC_KEY_ALGORITHM.", text),
+  LEGACY_JWT_PUBLIC_KEY_ALGORITHM: spec("legacyPublicKeyAlgorithm", "RS256", "The one algorithm the PEM public key is used with: RS256, RS384, RS512, PS256, ES256, ES384 or EdDSA.", algorithm("public")),
+  LEGACY_JWT_JWKS_FILE: spec("legacyJwksFile", undefined, "JWKS file of public keys verifying legacy JWTs; every key must name its `alg` (and should have a `kid`).", text),
+  LEGACY_JWT_ISSUER: spec("legacyIssuer", undefined, "Required `iss` of legacy JWTs; unset: not checked.", text),
+  LEGACY_JWT_AUDIENCE: spec("legacyAudience", "", "Comma-separated accepted `aud` values of legacy JWTs; empty: not checked.", list),
+  REQUIRE_JTI: spec("requireJti", "false", "When true, a legacy JWT without `jti` is refused; when false it is accepted with a warning and a counted security event (it cannot be revoked on its own).", boolean),
+  LEGACY_JWT_RELEASE_DATE: spec("legacyReleaseDate", "2026-11-22", "When API tokens were released: the start of the legacy JWT deprecation window (the `Deprecation` header).", date),
+  LEGACY_JWT_SUNSET_DATE: spec("legacySunsetDate", undefined, "When legacy JWTs stop working (the `Sunset` header). Default: 90 days after LEGACY_JWT_RELEASE_DATE.", date),
+  LEGACY_JWT_MIGRATION_URL: spec("legacyMigrationUrl", "https://developer.example.com/api-tokens/migrating-from-jwts", "Migration documentation, sent in the `Link` header and the sunset message. Point it at your own docs.", (raw) => {
+    if (!/^https?:\/\/\S+$/.test(raw.trim())) throw new Error("must be an http(s) URL");
+    return raw.trim();
+  }),
+  LEGACY_JWT_MAX_LENGTH: spec("legacyMaxLength", "4096", "Longest legacy JWT looked at, in characters (at most 4096, the limit on any presented token); longer ones are refused before any work.", integer(256, 4096)),
+  LEGACY_JWT_CLOCK_TOLERANCE: spec("legacyClockToleranceMs", "30s", "Clock skew allowed when checking a legacy JWT's exp, nbf and iat.", duration(0)),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
+
+/** Keys whose values are secrets: never echoed in an error. */
+const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS"]);
 
 /**
  * Reads and validates the configuration. Unset and empty variables take their
@@ -147,12 +202,16 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     try {
       out[keySpec.field] = keySpec.parse(raw);
     } catch (error) {
-      problems.push(`${key}=${JSON.stringify(key === "DATABASE_URL" ? redactUrl(raw) : raw)}: ${(error as Error).message}`);
+      const shown = SECRET_KEYS.has(key) ? "(secret)" : JSON.stringify(key === "DATABASE_URL" ? redactUrl(raw) : raw);
+      problems.push(`${key}=${shown}: ${(error as Error).message}`);
     }
   }
   const config = out as unknown as Config;
   if (problems.length === 0 && config.tokenDefaultTtlMs > config.tokenMaxTtlMs) {
     problems.push("TOKEN_DEFAULT_TTL: must not be longer than TOKEN_MAX_TTL");
+  }
+  if (problems.length === 0 && config.legacySunsetDate !== undefined && config.legacySunsetDate <= config.legacyReleaseDate) {
+    problems.push("LEGACY_JWT_SUNSET_DATE: must be after LEGACY_JWT_RELEASE_DATE");
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

@@ -8,7 +8,9 @@ import { ConfigError, loadConfig, redactUrl, type Config } from "./config.js";
 import { bootstrapAdmin } from "./domain/issue.js";
 import { systemClock, type Clock, type TokenDeps } from "./domain/ports.js";
 import { SecurityEventRecorder } from "./domain/security-events.js";
-import { LastUsedRecorder } from "./domain/usage.js";
+import { LastUsedRecorder, LegacyUsageRecorder } from "./domain/usage.js";
+import { loadLegacyJwtPolicy } from "./keys/legacy-keys.js";
+import { KyselyLegacyJwtStore } from "./storage/legacy-jwt-store.js";
 import { createLogger } from "./logger.js";
 import { TokenServiceHandler } from "./rpc/token-service.js";
 import { startGrpcServer } from "./server/grpc-server.js";
@@ -58,7 +60,17 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   const securityEvents = new KyselySecurityEventStore(database.db);
   const events = new SecurityEventRecorder(securityEvents, log, clock, config.securityEventWindowMs);
   const usage = new LastUsedRecorder(store, log, config.lastUsedFlushMs);
+  const legacyStore = new KyselyLegacyJwtStore(database.db);
+  const legacyUsage = new LegacyUsageRecorder(legacyStore, log, config.lastUsedFlushMs);
+  let legacyPolicy;
+  try {
+    legacyPolicy = await loadLegacyJwtPolicy(config, log);
+  } catch (error) {
+    await database.close();
+    throw error;
+  }
   const deps: TokenDeps = {
+    legacy: { policy: legacyPolicy, store: legacyStore, usage: legacyUsage },
     store,
     securityEvents,
     events,
@@ -75,7 +87,18 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
       maxActiveTokensPerSubject: config.maxActiveTokensPerSubject,
     },
   };
-  return { database, deps, events, usage };
+  /** Starts the periodic writers of batched bookkeeping. */
+  const startBatches = () => {
+    events.start();
+    usage.start();
+    legacyUsage.start();
+  };
+  /** Stops them, writing what is pending (a clean shutdown loses nothing). */
+  const stopBatches = async () => {
+    await Promise.all([usage.stop(), legacyUsage.stop()]);
+    await events.stop();
+  };
+  return { database, deps, events, startBatches, stopBatches };
 }
 
 /**
@@ -84,9 +107,8 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
  */
 export async function startService(config: Config, options: StartOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger(config.logLevel);
-  const { database, deps, events, usage } = await openDeps(config, log, options.clock);
-  events.start();
-  usage.start();
+  const { database, deps, startBatches, stopBatches } = await openDeps(config, log, options.clock);
+  startBatches();
 
   // First start of a development server on an empty store: hand the operator
   // an admin token once. Never in staging or production.
@@ -143,8 +165,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
     (stopping ??= (async () => {
       health.setShuttingDown();
       await Promise.all([grpc.close(config.shutdownGraceMs), http.close(config.shutdownGraceMs)]);
-      await usage.stop();
-      await events.stop();
+      await stopBatches();
       await database.close();
       log.info({}, "token service stopped");
     })());

@@ -3,9 +3,10 @@ import type { RequestMeta, TokenClaims, TokenRecord } from "./model.js";
 import { tokenState } from "./model.js";
 import type { TokenDeps } from "./ports.js";
 import { classifyToken, digestToken, displayHint } from "./token-format.js";
+import { deprecationOf, sunsetMessage, verifyLegacyJwt, type Deprecation } from "./legacy-jwt.js";
 
 /** Why a presented token is not active. */
-export type InactiveReason = "malformed" | "unknown" | "expired" | "revoked" | "environment_mismatch";
+export type InactiveReason = "malformed" | "invalid" | "unknown" | "expired" | "revoked" | "environment_mismatch" | "legacy_jwt_sunset";
 
 /** What kind of credential was presented. */
 export type TokenKind = "opaque" | "legacy_jwt";
@@ -15,6 +16,12 @@ export interface IntrospectedClaims extends TokenClaims {
   /** The token's id: `jti`. */
   readonly id: string;
   readonly kind: TokenKind;
+  /** `iss` of a legacy JWT; opaque tokens report the service's issuer. */
+  readonly issuer?: string | undefined;
+  /** `aud` of a legacy JWT; opaque tokens report the service's audience. */
+  readonly audience?: readonly string[];
+  /** `nbf` of a legacy JWT; opaque tokens are valid from issue. */
+  readonly notBefore?: Date | undefined;
 }
 
 /**
@@ -23,7 +30,12 @@ export interface IntrospectedClaims extends TokenClaims {
  * message the gateway may show, and no claims at all.
  */
 export type IntrospectResult =
-  | { readonly active: true; readonly claims: IntrospectedClaims }
+  | {
+      readonly active: true;
+      readonly claims: IntrospectedClaims;
+      /** Set for legacy JWTs: the notice the gateway should pass on. */
+      readonly deprecation?: Deprecation;
+    }
   | {
       readonly active: false;
       readonly reason: InactiveReason;
@@ -32,7 +44,7 @@ export type IntrospectResult =
       readonly tokenEnvironment?: Environment;
     };
 
-const MESSAGES: Readonly<Record<Exclude<InactiveReason, "environment_mismatch">, string>> = Object.freeze({
+const MESSAGES: Readonly<Record<"malformed" | "unknown" | "expired" | "revoked", string>> = Object.freeze({
   malformed: "The token is malformed.",
   unknown: "The token is not recognised.",
   expired: "The token has expired.",
@@ -60,22 +72,11 @@ export function environmentMismatchMessage(token: Environment, service: Environm
  */
 export async function introspectToken(deps: TokenDeps, presented: string, meta: RequestMeta): Promise<IntrospectResult> {
   const shape = classifyToken(presented);
+  if (shape.shape === "jwt") return introspectLegacyJwt(deps, presented, meta);
   if (shape.shape !== "opaque") return INACTIVE.malformed;
 
   const service = deps.policy.environment;
-  if (shape.environment !== service) {
-    const message = environmentMismatchMessage(shape.environment, service);
-    deps.events.record({
-      type: "environment_mismatch",
-      severity: "critical",
-      message,
-      serviceEnvironment: service,
-      tokenEnvironment: shape.environment,
-      tokenHint: displayHint(presented),
-      ...metaFields(meta),
-    });
-    return { active: false, reason: "environment_mismatch", message, tokenEnvironment: shape.environment };
-  }
+  if (shape.environment !== service) return environmentMismatch(deps, shape.environment, displayHint(presented), meta);
 
   const record = await deps.store.findByDigest(digestToken(presented));
   // A row from another environment can only exist in a store shared across
@@ -89,6 +90,63 @@ export async function introspectToken(deps: TokenDeps, presented: string, meta: 
 
   deps.usage.note(record.id, now);
   return { active: true, claims: claimsOf(record) };
+}
+
+/** Refuses a token of another environment and raises the critical security event. */
+function environmentMismatch(deps: TokenDeps, tokenEnvironment: Environment, tokenHint: string, meta: RequestMeta): IntrospectResult {
+  const service = deps.policy.environment;
+  const message = environmentMismatchMessage(tokenEnvironment, service);
+  deps.events.record({
+    type: "environment_mismatch",
+    severity: "critical",
+    message,
+    serviceEnvironment: service,
+    tokenEnvironment,
+    tokenHint,
+    ...metaFields(meta),
+  });
+  return { active: false, reason: "environment_mismatch", message, tokenEnvironment };
+}
+
+/**
+ * A legacy JWT: accepted through the deprecation window with a notice, then
+ * refused. Its `env` claim meets the same environment guard as a prefix, and
+ * a revoked `jti` is refused like a revoked token.
+ */
+async function introspectLegacyJwt(deps: TokenDeps, jwt: string, meta: RequestMeta): Promise<IntrospectResult> {
+  const policy = deps.legacy.policy;
+  if (policy.keys.length === 0) return { active: false, reason: "malformed", message: "Legacy JWTs are not accepted by this service; send an API token." };
+  const now = deps.clock.now();
+  if (now.getTime() >= policy.sunsetAt.getTime()) return { active: false, reason: "legacy_jwt_sunset", message: sunsetMessage(policy) };
+
+  const checked = await verifyLegacyJwt(policy, jwt, now);
+  if (!checked.ok) return { active: false, reason: checked.reason, message: checked.message };
+  const claims = checked.claims;
+  const service = deps.policy.environment;
+  if (claims.claimedEnvironment !== undefined && claims.claimedEnvironment !== service) {
+    return environmentMismatch(deps, claims.claimedEnvironment, displayHint(jwt), meta);
+  }
+  if (claims.jti === undefined) {
+    if (policy.requireJti) return { active: false, reason: "invalid", message: "The token has no jti claim; this service requires one." };
+    // Accepted, but it cannot be revoked one by one: say so once per window, count every use.
+    deps.events.record({
+      type: "legacy_jwt_without_jti",
+      severity: "warning",
+      message: "legacy JWT without jti accepted; it cannot be revoked individually",
+      serviceEnvironment: service,
+      callerSubject: claims.subject,
+      tokenHint: displayHint(jwt),
+      ...metaFields(meta),
+    });
+  } else if (await deps.legacy.store.isRevoked(claims.jti)) {
+    return INACTIVE.revoked;
+  }
+  deps.legacy.usage.note(claims.subject, now);
+  return {
+    active: true,
+    claims: { ...claims, environment: service, id: claims.jti ?? "", kind: "legacy_jwt" },
+    deprecation: deprecationOf(policy),
+  };
 }
 
 /** The claims of a stored opaque token. */

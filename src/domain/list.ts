@@ -1,7 +1,7 @@
 import { deny, requireAdmin } from "./access.js";
 import type { Caller, RequestMeta, SecurityEventRow, Severity, TokenRecord } from "./model.js";
 import { decodePageToken, encodePageToken } from "./paging.js";
-import type { TokenDeps } from "./ports.js";
+import type { LegacyUsage, TokenDeps } from "./ports.js";
 import * as rules from "./validation.js";
 
 /** Rows per page when the request sets none. */
@@ -79,6 +79,15 @@ export async function listSecurityEvents(deps: TokenDeps, caller: Caller, input:
     ...(cursor ? { after: { firstSeen: cursor.at, id: cursor.id } } : {}),
   });
   return pageOf(rows, limit, (row) => encodePageToken({ at: row.firstSeen, id: row.id }, filters));
+}
+
+/** Lists who still sends legacy JWTs, most recently seen first. Admins only. */
+export async function listLegacyJwtUsage(deps: TokenDeps, caller: Caller, input: { readonly pageSize: number; readonly pageToken: string }, meta: RequestMeta): Promise<Page<LegacyUsage>> {
+  requireAdmin(deps, caller, meta, "list legacy JWT usage");
+  const limit = rules.pageSize("page_size", input.pageSize, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
+  const cursor = decodePageToken("page_token", input.pageToken, {}, (subject) => subject.length > 0 && subject.length <= 256);
+  const rows = await deps.legacy.store.listUsage({ limit: limit + 1, ...(cursor ? { after: { lastSeen: cursor.at, subject: cursor.id } } : {}) });
+  return pageOf(rows, limit, (row) => encodePageToken({ at: row.lastSeen, id: row.subject }, {}));
 }
 
 /** Cuts `limit + 1` rows into a page, with a next-page token when there was one more. */

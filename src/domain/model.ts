@@ -92,7 +92,8 @@ export type SecurityEventType =
   | "permission_denied"
   | "authentication_failed"
   | "platform_admin_bootstrap"
-  | "token_revoked";
+  | "token_revoked"
+  | "legacy_jwt_without_jti";
 
 /** A security event as raised. Identical events are folded into one stored row with a count. */
 export interface SecurityEvent {

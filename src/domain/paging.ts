@@ -19,7 +19,7 @@ export function encodePageToken(cursor: Cursor, filters: unknown): string {
 }
 
 /** Reads a page token made by `encodePageToken` for the same filters. Empty means the first page. */
-export function decodePageToken(field: string, token: string, filters: unknown): Cursor | undefined {
+export function decodePageToken(field: string, token: string, filters: unknown, isId: (id: string) => boolean = (id) => UUID_PATTERN.test(id)): Cursor | undefined {
   if (token === "") return undefined;
   if (token.length > 512) throw invalidArgument(field, "is not a page token from this service");
   let parsed: unknown;
@@ -29,7 +29,7 @@ export function decodePageToken(field: string, token: string, filters: unknown):
     throw invalidArgument(field, "is not a page token from this service");
   }
   const { v, t, i, f } = (parsed ?? {}) as Record<string, unknown>;
-  if (v !== 1 || typeof t !== "number" || !Number.isFinite(t) || typeof i !== "string" || !UUID_PATTERN.test(i) || typeof f !== "string") {
+  if (v !== 1 || typeof t !== "number" || !Number.isFinite(t) || typeof i !== "string" || !isId(i) || typeof f !== "string") {
     throw invalidArgument(field, "is not a page token from this service");
   }
   if (f !== filterHash(filters)) throw invalidArgument(field, "was made for other filters; repeat the request with the same filters or start without a page token");

@@ -1,4 +1,5 @@
 import type { Environment } from "./environment.js";
+import type { LegacyJwtPolicy } from "./legacy-jwt.js";
 import type { SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
 
 /** A token about to be stored. */
@@ -117,8 +118,17 @@ export interface UsageRecorder {
   note(tokenId: string, at: Date): void;
 }
 
+/** What legacy JWT handling needs. */
+export interface LegacyDeps {
+  readonly policy: LegacyJwtPolicy;
+  readonly store: LegacyJwtStore;
+  /** Notes a legacy introspection by a subject; batched off the request path. */
+  readonly usage: { note(subject: string, at: Date): void };
+}
+
 /** Everything the use cases need, built once in main.ts. */
 export interface TokenDeps {
+  readonly legacy: LegacyDeps;
   readonly store: TokenStore;
   readonly securityEvents: SecurityEventStore;
   readonly events: EventSink;
@@ -126,4 +136,24 @@ export interface TokenDeps {
   readonly clock: Clock;
   readonly policy: TokenPolicy;
   readonly log: Logger;
+}
+
+/** Use of legacy JWTs by one subject, so operators know who still has to migrate. */
+export interface LegacyUsage {
+  readonly subject: string;
+  readonly count: number;
+  readonly firstSeen: Date;
+  readonly lastSeen: Date;
+}
+
+/** Persistence for legacy JWT revocations (by `jti`) and usage. */
+export interface LegacyJwtStore {
+  /** Whether this `jti` was revoked. */
+  isRevoked(jti: string): Promise<boolean>;
+  /** Records a revoked `jti`, durably, before resolving. */
+  revoke(jti: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date; readonly expiresAt: Date | null }): Promise<{ readonly alreadyRevoked: boolean }>;
+  /** Adds folded usage counts in one write. */
+  recordUsage(batch: readonly LegacyUsage[]): Promise<void>;
+  /** Usage per subject, most recently seen first. */
+  listUsage(query: { readonly limit: number; readonly after?: { readonly lastSeen: Date; readonly subject: string } }): Promise<LegacyUsage[]>;
 }

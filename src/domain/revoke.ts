@@ -1,4 +1,5 @@
-import { deny } from "./access.js";
+import { deny, requireAdmin } from "./access.js";
+import { verifyLegacyJwt } from "./legacy-jwt.js";
 import { TokenError, invalidArgument } from "./errors.js";
 import { environmentMismatchMessage, metaFields } from "./introspect.js";
 import type { Caller, RequestMeta, TokenRecord } from "./model.js";
@@ -9,7 +10,8 @@ import * as rules from "./validation.js";
 /** What to revoke: a token by value or by id. */
 export type RevokeInput =
   | { readonly token: string; readonly reason: string }
-  | { readonly tokenId: string; readonly reason: string };
+  | { readonly tokenId: string; readonly reason: string }
+  | { readonly legacyJti: string; readonly reason: string };
 
 /** The outcome of a revocation. */
 export interface RevokeResult {
@@ -31,11 +33,17 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
   let record: TokenRecord | undefined;
   let hint: string;
 
+  if ("legacyJti" in input) {
+    requireAdmin(deps, caller, meta, "revoke a legacy JWT by its jti");
+    const jti = rules.requiredText("legacy_jti", input.legacyJti, 256);
+    return revokeLegacyJti(deps, caller, jti, { reason, expiresAt: null, hint: undefined }, meta);
+  }
   if ("token" in input) {
     if (input.token === "") throw invalidArgument("token", "is required (or give token_id)");
     if (input.token.length > MAX_PRESENTED_TOKEN_LENGTH) throw invalidArgument("token", `must be at most ${MAX_PRESENTED_TOKEN_LENGTH} characters`);
     const shape = classifyToken(input.token);
     hint = displayHint(input.token);
+    if (shape.shape === "jwt") return revokeLegacyJwt(deps, caller, input.token, reason, meta);
     if (shape.shape !== "opaque") return { alreadyRevoked: false };
     if (shape.environment !== deps.policy.environment) {
       deps.events.record({
@@ -82,4 +90,47 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
   }
   const visible = caller.isAdmin || outcome.record.subject === caller.subject;
   return visible ? { record: outcome.record, alreadyRevoked: outcome.alreadyRevoked } : { alreadyRevoked: outcome.alreadyRevoked };
+}
+
+/**
+ * Revokes a legacy JWT presented by value. It must verify (a forged JWT must
+ * not be able to revoke somebody else's `jti`); an invalid, expired or
+ * foreign one succeeds without effect, as RFC 7009 §2.2 asks for invalid
+ * tokens. A JWT without `jti` cannot be revoked on its own.
+ */
+async function revokeLegacyJwt(deps: TokenDeps, caller: Caller, jwt: string, reason: string, meta: RequestMeta): Promise<RevokeResult> {
+  const policy = deps.legacy.policy;
+  const now = deps.clock.now();
+  if (policy.keys.length === 0 || now.getTime() >= policy.sunsetAt.getTime()) return { alreadyRevoked: false };
+  const checked = await verifyLegacyJwt(policy, jwt, now);
+  if (!checked.ok) return { alreadyRevoked: false };
+  const { claims } = checked;
+  if (claims.claimedEnvironment !== undefined && claims.claimedEnvironment !== deps.policy.environment) return { alreadyRevoked: false };
+  if (claims.jti === undefined) {
+    throw new TokenError("failed_precondition", "this legacy JWT has no jti, so it cannot be revoked on its own; rotate the legacy signing secret to revoke all of them");
+  }
+  return revokeLegacyJti(deps, caller, claims.jti, { reason, expiresAt: claims.expiresAt, hint: displayHint(jwt) }, meta);
+}
+
+async function revokeLegacyJti(
+  deps: TokenDeps,
+  caller: Caller,
+  jti: string,
+  details: { reason: string; expiresAt: Date | null; hint: string | undefined },
+  meta: RequestMeta,
+): Promise<RevokeResult> {
+  const outcome = await deps.legacy.store.revoke(jti, { by: caller.subject, reason: details.reason, at: deps.clock.now(), expiresAt: details.expiresAt });
+  if (!outcome.alreadyRevoked) {
+    deps.events.record({
+      type: "token_revoked",
+      severity: "info",
+      message: details.reason === "" ? `legacy JWT revoked (jti ${jti})` : `legacy JWT revoked (jti ${jti}): ${details.reason}`,
+      serviceEnvironment: deps.policy.environment,
+      ...(details.hint ? { tokenHint: details.hint } : {}),
+      callerTokenId: caller.tokenId,
+      callerSubject: caller.subject,
+      ...metaFields(meta),
+    });
+  }
+  return { alreadyRevoked: outcome.alreadyRevoked };
 }

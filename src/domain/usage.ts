@@ -1,5 +1,5 @@
 import { PeriodicBatcher } from "./batcher.js";
-import type { Logger, TokenStore, UsageRecorder } from "./ports.js";
+import type { LegacyJwtStore, LegacyUsage, Logger, TokenStore, UsageRecorder } from "./ports.js";
 
 /**
  * Batches `last_used_at` updates: introspection only notes the time in a Map;
@@ -22,6 +22,44 @@ export class LastUsedRecorder implements UsageRecorder {
   /** Notes a use. */
   note(tokenId: string, at: Date): void {
     this.batcher.add(tokenId, at);
+  }
+
+  /** Writes what is pending now. */
+  flush(): Promise<void> {
+    return this.batcher.flush();
+  }
+
+  /** Starts the periodic flush. */
+  start(): void {
+    this.batcher.start();
+  }
+
+  /** Stops and writes what is left. */
+  stop(): Promise<void> {
+    return this.batcher.stop();
+  }
+}
+
+/**
+ * Counts legacy JWT introspections per subject, batched like last-use times,
+ * so operators can see who still has to migrate.
+ */
+export class LegacyUsageRecorder {
+  private readonly batcher: PeriodicBatcher<LegacyUsage>;
+
+  constructor(store: LegacyJwtStore, log: Logger, intervalMs: number) {
+    this.batcher = new PeriodicBatcher<LegacyUsage>({
+      intervalMs,
+      maxPending: 100_000,
+      write: (batch) => store.recordUsage([...batch.values()]),
+      merge: (a, b) => ({ subject: a.subject, count: a.count + b.count, firstSeen: a.firstSeen < b.firstSeen ? a.firstSeen : b.firstSeen, lastSeen: a.lastSeen > b.lastSeen ? a.lastSeen : b.lastSeen }),
+      onError: (error, detail) => log.warn({ err: error, ...detail }, "legacy JWT usage could not be written yet; will retry"),
+    });
+  }
+
+  /** Notes one legacy introspection. */
+  note(subject: string, at: Date): void {
+    this.batcher.add(subject, { subject, count: 1, firstSeen: at, lastSeen: at });
   }
 
   /** Writes what is pending now. */

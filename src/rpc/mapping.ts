@@ -12,6 +12,7 @@ import {
 } from "../../gen/tokens/v1/token_service_pb.js";
 import type { Environment } from "../domain/environment.js";
 import type { InactiveReason, IntrospectResult, TokenKind } from "../domain/introspect.js";
+import type { Deprecation } from "../domain/legacy-jwt.js";
 import type { SecurityEventRow, Severity, TokenRecord } from "../domain/model.js";
 import { tokenState } from "../domain/model.js";
 
@@ -32,6 +33,8 @@ const PB_REASON: Readonly<Record<InactiveReason, PbInactiveReason>> = Object.fre
   expired: PbInactiveReason.EXPIRED,
   revoked: PbInactiveReason.REVOKED,
   environment_mismatch: PbInactiveReason.ENVIRONMENT_MISMATCH,
+  invalid: PbInactiveReason.INVALID,
+  legacy_jwt_sunset: PbInactiveReason.LEGACY_JWT_SUNSET,
 });
 
 const PB_KIND: Readonly<Record<TokenKind, PbTokenKind>> = Object.freeze({
@@ -106,6 +109,7 @@ export function introspectResponse(
 ): MessageInitShape<typeof IntrospectTokenResponseSchema> {
   if (!result.active) return { active: false, reason: PB_REASON[result.reason], message: result.message };
   const c = result.claims;
+  const d = result.deprecation;
   return {
     active: true,
     scope: c.scopes.join(" "),
@@ -115,10 +119,10 @@ export function introspectResponse(
     tokenType: c.kind === "opaque" ? "api_token" : "jwt",
     exp: c.expiresAt ? seconds(c.expiresAt) : 0n,
     iat: seconds(c.issuedAt),
-    nbf: seconds(c.issuedAt),
+    nbf: seconds(c.notBefore ?? c.issuedAt),
     sub: c.subject,
-    aud: [...claimsContext.audience],
-    iss: claimsContext.issuer,
+    aud: [...(c.audience ?? claimsContext.audience)],
+    iss: c.kind === "opaque" ? claimsContext.issuer : (c.issuer ?? ""),
     jti: c.id,
     teams: [...c.teams],
     namespaces: [...c.namespaces],
@@ -128,7 +132,23 @@ export function introspectResponse(
     metadata: { ...c.metadata },
     fullName: c.fullName,
     tokenKind: PB_KIND[c.kind],
+    ...(d ? { deprecation: { notice: d.notice, link: d.link, sunsetTime: ts(d.sunsetAt), deprecatedSinceTime: ts(d.deprecatedSince) } } : {}),
   };
+}
+
+/**
+ * The response headers for a legacy JWT answer, so a gateway can pass the
+ * notice on unchanged: `X-Auth-Deprecation`, `Deprecation` (RFC 9745, an
+ * `@`-prefixed epoch), `Sunset` (RFC 8594, an HTTP-date) and `Link` to the
+ * migration documentation (RFC 8288, relation `deprecation`).
+ */
+export function deprecationHeaders(d: Deprecation): [string, string][] {
+  return [
+    ["x-auth-deprecation", d.notice],
+    ["deprecation", `@${Math.floor(d.deprecatedSince.getTime() / 1000)}`],
+    ["sunset", d.sunsetAt.toUTCString()],
+    ["link", `<${d.link}>; rel="deprecation"; type="text/html"`],
+  ];
 }
 
 /** A stored security event → protobuf. */

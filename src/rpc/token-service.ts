@@ -1,18 +1,18 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import type { Duration } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
 import type { TokenService } from "../../gen/tokens/v1/token_service_pb.js";
 import { authenticate, requireScope } from "../domain/access.js";
 import { invalidArgument } from "../domain/errors.js";
 import { introspectToken } from "../domain/introspect.js";
 import { issueToken } from "../domain/issue.js";
-import { listSecurityEvents, listTokens } from "../domain/list.js";
+import { listLegacyJwtUsage, listSecurityEvents, listTokens } from "../domain/list.js";
 import { SCOPES, type Caller, type RequestMeta, type ServiceScope } from "../domain/model.js";
 import type { TokenDeps } from "../domain/ports.js";
 import { revokeToken } from "../domain/revoke.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 import { callerCredential, requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
-import { dateFromPb, introspectResponse, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
+import { dateFromPb, deprecationHeaders, introspectResponse, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
 
 type Impl = ServiceImpl<typeof TokenService>;
 
@@ -72,17 +72,23 @@ export class TokenServiceHandler implements Impl {
       if (req.tokenTypeHint.length > 64) throw invalidArgument("token_type_hint", "must be at most 64 characters");
       const { meta } = await this.caller(ctx, SCOPES.introspect);
       const result = await introspectToken(this.deps, req.token, meta);
+      if (result.active && result.deprecation) {
+        for (const [name, value] of deprecationHeaders(result.deprecation)) ctx.responseHeader.set(name, value);
+      }
       return introspectResponse(result, this.deps.policy);
     });
 
   revokeToken: Impl["revokeToken"] = (req, ctx) =>
     this.run(ctx, async () => {
-      if (req.target.case === undefined) throw invalidArgument("target", "set either token or token_id");
+      if (req.target.case === undefined) throw invalidArgument("target", "set one of token, token_id or legacy_jti");
       const { caller, meta } = await this.caller(ctx, SCOPES.revoke);
+      const target = req.target;
       const input =
-        req.target.case === "token"
-          ? { token: req.target.value, reason: req.reason }
-          : { tokenId: req.target.value, reason: req.reason };
+        target.case === "token"
+          ? { token: target.value, reason: req.reason }
+          : target.case === "tokenId"
+            ? { tokenId: target.value, reason: req.reason }
+            : { legacyJti: target.value, reason: req.reason };
       const result = await revokeToken(this.deps, caller, input, meta);
       return {
         ...(result.record ? { info: tokenInfo(result.record, this.deps.clock.now()) } : {}),
@@ -110,6 +116,16 @@ export class TokenServiceHandler implements Impl {
         meta,
       );
       return { events: page.items.map(securityEvent), nextPageToken: page.nextPageToken };
+    });
+
+  listLegacyJwtUsage: Impl["listLegacyJwtUsage"] = (req, ctx) =>
+    this.run(ctx, async () => {
+      const { caller, meta } = await this.caller(ctx, undefined);
+      const page = await listLegacyJwtUsage(this.deps, caller, req, meta);
+      return {
+        usage: page.items.map((u) => ({ subject: u.subject, introspectionCount: BigInt(u.count), firstSeenTime: timestampFromDate(u.firstSeen), lastSeenTime: timestampFromDate(u.lastSeen) })),
+        nextPageToken: page.nextPageToken,
+      };
     });
 }
 

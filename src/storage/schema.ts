@@ -60,8 +60,28 @@ export interface SecurityEventsTable {
   message: string;
 }
 
+/** The `legacy_jwt_revocations` table: revoked legacy JWT ids. */
+export interface LegacyJwtRevocationsTable {
+  jti: string;
+  revoked_at: Date;
+  revoked_by: string;
+  revoke_reason: string;
+  expires_at: Date | null;
+}
+
+/** The `legacy_jwt_usage` table: who still sends legacy JWTs. */
+export interface LegacyJwtUsageTable {
+  subject: string;
+  /** `bigint`: a string from `pg`, a number from PGlite. */
+  introspections: ColumnType<string | number | bigint, number, never>;
+  first_seen: Date;
+  last_seen: Date;
+}
+
 /** Every table the service owns (Kysely's migration tables are Kysely's). */
 export interface Database {
   tokens: TokensTable;
   security_events: SecurityEventsTable;
+  legacy_jwt_revocations: LegacyJwtRevocationsTable;
+  legacy_jwt_usage: LegacyJwtUsageTable;
 }

@@ -150,7 +150,7 @@ describe("TokenService over an in-memory transport", () => {
       expect(unknown.alreadyRevoked).toBe(false);
       expect(unknown.info).toBeUndefined();
       expect(await code(s.client.revokeToken({ target: { case: "tokenId", value: "00000000-0000-4000-8000-000000000000" } }, as(admin)))).toEqual({ code: Code.NotFound, message: "no token with id 00000000-0000-4000-8000-000000000000" });
-      expect(await code(s.client.revokeToken({}, as(admin)))).toEqual({ code: Code.InvalidArgument, message: "target: set either token or token_id" });
+      expect(await code(s.client.revokeToken({}, as(admin)))).toEqual({ code: Code.InvalidArgument, message: "target: set one of token, token_id or legacy_jti" });
 
       const active = await s.client.listTokens({ subject: "bob@example.com" }, as(admin));
       expect(active.tokens).toHaveLength(0);

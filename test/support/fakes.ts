@@ -1,9 +1,12 @@
 import { TokenError } from "../../src/domain/errors.js";
+import type { LegacyJwtPolicy } from "../../src/domain/legacy-jwt.js";
 import type { SecurityEvent, SecurityEventRow, TokenRecord } from "../../src/domain/model.js";
 import { tokenState } from "../../src/domain/model.js";
 import type {
   Clock,
   EventSink,
+  LegacyJwtStore,
+  LegacyUsage,
   Logger,
   NewToken,
   RevokeOutcome,
@@ -127,6 +130,41 @@ export class CapturedLog implements Logger {
   }
 }
 
+/** An in-memory LegacyJwtStore. */
+export class MemoryLegacyJwtStore implements LegacyJwtStore {
+  readonly revoked = new Map<string, { by: string; reason: string }>();
+  readonly usage = new Map<string, LegacyUsage>();
+  async isRevoked(jti: string): Promise<boolean> {
+    return this.revoked.has(jti);
+  }
+  async revoke(jti: string, r: { by: string; reason: string }): Promise<{ alreadyRevoked: boolean }> {
+    if (this.revoked.has(jti)) return { alreadyRevoked: true };
+    this.revoked.set(jti, { by: r.by, reason: r.reason });
+    return { alreadyRevoked: false };
+  }
+  async recordUsage(batch: readonly LegacyUsage[]): Promise<void> {
+    for (const u of batch) {
+      const old = this.usage.get(u.subject);
+      this.usage.set(u.subject, old ? { ...old, count: old.count + u.count, lastSeen: u.lastSeen } : u);
+    }
+  }
+  async listUsage(q: { limit: number }): Promise<LegacyUsage[]> {
+    return [...this.usage.values()].sort((a, b) => b.lastSeen.getTime() - a.lastSeen.getTime()).slice(0, q.limit);
+  }
+}
+
+/** A legacy policy with no keys: legacy JWTs refused. Tests add keys. */
+export const NO_LEGACY: LegacyJwtPolicy = Object.freeze({
+  keys: [],
+  audience: [],
+  requireJti: false,
+  releaseAt: new Date("2026-11-01T00:00:00Z"),
+  sunsetAt: new Date("2027-01-30T00:00:00Z"),
+  migrationUrl: "https://docs.example.com/migrate",
+  maxLength: 4096,
+  clockToleranceSec: 0,
+});
+
 /** The policy tests start from. */
 export const TEST_POLICY: TokenPolicy = Object.freeze({
   environment: "development",
@@ -139,14 +177,17 @@ export const TEST_POLICY: TokenPolicy = Object.freeze({
 });
 
 /** Domain dependencies on fakes, with handles to inspect them. */
-export function fakeDeps(policy: Partial<TokenPolicy> = {}) {
+export function fakeDeps(policy: Partial<TokenPolicy> = {}, legacyPolicy: LegacyJwtPolicy = NO_LEGACY) {
   const store = new MemoryTokenStore();
+  const legacyStore = new MemoryLegacyJwtStore();
+  const legacyUsed: { subject: string; at: Date }[] = [];
   const securityEvents = new MemorySecurityEventStore();
   const events = new CapturedEvents();
   const clock = new FixedClock();
   const log = new CapturedLog();
   const used = new Map<string, Date>();
   const deps: TokenDeps = {
+    legacy: { policy: legacyPolicy, store: legacyStore, usage: { note: (subject, at) => void legacyUsed.push({ subject, at }) } },
     store,
     securityEvents,
     events,
@@ -155,5 +196,5 @@ export function fakeDeps(policy: Partial<TokenPolicy> = {}) {
     usage: { note: (id, at) => void used.set(id, at) },
     policy: { ...TEST_POLICY, ...policy },
   };
-  return { deps, store, securityEvents, events, clock, log, used };
+  return { deps, store, securityEvents, events, clock, log, used, legacyStore, legacyUsed };
 }

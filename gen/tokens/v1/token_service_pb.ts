@@ -17,7 +17,90 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokens/v1/token_service.proto.
  */
 export const file_tokens_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIuQECglUb2tlbkluZm8SCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIPCgdzdWJqZWN0GAMgASgJEhEKCWZ1bGxfbmFtZRgEIAEoCRINCgV0ZWFtcxgFIAMoCRIOCgZzY29wZXMYBiADKAkSEgoKbmFtZXNwYWNlcxgHIAMoCRIQCghpc19hZG1pbhgIIAEoCBI0CghtZXRhZGF0YRgJIAMoCzIiLnRva2Vucy52MS5Ub2tlbkluZm8uTWV0YWRhdGFFbnRyeRIrCgtlbnZpcm9ubWVudBgKIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIUCgxkaXNwbGF5X2hpbnQYCyABKAkSJAoFc3RhdGUYDCABKA4yFS50b2tlbnMudjEuVG9rZW5TdGF0ZRIvCgtjcmVhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY3JlYXRlZF9ieRgOIAEoCRIvCgtleHBpcmVfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF91c2VkX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jldm9rZV90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXZva2VkX2J5GBIgASgJEhUKDXJldm9rZV9yZWFzb24YEyABKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIuACChFJc3N1ZVRva2VuUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnNjb3BlcxgCIAMoCRINCgV0ZWFtcxgDIAMoCRISCgpuYW1lc3BhY2VzGAQgAygJEigKA3R0bBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkgAEjEKC2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAEjwKCG1ldGFkYXRhGAcgAygLMioudG9rZW5zLnYxLklzc3VlVG9rZW5SZXF1ZXN0Lk1ldGFkYXRhRW50cnkSDwoHc3ViamVjdBgIIAEoCRIRCglmdWxsX25hbWUYCSABKAkSEAoIaXNfYWRtaW4YCiABKAgaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQggKBmV4cGlyeSJHChJJc3N1ZVRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSIgoEaW5mbxgCIAEoCzIULnRva2Vucy52MS5Ub2tlbkluZm8iQAoWSW50cm9zcGVjdFRva2VuUmVxdWVzdBINCgV0b2tlbhgBIAEoCRIXCg90b2tlbl90eXBlX2hpbnQYAiABKAkiwAQKF0ludHJvc3BlY3RUb2tlblJlc3BvbnNlEg4KBmFjdGl2ZRgBIAEoCBINCgVzY29wZRgCIAEoCRIOCgZzY29wZXMYAyADKAkSEQoJY2xpZW50X2lkGAQgASgJEhAKCHVzZXJuYW1lGAUgASgJEhIKCnRva2VuX3R5cGUYBiABKAkSCwoDZXhwGAcgASgDEgsKA2lhdBgIIAEoAxILCgNuYmYYCSABKAMSCwoDc3ViGAogASgJEgsKA2F1ZBgLIAMoCRILCgNpc3MYDCABKAkSCwoDanRpGA0gASgJEg0KBXRlYW1zGA4gAygJEhIKCm5hbWVzcGFjZXMYDyADKAkSEAoIaXNfYWRtaW4YECABKAgSKwoLZW52aXJvbm1lbnQYESABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSEgoKdG9rZW5fbmFtZRgSIAEoCRJCCghtZXRhZGF0YRgTIAMoCzIwLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXNwb25zZS5NZXRhZGF0YUVudHJ5EhEKCWZ1bGxfbmFtZRgUIAEoCRIoCgp0b2tlbl9raW5kGBUgASgOMhQudG9rZW5zLnYxLlRva2VuS2luZBIpCgZyZWFzb24YFiABKA4yGS50b2tlbnMudjEuSW5hY3RpdmVSZWFzb24SDwoHbWVzc2FnZRgXIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiUwoSUmV2b2tlVG9rZW5SZXF1ZXN0Eg8KBXRva2VuGAEgASgJSAASEgoIdG9rZW5faWQYAiABKAlIABIOCgZyZWFzb24YAyABKAlCCAoGdGFyZ2V0IlIKE1Jldm9rZVRva2VuUmVzcG9uc2USIgoEaW5mbxgBIAEoCzIULnRva2Vucy52MS5Ub2tlbkluZm8SFwoPYWxyZWFkeV9yZXZva2VkGAIgASgIIosBChFMaXN0VG9rZW5zUmVxdWVzdBIPCgdzdWJqZWN0GAEgASgJEgwKBHRlYW0YAiABKAkSFwoPaW5jbHVkZV9yZXZva2VkGAMgASgIEhcKD2luY2x1ZGVfZXhwaXJlZBgEIAEoCBIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCSJTChJMaXN0VG9rZW5zUmVzcG9uc2USJAoGdG9rZW5zGAEgAygLMhQudG9rZW5zLnYxLlRva2VuSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiygMKDVNlY3VyaXR5RXZlbnQSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIlCghzZXZlcml0eRgDIAEoDjITLnRva2Vucy52MS5TZXZlcml0eRIzCg9maXJzdF9zZWVuX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3Rfc2Vlbl90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVjb3VudBgGIAEoAxIzChNzZXJ2aWNlX2Vudmlyb25tZW50GAcgASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EjEKEXRva2VuX2Vudmlyb25tZW50GAggASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhcKD2NhbGxlcl90b2tlbl9pZBgJIAEoCRIWCg5jYWxsZXJfc3ViamVjdBgKIAEoCRIMCgRwZWVyGAsgASgJEhIKCnVzZXJfYWdlbnQYDCABKAkSEgoKdG9rZW5faGludBgNIAEoCRIQCgh0b2tlbl9pZBgOIAEoCRIPCgdtZXNzYWdlGA8gASgJEg4KBm1ldGhvZBgQIAEoCSKmAQoZTGlzdFNlY3VyaXR5RXZlbnRzUmVxdWVzdBIMCgR0eXBlGAEgASgJEikKDG1pbl9zZXZlcml0eRgCIAEoDjITLnRva2Vucy52MS5TZXZlcml0eRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiXwoaTGlzdFNlY3VyaXR5RXZlbnRzUmVzcG9uc2USKAoGZXZlbnRzGAEgAygLMhgudG9rZW5zLnYxLlNlY3VyaXR5RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKnwKC0Vudmlyb25tZW50EhsKF0VOVklST05NRU5UX1VOU1BFQ0lGSUVEEAASGwoXRU5WSVJPTk1FTlRfREVWRUxPUE1FTlQQARIXChNFTlZJUk9OTUVOVF9TVEFHSU5HEAISGgoWRU5WSVJPTk1FTlRfUFJPRFVDVElPThADKnMKClRva2VuU3RhdGUSGwoXVE9LRU5fU1RBVEVfVU5TUEVDSUZJRUQQABIWChJUT0tFTl9TVEFURV9BQ1RJVkUQARIXChNUT0tFTl9TVEFURV9FWFBJUkVEEAISFwoTVE9LRU5fU1RBVEVfUkVWT0tFRBADKlkKCVRva2VuS2luZBIaChZUT0tFTl9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRVE9LRU5fS0lORF9PUEFRVUUQARIZChVUT0tFTl9LSU5EX0xFR0FDWV9KV1QQAirRAQoOSW5hY3RpdmVSZWFzb24SHwobSU5BQ1RJVkVfUkVBU09OX1VOU1BFQ0lGSUVEEAASHQoZSU5BQ1RJVkVfUkVBU09OX01BTEZPUk1FRBABEhsKF0lOQUNUSVZFX1JFQVNPTl9VTktOT1dOEAISGwoXSU5BQ1RJVkVfUkVBU09OX0VYUElSRUQQAxIbChdJTkFDVElWRV9SRUFTT05fUkVWT0tFRBAEEigKJElOQUNUSVZFX1JFQVNPTl9FTlZJUk9OTUVOVF9NSVNNQVRDSBAFKmQKCFNldmVyaXR5EhgKFFNFVkVSSVRZX1VOU1BFQ0lGSUVEEAASEQoNU0VWRVJJVFlfSU5GTxABEhQKEFNFVkVSSVRZX1dBUk5JTkcQAhIVChFTRVZFUklUWV9DUklUSUNBTBADMr4DCgxUb2tlblNlcnZpY2USSQoKSXNzdWVUb2tlbhIcLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdBodLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVzcG9uc2USWAoPSW50cm9zcGVjdFRva2VuEiEudG9rZW5zLnYxLkludHJvc3BlY3RUb2tlblJlcXVlc3QaIi50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2USUQoLUmV2b2tlVG9rZW4SHS50b2tlbnMudjEuUmV2b2tlVG9rZW5SZXF1ZXN0Gh4udG9rZW5zLnYxLlJldm9rZVRva2VuUmVzcG9uc2UiA5ACAhJOCgpMaXN0VG9rZW5zEhwudG9rZW5zLnYxLkxpc3RUb2tlbnNSZXF1ZXN0Gh0udG9rZW5zLnYxLkxpc3RUb2tlbnNSZXNwb25zZSIDkAIBEmYKEkxpc3RTZWN1cml0eUV2ZW50cxIkLnRva2Vucy52MS5MaXN0U2VjdXJpdHlFdmVudHNSZXF1ZXN0GiUudG9rZW5zLnYxLkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIpcBCgtEZXByZWNhdGlvbhIOCgZub3RpY2UYASABKAkSDAoEbGluaxgCIAEoCRIvCgtzdW5zZXRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoVZGVwcmVjYXRlZF9zaW5jZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLkBAoJVG9rZW5JbmZvEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHc3ViamVjdBgDIAEoCRIRCglmdWxsX25hbWUYBCABKAkSDQoFdGVhbXMYBSADKAkSDgoGc2NvcGVzGAYgAygJEhIKCm5hbWVzcGFjZXMYByADKAkSEAoIaXNfYWRtaW4YCCABKAgSNAoIbWV0YWRhdGEYCSADKAsyIi50b2tlbnMudjEuVG9rZW5JbmZvLk1ldGFkYXRhRW50cnkSKwoLZW52aXJvbm1lbnQYCiABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFAoMZGlzcGxheV9oaW50GAsgASgJEiQKBXN0YXRlGAwgASgOMhUudG9rZW5zLnYxLlRva2VuU3RhdGUSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYDiABKAkSLwoLZXhwaXJlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmV2b2tlZF9ieRgSIAEoCRIVCg1yZXZva2VfcmVhc29uGBMgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLgAgoRSXNzdWVUb2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDQoFdGVhbXMYAyADKAkSEgoKbmFtZXNwYWNlcxgEIAMoCRIoCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IABIxCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABI8CghtZXRhZGF0YRgHIAMoCzIqLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdC5NZXRhZGF0YUVudHJ5Eg8KB3N1YmplY3QYCCABKAkSEQoJZnVsbF9uYW1lGAkgASgJEhAKCGlzX2FkbWluGAogASgIGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIICgZleHBpcnkiRwoSSXNzdWVUb2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEiIKBGluZm8YAiABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvIkAKFkludHJvc3BlY3RUb2tlblJlcXVlc3QSDQoFdG9rZW4YASABKAkSFwoPdG9rZW5fdHlwZV9oaW50GAIgASgJIu0EChdJbnRyb3NwZWN0VG9rZW5SZXNwb25zZRIOCgZhY3RpdmUYASABKAgSDQoFc2NvcGUYAiABKAkSDgoGc2NvcGVzGAMgAygJEhEKCWNsaWVudF9pZBgEIAEoCRIQCgh1c2VybmFtZRgFIAEoCRISCgp0b2tlbl90eXBlGAYgASgJEgsKA2V4cBgHIAEoAxILCgNpYXQYCCABKAMSCwoDbmJmGAkgASgDEgsKA3N1YhgKIAEoCRILCgNhdWQYCyADKAkSCwoDaXNzGAwgASgJEgsKA2p0aRgNIAEoCRINCgV0ZWFtcxgOIAMoCRISCgpuYW1lc3BhY2VzGA8gAygJEhAKCGlzX2FkbWluGBAgASgIEisKC2Vudmlyb25tZW50GBEgASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhIKCnRva2VuX25hbWUYEiABKAkSQgoIbWV0YWRhdGEYEyADKAsyMC50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2UuTWV0YWRhdGFFbnRyeRIRCglmdWxsX25hbWUYFCABKAkSKAoKdG9rZW5fa2luZBgVIAEoDjIULnRva2Vucy52MS5Ub2tlbktpbmQSKQoGcmVhc29uGBYgASgOMhkudG9rZW5zLnYxLkluYWN0aXZlUmVhc29uEg8KB21lc3NhZ2UYFyABKAkSKwoLZGVwcmVjYXRpb24YGCABKAsyFi50b2tlbnMudjEuRGVwcmVjYXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImkKElJldm9rZVRva2VuUmVxdWVzdBIPCgV0b2tlbhgBIAEoCUgAEhIKCHRva2VuX2lkGAIgASgJSAASFAoKbGVnYWN5X2p0aRgEIAEoCUgAEg4KBnJlYXNvbhgDIAEoCUIICgZ0YXJnZXQiUgoTUmV2b2tlVG9rZW5SZXNwb25zZRIiCgRpbmZvGAEgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbxIXCg9hbHJlYWR5X3Jldm9rZWQYAiABKAgiiwEKEUxpc3RUb2tlbnNSZXF1ZXN0Eg8KB3N1YmplY3QYASABKAkSDAoEdGVhbRgCIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYAyABKAgSFwoPaW5jbHVkZV9leHBpcmVkGAQgASgIEhEKCXBhZ2Vfc2l6ZRgFIAEoBRISCgpwYWdlX3Rva2VuGAYgASgJIlMKEkxpc3RUb2tlbnNSZXNwb25zZRIkCgZ0b2tlbnMYASADKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLKAwoNU2VjdXJpdHlFdmVudBIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEiUKCHNldmVyaXR5GAMgASgOMhMudG9rZW5zLnYxLlNldmVyaXR5EjMKD2ZpcnN0X3NlZW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWNvdW50GAYgASgDEjMKE3NlcnZpY2VfZW52aXJvbm1lbnQYByABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSMQoRdG9rZW5fZW52aXJvbm1lbnQYCCABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFwoPY2FsbGVyX3Rva2VuX2lkGAkgASgJEhYKDmNhbGxlcl9zdWJqZWN0GAogASgJEgwKBHBlZXIYCyABKAkSEgoKdXNlcl9hZ2VudBgMIAEoCRISCgp0b2tlbl9oaW50GA0gASgJEhAKCHRva2VuX2lkGA4gASgJEg8KB21lc3NhZ2UYDyABKAkSDgoGbWV0aG9kGBAgASgJIqYBChlMaXN0U2VjdXJpdHlFdmVudHNSZXF1ZXN0EgwKBHR5cGUYASABKAkSKQoMbWluX3NldmVyaXR5GAIgASgOMhMudG9rZW5zLnYxLlNldmVyaXR5EikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJfChpMaXN0U2VjdXJpdHlFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC50b2tlbnMudjEuU2VjdXJpdHlFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQgoZTGlzdExlZ2FjeUp3dFVzYWdlUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSKnAQoOTGVnYWN5Snd0VXNhZ2USDwoHc3ViamVjdBgBIAEoCRIbChNpbnRyb3NwZWN0aW9uX2NvdW50GAIgASgDEjMKD2ZpcnN0X3NlZW5fdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl8KGkxpc3RMZWdhY3lKd3RVc2FnZVJlc3BvbnNlEigKBXVzYWdlGAEgAygLMhkudG9rZW5zLnYxLkxlZ2FjeUp3dFVzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSp8CgtFbnZpcm9ubWVudBIbChdFTlZJUk9OTUVOVF9VTlNQRUNJRklFRBAAEhsKF0VOVklST05NRU5UX0RFVkVMT1BNRU5UEAESFwoTRU5WSVJPTk1FTlRfU1RBR0lORxACEhoKFkVOVklST05NRU5UX1BST0RVQ1RJT04QAypzCgpUb2tlblN0YXRlEhsKF1RPS0VOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSVE9LRU5fU1RBVEVfQUNUSVZFEAESFwoTVE9LRU5fU1RBVEVfRVhQSVJFRBACEhcKE1RPS0VOX1NUQVRFX1JFVk9LRUQQAypZCglUb2tlbktpbmQSGgoWVE9LRU5fS0lORF9VTlNQRUNJRklFRBAAEhUKEVRPS0VOX0tJTkRfT1BBUVVFEAESGQoVVE9LRU5fS0lORF9MRUdBQ1lfSldUEAIqlQIKDkluYWN0aXZlUmVhc29uEh8KG0lOQUNUSVZFX1JFQVNPTl9VTlNQRUNJRklFRBAAEh0KGUlOQUNUSVZFX1JFQVNPTl9NQUxGT1JNRUQQARIbChdJTkFDVElWRV9SRUFTT05fVU5LTk9XThACEhsKF0lOQUNUSVZFX1JFQVNPTl9FWFBJUkVEEAMSGwoXSU5BQ1RJVkVfUkVBU09OX1JFVk9LRUQQBBIoCiRJTkFDVElWRV9SRUFTT05fRU5WSVJPTk1FTlRfTUlTTUFUQ0gQBRIbChdJTkFDVElWRV9SRUFTT05fSU5WQUxJRBAGEiUKIUlOQUNUSVZFX1JFQVNPTl9MRUdBQ1lfSldUX1NVTlNFVBAHKmQKCFNldmVyaXR5EhgKFFNFVkVSSVRZX1VOU1BFQ0lGSUVEEAASEQoNU0VWRVJJVFlfSU5GTxABEhQKEFNFVkVSSVRZX1dBUk5JTkcQAhIVChFTRVZFUklUWV9DUklUSUNBTBADMqYECgxUb2tlblNlcnZpY2USSQoKSXNzdWVUb2tlbhIcLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdBodLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVzcG9uc2USWAoPSW50cm9zcGVjdFRva2VuEiEudG9rZW5zLnYxLkludHJvc3BlY3RUb2tlblJlcXVlc3QaIi50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2USUQoLUmV2b2tlVG9rZW4SHS50b2tlbnMudjEuUmV2b2tlVG9rZW5SZXF1ZXN0Gh4udG9rZW5zLnYxLlJldm9rZVRva2VuUmVzcG9uc2UiA5ACAhJOCgpMaXN0VG9rZW5zEhwudG9rZW5zLnYxLkxpc3RUb2tlbnNSZXF1ZXN0Gh0udG9rZW5zLnYxLkxpc3RUb2tlbnNSZXNwb25zZSIDkAIBEmYKEkxpc3RTZWN1cml0eUV2ZW50cxIkLnRva2Vucy52MS5MaXN0U2VjdXJpdHlFdmVudHNSZXF1ZXN0GiUudG9rZW5zLnYxLkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlIgOQAgESZgoSTGlzdExlZ2FjeUp3dFVzYWdlEiQudG9rZW5zLnYxLkxpc3RMZWdhY3lKd3RVc2FnZVJlcXVlc3QaJS50b2tlbnMudjEuTGlzdExlZ2FjeUp3dFVzYWdlUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * Deprecation is the notice carried by every successful answer about a
+ * legacy JWT. The same facts are sent as response headers (gRPC metadata):
+ * `X-Auth-Deprecation`, `Deprecation` (RFC 9745), `Sunset` (RFC 8594) and
+ * `Link` to the migration documentation, so a gateway can pass them on.
+ *
+ * @generated from message tokens.v1.Deprecation
+ */
+export type Deprecation = Message<"tokens.v1.Deprecation"> & {
+  /**
+   * "JWT tokens are deprecated. Please migrate to API tokens."
+   *
+   * @generated from field: string notice = 1;
+   */
+  notice: string;
+
+  /**
+   * Where to read how to migrate.
+   *
+   * @generated from field: string link = 2;
+   */
+  link: string;
+
+  /**
+   * After this time legacy JWTs stop working.
+   *
+   * @generated from field: google.protobuf.Timestamp sunset_time = 3;
+   */
+  sunsetTime?: Timestamp | undefined;
+
+  /**
+   * Since when legacy JWTs are deprecated.
+   *
+   * @generated from field: google.protobuf.Timestamp deprecated_since_time = 4;
+   */
+  deprecatedSinceTime?: Timestamp | undefined;
+};
+
+/**
+ * Deprecation is the notice carried by every successful answer about a
+ * legacy JWT. The same facts are sent as response headers (gRPC metadata):
+ * `X-Auth-Deprecation`, `Deprecation` (RFC 9745), `Sunset` (RFC 8594) and
+ * `Link` to the migration documentation, so a gateway can pass them on.
+ *
+ * @generated from message tokens.v1.Deprecation
+ */
+export type DeprecationJson = {
+  /**
+   * "JWT tokens are deprecated. Please migrate to API tokens."
+   *
+   * @generated from field: string notice = 1;
+   */
+  notice?: string;
+
+  /**
+   * Where to read how to migrate.
+   *
+   * @generated from field: string link = 2;
+   */
+  link?: string;
+
+  /**
+   * After this time legacy JWTs stop working.
+   *
+   * @generated from field: google.protobuf.Timestamp sunset_time = 3;
+   */
+  sunsetTime?: TimestampJson;
+
+  /**
+   * Since when legacy JWTs are deprecated.
+   *
+   * @generated from field: google.protobuf.Timestamp deprecated_since_time = 4;
+   */
+  deprecatedSinceTime?: TimestampJson;
+};
+
+/**
+ * Describes the message tokens.v1.Deprecation.
+ * Use `create(DeprecationSchema)` to create a new message.
+ */
+export const DeprecationSchema: GenMessage<Deprecation, {jsonType: DeprecationJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 0);
 
 /**
  * TokenInfo is a token's metadata. It never holds the token or its digest.
@@ -308,7 +391,7 @@ export type TokenInfoJson = {
  * Use `create(TokenInfoSchema)` to create a new message.
  */
 export const TokenInfoSchema: GenMessage<TokenInfo, {jsonType: TokenInfoJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 0);
+  messageDesc(file_tokens_v1_token_service, 1);
 
 /**
  * IssueTokenRequest asks for a new token.
@@ -495,7 +578,7 @@ export type IssueTokenRequestJson = {
  * Use `create(IssueTokenRequestSchema)` to create a new message.
  */
 export const IssueTokenRequestSchema: GenMessage<IssueTokenRequest, {jsonType: IssueTokenRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 1);
+  messageDesc(file_tokens_v1_token_service, 2);
 
 /**
  * IssueTokenResponse holds the new token. It is shown this once.
@@ -544,7 +627,7 @@ export type IssueTokenResponseJson = {
  * Use `create(IssueTokenResponseSchema)` to create a new message.
  */
 export const IssueTokenResponseSchema: GenMessage<IssueTokenResponse, {jsonType: IssueTokenResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 2);
+  messageDesc(file_tokens_v1_token_service, 3);
 
 /**
  * IntrospectTokenRequest asks what a presented token stands for.
@@ -597,7 +680,7 @@ export type IntrospectTokenRequestJson = {
  * Use `create(IntrospectTokenRequestSchema)` to create a new message.
  */
 export const IntrospectTokenRequestSchema: GenMessage<IntrospectTokenRequest, {jsonType: IntrospectTokenRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 3);
+  messageDesc(file_tokens_v1_token_service, 4);
 
 /**
  * IntrospectTokenResponse is RFC 7662-shaped. When `active` is false, no claim
@@ -767,6 +850,13 @@ export type IntrospectTokenResponse = Message<"tokens.v1.IntrospectTokenResponse
    * @generated from field: string message = 23;
    */
   message: string;
+
+  /**
+   * Set when an active answer is about a legacy JWT.
+   *
+   * @generated from field: tokens.v1.Deprecation deprecation = 24;
+   */
+  deprecation?: Deprecation | undefined;
 };
 
 /**
@@ -937,6 +1027,13 @@ export type IntrospectTokenResponseJson = {
    * @generated from field: string message = 23;
    */
   message?: string;
+
+  /**
+   * Set when an active answer is about a legacy JWT.
+   *
+   * @generated from field: tokens.v1.Deprecation deprecation = 24;
+   */
+  deprecation?: DeprecationJson;
 };
 
 /**
@@ -944,7 +1041,7 @@ export type IntrospectTokenResponseJson = {
  * Use `create(IntrospectTokenResponseSchema)` to create a new message.
  */
 export const IntrospectTokenResponseSchema: GenMessage<IntrospectTokenResponse, {jsonType: IntrospectTokenResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 4);
+  messageDesc(file_tokens_v1_token_service, 5);
 
 /**
  * RevokeTokenRequest names the token to revoke.
@@ -974,6 +1071,15 @@ export type RevokeTokenRequest = Message<"tokens.v1.RevokeTokenRequest"> & {
      */
     value: string;
     case: "tokenId";
+  } | {
+    /**
+     * Admins only: the `jti` of a legacy JWT, when the JWT itself is not at
+     * hand. (A legacy JWT given as `token` is revoked by its `jti` too.)
+     *
+     * @generated from field: string legacy_jti = 4;
+     */
+    value: string;
+    case: "legacyJti";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -1006,6 +1112,14 @@ export type RevokeTokenRequestJson = {
   tokenId?: string;
 
   /**
+   * Admins only: the `jti` of a legacy JWT, when the JWT itself is not at
+   * hand. (A legacy JWT given as `token` is revoked by its `jti` too.)
+   *
+   * @generated from field: string legacy_jti = 4;
+   */
+  legacyJti?: string;
+
+  /**
    * Why, for the record: at most 512 characters.
    *
    * @generated from field: string reason = 3;
@@ -1018,7 +1132,7 @@ export type RevokeTokenRequestJson = {
  * Use `create(RevokeTokenRequestSchema)` to create a new message.
  */
 export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest, {jsonType: RevokeTokenRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 5);
+  messageDesc(file_tokens_v1_token_service, 6);
 
 /**
  * RevokeTokenResponse confirms a revocation.
@@ -1069,7 +1183,7 @@ export type RevokeTokenResponseJson = {
  * Use `create(RevokeTokenResponseSchema)` to create a new message.
  */
 export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse, {jsonType: RevokeTokenResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 6);
+  messageDesc(file_tokens_v1_token_service, 7);
 
 /**
  * ListTokensRequest filters and pages the token list.
@@ -1176,7 +1290,7 @@ export type ListTokensRequestJson = {
  * Use `create(ListTokensRequestSchema)` to create a new message.
  */
 export const ListTokensRequestSchema: GenMessage<ListTokensRequest, {jsonType: ListTokensRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 7);
+  messageDesc(file_tokens_v1_token_service, 8);
 
 /**
  * ListTokensResponse is one page of tokens, newest first.
@@ -1225,7 +1339,7 @@ export type ListTokensResponseJson = {
  * Use `create(ListTokensResponseSchema)` to create a new message.
  */
 export const ListTokensResponseSchema: GenMessage<ListTokensResponse, {jsonType: ListTokensResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 8);
+  messageDesc(file_tokens_v1_token_service, 9);
 
 /**
  * SecurityEvent is one recorded event, or a burst of identical ones folded
@@ -1474,7 +1588,7 @@ export type SecurityEventJson = {
  * Use `create(SecurityEventSchema)` to create a new message.
  */
 export const SecurityEventSchema: GenMessage<SecurityEvent, {jsonType: SecurityEventJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 9);
+  messageDesc(file_tokens_v1_token_service, 10);
 
 /**
  * ListSecurityEventsRequest filters and pages security events.
@@ -1565,7 +1679,7 @@ export type ListSecurityEventsRequestJson = {
  * Use `create(ListSecurityEventsRequestSchema)` to create a new message.
  */
 export const ListSecurityEventsRequestSchema: GenMessage<ListSecurityEventsRequest, {jsonType: ListSecurityEventsRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 10);
+  messageDesc(file_tokens_v1_token_service, 11);
 
 /**
  * ListSecurityEventsResponse is one page of events, newest first.
@@ -1614,7 +1728,184 @@ export type ListSecurityEventsResponseJson = {
  * Use `create(ListSecurityEventsResponseSchema)` to create a new message.
  */
 export const ListSecurityEventsResponseSchema: GenMessage<ListSecurityEventsResponse, {jsonType: ListSecurityEventsResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 11);
+  messageDesc(file_tokens_v1_token_service, 12);
+
+/**
+ * ListLegacyJwtUsageRequest pages legacy JWT usage.
+ *
+ * @generated from message tokens.v1.ListLegacyJwtUsageRequest
+ */
+export type ListLegacyJwtUsageRequest = Message<"tokens.v1.ListLegacyJwtUsageRequest"> & {
+  /**
+   * Page size: 1 to 500; 0 means 50.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * A `next_page_token` from an earlier answer.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * ListLegacyJwtUsageRequest pages legacy JWT usage.
+ *
+ * @generated from message tokens.v1.ListLegacyJwtUsageRequest
+ */
+export type ListLegacyJwtUsageRequestJson = {
+  /**
+   * Page size: 1 to 500; 0 means 50.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize?: number;
+
+  /**
+   * A `next_page_token` from an earlier answer.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken?: string;
+};
+
+/**
+ * Describes the message tokens.v1.ListLegacyJwtUsageRequest.
+ * Use `create(ListLegacyJwtUsageRequestSchema)` to create a new message.
+ */
+export const ListLegacyJwtUsageRequestSchema: GenMessage<ListLegacyJwtUsageRequest, {jsonType: ListLegacyJwtUsageRequestJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 13);
+
+/**
+ * LegacyJwtUsage is one subject's use of legacy JWTs. Recorded in batches, so
+ * it may lag by a few seconds.
+ *
+ * @generated from message tokens.v1.LegacyJwtUsage
+ */
+export type LegacyJwtUsage = Message<"tokens.v1.LegacyJwtUsage"> & {
+  /**
+   * The JWT's subject.
+   *
+   * @generated from field: string subject = 1;
+   */
+  subject: string;
+
+  /**
+   * Successful introspections of its legacy JWTs.
+   *
+   * @generated from field: int64 introspection_count = 2;
+   */
+  introspectionCount: bigint;
+
+  /**
+   * When first seen.
+   *
+   * @generated from field: google.protobuf.Timestamp first_seen_time = 3;
+   */
+  firstSeenTime?: Timestamp | undefined;
+
+  /**
+   * When last seen.
+   *
+   * @generated from field: google.protobuf.Timestamp last_seen_time = 4;
+   */
+  lastSeenTime?: Timestamp | undefined;
+};
+
+/**
+ * LegacyJwtUsage is one subject's use of legacy JWTs. Recorded in batches, so
+ * it may lag by a few seconds.
+ *
+ * @generated from message tokens.v1.LegacyJwtUsage
+ */
+export type LegacyJwtUsageJson = {
+  /**
+   * The JWT's subject.
+   *
+   * @generated from field: string subject = 1;
+   */
+  subject?: string;
+
+  /**
+   * Successful introspections of its legacy JWTs.
+   *
+   * @generated from field: int64 introspection_count = 2;
+   */
+  introspectionCount?: string;
+
+  /**
+   * When first seen.
+   *
+   * @generated from field: google.protobuf.Timestamp first_seen_time = 3;
+   */
+  firstSeenTime?: TimestampJson;
+
+  /**
+   * When last seen.
+   *
+   * @generated from field: google.protobuf.Timestamp last_seen_time = 4;
+   */
+  lastSeenTime?: TimestampJson;
+};
+
+/**
+ * Describes the message tokens.v1.LegacyJwtUsage.
+ * Use `create(LegacyJwtUsageSchema)` to create a new message.
+ */
+export const LegacyJwtUsageSchema: GenMessage<LegacyJwtUsage, {jsonType: LegacyJwtUsageJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 14);
+
+/**
+ * ListLegacyJwtUsageResponse is one page of usage, most recently seen first.
+ *
+ * @generated from message tokens.v1.ListLegacyJwtUsageResponse
+ */
+export type ListLegacyJwtUsageResponse = Message<"tokens.v1.ListLegacyJwtUsageResponse"> & {
+  /**
+   * The subjects on this page.
+   *
+   * @generated from field: repeated tokens.v1.LegacyJwtUsage usage = 1;
+   */
+  usage: LegacyJwtUsage[];
+
+  /**
+   * Pass as `page_token` for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * ListLegacyJwtUsageResponse is one page of usage, most recently seen first.
+ *
+ * @generated from message tokens.v1.ListLegacyJwtUsageResponse
+ */
+export type ListLegacyJwtUsageResponseJson = {
+  /**
+   * The subjects on this page.
+   *
+   * @generated from field: repeated tokens.v1.LegacyJwtUsage usage = 1;
+   */
+  usage?: LegacyJwtUsageJson[];
+
+  /**
+   * Pass as `page_token` for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken?: string;
+};
+
+/**
+ * Describes the message tokens.v1.ListLegacyJwtUsageResponse.
+ * Use `create(ListLegacyJwtUsageResponseSchema)` to create a new message.
+ */
+export const ListLegacyJwtUsageResponseSchema: GenMessage<ListLegacyJwtUsageResponse, {jsonType: ListLegacyJwtUsageResponseJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 15);
 
 /**
  * Environment is where a token may be used. Its prefix says which:
@@ -1805,6 +2096,22 @@ export enum InactiveReason {
    * @generated from enum value: INACTIVE_REASON_ENVIRONMENT_MISMATCH = 5;
    */
   ENVIRONMENT_MISMATCH = 5,
+
+  /**
+   * A legacy JWT that fails verification: bad signature, key or algorithm,
+   * wrong issuer or audience, not yet valid, or missing a required claim.
+   *
+   * @generated from enum value: INACTIVE_REASON_INVALID = 6;
+   */
+  INVALID = 6,
+
+  /**
+   * A legacy JWT presented after the deprecation window closed. The message
+   * tells the caller how to migrate.
+   *
+   * @generated from enum value: INACTIVE_REASON_LEGACY_JWT_SUNSET = 7;
+   */
+  LEGACY_JWT_SUNSET = 7,
 }
 
 /**
@@ -1814,7 +2121,7 @@ export enum InactiveReason {
  *
  * @generated from enum tokens.v1.InactiveReason
  */
-export type InactiveReasonJson = "INACTIVE_REASON_UNSPECIFIED" | "INACTIVE_REASON_MALFORMED" | "INACTIVE_REASON_UNKNOWN" | "INACTIVE_REASON_EXPIRED" | "INACTIVE_REASON_REVOKED" | "INACTIVE_REASON_ENVIRONMENT_MISMATCH";
+export type InactiveReasonJson = "INACTIVE_REASON_UNSPECIFIED" | "INACTIVE_REASON_MALFORMED" | "INACTIVE_REASON_UNKNOWN" | "INACTIVE_REASON_EXPIRED" | "INACTIVE_REASON_REVOKED" | "INACTIVE_REASON_ENVIRONMENT_MISMATCH" | "INACTIVE_REASON_INVALID" | "INACTIVE_REASON_LEGACY_JWT_SUNSET";
 
 /**
  * Describes the enum tokens.v1.InactiveReason.
@@ -1943,6 +2250,18 @@ export const TokenService: GenService<{
     methodKind: "unary";
     input: typeof ListSecurityEventsRequestSchema;
     output: typeof ListSecurityEventsResponseSchema;
+  },
+  /**
+   * ListLegacyJwtUsage shows who still sends legacy JWTs: per subject, how
+   * many introspections and when first and last seen, most recent first.
+   * Admins only.
+   *
+   * @generated from rpc tokens.v1.TokenService.ListLegacyJwtUsage
+   */
+  listLegacyJwtUsage: {
+    methodKind: "unary";
+    input: typeof ListLegacyJwtUsageRequestSchema;
+    output: typeof ListLegacyJwtUsageResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tokens_v1_token_service, 0);

@@ -1,0 +1,34 @@
+import type { DescService } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import { createContextKey } from "@connectrpc/connect";
+
+/**
+ * The caller's network address (an IP address, without the port), set by both
+ * transports so the one service implementation can read it with
+ * `ctx.values.get(peerKey)` whichever server took the call. `undefined` when
+ * the transport could not tell (e.g. the socket had already closed).
+ *
+ * The port is left out on purpose: it changes with every connection, so it is
+ * noise in security events and rate-limit keys.
+ */
+export const peerKey = createContextKey<string | undefined>(undefined, {
+  description: "peer address",
+});
+
+/**
+ * A service descriptor and its connect-style implementation: the unit both
+ * servers mount. `createReflectionServices` and `createHealthService` return
+ * these, `startGrpcServer` and `routeServices` take lists of them.
+ *
+ * With a concrete `S` (e.g. `ServiceRegistration<typeof TokenService>`) the
+ * compiler checks every method of `impl`. The default, erased form exists
+ * because `ServiceImpl<DescService>` collapses to `never` methods, so a list
+ * mixing services could not be typed otherwise; write
+ * `{ service, impl } satisfies ServiceRegistration<typeof X>` to keep the check.
+ */
+export interface ServiceRegistration<S extends DescService = DescService> {
+  /** The generated service descriptor, e.g. `TokenService`. */
+  readonly service: S;
+  /** The implementation; a missing method answers UNIMPLEMENTED. */
+  readonly impl: DescService extends S ? object : Partial<ServiceImpl<S>>;
+}

@@ -1,0 +1,446 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  createContextValues,
+  createHandlerContext,
+  createServiceImplSpec,
+  decodeBinaryHeader,
+  encodeBinaryHeader,
+} from "@connectrpc/connect";
+import type { MethodImplSpec } from "@connectrpc/connect";
+import { Metadata, status as GrpcStatus } from "@grpc/grpc-js";
+import type {
+  MethodDefinition,
+  ServerDuplexStream,
+  ServerReadableStream,
+  ServerUnaryCall,
+  StatusObject,
+  ServerWritableStream,
+  ServiceDefinition,
+  UntypedHandleCall,
+  UntypedServiceImplementation,
+  sendUnaryData,
+} from "@grpc/grpc-js";
+import { peerKey } from "./context.js";
+import type { ServiceRegistration } from "./context.js";
+
+/** Options for {@link grpcServiceDefinition}. */
+export interface GrpcAdapterOptions {
+  /**
+   * Called with any error a handler throws that is not a `ConnectError`, and
+   * the procedure (`/tokens.v1.TokenService/IntrospectToken`). The client only
+   * sees INTERNAL "internal error"; this is where the detail gets logged.
+   */
+  readonly onInternalError: (err: unknown, procedure: string) => void;
+  /**
+   * Aborting this signal aborts every in-flight handler's `ctx.signal`, so
+   * long-lived streams (health Watch, reflection) end when the server stops.
+   */
+  readonly shutdownSignal?: AbortSignal;
+}
+
+/** What {@link grpcServiceDefinition} returns: the two halves `grpc.Server.addService` wants. */
+export interface GrpcServiceMount {
+  /** Paths and (de)serializers, keyed by the method's local name. */
+  readonly definition: ServiceDefinition;
+  /** The handlers, keyed like `definition`. */
+  readonly implementation: UntypedServiceImplementation;
+}
+
+type HandlerContextController = ReturnType<typeof createHandlerContext>;
+
+/** What grpc-js accepts as a call's final status. */
+type ServerStatusResponse = Partial<StatusObject>;
+
+/** The part of a grpc-js server call that every kind of call shares (grpc-js does not export its name). */
+type ServerSurfaceCall = Pick<
+  ServerUnaryCall<unknown, unknown>,
+  "metadata" | "cancelled" | "getPeer" | "getDeadline" | "getHost" | "getPath" | "sendMetadata"
+> & { once(event: "cancelled", listener: () => void): unknown };
+
+/**
+ * What the deserializer returns for bytes that are not a valid message.
+ * grpc-js turns a throwing deserializer into INTERNAL, but a malformed request
+ * is the caller's fault, so the handler answers INVALID_ARGUMENT instead.
+ */
+const DECODE_FAILED: unique symbol = Symbol("request could not be decoded");
+
+/** What the client sees for any failure that is not a ConnectError; the detail goes to the log only. */
+const INTERNAL_ERROR = new ConnectError("internal error", Code.Internal);
+
+/** Shared so the hot path allocates no reason object when a call completes. */
+const CALL_COMPLETED = new ConnectError("the call has completed", Code.Canceled);
+
+/**
+ * Mounts a connect-style implementation (the same object `router.service()`
+ * takes) on a `@grpc/grpc-js` server, so one implementation serves both
+ * servers. Each call gets a real connect `HandlerContext`: request headers
+ * from the metadata, a signal that aborts on cancellation, deadline or
+ * completion, `timeoutMs`, protocol "grpc" and the caller's address under
+ * {@link peerKey}. Response headers and trailers set on the context are sent
+ * as initial and trailing metadata.
+ *
+ * A `ConnectError` becomes the gRPC status with the same number (Connect codes
+ * are gRPC codes) and its raw message; anything else becomes INTERNAL
+ * "internal error" and goes to `options.onInternalError`.
+ *
+ * Methods missing from `impl` answer UNIMPLEMENTED.
+ */
+export function grpcServiceDefinition<S extends DescService>(
+  service: S,
+  impl: ServiceRegistration<S>["impl"],
+  options: GrpcAdapterOptions,
+): GrpcServiceMount {
+  // createServiceImplSpec binds methods to `impl` and fills the gaps with
+  // UNIMPLEMENTED, exactly as the connect router does.
+  const spec = createServiceImplSpec(service, impl as Parameters<typeof createServiceImplSpec>[1]);
+  const definition: Record<string, MethodDefinition<unknown, unknown>> = {};
+  const implementation: UntypedServiceImplementation = {};
+  for (const method of service.methods) {
+    const methodSpec = spec.methods[method.localName];
+    if (methodSpec === undefined) continue;
+    definition[method.localName] = methodDefinition(method);
+    implementation[method.localName] = handlerFor(service, methodSpec, options);
+  }
+  return { definition, implementation };
+}
+
+/**
+ * Builds the grpc-js method definition for one protobuf method: the path
+ * `/${service.typeName}/${method.name}` and protobuf-es (de)serializers. The
+ * server half decodes requests and encodes responses; the client half (used by
+ * tests and tooling through `makeGenericClientConstructor`) does the reverse.
+ */
+export function methodDefinition(method: DescMethod): MethodDefinition<unknown, unknown> {
+  const input = method.input;
+  const output = method.output;
+  const kind = method.methodKind;
+  return {
+    path: procedureOf(method),
+    requestStream: kind === "client_streaming" || kind === "bidi_streaming",
+    responseStream: kind === "server_streaming" || kind === "bidi_streaming",
+    originalName: method.name,
+    // Server side.
+    requestDeserialize: (bytes: Buffer) => decodeOrMark(input, bytes),
+    responseSerialize: (value: unknown) => asBuffer(toBinary(output, value as MessageShape<DescMessage>)),
+    // Client side: accept init shapes, like a connect client does.
+    requestSerialize: (value: unknown) => asBuffer(toBinary(input, create(input, value as MessageShape<DescMessage>))),
+    responseDeserialize: (bytes: Buffer) => fromBinary(output, bytes),
+  };
+}
+
+/** The gRPC path of a method, as both servers name it in logs. */
+export function procedureOf(method: DescMethod): string {
+  return `/${method.parent.typeName}/${method.name}`;
+}
+
+/** Wraps toBinary's Uint8Array as a Buffer without copying (grpc-js calls `.copy` on it). */
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function decodeOrMark(desc: DescMessage, bytes: Buffer): unknown {
+  try {
+    return fromBinary(desc, bytes);
+  } catch {
+    return DECODE_FAILED;
+  }
+}
+
+function handlerFor(service: DescService, spec: MethodImplSpec, options: GrpcAdapterOptions): UntypedHandleCall {
+  switch (spec.kind) {
+    case "unary":
+      return unaryHandler(service, spec, options);
+    case "server_streaming":
+      return serverStreamingHandler(service, spec, options);
+    case "client_streaming":
+      return clientStreamingHandler(service, spec, options);
+    case "bidi_streaming":
+      return bidiStreamingHandler(service, spec, options);
+  }
+}
+
+/**
+ * The hot path. One closure per call (cancellation) plus what
+ * `createHandlerContext` allocates; one await, the handler's.
+ */
+function unaryHandler(
+  service: DescService,
+  spec: Extract<MethodImplSpec, { kind: "unary" }>,
+  options: GrpcAdapterOptions,
+): UntypedHandleCall {
+  const { method, impl } = spec;
+  const output = method.output;
+  return async function unary(call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) {
+    const request = call.request;
+    if (request === DECODE_FAILED) {
+      callback(INVALID_REQUEST);
+      return;
+    }
+    const ctx = handlerContext(call, service, method, options.shutdownSignal);
+    try {
+      const response = create(output, await impl(request as MessageShape<DescMessage>, ctx));
+      const trailers = toMetadata(ctx.responseTrailer);
+      sendHeader(call, ctx.responseHeader);
+      callback(null, response, trailers);
+    } catch (err) {
+      trySendHeader(call, ctx.responseHeader);
+      callback(errorStatus(err, ctx, method, options));
+    } finally {
+      ctx.abort(CALL_COMPLETED);
+    }
+  };
+}
+
+function serverStreamingHandler(
+  service: DescService,
+  spec: Extract<MethodImplSpec, { kind: "server_streaming" }>,
+  options: GrpcAdapterOptions,
+): UntypedHandleCall {
+  const { method, impl } = spec;
+  return async function serverStreaming(call: ServerWritableStream<unknown, unknown>) {
+    const request = call.request;
+    if (request === DECODE_FAILED) {
+      call.emit("error", INVALID_REQUEST);
+      return;
+    }
+    const ctx = handlerContext(call, service, method, options.shutdownSignal);
+    await writeAll(call, ctx, impl(request as MessageShape<DescMessage>, ctx), options);
+  };
+}
+
+function clientStreamingHandler(
+  service: DescService,
+  spec: Extract<MethodImplSpec, { kind: "client_streaming" }>,
+  options: GrpcAdapterOptions,
+): UntypedHandleCall {
+  const { method, impl } = spec;
+  const output = method.output;
+  return async function clientStreaming(call: ServerReadableStream<unknown, unknown>, callback: sendUnaryData<unknown>) {
+    const ctx = handlerContext(call, service, method, options.shutdownSignal);
+    try {
+      const response = create(output, await impl(requests(call), ctx));
+      const trailers = toMetadata(ctx.responseTrailer);
+      sendHeader(call, ctx.responseHeader);
+      callback(null, response, trailers);
+    } catch (err) {
+      trySendHeader(call, ctx.responseHeader);
+      callback(errorStatus(err, ctx, method, options));
+    } finally {
+      ctx.abort(CALL_COMPLETED);
+    }
+  };
+}
+
+function bidiStreamingHandler(
+  service: DescService,
+  spec: Extract<MethodImplSpec, { kind: "bidi_streaming" }>,
+  options: GrpcAdapterOptions,
+): UntypedHandleCall {
+  const { method, impl } = spec;
+  return async function bidiStreaming(call: ServerDuplexStream<unknown, unknown>) {
+    const ctx = handlerContext(call, service, method, options.shutdownSignal);
+    await writeAll(call, ctx, impl(requests(call), ctx), options);
+  };
+}
+
+/** The request messages of a streaming call, failing the call on one that does not decode. */
+async function* requests(
+  call: ServerReadableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
+): AsyncGenerator<MessageShape<DescMessage>> {
+  // destroyOnReturn: false, because the default async iterator destroys the
+  // whole duplex once the requests end, before any response is written.
+  for await (const message of call.iterator({ destroyOnReturn: false }) as AsyncIterable<unknown>) {
+    if (message === DECODE_FAILED) {
+      throw new ConnectError("request could not be decoded", Code.InvalidArgument);
+    }
+    yield message as MessageShape<DescMessage>;
+  }
+}
+
+/**
+ * Drives a streaming handler: writes each answer (headers first), honours
+ * back-pressure, stops when the call is cancelled, and ends the call with the
+ * trailers or with the mapped error status.
+ */
+async function writeAll(
+  call: ServerWritableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
+  ctx: HandlerContextController,
+  responses: AsyncIterable<unknown>,
+  options: GrpcAdapterOptions,
+): Promise<void> {
+  const output = ctx.method.output;
+  let headerSent = false;
+  try {
+    for await (const response of responses) {
+      if (ctx.signal.aborted) break;
+      if (!headerSent) {
+        headerSent = true;
+        sendHeader(call, ctx.responseHeader);
+      }
+      if (!call.write(create(output, response as MessageShape<DescMessage>))) {
+        await drained(call, ctx.signal);
+      }
+    }
+    if (call.cancelled) return; // the client is gone; nobody to tell
+    if (!headerSent) sendHeader(call, ctx.responseHeader);
+    if (ctx.signal.aborted) {
+      // Past its deadline (grpc-js has already sent DEADLINE_EXCEEDED and
+      // ignores this) or the server is shutting down: say why.
+      call.emit("error", errorStatus(ctx.signal.reason, ctx, ctx.method, options));
+    } else {
+      call.end(toMetadata(ctx.responseTrailer));
+    }
+  } catch (err) {
+    if (call.cancelled) return;
+    if (!headerSent) trySendHeader(call, ctx.responseHeader);
+    call.emit("error", errorStatus(err, ctx, ctx.method, options));
+  } finally {
+    ctx.abort(CALL_COMPLETED);
+  }
+}
+
+/** Resolves when the stream wants more data, or when the call is aborted. */
+function drained(call: NodeJS.EventEmitter, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      call.off("drain", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    call.on("drain", done);
+    signal.addEventListener("abort", done);
+  });
+}
+
+/** Builds the connect HandlerContext for one grpc-js call. */
+function handlerContext(
+  call: ServerSurfaceCall,
+  service: DescService,
+  method: DescMethod,
+  shutdownSignal: AbortSignal | undefined,
+): HandlerContextController {
+  const deadline = call.getDeadline();
+  const deadlineMs = typeof deadline === "number" ? deadline : deadline.getTime();
+  const ctx = createHandlerContext({
+    service,
+    method,
+    protocolName: "grpc",
+    requestMethod: "POST",
+    url: `http://${call.getHost()}${call.getPath()}`,
+    // grpc-js reports "no deadline" as Infinity.
+    timeoutMs: Number.isFinite(deadlineMs) ? deadlineMs - Date.now() : undefined,
+    shutdownSignal,
+    requestHeader: headerInit(call.metadata),
+    contextValues: createContextValues().set(peerKey, peerAddress(call.getPeer())),
+  });
+  // grpc-js also emits "cancelled" just after a call ends normally, when ctx
+  // is already aborted: checking first keeps that path free of allocations.
+  call.once("cancelled", () => {
+    if (!ctx.signal.aborted) ctx.abort(new ConnectError("the client cancelled the call", Code.Canceled));
+  });
+  return ctx;
+}
+
+/**
+ * grpc-js metadata as header tuples. Binary (`-bin`) values come back as
+ * base64, the form connect-node hands a handler, so handlers read headers the
+ * same way on both servers.
+ */
+function headerInit(metadata: Metadata): [string, string][] {
+  const out: [string, string][] = [];
+  const map = metadata.toJSON(); // the internal arrays, no copies
+  for (const key in map) {
+    for (const value of map[key] ?? []) {
+      out.push([key, typeof value === "string" ? value : encodeBinaryHeader(value)]);
+    }
+  }
+  return out;
+}
+
+/**
+ * grpc-js formats the peer as `address:port` (IPv6 without brackets), or
+ * "unknown". Keep only the address, matching `req.socket.remoteAddress` on
+ * the HTTP server.
+ */
+function peerAddress(peer: string): string | undefined {
+  if (peer === "unknown") return undefined;
+  const colon = peer.lastIndexOf(":");
+  return colon > 0 && colon < peer.length - 1 ? peer.slice(0, colon) : peer;
+}
+
+/** Sends the response headers as initial metadata, if the handler set any. */
+function sendHeader(call: ServerSurfaceCall, header: Headers): void {
+  const metadata = toMetadata(header);
+  if (metadata !== undefined) call.sendMetadata(metadata);
+}
+
+/**
+ * On the error path: a header grpc-js refuses must not hide the real error,
+ * and errorStatus reports a bad trailer anyway.
+ */
+function trySendHeader(call: ServerSurfaceCall, header: Headers): void {
+  try {
+    sendHeader(call, header);
+  } catch {
+    // already failing; the status carries the reason
+  }
+}
+
+/**
+ * Adds headers to grpc-js metadata, creating it only when there is something
+ * to add (undefined when empty, so the common case allocates nothing).
+ */
+function toMetadata(headers: Headers, into?: Metadata): Metadata | undefined {
+  let metadata = into;
+  for (const [key, value] of headers) {
+    metadata ??= new Metadata();
+    // grpc-js insists on Buffer values for -bin keys and strings otherwise.
+    if (key.endsWith("-bin")) {
+      metadata.add(key, Buffer.from(decodeBinaryHeader(value)));
+    } else {
+      metadata.add(key, value);
+    }
+  }
+  return metadata;
+}
+
+const INVALID_REQUEST: ServerStatusResponse = {
+  code: GrpcStatus.INVALID_ARGUMENT,
+  details: "request could not be decoded",
+};
+
+/**
+ * Maps what a handler threw to a gRPC status. Connect codes have the gRPC
+ * numbers, so a ConnectError passes straight through. An abort caused by the
+ * call itself (cancel, deadline, shutdown) is reported as such rather than as
+ * an internal failure, whatever error the handler's I/O surfaced it as.
+ */
+function errorStatus(
+  err: unknown,
+  ctx: HandlerContextController,
+  method: DescMethod,
+  options: GrpcAdapterOptions,
+): ServerStatusResponse {
+  let error: ConnectError;
+  if (err instanceof ConnectError) {
+    error = err;
+  } else if (ctx.signal.aborted) {
+    error = ConnectError.from(ctx.signal.reason, Code.Canceled);
+  } else {
+    options.onInternalError(err, procedureOf(method));
+    error = INTERNAL_ERROR;
+  }
+  let trailers: Metadata | undefined;
+  try {
+    trailers = toMetadata(error.metadata, toMetadata(ctx.responseTrailer));
+  } catch (metadataError) {
+    // A header value grpc-js refuses (bad characters, bad base64) is a bug in
+    // the handler; report it rather than crash the call.
+    options.onInternalError(metadataError, procedureOf(method));
+  }
+  // Connect's Code enum uses the gRPC status numbers, so this is a relabel.
+  return { code: error.code as number as GrpcStatus, details: error.rawMessage, metadata: trailers };
+}

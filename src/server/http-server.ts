@@ -1,0 +1,219 @@
+import * as http from "node:http";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
+import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { peerKey } from "./context.js";
+import type { ServiceRegistration } from "./context.js";
+import { procedureOf } from "./grpc-adapter.js";
+import type { RunningServer } from "./grpc-server.js";
+
+/** A request on the HTTP port, from either HTTP/1.1 or HTTP/2. */
+export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
+/** The matching response. */
+export type HttpResponse = http.ServerResponse | http2.Http2ServerResponse;
+
+/** Options for {@link startHttpServer}. */
+export interface HttpServerOptions {
+  /** Address to listen on, e.g. "127.0.0.1", "0.0.0.0" or "::". */
+  readonly host: string;
+  /** Port to listen on; 0 picks a free one. */
+  readonly port: number;
+  /** Registers the RPC services; {@link routeServices} builds this from a list. */
+  readonly routes: (router: ConnectRouter) => void;
+  /** Largest request message, in bytes (connect's `readMaxBytes`); larger ones get RESOURCE_EXHAUSTED. */
+  readonly maxMessageBytes: number;
+  /** Longest timeout a client may ask for; a longer one is refused with INVALID_ARGUMENT. */
+  readonly maxTimeoutMs: number;
+  /**
+   * Receives handler errors that are not ConnectErrors, with the procedure.
+   * connect-node already answers INTERNAL "internal error" without detail;
+   * this is where the detail gets logged. Defaults to `console.error`.
+   */
+  readonly onInternalError?: (err: unknown, procedure: string) => void;
+  /**
+   * Sees every request first; returns true if it answered (plain HTTP paths
+   * such as `/healthz`), false to pass it on to the RPC router.
+   */
+  readonly extraHandler?: (req: HttpRequest, res: HttpResponse) => boolean;
+  /** How long a new connection may stay silent before it is dropped. Default 10 s. */
+  readonly firstByteTimeoutMs?: number;
+}
+
+/** The first bytes of every HTTP/2 connection (RFC 9113 §3.4). */
+const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
+
+/**
+ * Mounts a list of services on a connect router: the `routes` option of
+ * {@link startHttpServer}, from the same list `startGrpcServer` takes.
+ */
+export function routeServices(services: readonly ServiceRegistration[]): (router: ConnectRouter) => void {
+  return (router) => {
+    for (const { service, impl } of services) {
+      // The erased registration pairs any service with any object; the typed
+      // form was checked where the registration was built.
+      router.service(service, impl as Parameters<ConnectRouter["service"]>[1]);
+    }
+  };
+}
+
+/**
+ * Starts the HTTP server: Connect, gRPC-Web and gRPC on one port, over
+ * HTTP/1.1 and cleartext HTTP/2 (prior knowledge, as `buf curl
+ * --http2-prior-knowledge` and gRPC clients speak it).
+ *
+ * `http2.createServer({ allowHTTP1: true })` only negotiates HTTP/1.1 through
+ * TLS ALPN, so a plain `net.Server` accepts each connection, reads until the
+ * first bytes either match the HTTP/2 preface or cannot, puts them back, and
+ * hands the socket to an `http2` or an `http` server.
+ */
+export async function startHttpServer(options: HttpServerOptions): Promise<RunningServer> {
+  const onInternalError =
+    options.onInternalError ??
+    ((err: unknown, procedure: string) => console.error(`internal error in ${procedure}`, err));
+  const shutdown = new AbortController();
+  const rpc = connectNodeAdapter({
+    routes: options.routes,
+    readMaxBytes: options.maxMessageBytes,
+    maxTimeoutMs: options.maxTimeoutMs,
+    shutdownSignal: shutdown.signal,
+    interceptors: [reportInternalErrors(onInternalError)],
+    contextValues: (req) => createContextValues().set(peerKey, req.socket.remoteAddress),
+  });
+
+  let closing = false;
+  const extra = options.extraHandler;
+  const onRequest = (req: HttpRequest, res: HttpResponse): void => {
+    // While draining, ask HTTP/1.1 clients not to reuse the connection.
+    if (closing && res instanceof http.ServerResponse && !res.headersSent) res.shouldKeepAlive = false;
+    if (extra !== undefined && extra(req, res)) return;
+    rpc(req, res);
+  };
+
+  const h1 = http.createServer(onRequest);
+  const h2 = http2.createServer(onRequest);
+  // http.Server starts its header/request timeout checks and its connection
+  // list on "listening", which it never sees because it never listens itself.
+  h1.emit("listening");
+
+  const sockets = new Set<net.Socket>();
+  const waiting = new Set<net.Socket>(); // accepted, protocol not known yet
+  const sessions = new Set<http2.Http2Session>();
+  h2.on("session", (session: http2.Http2Session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
+
+  const firstByteTimeoutMs = options.firstByteTimeoutMs ?? 10_000;
+  const tcp = net.createServer({ noDelay: true }, (socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    if (closing) {
+      socket.destroy();
+      return;
+    }
+    waiting.add(socket);
+    let head: Buffer | undefined;
+    const timer = setTimeout(() => socket.destroy(), firstByteTimeoutMs);
+    const stopWaiting = () => {
+      clearTimeout(timer);
+      waiting.delete(socket);
+      socket.off("data", onData);
+      socket.off("error", onError);
+      socket.off("close", stopWaiting);
+    };
+    const onError = () => socket.destroy(); // reset before a request: nothing to report
+    const onData = (chunk: Buffer) => {
+      head = head === undefined ? chunk : Buffer.concat([head, chunk]);
+      const n = Math.min(head.length, H2_PREFACE.length);
+      const h2Prefix = head.compare(H2_PREFACE, 0, n, 0, n) === 0;
+      if (h2Prefix && n < H2_PREFACE.length) return; // could still be HTTP/2
+      stopWaiting();
+      socket.pause();
+      socket.unshift(head);
+      if (h2Prefix) {
+        // Http2Session reads what is buffered on the socket itself; leave it paused.
+        h2.emit("connection", socket);
+      } else {
+        h1.emit("connection", socket);
+        socket.resume();
+      }
+    };
+    socket.on("data", onData);
+    socket.on("error", onError);
+    socket.once("close", stopWaiting);
+  });
+
+  const port = await new Promise<number>((resolve, reject) => {
+    tcp.once("error", reject);
+    tcp.listen(options.port, options.host, () => {
+      tcp.off("error", reject);
+      resolve((tcp.address() as net.AddressInfo).port);
+    });
+  });
+
+  let closed: Promise<void> | undefined;
+  const close = (graceMs: number): Promise<void> =>
+    (closed ??= new Promise<void>((resolve) => {
+      closing = true;
+      // Keep-alive HTTP/1.1 connections go as soon as they fall idle.
+      const idleSweep = setInterval(() => h1.closeIdleConnections(), 50);
+      const timer = setTimeout(() => {
+        clearInterval(idleSweep);
+        // Long-lived streams end with UNAVAILABLE; then cut what is left.
+        shutdown.abort(new ConnectError("the server is shutting down", Code.Unavailable));
+        setImmediate(() => {
+          for (const session of sessions) session.destroy();
+          for (const socket of sockets) socket.destroy();
+        });
+      }, graceMs);
+      // Calls back when every accepted socket has closed.
+      tcp.close(() => {
+        clearTimeout(timer);
+        clearInterval(idleSweep);
+        resolve();
+      });
+      for (const socket of waiting) socket.destroy();
+      // GOAWAY: in-flight streams finish, then Node closes the session.
+      for (const session of sessions) session.close();
+      h1.close();
+    }));
+
+  return { port, close };
+}
+
+/**
+ * connect-node already hides the detail of an unexpected error (the client
+ * gets INTERNAL "internal error"); this interceptor reports that detail, and
+ * reports an error caused by the call's own abort (cancel, deadline, shutdown)
+ * as that abort rather than as a failure, the way the gRPC server does.
+ */
+function reportInternalErrors(onInternalError: (err: unknown, procedure: string) => void): Interceptor {
+  const mapError = (err: unknown, signal: AbortSignal, procedure: string): ConnectError => {
+    if (err instanceof ConnectError) return err;
+    if (signal.aborted) return ConnectError.from(signal.reason, Code.Canceled);
+    onInternalError(err, procedure);
+    return new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+  };
+  return (next) => async (req) => {
+    try {
+      const res = await next(req);
+      if (!res.stream) return res;
+      const messages = res.message;
+      const procedure = procedureOf(req.method);
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* messages;
+          } catch (err) {
+            throw mapError(err, req.signal, procedure);
+          }
+        })(),
+      };
+    } catch (err) {
+      throw mapError(err, req.signal, procedureOf(req.method));
+    }
+  };
+}
