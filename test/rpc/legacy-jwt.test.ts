@@ -1,0 +1,219 @@
+import { webcrypto } from "node:crypto";
+import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { SignJWT, exportSPKI, generateKeyPair, type JWTPayload } from "jose";
+import { beforeAll, describe, expect, it } from "vitest";
+import { InactiveReason, TokenKind, TokenService } from "../../gen/tokens/v1/token_service_pb.js";
+import { bootstrapAdmin } from "../../src/domain/issue.js";
+import type { LegacyJwtPolicy, LegacyKey } from "../../src/domain/legacy-jwt.js";
+import { TokenServiceHandler } from "../../src/rpc/token-service.js";
+import { NO_LEGACY, fakeDeps } from "../support/fakes.js";
+
+const CURRENT = "current-secret-0123456789abcdef0123456789";
+const PREVIOUS = "previous-secret-0123456789abcdef012345678";
+const NOW = new Date("2026-11-22T12:00:00.000Z");
+const nowSec = Math.floor(NOW.getTime() / 1000);
+
+async function hmacKey(secret: string, label: string): Promise<LegacyKey> {
+  const key = await webcrypto.subtle.importKey("raw", new TextEncoder().encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["verify"]);
+  return { alg: "HS256", key, label };
+}
+
+function hs256(payload: JWTPayload, secret = CURRENT, header: Record<string, unknown> = {}) {
+  return new SignJWT(payload).setProtectedHeader({ alg: "HS256", typ: "JWT", ...header }).sign(new TextEncoder().encode(secret));
+}
+
+const rich = {
+  sub: "alice@example.com",
+  iss: "legacy-auth",
+  aud: "api",
+  jti: "jti-1",
+  env: "development",
+  iat: nowSec - 60,
+  nbf: nowSec - 60,
+  exp: nowSec + 3600,
+  user: { email: "alice@example.com", full_name: "Alice Example", is_admin: false },
+  teams: ["payments"],
+  namespaces: ["prod-eu"],
+  scopes: ["orders.read", "orders.write"],
+};
+
+/** The real service over Connect's in-memory transport, with legacy keys configured. */
+async function setup(overrides: Partial<LegacyJwtPolicy> = {}, keys?: LegacyKey[]) {
+  const policy: LegacyJwtPolicy = {
+    ...NO_LEGACY,
+    keys: keys ?? [await hmacKey(CURRENT, "hmac-current"), await hmacKey(PREVIOUS, "hmac-previous")],
+    issuer: "legacy-auth",
+    audience: ["api"],
+    releaseAt: new Date("2026-11-01T00:00:00Z"),
+    sunsetAt: new Date("2027-01-30T00:00:00Z"),
+    ...overrides,
+  };
+  const f = fakeDeps({}, policy);
+  const admin = (await bootstrapAdmin(f.deps, "admin@example.com", "cli")).token;
+  f.events.events.length = 0;
+  const transport = createRouterTransport(({ service }) => service(TokenService, new TokenServiceHandler(f.deps)));
+  const client = createClient(TokenService, transport);
+  /** Introspects and returns the answer with the response headers. */
+  const introspect = async (token: string) => {
+    let headers = new Headers();
+    const answer = await client.introspectToken({ token }, { headers: { authorization: `Bearer ${admin}` }, onHeader: (h) => (headers = h) });
+    return { answer, headers };
+  };
+  return { ...f, client, admin, introspect };
+}
+
+const noDeprecationHeaders = (headers: Headers) => {
+  for (const name of ["x-auth-deprecation", "sunset", "link", "deprecation"]) expect(headers.get(name)).toBeNull();
+};
+
+describe("legacy JWT introspection", () => {
+  it("answers a valid HS256 JWT with mapped claims, the deprecation notice and its headers", async () => {
+    const s = await setup();
+    const { answer, headers } = await s.introspect(await hs256(rich));
+    expect(answer).toMatchObject({
+      active: true, tokenKind: TokenKind.LEGACY_JWT, tokenType: "jwt", sub: "alice@example.com", username: "alice@example.com", fullName: "Alice Example",
+      scope: "orders.read orders.write", teams: ["payments"], namespaces: ["prod-eu"], isAdmin: false, jti: "jti-1", clientId: "jti-1",
+      iss: "legacy-auth", aud: ["api"], exp: BigInt(nowSec + 3600), iat: BigInt(nowSec - 60), nbf: BigInt(nowSec - 60),
+      deprecation: { notice: "JWT tokens are deprecated. Please migrate to API tokens.", link: "https://docs.example.com/migrate" },
+    });
+    expect(headers.get("x-auth-deprecation")).toBe("JWT tokens are deprecated. Please migrate to API tokens.");
+    expect(headers.get("sunset")).toBe("Sat, 30 Jan 2027 00:00:00 GMT");
+    expect(headers.get("deprecation")).toBe(`@${Date.parse("2026-11-01T00:00:00Z") / 1000}`);
+    expect(headers.get("link")).toBe('<https://docs.example.com/migrate>; rel="deprecation"; type="text/html"');
+    expect(s.legacyUsed).toEqual([{ subject: "alice@example.com", at: NOW }]);
+    expect(s.events.events).toEqual([]);
+  });
+
+  it("accepts a JWT signed with the previous secret during rotation", async () => {
+    const s = await setup();
+    expect((await s.introspect(await hs256(rich, PREVIOUS))).answer.active).toBe(true);
+  });
+
+  it.each(["RS256", "ES256"] as const)("accepts a %s JWT verified with a configured public key", async (alg) => {
+    const pair = await generateKeyPair(alg);
+    const s = await setup({}, [{ alg, key: pair.publicKey, label: "pem" }]);
+    const jwt = await new SignJWT(rich).setProtectedHeader({ alg }).sign(pair.privateKey);
+    expect((await s.introspect(jwt)).answer).toMatchObject({ active: true, sub: "alice@example.com" });
+  });
+
+  it.each([
+    ["an expired JWT", { ...rich, exp: nowSec - 1 }, InactiveReason.EXPIRED, "The token has expired."],
+    ["a wrong issuer", { ...rich, iss: "someone-else" }, InactiveReason.INVALID, "The token was issued by an issuer this service does not accept."],
+    ["a wrong audience", { ...rich, aud: "other-api" }, InactiveReason.INVALID, "The token is not meant for this audience."],
+    ["a JWT not valid yet", { ...rich, nbf: nowSec + 600 }, InactiveReason.INVALID, "The token is not valid yet."],
+    ["a JWT without exp", { ...rich, exp: undefined }, InactiveReason.INVALID, "The token has no expiry."],
+  ])("refuses %s with no claims and no deprecation headers", async (_name, payload, reason, message) => {
+    const s = await setup();
+    const { answer, headers } = await s.introspect(await hs256(payload as JWTPayload));
+    expect(answer).toMatchObject({ active: false, reason, message, sub: "", scopes: [] });
+    expect(answer.deprecation).toBeUndefined();
+    noDeprecationHeaders(headers);
+  });
+
+  it("refuses a JWT signed with an unknown secret", async () => {
+    const s = await setup();
+    expect((await s.introspect(await hs256(rich, "not-the-secret-at-all-0123456789abcdef"))).answer).toMatchObject({ active: false, reason: InactiveReason.INVALID, message: "The token's signature is not valid." });
+  });
+
+  it('refuses alg "none" before any signature work', async () => {
+    const s = await setup();
+    const none = `${Buffer.from(JSON.stringify({ alg: "none", typ: "JWT" })).toString("base64url")}.${Buffer.from(JSON.stringify(rich)).toString("base64url")}.`;
+    expect((await s.introspect(none)).answer).toMatchObject({ active: false, reason: InactiveReason.INVALID, message: "Unsigned JWTs are not accepted." });
+  });
+
+  it("refuses algorithm confusion: an HS256 JWT keyed with the RS256 public key", async () => {
+    const pair = await generateKeyPair("RS256", { extractable: true });
+    const pem = await exportSPKI(pair.publicKey);
+    // Only the RSA key is configured: no HS256 key exists to be confused with it.
+    const rsaOnly = await setup({}, [{ alg: "RS256", key: pair.publicKey, label: "pem" }]);
+    const forged = await hs256(rich, pem);
+    expect((await rsaOnly.introspect(forged)).answer).toMatchObject({ active: false, reason: InactiveReason.INVALID, message: "The token is not signed with an accepted key and algorithm." });
+    // With an HMAC secret configured too, the public key is still never used as one.
+    const both = await setup({}, [await hmacKey(CURRENT, "hmac-current"), { alg: "RS256", key: pair.publicKey, label: "pem" }]);
+    expect((await both.introspect(forged)).answer).toMatchObject({ active: false, reason: InactiveReason.INVALID, message: "The token's signature is not valid." });
+  });
+
+  it.each([
+    ["jwk", { jwk: { kty: "oct", k: "AAAA" } }],
+    ["jku", { jku: "https://attacker.example/jwks.json" }],
+    ["x5u", { x5u: "https://attacker.example/cert.pem" }],
+  ])("refuses an embedded %s header", async (name, header) => {
+    const s = await setup();
+    expect((await s.introspect(await hs256(rich, CURRENT, header))).answer).toMatchObject({ active: false, reason: InactiveReason.INVALID, message: `JWTs with a "${name}" header are not accepted.` });
+  });
+
+  it("refuses a JWE and an oversized JWT as malformed", async () => {
+    const s = await setup({ maxLength: 1000 });
+    expect((await s.introspect("eyJhbGciOiJSU0EtT0FFUCJ9.a.b.c.d")).answer).toMatchObject({ active: false, reason: InactiveReason.MALFORMED, message: "Encrypted JWTs (JWE) are not accepted." });
+    const big = await hs256({ ...rich, padding: "x".repeat(1200) });
+    expect((await s.introspect(big)).answer).toMatchObject({ active: false, reason: InactiveReason.MALFORMED });
+  });
+
+  it("accepts a JWT without jti with a counted warning event when REQUIRE_JTI is false", async () => {
+    const s = await setup();
+    const { answer, headers } = await s.introspect(await hs256({ ...rich, jti: undefined }));
+    expect(answer).toMatchObject({ active: true, jti: "" });
+    expect(headers.get("x-auth-deprecation")).not.toBeNull();
+    expect(s.events.events).toEqual([expect.objectContaining({ type: "legacy_jwt_without_jti", severity: "warning", callerSubject: "alice@example.com" })]);
+  });
+
+  it("refuses a JWT without jti when REQUIRE_JTI is true", async () => {
+    const s = await setup({ requireJti: true });
+    expect((await s.introspect(await hs256({ ...rich, jti: undefined }))).answer).toMatchObject({ active: false, reason: InactiveReason.INVALID, message: "The token has no jti claim; this service requires one." });
+  });
+
+  it("refuses a JWT whose env claim names another environment, with the security event", async () => {
+    const s = await setup();
+    const { answer, headers } = await s.introspect(await hs256({ ...rich, env: "production" }));
+    expect(answer).toMatchObject({ active: false, reason: InactiveReason.ENVIRONMENT_MISMATCH, message: "Token environment mismatch: production token used in development" });
+    noDeprecationHeaders(headers);
+    expect(s.events.events).toEqual([expect.objectContaining({ type: "environment_mismatch", severity: "critical", tokenEnvironment: "production", serviceEnvironment: "development" })]);
+  });
+
+  it("revokes a legacy JWT by value (recording its jti) and then answers REVOKED", async () => {
+    const s = await setup();
+    const jwt = await hs256(rich);
+    const auth = { headers: { authorization: `Bearer ${s.admin}` } };
+    expect(await s.client.revokeToken({ target: { case: "token", value: jwt }, reason: "leaked" }, auth)).toMatchObject({ alreadyRevoked: false });
+    expect(s.legacyStore.revoked.get("jti-1")).toEqual({ by: "admin@example.com", reason: "leaked" });
+    expect((await s.introspect(jwt)).answer).toMatchObject({ active: false, reason: InactiveReason.REVOKED });
+    expect(await s.client.revokeToken({ target: { case: "legacyJti", value: "jti-1" } }, auth)).toMatchObject({ alreadyRevoked: true });
+    expect(s.events.events.filter((e) => e.type === "token_revoked")).toHaveLength(1);
+  });
+
+  it("cannot revoke a legacy JWT without jti on its own, and ignores forged ones", async () => {
+    const s = await setup();
+    const auth = { headers: { authorization: `Bearer ${s.admin}` } };
+    const err = await s.client.revokeToken({ target: { case: "token", value: await hs256({ ...rich, jti: undefined }) } }, auth).catch((e: unknown) => ConnectError.from(e));
+    expect(err).toMatchObject({ code: Code.FailedPrecondition });
+    expect(await s.client.revokeToken({ target: { case: "token", value: await hs256({ ...rich, jti: "victim" }, "forged-secret-0123456789abcdef0123456") } }, auth)).toMatchObject({ alreadyRevoked: false });
+    expect(s.legacyStore.revoked.has("victim")).toBe(false);
+  });
+
+  it("answers LEGACY_JWT_SUNSET after the sunset date, telling the caller how to migrate", async () => {
+    const s = await setup({ sunsetAt: new Date("2026-11-22T00:00:00Z") });
+    const { answer, headers } = await s.introspect(await hs256(rich));
+    expect(answer).toMatchObject({
+      active: false,
+      reason: InactiveReason.LEGACY_JWT_SUNSET,
+      message: "Legacy JWTs stopped working on 2026-11-22. Create an API token (tokenctl issue, or the IssueToken RPC) and send it instead; see https://docs.example.com/migrate",
+    });
+    noDeprecationHeaders(headers);
+  });
+
+  it("refuses legacy JWTs as malformed when no key is configured", async () => {
+    const s = await setup({}, []);
+    expect((await s.introspect(await hs256(rich))).answer).toMatchObject({ active: false, reason: InactiveReason.MALFORMED, message: "Legacy JWTs are not accepted by this service; send an API token." });
+  });
+
+  it("never lets a legacy JWT authenticate a caller of this service", async () => {
+    const s = await setup();
+    const err = await s.client.listTokens({}, { headers: { authorization: `Bearer ${await hs256({ ...rich, user: { ...rich.user, is_admin: true } })}` } }).catch((e: unknown) => ConnectError.from(e));
+    expect(err).toMatchObject({ code: Code.Unauthenticated, rawMessage: "caller credential refused: call this service with a token it issued" });
+  });
+});
+
+beforeAll(() => {
+  // The fakes' clock starts at NOW; the JWTs above are built around it.
+  expect(fakeDeps().clock.now()).toEqual(NOW);
+});
