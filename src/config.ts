@@ -47,6 +47,12 @@ export interface Config {
   readonly legacyMigrationUrl: string;
   readonly legacyMaxLength: number;
   readonly legacyClockToleranceMs: number;
+  readonly backendJwtAlgorithm: "ES256" | "EdDSA";
+  readonly backendJwtTtlMs: number;
+  readonly backendJwtKeyRotationMs: number;
+  readonly backendJwtKeyRefreshMs: number;
+  readonly backendJwtIssuer: string | undefined;
+  readonly backendJwtAudience: readonly string[];
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -181,6 +187,15 @@ export const CONFIG_KEYS = {
   }),
   LEGACY_JWT_MAX_LENGTH: spec("legacyMaxLength", "4096", "Longest legacy JWT looked at, in characters (at most 4096, the limit on any presented token); longer ones are refused before any work.", integer(256, 4096)),
   LEGACY_JWT_CLOCK_TOLERANCE: spec("legacyClockToleranceMs", "30s", "Clock skew allowed when checking a legacy JWT's exp, nbf and iat.", duration(0)),
+  BACKEND_JWT_ALGORITHM: spec("backendJwtAlgorithm", "ES256", "Signature algorithm of backend JWTs: ES256 or EdDSA (Ed25519).", (raw) => {
+    if (raw !== "ES256" && raw !== "EdDSA") throw new Error("must be ES256 or EdDSA");
+    return raw;
+  }),
+  BACKEND_JWT_TTL: spec("backendJwtTtlMs", "5m", "Lifetime of a backend JWT (never beyond the token's own expiry).", duration(1000)),
+  BACKEND_JWT_KEY_ROTATION: spec("backendJwtKeyRotationMs", "24h", "How often a new backend JWT signing key is made; old public keys stay in the JWKS until their JWTs have expired.", duration(60_000)),
+  BACKEND_JWT_KEY_REFRESH: spec("backendJwtKeyRefreshMs", "60s", "How often each replica re-reads the shared signing keys. A new key is published for two of these intervals before it signs.", duration(1000)),
+  BACKEND_JWT_ISSUER: spec("backendJwtIssuer", undefined, "`iss` of backend JWTs. Default: TOKEN_ISSUER.", text),
+  BACKEND_JWT_AUDIENCE: spec("backendJwtAudience", "", "Comma-separated `aud` of backend JWTs. Default: TOKEN_AUDIENCE.", list),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */

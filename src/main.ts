@@ -11,6 +11,9 @@ import { SecurityEventRecorder } from "./domain/security-events.js";
 import { LastUsedRecorder, LegacyUsageRecorder } from "./domain/usage.js";
 import { loadLegacyJwtPolicy } from "./keys/legacy-keys.js";
 import { KyselyLegacyJwtStore } from "./storage/legacy-jwt-store.js";
+import { KyselySigningKeyStore } from "./storage/signing-key-store.js";
+import { BackendJwtKeys } from "./keys/backend-jwt.js";
+import { httpRoutes } from "./server/http-routes.js";
 import { createLogger } from "./logger.js";
 import { TokenServiceHandler } from "./rpc/token-service.js";
 import { startGrpcServer } from "./server/grpc-server.js";
@@ -69,8 +72,22 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await database.close();
     throw error;
   }
+  const backendJwt = new BackendJwtKeys(
+    new KyselySigningKeyStore(database.db),
+    {
+      alg: config.backendJwtAlgorithm,
+      ttlMs: config.backendJwtTtlMs,
+      rotationMs: config.backendJwtKeyRotationMs,
+      refreshMs: config.backendJwtKeyRefreshMs,
+      issuer: config.backendJwtIssuer ?? config.tokenIssuer,
+      audience: config.backendJwtAudience.length > 0 ? config.backendJwtAudience : config.tokenAudience,
+    },
+    clock,
+    log,
+  );
   const deps: TokenDeps = {
     legacy: { policy: legacyPolicy, store: legacyStore, usage: legacyUsage },
+    backendJwt,
     store,
     securityEvents,
     events,
@@ -98,7 +115,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await Promise.all([usage.stop(), legacyUsage.stop()]);
     await events.stop();
   };
-  return { database, deps, events, startBatches, stopBatches };
+  return { database, deps, events, backendJwt, startBatches, stopBatches };
 }
 
 /**
@@ -107,8 +124,9 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
  */
 export async function startService(config: Config, options: StartOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger(config.logLevel);
-  const { database, deps, startBatches, stopBatches } = await openDeps(config, log, options.clock);
+  const { database, deps, backendJwt, startBatches, stopBatches } = await openDeps(config, log, options.clock);
   startBatches();
+  await backendJwt.start();
 
   // First start of a development server on an empty store: hand the operator
   // an admin token once. Never in staging or production.
@@ -144,6 +162,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
     maxMessageBytes: config.maxMessageBytes,
     maxTimeoutMs: config.rpcMaxTimeoutMs,
     onInternalError,
+    extraHandler: httpRoutes({ jwks: () => backendJwt.jwks() }),
   }).catch(async (error: unknown) => {
     await grpc.close(0);
     throw error;
@@ -164,6 +183,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
   const stop = () =>
     (stopping ??= (async () => {
       health.setShuttingDown();
+      backendJwt.stop();
       await Promise.all([grpc.close(config.shutdownGraceMs), http.close(config.shutdownGraceMs)]);
       await stopBatches();
       await database.close();

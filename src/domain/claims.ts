@@ -61,3 +61,30 @@ export function newTokenRecord(claims: TokenClaims, minted: MintedToken, created
     expiresAt: claims.expiresAt,
   };
 }
+
+/**
+ * The payload of a backend JWT (RFC 7519 §4): the token's claims as services
+ * behind the gateway read them. Built here, beside the token's own claims, so
+ * that both always say the same thing. Registered claims (`iat`, `exp`) are
+ * set by the signer.
+ */
+export function backendJwtPayload(
+  claims: TokenClaims & { readonly id: string },
+  context: { readonly issuer: string; readonly audience: readonly string[]; readonly jti: string },
+): Record<string, unknown> {
+  return {
+    iss: context.issuer,
+    sub: claims.subject,
+    ...(context.audience.length > 0 ? { aud: context.audience.length === 1 ? context.audience[0] : [...context.audience] } : {}),
+    // A new jti per JWT (every credential the service creates has one); the token's own id rides along.
+    jti: context.jti,
+    token_id: claims.id,
+    scope: claims.scopes.join(" "),
+    teams: [...claims.teams],
+    namespaces: [...claims.namespaces],
+    is_admin: claims.isAdmin,
+    env: claims.environment,
+    token_name: claims.name,
+    user: { email: claims.subject, full_name: claims.fullName, is_admin: claims.isAdmin },
+  };
+}

@@ -35,6 +35,8 @@ export type IntrospectResult =
       readonly claims: IntrospectedClaims;
       /** Set for legacy JWTs: the notice the gateway should pass on. */
       readonly deprecation?: Deprecation;
+      /** A signed JWT with the same claims, when asked for (opaque tokens only). */
+      readonly backendJwt?: string;
     }
   | {
       readonly active: false;
@@ -70,7 +72,12 @@ export function environmentMismatchMessage(token: Environment, service: Environm
  * holds. A store failure propagates as `TokenError("unavailable")`: an outage
  * must never read as "inactive".
  */
-export async function introspectToken(deps: TokenDeps, presented: string, meta: RequestMeta): Promise<IntrospectResult> {
+export async function introspectToken(
+  deps: TokenDeps,
+  presented: string,
+  meta: RequestMeta,
+  options: { readonly backendJwt?: boolean } = {},
+): Promise<IntrospectResult> {
   const shape = classifyToken(presented);
   if (shape.shape === "jwt") return introspectLegacyJwt(deps, presented, meta);
   if (shape.shape !== "opaque") return INACTIVE.malformed;
@@ -89,7 +96,9 @@ export async function introspectToken(deps: TokenDeps, presented: string, meta: 
   if (state !== "active") return INACTIVE[state];
 
   deps.usage.note(record.id, now);
-  return { active: true, claims: claimsOf(record) };
+  const claims = claimsOf(record);
+  if (options.backendJwt) return { active: true, claims, backendJwt: await deps.backendJwt.mint(claims, now) };
+  return { active: true, claims };
 }
 
 /** Refuses a token of another environment and raises the critical security event. */

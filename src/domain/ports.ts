@@ -1,4 +1,5 @@
 import type { Environment } from "./environment.js";
+import type { IntrospectedClaims } from "./introspect.js";
 import type { LegacyJwtPolicy } from "./legacy-jwt.js";
 import type { SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
 
@@ -129,6 +130,7 @@ export interface LegacyDeps {
 /** Everything the use cases need, built once in main.ts. */
 export interface TokenDeps {
   readonly legacy: LegacyDeps;
+  readonly backendJwt: BackendJwtMinter;
   readonly store: TokenStore;
   readonly securityEvents: SecurityEventStore;
   readonly events: EventSink;
@@ -156,4 +158,35 @@ export interface LegacyJwtStore {
   recordUsage(batch: readonly LegacyUsage[]): Promise<void>;
   /** Usage per subject, most recently seen first. */
   listUsage(query: { readonly limit: number; readonly after?: { readonly lastSeen: Date; readonly subject: string } }): Promise<LegacyUsage[]>;
+}
+
+/** A key that signs backend JWTs; shared by every replica through the store. */
+export interface SigningKey {
+  readonly kid: string;
+  readonly alg: "ES256" | "EdDSA";
+  /** Private JWK (RFC 7517). Stored so every replica signs with the same keys. */
+  readonly privateJwk: Readonly<Record<string, unknown>>;
+  /** Public JWK, published in the JWKS. */
+  readonly publicJwk: Readonly<Record<string, unknown>>;
+  readonly createdAt: Date;
+  /** Not used for signing before this time, so every replica publishes it first. */
+  readonly activatesAt: Date;
+}
+
+/** Persistence of backend JWT signing keys. */
+export interface SigningKeyStore {
+  /** Every stored key, newest first. */
+  list(): Promise<SigningKey[]>;
+  /** Stores a key; a key with the same kid is left as it is. */
+  insert(key: SigningKey): Promise<void>;
+  /** Deletes keys created before this time that are no longer published. */
+  prune(kids: readonly string[]): Promise<void>;
+}
+
+/** Mints short-lived JWTs carrying an opaque token's claims, for backends. */
+export interface BackendJwtMinter {
+  /** A signed JWT for these claims, reused while it stays valid long enough. */
+  mint(claims: IntrospectedClaims, now: Date): Promise<string>;
+  /** The public keys that verify them (RFC 7517 §5). */
+  jwks(): { keys: Readonly<Record<string, unknown>>[] };
 }

@@ -7,6 +7,7 @@ import {
   TokenKind as PbTokenKind,
   TokenState as PbTokenState,
   type IntrospectTokenResponseSchema,
+  type JsonWebKeySchema,
   type SecurityEventSchema,
   type TokenInfoSchema,
 } from "../../gen/tokens/v1/token_service_pb.js";
@@ -132,6 +133,7 @@ export function introspectResponse(
     metadata: { ...c.metadata },
     fullName: c.fullName,
     tokenKind: PB_KIND[c.kind],
+    backendJwt: result.backendJwt ?? "",
     ...(d ? { deprecation: { notice: d.notice, link: d.link, sunsetTime: ts(d.sunsetAt), deprecatedSinceTime: ts(d.deprecatedSince) } } : {}),
   };
 }
@@ -171,4 +173,10 @@ export function securityEvent(row: SecurityEventRow): MessageInitShape<typeof Se
     message: row.message,
     method: row.method ?? "",
   };
+}
+
+/** A public JWK → protobuf; only the members EC and OKP signing keys have. */
+export function jsonWebKey(jwk: Readonly<Record<string, unknown>>): MessageInitShape<typeof JsonWebKeySchema> {
+  const text = (name: string) => (typeof jwk[name] === "string" ? (jwk[name] as string) : "");
+  return { kty: text("kty"), kid: text("kid"), alg: text("alg"), use: text("use"), crv: text("crv"), x: text("x"), y: text("y") };
 }

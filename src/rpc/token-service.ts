@@ -12,7 +12,7 @@ import { revokeToken } from "../domain/revoke.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 import { callerCredential, requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
-import { dateFromPb, deprecationHeaders, introspectResponse, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
+import { dateFromPb, deprecationHeaders, introspectResponse, jsonWebKey, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
 
 type Impl = ServiceImpl<typeof TokenService>;
 
@@ -71,7 +71,7 @@ export class TokenServiceHandler implements Impl {
       if (req.token.length > MAX_PRESENTED_TOKEN_LENGTH) throw invalidArgument("token", `must be at most ${MAX_PRESENTED_TOKEN_LENGTH} characters`);
       if (req.tokenTypeHint.length > 64) throw invalidArgument("token_type_hint", "must be at most 64 characters");
       const { meta } = await this.caller(ctx, SCOPES.introspect);
-      const result = await introspectToken(this.deps, req.token, meta);
+      const result = await introspectToken(this.deps, req.token, meta, { backendJwt: req.includeBackendJwt });
       if (result.active && result.deprecation) {
         for (const [name, value] of deprecationHeaders(result.deprecation)) ctx.responseHeader.set(name, value);
       }
@@ -116,6 +116,13 @@ export class TokenServiceHandler implements Impl {
         meta,
       );
       return { events: page.items.map(securityEvent), nextPageToken: page.nextPageToken };
+    });
+
+  getJwks: Impl["getJwks"] = (_req, ctx) =>
+    this.run(ctx, async () => {
+      await this.caller(ctx, undefined);
+      const jwks = this.deps.backendJwt.jwks();
+      return { keys: jwks.keys.map(jsonWebKey), jwksJson: JSON.stringify(jwks) };
     });
 
   listLegacyJwtUsage: Impl["listLegacyJwtUsage"] = (req, ctx) =>

@@ -1,14 +1,6 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { DescMessage, DescMethod, DescService, MessageShape } from "@bufbuild/protobuf";
-import {
-  Code,
-  ConnectError,
-  createContextValues,
-  createHandlerContext,
-  createServiceImplSpec,
-  decodeBinaryHeader,
-  encodeBinaryHeader,
-} from "@connectrpc/connect";
+import { Code, ConnectError, createServiceImplSpec, decodeBinaryHeader } from "@connectrpc/connect";
 import type { MethodImplSpec } from "@connectrpc/connect";
 import { Metadata, status as GrpcStatus } from "@grpc/grpc-js";
 import type {
@@ -23,8 +15,8 @@ import type {
   UntypedServiceImplementation,
   sendUnaryData,
 } from "@grpc/grpc-js";
-import { peerKey } from "./context.js";
 import type { ServiceRegistration } from "./context.js";
+import { GrpcHandlerContext } from "./grpc-context.js";
 
 /** Options for {@link grpcServiceDefinition}. */
 export interface GrpcAdapterOptions {
@@ -48,8 +40,6 @@ export interface GrpcServiceMount {
   /** The handlers, keyed like `definition`. */
   readonly implementation: UntypedServiceImplementation;
 }
-
-type HandlerContextController = ReturnType<typeof createHandlerContext>;
 
 /** What grpc-js accepts as a call's final status. */
 type ServerStatusResponse = Partial<StatusObject>;
@@ -179,14 +169,14 @@ function unaryHandler(
       callback(INVALID_REQUEST);
       return;
     }
-    const ctx = handlerContext(call, service, method, options.shutdownSignal);
+    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal);
     try {
       const response = create(output, await impl(request as MessageShape<DescMessage>, ctx));
-      const trailers = toMetadata(ctx.responseTrailer);
-      sendHeader(call, ctx.responseHeader);
+      const trailers = toMetadata(ctx.responseTrailerIfSet);
+      sendHeader(call, ctx.responseHeaderIfSet);
       callback(null, response, trailers);
     } catch (err) {
-      trySendHeader(call, ctx.responseHeader);
+      trySendHeader(call, ctx.responseHeaderIfSet);
       callback(errorStatus(err, ctx, method, options));
     } finally {
       ctx.abort(CALL_COMPLETED);
@@ -206,7 +196,7 @@ function serverStreamingHandler(
       call.emit("error", INVALID_REQUEST);
       return;
     }
-    const ctx = handlerContext(call, service, method, options.shutdownSignal);
+    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal);
     await writeAll(call, ctx, impl(request as MessageShape<DescMessage>, ctx), options);
   };
 }
@@ -219,14 +209,14 @@ function clientStreamingHandler(
   const { method, impl } = spec;
   const output = method.output;
   return async function clientStreaming(call: ServerReadableStream<unknown, unknown>, callback: sendUnaryData<unknown>) {
-    const ctx = handlerContext(call, service, method, options.shutdownSignal);
+    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal);
     try {
       const response = create(output, await impl(requests(call), ctx));
-      const trailers = toMetadata(ctx.responseTrailer);
-      sendHeader(call, ctx.responseHeader);
+      const trailers = toMetadata(ctx.responseTrailerIfSet);
+      sendHeader(call, ctx.responseHeaderIfSet);
       callback(null, response, trailers);
     } catch (err) {
-      trySendHeader(call, ctx.responseHeader);
+      trySendHeader(call, ctx.responseHeaderIfSet);
       callback(errorStatus(err, ctx, method, options));
     } finally {
       ctx.abort(CALL_COMPLETED);
@@ -241,7 +231,7 @@ function bidiStreamingHandler(
 ): UntypedHandleCall {
   const { method, impl } = spec;
   return async function bidiStreaming(call: ServerDuplexStream<unknown, unknown>) {
-    const ctx = handlerContext(call, service, method, options.shutdownSignal);
+    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal);
     await writeAll(call, ctx, impl(requests(call), ctx), options);
   };
 }
@@ -267,7 +257,7 @@ async function* requests(
  */
 async function writeAll(
   call: ServerWritableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
-  ctx: HandlerContextController,
+  ctx: GrpcHandlerContext,
   responses: AsyncIterable<unknown>,
   options: GrpcAdapterOptions,
 ): Promise<void> {
@@ -278,24 +268,24 @@ async function writeAll(
       if (ctx.signal.aborted) break;
       if (!headerSent) {
         headerSent = true;
-        sendHeader(call, ctx.responseHeader);
+        sendHeader(call, ctx.responseHeaderIfSet);
       }
       if (!call.write(create(output, response as MessageShape<DescMessage>))) {
         await drained(call, ctx.signal);
       }
     }
     if (call.cancelled) return; // the client is gone; nobody to tell
-    if (!headerSent) sendHeader(call, ctx.responseHeader);
+    if (!headerSent) sendHeader(call, ctx.responseHeaderIfSet);
     if (ctx.signal.aborted) {
       // Past its deadline (grpc-js has already sent DEADLINE_EXCEEDED and
       // ignores this) or the server is shutting down: say why.
       call.emit("error", errorStatus(ctx.signal.reason, ctx, ctx.method, options));
     } else {
-      call.end(toMetadata(ctx.responseTrailer));
+      call.end(toMetadata(ctx.responseTrailerIfSet));
     }
   } catch (err) {
     if (call.cancelled) return;
-    if (!headerSent) trySendHeader(call, ctx.responseHeader);
+    if (!headerSent) trySendHeader(call, ctx.responseHeaderIfSet);
     call.emit("error", errorStatus(err, ctx, ctx.method, options));
   } finally {
     ctx.abort(CALL_COMPLETED);
@@ -315,64 +305,8 @@ function drained(call: NodeJS.EventEmitter, signal: AbortSignal): Promise<void> 
   });
 }
 
-/** Builds the connect HandlerContext for one grpc-js call. */
-function handlerContext(
-  call: ServerSurfaceCall,
-  service: DescService,
-  method: DescMethod,
-  shutdownSignal: AbortSignal | undefined,
-): HandlerContextController {
-  const deadline = call.getDeadline();
-  const deadlineMs = typeof deadline === "number" ? deadline : deadline.getTime();
-  const ctx = createHandlerContext({
-    service,
-    method,
-    protocolName: "grpc",
-    requestMethod: "POST",
-    url: `http://${call.getHost()}${call.getPath()}`,
-    // grpc-js reports "no deadline" as Infinity.
-    timeoutMs: Number.isFinite(deadlineMs) ? deadlineMs - Date.now() : undefined,
-    shutdownSignal,
-    requestHeader: headerInit(call.metadata),
-    contextValues: createContextValues().set(peerKey, peerAddress(call.getPeer())),
-  });
-  // grpc-js also emits "cancelled" just after a call ends normally, when ctx
-  // is already aborted: checking first keeps that path free of allocations.
-  call.once("cancelled", () => {
-    if (!ctx.signal.aborted) ctx.abort(new ConnectError("the client cancelled the call", Code.Canceled));
-  });
-  return ctx;
-}
-
-/**
- * grpc-js metadata as header tuples. Binary (`-bin`) values come back as
- * base64, the form connect-node hands a handler, so handlers read headers the
- * same way on both servers.
- */
-function headerInit(metadata: Metadata): [string, string][] {
-  const out: [string, string][] = [];
-  const map = metadata.toJSON(); // the internal arrays, no copies
-  for (const key in map) {
-    for (const value of map[key] ?? []) {
-      out.push([key, typeof value === "string" ? value : encodeBinaryHeader(value)]);
-    }
-  }
-  return out;
-}
-
-/**
- * grpc-js formats the peer as `address:port` (IPv6 without brackets), or
- * "unknown". Keep only the address, matching `req.socket.remoteAddress` on
- * the HTTP server.
- */
-function peerAddress(peer: string): string | undefined {
-  if (peer === "unknown") return undefined;
-  const colon = peer.lastIndexOf(":");
-  return colon > 0 && colon < peer.length - 1 ? peer.slice(0, colon) : peer;
-}
-
 /** Sends the response headers as initial metadata, if the handler set any. */
-function sendHeader(call: ServerSurfaceCall, header: Headers): void {
+function sendHeader(call: ServerSurfaceCall, header: Headers | undefined): void {
   const metadata = toMetadata(header);
   if (metadata !== undefined) call.sendMetadata(metadata);
 }
@@ -381,7 +315,7 @@ function sendHeader(call: ServerSurfaceCall, header: Headers): void {
  * On the error path: a header grpc-js refuses must not hide the real error,
  * and errorStatus reports a bad trailer anyway.
  */
-function trySendHeader(call: ServerSurfaceCall, header: Headers): void {
+function trySendHeader(call: ServerSurfaceCall, header: Headers | undefined): void {
   try {
     sendHeader(call, header);
   } catch {
@@ -393,8 +327,9 @@ function trySendHeader(call: ServerSurfaceCall, header: Headers): void {
  * Adds headers to grpc-js metadata, creating it only when there is something
  * to add (undefined when empty, so the common case allocates nothing).
  */
-function toMetadata(headers: Headers, into?: Metadata): Metadata | undefined {
+function toMetadata(headers: Headers | undefined, into?: Metadata): Metadata | undefined {
   let metadata = into;
+  if (headers === undefined) return metadata;
   for (const [key, value] of headers) {
     metadata ??= new Metadata();
     // grpc-js insists on Buffer values for -bin keys and strings otherwise.
@@ -420,22 +355,22 @@ const INVALID_REQUEST: ServerStatusResponse = {
  */
 function errorStatus(
   err: unknown,
-  ctx: HandlerContextController,
+  ctx: GrpcHandlerContext,
   method: DescMethod,
   options: GrpcAdapterOptions,
 ): ServerStatusResponse {
   let error: ConnectError;
   if (err instanceof ConnectError) {
     error = err;
-  } else if (ctx.signal.aborted) {
-    error = ConnectError.from(ctx.signal.reason, Code.Canceled);
+  } else if (ctx.abortReason() !== undefined) {
+    error = ConnectError.from(ctx.abortReason(), Code.Canceled);
   } else {
     options.onInternalError(err, procedureOf(method));
     error = INTERNAL_ERROR;
   }
   let trailers: Metadata | undefined;
   try {
-    trailers = toMetadata(error.metadata, toMetadata(ctx.responseTrailer));
+    trailers = toMetadata(error.metadata, toMetadata(ctx.responseTrailerIfSet));
   } catch (metadataError) {
     // A header value grpc-js refuses (bad characters, bad base64) is a bug in
     // the handler; report it rather than crash the call.

@@ -78,10 +78,22 @@ export interface LegacyJwtUsageTable {
   last_seen: Date;
 }
 
+/** The `signing_keys` table: backend JWT keys. */
+export interface SigningKeysTable {
+  kid: string;
+  alg: "ES256" | "EdDSA";
+  /** Written as JSON text, read back as an object. */
+  private_jwk: ColumnType<Record<string, unknown>, string, string>;
+  public_jwk: ColumnType<Record<string, unknown>, string, string>;
+  created_at: Date;
+  activates_at: Date;
+}
+
 /** Every table the service owns (Kysely's migration tables are Kysely's). */
 export interface Database {
   tokens: TokensTable;
   security_events: SecurityEventsTable;
   legacy_jwt_revocations: LegacyJwtRevocationsTable;
   legacy_jwt_usage: LegacyJwtUsageTable;
+  signing_keys: SigningKeysTable;
 }

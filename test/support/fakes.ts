@@ -4,8 +4,11 @@ import type { SecurityEvent, SecurityEventRow, TokenRecord } from "../../src/dom
 import { tokenState } from "../../src/domain/model.js";
 import type {
   Clock,
+  BackendJwtMinter,
   EventSink,
   LegacyJwtStore,
+  SigningKey,
+  SigningKeyStore,
   LegacyUsage,
   Logger,
   NewToken,
@@ -153,6 +156,32 @@ export class MemoryLegacyJwtStore implements LegacyJwtStore {
   }
 }
 
+/** An in-memory SigningKeyStore. */
+export class MemorySigningKeyStore implements SigningKeyStore {
+  keys: SigningKey[] = [];
+  async list(): Promise<SigningKey[]> {
+    return [...this.keys].sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime());
+  }
+  async insert(key: SigningKey): Promise<void> {
+    if (!this.keys.some((k) => k.kid === key.kid)) this.keys.push(key);
+  }
+  async prune(kids: readonly string[]): Promise<void> {
+    this.keys = this.keys.filter((k) => !kids.includes(k.kid));
+  }
+}
+
+/** A minter that records what it was asked for; the real one is tested on its own. */
+export class FakeMinter implements BackendJwtMinter {
+  readonly minted: string[] = [];
+  async mint(claims: { id: string }): Promise<string> {
+    this.minted.push(claims.id);
+    return `backend.jwt.${claims.id}`;
+  }
+  jwks() {
+    return { keys: [{ kty: "EC", kid: "k1", alg: "ES256", crv: "P-256", x: "x", y: "y", use: "sig" }] };
+  }
+}
+
 /** A legacy policy with no keys: legacy JWTs refused. Tests add keys. */
 export const NO_LEGACY: LegacyJwtPolicy = Object.freeze({
   keys: [],
@@ -186,7 +215,9 @@ export function fakeDeps(policy: Partial<TokenPolicy> = {}, legacyPolicy: Legacy
   const clock = new FixedClock();
   const log = new CapturedLog();
   const used = new Map<string, Date>();
+  const minter = new FakeMinter();
   const deps: TokenDeps = {
+    backendJwt: minter,
     legacy: { policy: legacyPolicy, store: legacyStore, usage: { note: (subject, at) => void legacyUsed.push({ subject, at }) } },
     store,
     securityEvents,
@@ -196,5 +227,5 @@ export function fakeDeps(policy: Partial<TokenPolicy> = {}, legacyPolicy: Legacy
     usage: { note: (id, at) => void used.set(id, at) },
     policy: { ...TEST_POLICY, ...policy },
   };
-  return { deps, store, securityEvents, events, clock, log, used, legacyStore, legacyUsed };
+  return { deps, store, securityEvents, events, clock, log, used, legacyStore, legacyUsed, minter };
 }

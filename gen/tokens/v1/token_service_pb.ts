@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokens/v1/token_service.proto.
  */
 export const file_tokens_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIpcBCgtEZXByZWNhdGlvbhIOCgZub3RpY2UYASABKAkSDAoEbGluaxgCIAEoCRIvCgtzdW5zZXRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoVZGVwcmVjYXRlZF9zaW5jZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLkBAoJVG9rZW5JbmZvEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHc3ViamVjdBgDIAEoCRIRCglmdWxsX25hbWUYBCABKAkSDQoFdGVhbXMYBSADKAkSDgoGc2NvcGVzGAYgAygJEhIKCm5hbWVzcGFjZXMYByADKAkSEAoIaXNfYWRtaW4YCCABKAgSNAoIbWV0YWRhdGEYCSADKAsyIi50b2tlbnMudjEuVG9rZW5JbmZvLk1ldGFkYXRhRW50cnkSKwoLZW52aXJvbm1lbnQYCiABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFAoMZGlzcGxheV9oaW50GAsgASgJEiQKBXN0YXRlGAwgASgOMhUudG9rZW5zLnYxLlRva2VuU3RhdGUSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYDiABKAkSLwoLZXhwaXJlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmV2b2tlZF9ieRgSIAEoCRIVCg1yZXZva2VfcmVhc29uGBMgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLgAgoRSXNzdWVUb2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDQoFdGVhbXMYAyADKAkSEgoKbmFtZXNwYWNlcxgEIAMoCRIoCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IABIxCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABI8CghtZXRhZGF0YRgHIAMoCzIqLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdC5NZXRhZGF0YUVudHJ5Eg8KB3N1YmplY3QYCCABKAkSEQoJZnVsbF9uYW1lGAkgASgJEhAKCGlzX2FkbWluGAogASgIGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIICgZleHBpcnkiRwoSSXNzdWVUb2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEiIKBGluZm8YAiABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvIkAKFkludHJvc3BlY3RUb2tlblJlcXVlc3QSDQoFdG9rZW4YASABKAkSFwoPdG9rZW5fdHlwZV9oaW50GAIgASgJIu0EChdJbnRyb3NwZWN0VG9rZW5SZXNwb25zZRIOCgZhY3RpdmUYASABKAgSDQoFc2NvcGUYAiABKAkSDgoGc2NvcGVzGAMgAygJEhEKCWNsaWVudF9pZBgEIAEoCRIQCgh1c2VybmFtZRgFIAEoCRISCgp0b2tlbl90eXBlGAYgASgJEgsKA2V4cBgHIAEoAxILCgNpYXQYCCABKAMSCwoDbmJmGAkgASgDEgsKA3N1YhgKIAEoCRILCgNhdWQYCyADKAkSCwoDaXNzGAwgASgJEgsKA2p0aRgNIAEoCRINCgV0ZWFtcxgOIAMoCRISCgpuYW1lc3BhY2VzGA8gAygJEhAKCGlzX2FkbWluGBAgASgIEisKC2Vudmlyb25tZW50GBEgASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhIKCnRva2VuX25hbWUYEiABKAkSQgoIbWV0YWRhdGEYEyADKAsyMC50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2UuTWV0YWRhdGFFbnRyeRIRCglmdWxsX25hbWUYFCABKAkSKAoKdG9rZW5fa2luZBgVIAEoDjIULnRva2Vucy52MS5Ub2tlbktpbmQSKQoGcmVhc29uGBYgASgOMhkudG9rZW5zLnYxLkluYWN0aXZlUmVhc29uEg8KB21lc3NhZ2UYFyABKAkSKwoLZGVwcmVjYXRpb24YGCABKAsyFi50b2tlbnMudjEuRGVwcmVjYXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImkKElJldm9rZVRva2VuUmVxdWVzdBIPCgV0b2tlbhgBIAEoCUgAEhIKCHRva2VuX2lkGAIgASgJSAASFAoKbGVnYWN5X2p0aRgEIAEoCUgAEg4KBnJlYXNvbhgDIAEoCUIICgZ0YXJnZXQiUgoTUmV2b2tlVG9rZW5SZXNwb25zZRIiCgRpbmZvGAEgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbxIXCg9hbHJlYWR5X3Jldm9rZWQYAiABKAgiiwEKEUxpc3RUb2tlbnNSZXF1ZXN0Eg8KB3N1YmplY3QYASABKAkSDAoEdGVhbRgCIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYAyABKAgSFwoPaW5jbHVkZV9leHBpcmVkGAQgASgIEhEKCXBhZ2Vfc2l6ZRgFIAEoBRISCgpwYWdlX3Rva2VuGAYgASgJIlMKEkxpc3RUb2tlbnNSZXNwb25zZRIkCgZ0b2tlbnMYASADKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLKAwoNU2VjdXJpdHlFdmVudBIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEiUKCHNldmVyaXR5GAMgASgOMhMudG9rZW5zLnYxLlNldmVyaXR5EjMKD2ZpcnN0X3NlZW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWNvdW50GAYgASgDEjMKE3NlcnZpY2VfZW52aXJvbm1lbnQYByABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSMQoRdG9rZW5fZW52aXJvbm1lbnQYCCABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFwoPY2FsbGVyX3Rva2VuX2lkGAkgASgJEhYKDmNhbGxlcl9zdWJqZWN0GAogASgJEgwKBHBlZXIYCyABKAkSEgoKdXNlcl9hZ2VudBgMIAEoCRISCgp0b2tlbl9oaW50GA0gASgJEhAKCHRva2VuX2lkGA4gASgJEg8KB21lc3NhZ2UYDyABKAkSDgoGbWV0aG9kGBAgASgJIqYBChlMaXN0U2VjdXJpdHlFdmVudHNSZXF1ZXN0EgwKBHR5cGUYASABKAkSKQoMbWluX3NldmVyaXR5GAIgASgOMhMudG9rZW5zLnYxLlNldmVyaXR5EikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJfChpMaXN0U2VjdXJpdHlFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC50b2tlbnMudjEuU2VjdXJpdHlFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQgoZTGlzdExlZ2FjeUp3dFVzYWdlUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSKnAQoOTGVnYWN5Snd0VXNhZ2USDwoHc3ViamVjdBgBIAEoCRIbChNpbnRyb3NwZWN0aW9uX2NvdW50GAIgASgDEjMKD2ZpcnN0X3NlZW5fdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl8KGkxpc3RMZWdhY3lKd3RVc2FnZVJlc3BvbnNlEigKBXVzYWdlGAEgAygLMhkudG9rZW5zLnYxLkxlZ2FjeUp3dFVzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSp8CgtFbnZpcm9ubWVudBIbChdFTlZJUk9OTUVOVF9VTlNQRUNJRklFRBAAEhsKF0VOVklST05NRU5UX0RFVkVMT1BNRU5UEAESFwoTRU5WSVJPTk1FTlRfU1RBR0lORxACEhoKFkVOVklST05NRU5UX1BST0RVQ1RJT04QAypzCgpUb2tlblN0YXRlEhsKF1RPS0VOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSVE9LRU5fU1RBVEVfQUNUSVZFEAESFwoTVE9LRU5fU1RBVEVfRVhQSVJFRBACEhcKE1RPS0VOX1NUQVRFX1JFVk9LRUQQAypZCglUb2tlbktpbmQSGgoWVE9LRU5fS0lORF9VTlNQRUNJRklFRBAAEhUKEVRPS0VOX0tJTkRfT1BBUVVFEAESGQoVVE9LRU5fS0lORF9MRUdBQ1lfSldUEAIqlQIKDkluYWN0aXZlUmVhc29uEh8KG0lOQUNUSVZFX1JFQVNPTl9VTlNQRUNJRklFRBAAEh0KGUlOQUNUSVZFX1JFQVNPTl9NQUxGT1JNRUQQARIbChdJTkFDVElWRV9SRUFTT05fVU5LTk9XThACEhsKF0lOQUNUSVZFX1JFQVNPTl9FWFBJUkVEEAMSGwoXSU5BQ1RJVkVfUkVBU09OX1JFVk9LRUQQBBIoCiRJTkFDVElWRV9SRUFTT05fRU5WSVJPTk1FTlRfTUlTTUFUQ0gQBRIbChdJTkFDVElWRV9SRUFTT05fSU5WQUxJRBAGEiUKIUlOQUNUSVZFX1JFQVNPTl9MRUdBQ1lfSldUX1NVTlNFVBAHKmQKCFNldmVyaXR5EhgKFFNFVkVSSVRZX1VOU1BFQ0lGSUVEEAASEQoNU0VWRVJJVFlfSU5GTxABEhQKEFNFVkVSSVRZX1dBUk5JTkcQAhIVChFTRVZFUklUWV9DUklUSUNBTBADMqYECgxUb2tlblNlcnZpY2USSQoKSXNzdWVUb2tlbhIcLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdBodLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVzcG9uc2USWAoPSW50cm9zcGVjdFRva2VuEiEudG9rZW5zLnYxLkludHJvc3BlY3RUb2tlblJlcXVlc3QaIi50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2USUQoLUmV2b2tlVG9rZW4SHS50b2tlbnMudjEuUmV2b2tlVG9rZW5SZXF1ZXN0Gh4udG9rZW5zLnYxLlJldm9rZVRva2VuUmVzcG9uc2UiA5ACAhJOCgpMaXN0VG9rZW5zEhwudG9rZW5zLnYxLkxpc3RUb2tlbnNSZXF1ZXN0Gh0udG9rZW5zLnYxLkxpc3RUb2tlbnNSZXNwb25zZSIDkAIBEmYKEkxpc3RTZWN1cml0eUV2ZW50cxIkLnRva2Vucy52MS5MaXN0U2VjdXJpdHlFdmVudHNSZXF1ZXN0GiUudG9rZW5zLnYxLkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlIgOQAgESZgoSTGlzdExlZ2FjeUp3dFVzYWdlEiQudG9rZW5zLnYxLkxpc3RMZWdhY3lKd3RVc2FnZVJlcXVlc3QaJS50b2tlbnMudjEuTGlzdExlZ2FjeUp3dFVzYWdlUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIpcBCgtEZXByZWNhdGlvbhIOCgZub3RpY2UYASABKAkSDAoEbGluaxgCIAEoCRIvCgtzdW5zZXRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoVZGVwcmVjYXRlZF9zaW5jZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLkBAoJVG9rZW5JbmZvEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHc3ViamVjdBgDIAEoCRIRCglmdWxsX25hbWUYBCABKAkSDQoFdGVhbXMYBSADKAkSDgoGc2NvcGVzGAYgAygJEhIKCm5hbWVzcGFjZXMYByADKAkSEAoIaXNfYWRtaW4YCCABKAgSNAoIbWV0YWRhdGEYCSADKAsyIi50b2tlbnMudjEuVG9rZW5JbmZvLk1ldGFkYXRhRW50cnkSKwoLZW52aXJvbm1lbnQYCiABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFAoMZGlzcGxheV9oaW50GAsgASgJEiQKBXN0YXRlGAwgASgOMhUudG9rZW5zLnYxLlRva2VuU3RhdGUSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYDiABKAkSLwoLZXhwaXJlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmV2b2tlZF9ieRgSIAEoCRIVCg1yZXZva2VfcmVhc29uGBMgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLgAgoRSXNzdWVUb2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDQoFdGVhbXMYAyADKAkSEgoKbmFtZXNwYWNlcxgEIAMoCRIoCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IABIxCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABI8CghtZXRhZGF0YRgHIAMoCzIqLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdC5NZXRhZGF0YUVudHJ5Eg8KB3N1YmplY3QYCCABKAkSEQoJZnVsbF9uYW1lGAkgASgJEhAKCGlzX2FkbWluGAogASgIGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIICgZleHBpcnkiRwoSSXNzdWVUb2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEiIKBGluZm8YAiABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvIl0KFkludHJvc3BlY3RUb2tlblJlcXVlc3QSDQoFdG9rZW4YASABKAkSFwoPdG9rZW5fdHlwZV9oaW50GAIgASgJEhsKE2luY2x1ZGVfYmFja2VuZF9qd3QYAyABKAgiggUKF0ludHJvc3BlY3RUb2tlblJlc3BvbnNlEg4KBmFjdGl2ZRgBIAEoCBINCgVzY29wZRgCIAEoCRIOCgZzY29wZXMYAyADKAkSEQoJY2xpZW50X2lkGAQgASgJEhAKCHVzZXJuYW1lGAUgASgJEhIKCnRva2VuX3R5cGUYBiABKAkSCwoDZXhwGAcgASgDEgsKA2lhdBgIIAEoAxILCgNuYmYYCSABKAMSCwoDc3ViGAogASgJEgsKA2F1ZBgLIAMoCRILCgNpc3MYDCABKAkSCwoDanRpGA0gASgJEg0KBXRlYW1zGA4gAygJEhIKCm5hbWVzcGFjZXMYDyADKAkSEAoIaXNfYWRtaW4YECABKAgSKwoLZW52aXJvbm1lbnQYESABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSEgoKdG9rZW5fbmFtZRgSIAEoCRJCCghtZXRhZGF0YRgTIAMoCzIwLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXNwb25zZS5NZXRhZGF0YUVudHJ5EhEKCWZ1bGxfbmFtZRgUIAEoCRIoCgp0b2tlbl9raW5kGBUgASgOMhQudG9rZW5zLnYxLlRva2VuS2luZBIpCgZyZWFzb24YFiABKA4yGS50b2tlbnMudjEuSW5hY3RpdmVSZWFzb24SDwoHbWVzc2FnZRgXIAEoCRIrCgtkZXByZWNhdGlvbhgYIAEoCzIWLnRva2Vucy52MS5EZXByZWNhdGlvbhITCgtiYWNrZW5kX2p3dBgZIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiaQoSUmV2b2tlVG9rZW5SZXF1ZXN0Eg8KBXRva2VuGAEgASgJSAASEgoIdG9rZW5faWQYAiABKAlIABIUCgpsZWdhY3lfanRpGAQgASgJSAASDgoGcmVhc29uGAMgASgJQggKBnRhcmdldCJSChNSZXZva2VUb2tlblJlc3BvbnNlEiIKBGluZm8YASABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhcKD2FscmVhZHlfcmV2b2tlZBgCIAEoCCKLAQoRTGlzdFRva2Vuc1JlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIMCgR0ZWFtGAIgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgDIAEoCBIXCg9pbmNsdWRlX2V4cGlyZWQYBCABKAgSEQoJcGFnZV9zaXplGAUgASgFEhIKCnBhZ2VfdG9rZW4YBiABKAkiUwoSTGlzdFRva2Vuc1Jlc3BvbnNlEiQKBnRva2VucxgBIAMoCzIULnRva2Vucy52MS5Ub2tlbkluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsoDCg1TZWN1cml0eUV2ZW50EgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSJQoIc2V2ZXJpdHkYAyABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSMwoPZmlyc3Rfc2Vlbl90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFY291bnQYBiABKAMSMwoTc2VydmljZV9lbnZpcm9ubWVudBgHIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIxChF0b2tlbl9lbnZpcm9ubWVudBgIIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIXCg9jYWxsZXJfdG9rZW5faWQYCSABKAkSFgoOY2FsbGVyX3N1YmplY3QYCiABKAkSDAoEcGVlchgLIAEoCRISCgp1c2VyX2FnZW50GAwgASgJEhIKCnRva2VuX2hpbnQYDSABKAkSEAoIdG9rZW5faWQYDiABKAkSDwoHbWVzc2FnZRgPIAEoCRIOCgZtZXRob2QYECABKAkipgEKGUxpc3RTZWN1cml0eUV2ZW50c1JlcXVlc3QSDAoEdHlwZRgBIAEoCRIpCgxtaW5fc2V2ZXJpdHkYAiABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIl8KGkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlEigKBmV2ZW50cxgBIAMoCzIYLnRva2Vucy52MS5TZWN1cml0eUV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJCChlMaXN0TGVnYWN5Snd0VXNhZ2VSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIqcBCg5MZWdhY3lKd3RVc2FnZRIPCgdzdWJqZWN0GAEgASgJEhsKE2ludHJvc3BlY3Rpb25fY291bnQYAiABKAMSMwoPZmlyc3Rfc2Vlbl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXwoaTGlzdExlZ2FjeUp3dFVzYWdlUmVzcG9uc2USKAoFdXNhZ2UYASADKAsyGS50b2tlbnMudjEuTGVnYWN5Snd0VXNhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIhAKDkdldEp3a3NSZXF1ZXN0ImMKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2tpZBgCIAEoCRILCgNhbGcYAyABKAkSCwoDdXNlGAQgASgJEgsKA2NydhgFIAEoCRIJCgF4GAYgASgJEgkKAXkYByABKAkiSQoPR2V0Sndrc1Jlc3BvbnNlEiMKBGtleXMYASADKAsyFS50b2tlbnMudjEuSnNvbldlYktleRIRCglqd2tzX2pzb24YAiABKAkqfAoLRW52aXJvbm1lbnQSGwoXRU5WSVJPTk1FTlRfVU5TUEVDSUZJRUQQABIbChdFTlZJUk9OTUVOVF9ERVZFTE9QTUVOVBABEhcKE0VOVklST05NRU5UX1NUQUdJTkcQAhIaChZFTlZJUk9OTUVOVF9QUk9EVUNUSU9OEAMqcwoKVG9rZW5TdGF0ZRIbChdUT0tFTl9TVEFURV9VTlNQRUNJRklFRBAAEhYKElRPS0VOX1NUQVRFX0FDVElWRRABEhcKE1RPS0VOX1NUQVRFX0VYUElSRUQQAhIXChNUT0tFTl9TVEFURV9SRVZPS0VEEAMqWQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9LSU5EX09QQVFVRRABEhkKFVRPS0VOX0tJTkRfTEVHQUNZX0pXVBACKpUCCg5JbmFjdGl2ZVJlYXNvbhIfChtJTkFDVElWRV9SRUFTT05fVU5TUEVDSUZJRUQQABIdChlJTkFDVElWRV9SRUFTT05fTUFMRk9STUVEEAESGwoXSU5BQ1RJVkVfUkVBU09OX1VOS05PV04QAhIbChdJTkFDVElWRV9SRUFTT05fRVhQSVJFRBADEhsKF0lOQUNUSVZFX1JFQVNPTl9SRVZPS0VEEAQSKAokSU5BQ1RJVkVfUkVBU09OX0VOVklST05NRU5UX01JU01BVENIEAUSGwoXSU5BQ1RJVkVfUkVBU09OX0lOVkFMSUQQBhIlCiFJTkFDVElWRV9SRUFTT05fTEVHQUNZX0pXVF9TVU5TRVQQBypkCghTZXZlcml0eRIYChRTRVZFUklUWV9VTlNQRUNJRklFRBAAEhEKDVNFVkVSSVRZX0lORk8QARIUChBTRVZFUklUWV9XQVJOSU5HEAISFQoRU0VWRVJJVFlfQ1JJVElDQUwQAzLtBAoMVG9rZW5TZXJ2aWNlEkkKCklzc3VlVG9rZW4SHC50b2tlbnMudjEuSXNzdWVUb2tlblJlcXVlc3QaHS50b2tlbnMudjEuSXNzdWVUb2tlblJlc3BvbnNlElgKD0ludHJvc3BlY3RUb2tlbhIhLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXF1ZXN0GiIudG9rZW5zLnYxLkludHJvc3BlY3RUb2tlblJlc3BvbnNlElEKC1Jldm9rZVRva2VuEh0udG9rZW5zLnYxLlJldm9rZVRva2VuUmVxdWVzdBoeLnRva2Vucy52MS5SZXZva2VUb2tlblJlc3BvbnNlIgOQAgISTgoKTGlzdFRva2VucxIcLnRva2Vucy52MS5MaXN0VG9rZW5zUmVxdWVzdBodLnRva2Vucy52MS5MaXN0VG9rZW5zUmVzcG9uc2UiA5ACARJmChJMaXN0U2VjdXJpdHlFdmVudHMSJC50b2tlbnMudjEuTGlzdFNlY3VyaXR5RXZlbnRzUmVxdWVzdBolLnRva2Vucy52MS5MaXN0U2VjdXJpdHlFdmVudHNSZXNwb25zZSIDkAIBEmYKEkxpc3RMZWdhY3lKd3RVc2FnZRIkLnRva2Vucy52MS5MaXN0TGVnYWN5Snd0VXNhZ2VSZXF1ZXN0GiUudG9rZW5zLnYxLkxpc3RMZWdhY3lKd3RVc2FnZVJlc3BvbnNlIgOQAgESRQoHR2V0SndrcxIZLnRva2Vucy52MS5HZXRKd2tzUmVxdWVzdBoaLnRva2Vucy52MS5HZXRKd2tzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Deprecation is the notice carried by every successful answer about a
@@ -650,6 +650,16 @@ export type IntrospectTokenRequest = Message<"tokens.v1.IntrospectTokenRequest">
    * @generated from field: string token_type_hint = 2;
    */
   tokenTypeHint: string;
+
+  /**
+   * Also return a short-lived JWT signed by this service that carries the
+   * token's claims (`backend_jwt`), for services behind the gateway that only
+   * verify JWTs. Their keys are at `/.well-known/jwks.json` on the HTTP port
+   * and from `GetJwks`. Opaque tokens only.
+   *
+   * @generated from field: bool include_backend_jwt = 3;
+   */
+  includeBackendJwt: boolean;
 };
 
 /**
@@ -673,6 +683,16 @@ export type IntrospectTokenRequestJson = {
    * @generated from field: string token_type_hint = 2;
    */
   tokenTypeHint?: string;
+
+  /**
+   * Also return a short-lived JWT signed by this service that carries the
+   * token's claims (`backend_jwt`), for services behind the gateway that only
+   * verify JWTs. Their keys are at `/.well-known/jwks.json` on the HTTP port
+   * and from `GetJwks`. Opaque tokens only.
+   *
+   * @generated from field: bool include_backend_jwt = 3;
+   */
+  includeBackendJwt?: boolean;
 };
 
 /**
@@ -857,6 +877,15 @@ export type IntrospectTokenResponse = Message<"tokens.v1.IntrospectTokenResponse
    * @generated from field: tokens.v1.Deprecation deprecation = 24;
    */
   deprecation?: Deprecation | undefined;
+
+  /**
+   * When asked for (`include_backend_jwt`) and the token is an active opaque
+   * token: a JWT signed by this service with the same claims, valid for a few
+   * minutes and never beyond the token's own expiry.
+   *
+   * @generated from field: string backend_jwt = 25;
+   */
+  backendJwt: string;
 };
 
 /**
@@ -1034,6 +1063,15 @@ export type IntrospectTokenResponseJson = {
    * @generated from field: tokens.v1.Deprecation deprecation = 24;
    */
   deprecation?: DeprecationJson;
+
+  /**
+   * When asked for (`include_backend_jwt`) and the token is an active opaque
+   * token: a JWT signed by this service with the same claims, valid for a few
+   * minutes and never beyond the token's own expiry.
+   *
+   * @generated from field: string backend_jwt = 25;
+   */
+  backendJwt?: string;
 };
 
 /**
@@ -1908,6 +1946,197 @@ export const ListLegacyJwtUsageResponseSchema: GenMessage<ListLegacyJwtUsageResp
   messageDesc(file_tokens_v1_token_service, 15);
 
 /**
+ * GetJwksRequest asks for the backend JWT verification keys.
+ *
+ * @generated from message tokens.v1.GetJwksRequest
+ */
+export type GetJwksRequest = Message<"tokens.v1.GetJwksRequest"> & {
+};
+
+/**
+ * GetJwksRequest asks for the backend JWT verification keys.
+ *
+ * @generated from message tokens.v1.GetJwksRequest
+ */
+export type GetJwksRequestJson = {
+};
+
+/**
+ * Describes the message tokens.v1.GetJwksRequest.
+ * Use `create(GetJwksRequestSchema)` to create a new message.
+ */
+export const GetJwksRequestSchema: GenMessage<GetJwksRequest, {jsonType: GetJwksRequestJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 16);
+
+/**
+ * JsonWebKey is a public key as RFC 7517 §4 and RFC 7518 §6 spell it.
+ *
+ * @generated from message tokens.v1.JsonWebKey
+ */
+export type JsonWebKey = Message<"tokens.v1.JsonWebKey"> & {
+  /**
+   * Key type: `EC` or `OKP`.
+   *
+   * @generated from field: string kty = 1;
+   */
+  kty: string;
+
+  /**
+   * Key id, as in the JWT header's `kid`.
+   *
+   * @generated from field: string kid = 2;
+   */
+  kid: string;
+
+  /**
+   * Algorithm: `ES256` or `EdDSA`.
+   *
+   * @generated from field: string alg = 3;
+   */
+  alg: string;
+
+  /**
+   * Intended use: `sig`.
+   *
+   * @generated from field: string use = 4;
+   */
+  use: string;
+
+  /**
+   * Curve: `P-256` or `Ed25519`.
+   *
+   * @generated from field: string crv = 5;
+   */
+  crv: string;
+
+  /**
+   * Public x coordinate (base64url).
+   *
+   * @generated from field: string x = 6;
+   */
+  x: string;
+
+  /**
+   * Public y coordinate (base64url; EC only).
+   *
+   * @generated from field: string y = 7;
+   */
+  y: string;
+};
+
+/**
+ * JsonWebKey is a public key as RFC 7517 §4 and RFC 7518 §6 spell it.
+ *
+ * @generated from message tokens.v1.JsonWebKey
+ */
+export type JsonWebKeyJson = {
+  /**
+   * Key type: `EC` or `OKP`.
+   *
+   * @generated from field: string kty = 1;
+   */
+  kty?: string;
+
+  /**
+   * Key id, as in the JWT header's `kid`.
+   *
+   * @generated from field: string kid = 2;
+   */
+  kid?: string;
+
+  /**
+   * Algorithm: `ES256` or `EdDSA`.
+   *
+   * @generated from field: string alg = 3;
+   */
+  alg?: string;
+
+  /**
+   * Intended use: `sig`.
+   *
+   * @generated from field: string use = 4;
+   */
+  use?: string;
+
+  /**
+   * Curve: `P-256` or `Ed25519`.
+   *
+   * @generated from field: string crv = 5;
+   */
+  crv?: string;
+
+  /**
+   * Public x coordinate (base64url).
+   *
+   * @generated from field: string x = 6;
+   */
+  x?: string;
+
+  /**
+   * Public y coordinate (base64url; EC only).
+   *
+   * @generated from field: string y = 7;
+   */
+  y?: string;
+};
+
+/**
+ * Describes the message tokens.v1.JsonWebKey.
+ * Use `create(JsonWebKeySchema)` to create a new message.
+ */
+export const JsonWebKeySchema: GenMessage<JsonWebKey, {jsonType: JsonWebKeyJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 17);
+
+/**
+ * GetJwksResponse is the JSON Web Key Set.
+ *
+ * @generated from message tokens.v1.GetJwksResponse
+ */
+export type GetJwksResponse = Message<"tokens.v1.GetJwksResponse"> & {
+  /**
+   * The keys: the current one and older ones whose JWTs may still be valid.
+   *
+   * @generated from field: repeated tokens.v1.JsonWebKey keys = 1;
+   */
+  keys: JsonWebKey[];
+
+  /**
+   * The same set as the JSON document served at `/.well-known/jwks.json`.
+   *
+   * @generated from field: string jwks_json = 2;
+   */
+  jwksJson: string;
+};
+
+/**
+ * GetJwksResponse is the JSON Web Key Set.
+ *
+ * @generated from message tokens.v1.GetJwksResponse
+ */
+export type GetJwksResponseJson = {
+  /**
+   * The keys: the current one and older ones whose JWTs may still be valid.
+   *
+   * @generated from field: repeated tokens.v1.JsonWebKey keys = 1;
+   */
+  keys?: JsonWebKeyJson[];
+
+  /**
+   * The same set as the JSON document served at `/.well-known/jwks.json`.
+   *
+   * @generated from field: string jwks_json = 2;
+   */
+  jwksJson?: string;
+};
+
+/**
+ * Describes the message tokens.v1.GetJwksResponse.
+ * Use `create(GetJwksResponseSchema)` to create a new message.
+ */
+export const GetJwksResponseSchema: GenMessage<GetJwksResponse, {jsonType: GetJwksResponseJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 18);
+
+/**
  * Environment is where a token may be used. Its prefix says which:
  * `cf-` development, `cfstg-` staging, `cfprd-` production.
  *
@@ -2262,6 +2491,18 @@ export const TokenService: GenService<{
     methodKind: "unary";
     input: typeof ListLegacyJwtUsageRequestSchema;
     output: typeof ListLegacyJwtUsageResponseSchema;
+  },
+  /**
+   * GetJwks returns the public keys that verify backend JWTs (RFC 7517), the
+   * same set as `/.well-known/jwks.json` on the HTTP port. Any authenticated
+   * caller.
+   *
+   * @generated from rpc tokens.v1.TokenService.GetJwks
+   */
+  getJwks: {
+    methodKind: "unary";
+    input: typeof GetJwksRequestSchema;
+    output: typeof GetJwksResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tokens_v1_token_service, 0);

@@ -5,6 +5,7 @@
 import type { Migration, MigrationProvider } from "kysely";
 import * as m0001 from "./0001_initial.js";
 import * as m0002 from "./0002_legacy_jwt.js";
+import * as m0003 from "./0003_signing_keys.js";
 
 /**
  * The migrations by name. Kysely applies them in name order and refuses to
@@ -13,6 +14,7 @@ import * as m0002 from "./0002_legacy_jwt.js";
 export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0001_initial": m0001,
   "0002_legacy_jwt": m0002,
+  "0003_signing_keys": m0003,
 });
 
 /** A Kysely `MigrationProvider` serving {@link MIGRATIONS}. */

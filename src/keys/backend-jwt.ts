@@ -1,0 +1,154 @@
+import { randomUUID } from "node:crypto";
+import { SignJWT, calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK } from "jose";
+import { backendJwtPayload } from "../domain/claims.js";
+import type { IntrospectedClaims } from "../domain/introspect.js";
+import type { BackendJwtMinter, Clock, Logger, SigningKey, SigningKeyStore } from "../domain/ports.js";
+
+/** How backend JWTs are made. */
+export interface BackendJwtOptions {
+  readonly alg: "ES256" | "EdDSA";
+  /** Lifetime of one JWT (never beyond the token's own expiry). */
+  readonly ttlMs: number;
+  /** How often a new signing key is made. */
+  readonly rotationMs: number;
+  readonly issuer: string;
+  readonly audience: readonly string[];
+  /** How often replicas re-read the shared key set. */
+  readonly refreshMs: number;
+}
+
+interface LoadedKey {
+  readonly record: SigningKey;
+  readonly privateKey: CryptoKey;
+}
+
+/** Cached JWTs, bounded; oldest insertions go first. */
+const MAX_CACHED = 100_000;
+
+/**
+ * Backend JWT signing with rotating keys shared through the store.
+ *
+ * Key roll-over without a gap: a new key is published in the JWKS for two
+ * refresh intervals before any replica signs with it (`activatesAt`), so a
+ * backend that fetched the JWKS from any replica can verify every JWT; an old
+ * key stays published until the last JWT it signed has expired.
+ *
+ * Minted JWTs are cached per token and reused while at least a fifth of their
+ * lifetime is left, so a busy token costs one signature per few minutes, not
+ * one per call. A revoked token never reaches `mint` (introspection answers
+ * inactive first), so it stops getting new JWTs at once.
+ */
+export class BackendJwtKeys implements BackendJwtMinter {
+  private keys: LoadedKey[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private readonly cache = new Map<string, { jwt: string; expiresAt: number; kid: string }>();
+
+  constructor(
+    private readonly store: SigningKeyStore,
+    private readonly options: BackendJwtOptions,
+    private readonly clock: Clock,
+    private readonly log: Logger,
+  ) {}
+
+  /** Loads the shared keys, makes one if none is fresh enough, and starts refreshing. */
+  async start(): Promise<void> {
+    await this.refresh();
+    this.timer = setInterval(() => {
+      this.refresh().catch((err: unknown) => this.log.warn({ err }, "backend JWT keys could not be refreshed; keeping the current set"));
+    }, this.options.refreshMs);
+    this.timer.unref();
+  }
+
+  /** Stops refreshing. */
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Re-reads the shared keys; rotates when the newest is older than the rotation period. */
+  async refresh(): Promise<void> {
+    const now = this.clock.now();
+    let records = await this.store.list();
+    const newest = records[0];
+    if (newest === undefined || now.getTime() - newest.createdAt.getTime() >= this.options.rotationMs) {
+      // The very first key is active at once; later ones wait until every replica publishes them.
+      const activatesAt = newest === undefined ? now : new Date(now.getTime() + 2 * this.options.refreshMs);
+      await this.store.insert(await this.generate(now, activatesAt));
+      records = await this.store.list();
+      this.log.info({ kid: records[0]?.kid, alg: this.options.alg }, "backend JWT signing key created");
+    }
+    const published = this.publishedOf(records, now);
+    const stale = records.filter((r) => !published.includes(r)).map((r) => r.kid);
+    if (stale.length > 0) await this.store.prune(stale);
+    const loaded: LoadedKey[] = [];
+    for (const record of published) {
+      const existing = this.keys.find((k) => k.record.kid === record.kid);
+      loaded.push(existing ?? { record, privateKey: (await importJWK(record.privateJwk as JWK, record.alg)) as CryptoKey });
+    }
+    this.keys = loaded;
+  }
+
+  /** The JSON Web Key Set (RFC 7517 §5): the public half of every published key. */
+  jwks(): { keys: JWK[] } {
+    return { keys: this.keys.map((k) => ({ ...(k.record.publicJwk as JWK), kid: k.record.kid, alg: k.record.alg, use: "sig" })) };
+  }
+
+  /** A JWT for these claims, from the cache while it has enough life left. */
+  async mint(claims: IntrospectedClaims, now: Date): Promise<string> {
+    const signer = this.currentKey(now);
+    const cached = this.cache.get(claims.id);
+    const nowMs = now.getTime();
+    if (cached && cached.kid === signer.record.kid && cached.expiresAt - nowMs >= this.options.ttlMs / 5) return cached.jwt;
+
+    const tokenExpiry = claims.expiresAt?.getTime() ?? Number.POSITIVE_INFINITY;
+    const expiresAt = Math.min(nowMs + this.options.ttlMs, tokenExpiry);
+    const payload = backendJwtPayload(claims, { issuer: this.options.issuer, audience: this.options.audience, jti: randomUUID() });
+    const jwt = await new SignJWT(payload)
+      .setProtectedHeader({ alg: signer.record.alg, kid: signer.record.kid, typ: "JWT" })
+      .setIssuedAt(Math.floor(nowMs / 1000))
+      .setNotBefore(Math.floor(nowMs / 1000))
+      .setExpirationTime(Math.floor(expiresAt / 1000))
+      .sign(signer.privateKey);
+    if (this.cache.size >= MAX_CACHED) this.cache.delete(this.cache.keys().next().value!);
+    this.cache.set(claims.id, { jwt, expiresAt: Math.floor(expiresAt / 1000) * 1000, kid: signer.record.kid });
+    return jwt;
+  }
+
+  /** Forgets a token's cached JWT (on revocation). */
+  forget(tokenId: string): void {
+    this.cache.delete(tokenId);
+  }
+
+  /** The newest key that is already active. */
+  private currentKey(now: Date): LoadedKey {
+    const key = this.keys.find((k) => k.record.activatesAt.getTime() <= now.getTime());
+    if (!key) throw new Error("no active backend JWT signing key");
+    return key;
+  }
+
+  /**
+   * Keys to publish, newest first: every key not yet superseded by an active
+   * successor, and superseded ones until the last JWT they may have signed
+   * (up to one lifetime after the successor activated) has expired.
+   */
+  private publishedOf(records: readonly SigningKey[], now: Date): SigningKey[] {
+    const out: SigningKey[] = [];
+    let successorActivatedAt: number | undefined;
+    for (const record of records) {
+      if (successorActivatedAt === undefined || successorActivatedAt + this.options.ttlMs > now.getTime()) out.push(record);
+      if (record.activatesAt.getTime() <= now.getTime()) {
+        successorActivatedAt = successorActivatedAt === undefined ? record.activatesAt.getTime() : Math.min(successorActivatedAt, record.activatesAt.getTime());
+      }
+    }
+    return out;
+  }
+
+  private async generate(now: Date, activatesAt: Date): Promise<SigningKey> {
+    const pair = await generateKeyPair(this.options.alg, { extractable: true, ...(this.options.alg === "EdDSA" ? { crv: "Ed25519" } : {}) });
+    const publicJwk = await exportJWK(pair.publicKey);
+    const privateJwk = await exportJWK(pair.privateKey);
+    // RFC 7638 thumbprint: a kid every replica derives the same way from the key itself.
+    const kid = await calculateJwkThumbprint(publicJwk);
+    return { kid, alg: this.options.alg, privateJwk, publicJwk, createdAt: now, activatesAt };
+  }
+}
