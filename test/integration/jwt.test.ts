@@ -1,0 +1,98 @@
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { SignJWT, createLocalJWKSet, exportSPKI, generateKeyPair, jwtVerify, type JSONWebKeySet } from "jose";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { InactiveReason, TokenKind, TokenService, type GetJwksResponse, type IntrospectTokenResponse, type IssueTokenResponse, type ListLegacyJwtUsageResponse } from "../../gen/tokens/v1/token_service_pb.js";
+import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
+import { grpcClient, startTestService, type ServiceUnderTest } from "../support/service.js";
+import * as grpcJs from "@grpc/grpc-js";
+
+const SECRET = "legacy-hmac-secret-0123456789abcdef0123";
+
+/**
+ * Legacy JWTs and backend JWTs through the real service on PostgreSQL,
+ * configured the way operators configure it (environment variables, a PEM file).
+ */
+describe("JWTs on the real service", () => {
+  let db: TestDatabase;
+  let sut: ServiceUnderTest;
+  let grpc: ReturnType<typeof grpcClient>;
+  let admin: string;
+  let rsa: Awaited<ReturnType<typeof generateKeyPair>>;
+  const auth = () => ({ authorization: `Bearer ${admin}` });
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    rsa = await generateKeyPair("RS256", { extractable: true });
+    const dir = await mkdtemp(join(tmpdir(), "tis-jwt-"));
+    const pem = join(dir, "legacy.pem");
+    await writeFile(pem, await exportSPKI(rsa.publicKey));
+    sut = await startTestService({
+      DATABASE_URL: db.url,
+      LEGACY_JWT_HMAC_SECRET: SECRET,
+      LEGACY_JWT_PUBLIC_KEY_FILE: pem,
+      LEGACY_JWT_PUBLIC_KEY_ALGORITHM: "RS256",
+      LEGACY_JWT_ISSUER: "legacy-auth",
+      LEGACY_JWT_SUNSET_DATE: "2099-01-01",
+      LAST_USED_FLUSH_INTERVAL: "50ms",
+    });
+    admin = sut.bootstrapToken!;
+    grpc = grpcClient(TokenService, `127.0.0.1:${sut.service.grpcPort}`);
+  });
+
+  afterAll(async () => {
+    grpc?.close();
+    await sut?.service.stop();
+    await db?.drop();
+  });
+
+  const now = () => Math.floor(Date.now() / 1000);
+
+  it("answers a legacy JWT over gRPC with the deprecation notice in the message and in the metadata", async () => {
+    const jwt = await new SignJWT({ sub: "old@example.com", iss: "legacy-auth", jti: "j-1", env: "dev", scopes: ["orders.read"], exp: now() + 600 })
+      .setProtectedHeader({ alg: "HS256" })
+      .sign(new TextEncoder().encode(SECRET));
+    const md = new grpcJs.Metadata();
+    md.set("authorization", `Bearer ${admin}`);
+    const { answer, headers } = await new Promise<{ answer: IntrospectTokenResponse; headers: grpcJs.Metadata }>((resolve, reject) => {
+      let headers = new grpcJs.Metadata();
+      const call = (grpc.client as unknown as Record<string, (...a: unknown[]) => grpcJs.ClientUnaryCall>).introspectToken!.call(grpc.client, { token: jwt }, md, (err: Error | null, res: IntrospectTokenResponse) => (err ? reject(err) : resolve({ answer: res, headers })));
+      call.on("metadata", (m: grpcJs.Metadata) => (headers = m));
+    });
+    expect(answer).toMatchObject({ active: true, tokenKind: TokenKind.LEGACY_JWT, sub: "old@example.com", jti: "j-1", deprecation: { notice: "JWT tokens are deprecated. Please migrate to API tokens." } });
+    expect(headers.get("x-auth-deprecation")).toEqual(["JWT tokens are deprecated. Please migrate to API tokens."]);
+    expect(headers.get("sunset")).toEqual(["Thu, 01 Jan 2099 00:00:00 GMT"]);
+    expect(String(headers.get("link")[0])).toContain("rel=\"deprecation\"");
+  });
+
+  it("accepts RS256 legacy JWTs from the PEM key and records per-subject usage", async () => {
+    const jwt = await new SignJWT({ sub: "rsa-user@example.com", iss: "legacy-auth", jti: "r-1", exp: now() + 600 }).setProtectedHeader({ alg: "RS256" }).sign(rsa.privateKey);
+    for (let i = 0; i < 3; i++) expect((await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: jwt }, auth())).active).toBe(true);
+    await expect
+      .poll(async () => (await grpc.unary<ListLegacyJwtUsageResponse>("listLegacyJwtUsage", {}, auth())).usage.find((u) => u.subject === "rsa-user@example.com")?.introspectionCount, { timeout: 5000 })
+      .toBe(3n);
+  });
+
+  it("mints a backend JWT that verifies against the published JWKS, and stops after revocation", async () => {
+    const issued = await grpc.unary<IssueTokenResponse>("issueToken", { name: "svc", subject: "svc@example.com", scopes: ["orders.read"], teams: ["edge"] }, auth());
+    const answer = await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: issued.token, includeBackendJwt: true }, auth());
+    expect(answer.backendJwt).not.toBe("");
+    const again = await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: issued.token, includeBackendJwt: true }, auth());
+    expect(again.backendJwt).toBe(answer.backendJwt); // minted once, reused while valid
+    expect((await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: issued.token }, auth())).backendJwt).toBe("");
+
+    const jwks = (await (await fetch(`http://127.0.0.1:${sut.service.httpPort}/.well-known/jwks.json`)).json()) as JSONWebKeySet;
+    const { payload, protectedHeader } = await jwtVerify(answer.backendJwt, createLocalJWKSet(jwks), { issuer: "cf-token-service" });
+    expect(protectedHeader.alg).toBe("ES256");
+    expect(payload).toMatchObject({ sub: "svc@example.com", token_id: issued.info!.id, scope: "orders.read", teams: ["edge"], env: "development" });
+    expect(payload.exp! - payload.iat!).toBe(300);
+    const viaRpc = await grpc.unary<GetJwksResponse>("getJwks", {}, auth());
+    expect(JSON.parse(viaRpc.jwksJson)).toEqual(jwks);
+
+    await grpc.unary("revokeToken", { target: { case: "token", value: issued.token } }, auth());
+    const revoked = await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: issued.token, includeBackendJwt: true }, auth());
+    expect(revoked).toMatchObject({ active: false, reason: InactiveReason.REVOKED, backendJwt: "" });
+    expect(sut.logs.raw.join("\n")).not.toContain(answer.backendJwt);
+  });
+});
