@@ -19,6 +19,9 @@ import type { DatabaseOptions, OpenedDatabase } from "../../src/storage/database
 import { INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE, translateStoreError } from "../../src/storage/errors.js";
 import { KyselySecurityEventStore } from "../../src/storage/security-event-store.js";
 import { KyselyTokenStore } from "../../src/storage/token-store.js";
+import { KyselyLegacyJwtStore } from "../../src/storage/legacy-jwt-store.js";
+import { KyselySigningKeyStore } from "../../src/storage/signing-key-store.js";
+import { MIGRATIONS } from "../../src/storage/migrations/index.js";
 import { createTestDatabase } from "../support/postgres.js";
 
 /** PGlite start-up takes seconds; PostgreSQL database creation under one. */
@@ -139,10 +142,46 @@ describe.each(backends)("storage on $name", (backend) => {
     await teardown?.();
   }, SETUP_TIMEOUT_MS);
 
+  describe("legacy JWT revocations and usage", () => {
+    it("records a jti once and tells a repeat", async () => {
+      const legacy = new KyselyLegacyJwtStore(opened.db);
+      expect(await legacy.isRevoked("jti-a")).toBe(false);
+      expect(await legacy.revoke("jti-a", { by: "ops", reason: "leak", at: NOW, expiresAt: minutes(60) })).toEqual({ alreadyRevoked: false });
+      expect(await legacy.revoke("jti-a", { by: "ops", reason: "again", at: NOW, expiresAt: null })).toEqual({ alreadyRevoked: true });
+      expect(await legacy.isRevoked("jti-a")).toBe(true);
+    });
+
+    it("adds folded usage counts across batches and pages them by last use", async () => {
+      const legacy = new KyselyLegacyJwtStore(opened.db);
+      await legacy.recordUsage([
+        { subject: "u1", count: 2, firstSeen: minutes(1), lastSeen: minutes(2) },
+        { subject: "u2", count: 5, firstSeen: minutes(1), lastSeen: minutes(5) },
+      ]);
+      await legacy.recordUsage([{ subject: "u1", count: 3, firstSeen: minutes(0), lastSeen: minutes(9) }]);
+      const first = await legacy.listUsage({ limit: 1 });
+      expect(first).toEqual([{ subject: "u1", count: 5, firstSeen: minutes(0), lastSeen: minutes(9) }]);
+      const rest = await legacy.listUsage({ limit: 5, after: { lastSeen: first[0]!.lastSeen, subject: "u1" } });
+      expect(rest.map((u) => [u.subject, u.count])).toEqual([["u2", 5]]);
+    });
+  });
+
+  describe("signing keys", () => {
+    it("stores, lists newest first, ignores a duplicate kid, and prunes", async () => {
+      const keys = new KyselySigningKeyStore(opened.db);
+      const key = (kid: string, at: Date) => ({ kid, alg: "ES256" as const, privateJwk: { kty: "EC", d: "secret" }, publicJwk: { kty: "EC", x: "x" }, createdAt: at, activatesAt: at });
+      await keys.insert(key("old", minutes(0)));
+      await keys.insert(key("new", minutes(10)));
+      await keys.insert({ ...key("new", minutes(20)), publicJwk: { changed: true } });
+      expect(await keys.list()).toEqual([key("new", minutes(10)), key("old", minutes(0))]);
+      await keys.prune(["old"]);
+      expect((await keys.list()).map((k) => k.kid)).toEqual(["new"]);
+    });
+  });
+
   describe("migrations", () => {
     it("apply on a fresh database", async () => {
       expect(opened.kind).toBe(backend.name === "PostgreSQL" ? "postgres" : "pglite");
-      expect(firstMigration).toEqual(["0001_initial"]);
+      expect(firstMigration).toEqual(Object.keys(MIGRATIONS));
       const tables = await sql<{ table_name: string }>`
         SELECT table_name FROM information_schema.tables
         WHERE table_schema = 'public' AND table_name IN ('tokens', 'security_events')
@@ -573,7 +612,7 @@ describe("PostgreSQL only", () => {
     const b = await openDatabase({ url: testDb.url, ...POOL });
     try {
       const results = await Promise.all([migrateToLatest(a.db), migrateToLatest(b.db)]);
-      expect(results.flat()).toEqual(["0001_initial"]);
+      expect(results.flat()).toEqual(Object.keys(MIGRATIONS));
     } finally {
       await a.close();
       await b.close();
@@ -590,7 +629,7 @@ describe("PGlite on disk", () => {
       const token = newToken();
       const first = await openDatabase({ dataDir, ...POOL });
       try {
-        expect(await migrateToLatest(first.db)).toEqual(["0001_initial"]);
+        expect(await migrateToLatest(first.db)).toEqual(Object.keys(MIGRATIONS));
         await new KyselyTokenStore(first.db).insert(token, { maxActivePerSubject: 1, now: NOW });
       } finally {
         await first.close();
