@@ -53,6 +53,12 @@ export interface Config {
   readonly backendJwtKeyRefreshMs: number;
   readonly backendJwtIssuer: string | undefined;
   readonly backendJwtAudience: readonly string[];
+  readonly cacheMaxEntries: number;
+  readonly cacheMaxMegabytes: number;
+  readonly cacheStalenessMs: number;
+  readonly cacheNegativeTtlMs: number;
+  readonly revocationHeartbeatMs: number;
+  readonly revocationHeartbeatTimeoutMs: number;
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -196,6 +202,12 @@ export const CONFIG_KEYS = {
   BACKEND_JWT_KEY_REFRESH: spec("backendJwtKeyRefreshMs", "60s", "How often each replica re-reads the shared signing keys. A new key is published for two of these intervals before it signs.", duration(1000)),
   BACKEND_JWT_ISSUER: spec("backendJwtIssuer", undefined, "`iss` of backend JWTs. Default: TOKEN_ISSUER.", text),
   BACKEND_JWT_AUDIENCE: spec("backendJwtAudience", "", "Comma-separated `aud` of backend JWTs. Default: TOKEN_AUDIENCE.", list),
+  CACHE_MAX_ENTRIES: spec("cacheMaxEntries", "100000", "Most tokens held in each replica's introspection cache (least recently used go first).", integer(1, 10_000_000)),
+  CACHE_MAX_MEGABYTES: spec("cacheMaxMegabytes", "256", "Most memory (estimated) the introspection cache may hold, in MiB.", integer(1, 65_536)),
+  CACHE_STALENESS: spec("cacheStalenessMs", "2s", "Longest a cached answer is served without the revocation channel confirming it; with the channel cut, revocations still take effect within this bound.", duration(1)),
+  CACHE_NEGATIVE_TTL: spec("cacheNegativeTtlMs", "2s", "How long an unknown token is remembered, so garbage does not reach the store on every call.", duration(0)),
+  REVOCATION_HEARTBEAT: spec("revocationHeartbeatMs", "500ms", "How often the revocation channel proves itself with a heartbeat through the store.", duration(10)),
+  REVOCATION_HEARTBEAT_TIMEOUT: spec("revocationHeartbeatTimeoutMs", "1500ms", "No heartbeat back within this: the channel is declared lost and reopened.", duration(10)),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
@@ -227,6 +239,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   }
   if (problems.length === 0 && config.legacySunsetDate !== undefined && config.legacySunsetDate <= config.legacyReleaseDate) {
     problems.push("LEGACY_JWT_SUNSET_DATE: must be after LEGACY_JWT_RELEASE_DATE");
+  }
+  if (problems.length === 0 && config.revocationHeartbeatMs >= config.cacheStalenessMs) {
+    problems.push("REVOCATION_HEARTBEAT: must be shorter than CACHE_STALENESS, or cached answers expire between heartbeats");
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

@@ -13,6 +13,8 @@ import { loadLegacyJwtPolicy } from "./keys/legacy-keys.js";
 import { KyselyLegacyJwtStore } from "./storage/legacy-jwt-store.js";
 import { KyselySigningKeyStore } from "./storage/signing-key-store.js";
 import { BackendJwtKeys } from "./keys/backend-jwt.js";
+import { TokenCache } from "./domain/token-cache.js";
+import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
 import { createLogger } from "./logger.js";
 import { TokenServiceHandler } from "./rpc/token-service.js";
@@ -85,7 +87,28 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     clock,
     log,
   );
+  const cache = new TokenCache({
+    maxEntries: config.cacheMaxEntries,
+    maxBytes: config.cacheMaxMegabytes * 1024 * 1024,
+    stalenessMs: config.cacheStalenessMs,
+    negativeTtlMs: config.cacheNegativeTtlMs,
+  });
+  const channel = new RevocationChannel(
+    database.listen,
+    {
+      revoked: (key, tokenId) => {
+        cache.evict(key);
+        backendJwt.forget(tokenId);
+      },
+      confirmed: (atMs) => cache.confirmUntil(atMs),
+      restored: () => cache.clear(),
+      lost: () => undefined, // entries age out within the staleness bound; the channel logs it
+    },
+    { heartbeatMs: config.revocationHeartbeatMs, timeoutMs: config.revocationHeartbeatTimeoutMs, maxBackoffMs: 5_000 },
+    log,
+  );
   const deps: TokenDeps = {
+    cache,
     legacy: { policy: legacyPolicy, store: legacyStore, usage: legacyUsage },
     backendJwt,
     store,
@@ -115,7 +138,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await Promise.all([usage.stop(), legacyUsage.stop()]);
     await events.stop();
   };
-  return { database, deps, events, backendJwt, startBatches, stopBatches };
+  return { database, deps, events, backendJwt, channel, startBatches, stopBatches };
 }
 
 /**
@@ -124,9 +147,10 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
  */
 export async function startService(config: Config, options: StartOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger(config.logLevel);
-  const { database, deps, backendJwt, startBatches, stopBatches } = await openDeps(config, log, options.clock);
+  const { database, deps, backendJwt, channel, startBatches, stopBatches } = await openDeps(config, log, options.clock);
   startBatches();
   await backendJwt.start();
+  await channel.start();
 
   // First start of a development server on an empty store: hand the operator
   // an admin token once. Never in staging or production.
@@ -183,8 +207,9 @@ export async function startService(config: Config, options: StartOptions = {}): 
   const stop = () =>
     (stopping ??= (async () => {
       health.setShuttingDown();
-      backendJwt.stop();
       await Promise.all([grpc.close(config.shutdownGraceMs), http.close(config.shutdownGraceMs)]);
+      backendJwt.stop();
+      await channel.stop();
       await stopBatches();
       await database.close();
       log.info({}, "token service stopped");

@@ -2,7 +2,7 @@ import type { Environment } from "./environment.js";
 import type { RequestMeta, TokenClaims, TokenRecord } from "./model.js";
 import { tokenState } from "./model.js";
 import type { TokenDeps } from "./ports.js";
-import { classifyToken, digestToken, displayHint } from "./token-format.js";
+import { classifyToken, digestKey, displayHint } from "./token-format.js";
 import { deprecationOf, sunsetMessage, verifyLegacyJwt, type Deprecation } from "./legacy-jwt.js";
 
 /** Why a presented token is not active. */
@@ -85,13 +85,25 @@ export async function introspectToken(
   const service = deps.policy.environment;
   if (shape.environment !== service) return environmentMismatch(deps, shape.environment, displayHint(presented), meta);
 
-  const record = await deps.store.findByDigest(digestToken(presented));
+  // The hot path: one digest, one Map lookup. Only a miss reaches the store,
+  // fenced so that a revocation landing meanwhile keeps the answer out of the cache.
+  const now = deps.clock.now();
+  const nowMs = now.getTime();
+  const key = digestKey(presented);
+  const cached = deps.cache.get(key, nowMs);
+  let record: TokenRecord | null;
+  if (cached !== undefined) {
+    record = cached.record;
+  } else {
+    const fence = deps.cache.fence();
+    record = (await deps.store.findByDigest(Buffer.from(key, "base64"))) ?? null;
+    deps.cache.put(key, record, fence, nowMs);
+  }
   // A row from another environment can only exist in a store shared across
   // environments; the prefix check above already makes this unreachable, but
   // the record's own environment is the authority.
-  if (record === undefined || record.environment !== service) return INACTIVE.unknown;
+  if (record === null || record.environment !== service) return INACTIVE.unknown;
 
-  const now = deps.clock.now();
   const state = tokenState(record, now);
   if (state !== "active") return INACTIVE[state];
 

@@ -1,5 +1,6 @@
 import type { Environment } from "./environment.js";
 import type { IntrospectedClaims } from "./introspect.js";
+import type { TokenCache } from "./token-cache.js";
 import type { LegacyJwtPolicy } from "./legacy-jwt.js";
 import type { SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
 
@@ -129,6 +130,8 @@ export interface LegacyDeps {
 
 /** Everything the use cases need, built once in main.ts. */
 export interface TokenDeps {
+  /** Introspection answers by token digest; see `TokenCache`. */
+  readonly cache: TokenCache;
   readonly legacy: LegacyDeps;
   readonly backendJwt: BackendJwtMinter;
   readonly store: TokenStore;

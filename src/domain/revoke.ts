@@ -4,7 +4,7 @@ import { TokenError, invalidArgument } from "./errors.js";
 import { environmentMismatchMessage, metaFields } from "./introspect.js";
 import type { Caller, RequestMeta, TokenRecord } from "./model.js";
 import type { TokenDeps } from "./ports.js";
-import { MAX_PRESENTED_TOKEN_LENGTH, classifyToken, digestToken, displayHint } from "./token-format.js";
+import { MAX_PRESENTED_TOKEN_LENGTH, classifyToken, digestToken, displayHint, keyOfDigest } from "./token-format.js";
 import * as rules from "./validation.js";
 
 /** What to revoke: a token by value or by id. */
@@ -75,6 +75,8 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
 
   const outcome = await deps.store.revoke(record.id, { by: caller.subject, reason, at: deps.clock.now() });
   if (outcome === undefined) throw new TokenError("not_found", `no token with id ${record.id}`);
+  // This replica forgets it at once; the others hear of it through the store's notice.
+  deps.cache.evict(keyOfDigest(record.digest));
   if (!outcome.alreadyRevoked) {
     deps.events.record({
       type: "token_revoked",

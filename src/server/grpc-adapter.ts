@@ -69,7 +69,7 @@ const CALL_COMPLETED = new ConnectError("the call has completed", Code.Canceled)
  * servers. Each call gets a real connect `HandlerContext`: request headers
  * from the metadata, a signal that aborts on cancellation, deadline or
  * completion, `timeoutMs`, protocol "grpc" and the caller's address under
- * {@link peerKey}. Response headers and trailers set on the context are sent
+ * `peerKey` (see {@link GrpcHandlerContext}). Response headers and trailers set on the context are sent
  * as initial and trailing metadata.
  *
  * A `ConnectError` becomes the gRPC status with the same number (Connect codes
@@ -153,8 +153,10 @@ function handlerFor(service: DescService, spec: MethodImplSpec, options: GrpcAda
 }
 
 /**
- * The hot path. One closure per call (cancellation) plus what
- * `createHandlerContext` allocates; one await, the handler's.
+ * The hot path: per call, one context object (its signal, headers and values
+ * are made only if the handler asks) and one await, the handler's. Nothing
+ * here may throw outside the try: grpc-js drops the returned promise, so an
+ * escaped rejection would be unhandled.
  */
 function unaryHandler(
   service: DescService,
@@ -197,7 +199,7 @@ function serverStreamingHandler(
       return;
     }
     const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal);
-    await writeAll(call, ctx, impl(request as MessageShape<DescMessage>, ctx), options);
+    await writeAll(call, ctx, () => impl(request as MessageShape<DescMessage>, ctx), options);
   };
 }
 
@@ -232,7 +234,7 @@ function bidiStreamingHandler(
   const { method, impl } = spec;
   return async function bidiStreaming(call: ServerDuplexStream<unknown, unknown>) {
     const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal);
-    await writeAll(call, ctx, impl(requests(call), ctx), options);
+    await writeAll(call, ctx, () => impl(requests(call), ctx), options);
   };
 }
 
@@ -253,18 +255,19 @@ async function* requests(
 /**
  * Drives a streaming handler: writes each answer (headers first), honours
  * back-pressure, stops when the call is cancelled, and ends the call with the
- * trailers or with the mapped error status.
+ * trailers or with the mapped error status. The handler is invoked inside the
+ * try, so one that throws before returning its iterable is mapped too.
  */
 async function writeAll(
   call: ServerWritableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
   ctx: GrpcHandlerContext,
-  responses: AsyncIterable<unknown>,
+  invoke: () => AsyncIterable<unknown>,
   options: GrpcAdapterOptions,
 ): Promise<void> {
   const output = ctx.method.output;
   let headerSent = false;
   try {
-    for await (const response of responses) {
+    for await (const response of invoke()) {
       if (ctx.signal.aborted) break;
       if (!headerSent) {
         headerSent = true;
@@ -365,7 +368,7 @@ function errorStatus(
   } else if (ctx.abortReason() !== undefined) {
     error = ConnectError.from(ctx.abortReason(), Code.Canceled);
   } else {
-    options.onInternalError(err, procedureOf(method));
+    report(options, err, method);
     error = INTERNAL_ERROR;
   }
   let trailers: Metadata | undefined;
@@ -374,8 +377,17 @@ function errorStatus(
   } catch (metadataError) {
     // A header value grpc-js refuses (bad characters, bad base64) is a bug in
     // the handler; report it rather than crash the call.
-    options.onInternalError(metadataError, procedureOf(method));
+    report(options, metadataError, method);
   }
   // Connect's Code enum uses the gRPC status numbers, so this is a relabel.
   return { code: error.code as number as GrpcStatus, details: error.rawMessage, metadata: trailers };
+}
+
+/** Hands an error to the logger; a logger that throws must not take the call (or the process) down. */
+function report(options: GrpcAdapterOptions, err: unknown, method: DescMethod): void {
+  try {
+    options.onInternalError(err, procedureOf(method));
+  } catch {
+    // nothing better to do with it
+  }
 }

@@ -71,7 +71,11 @@ export class GrpcHandlerContext implements HandlerContext {
       if (reason !== undefined) {
         controller.abort(reason);
       } else {
-        this.#call.once("cancelled", () => this.abort(cancelledError()));
+        // grpc-js also emits "cancelled" just after a call ends normally, when
+        // the context is already done: check first, a ConnectError is not free.
+        this.#call.once("cancelled", () => {
+          if (this.#reason === undefined) this.abort(cancelledError());
+        });
         if (Number.isFinite(this.#deadline)) {
           this.#timer = setTimeout(() => this.abort(deadlineError()), this.#deadline - Date.now());
         }
@@ -158,7 +162,7 @@ export class GrpcHandlerContext implements HandlerContext {
  * "unknown". Keep only the address, matching `req.socket.remoteAddress` on
  * the HTTP server.
  */
-export function peerAddress(peer: string): string | undefined {
+function peerAddress(peer: string): string | undefined {
   if (peer === "unknown") return undefined;
   const colon = peer.lastIndexOf(":");
   return colon > 0 && colon < peer.length - 1 ? peer.slice(0, colon) : peer;

@@ -74,13 +74,14 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
         resolve();
       };
       // Past the grace period, end long-lived streams (health Watch,
-      // reflection) with a status, then cut whatever is still open.
-      const timer = setTimeout(() => {
+      // reflection) with UNAVAILABLE, give those statuses a moment to reach
+      // the wire, then cut whatever is still open.
+      let timer = setTimeout(() => {
         shutdown.abort(new ConnectError("the server is shutting down", Code.Unavailable));
-        setImmediate(() => {
+        timer = setTimeout(() => {
           server.forceShutdown();
           finish();
-        });
+        }, STATUS_FLUSH_MS);
       }, graceMs);
       // tryShutdown stops accepting and calls back once in-flight calls end.
       server.tryShutdown(finish);
@@ -88,6 +89,13 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
 
   return { port, close };
 }
+
+/**
+ * How long, after aborting the streams still open at the end of the grace
+ * period, the servers wait for their final statuses to be written before
+ * dropping the connections.
+ */
+export const STATUS_FLUSH_MS = 250;
 
 /** An IPv6 literal needs brackets in a "host:port" target. */
 export function hostForUri(host: string): string {

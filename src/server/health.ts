@@ -37,7 +37,8 @@ export interface HealthService extends ServiceRegistration<typeof Health> {
  *   an unknown service is NOT_FOUND, as the protocol requires.
  * - Watch sends the status at once and again on every change; for an unknown
  *   service it sends SERVICE_UNKNOWN and keeps the stream open (the protocol
- *   again). It ends when the call does.
+ *   again). It ends when the call's signal aborts, with that reason
+ *   (UNAVAILABLE when the server shuts down).
  * - List answers every known service.
  */
 export function createHealthService(options: HealthOptions): HealthService {
@@ -127,6 +128,9 @@ export function createHealthService(options: HealthOptions): HealthService {
         }
         await sleep(watchIntervalMs, ctx, since);
       }
+      // End with the reason (UNAVAILABLE when the server shuts down), not OK:
+      // a client should reconnect, not conclude the watch is over.
+      throw ConnectError.from(ctx.signal.reason, Code.Canceled);
     },
 
     async list() {

@@ -7,6 +7,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { peerKey } from "./context.js";
 import type { ServiceRegistration } from "./context.js";
 import { procedureOf } from "./grpc-adapter.js";
+import { STATUS_FLUSH_MS } from "./grpc-server.js";
 import type { RunningServer } from "./grpc-server.js";
 
 /** A request on the HTTP port, from either HTTP/1.1 or HTTP/2. */
@@ -152,6 +153,9 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
       resolve((tcp.address() as net.AddressInfo).port);
     });
   });
+  // Once listening, an error here is a failed accept (e.g. EMFILE): worth a
+  // log line, not a crash, which an "error" event without a listener would be.
+  tcp.on("error", (err) => onInternalError(err, "accept"));
 
   let closed: Promise<void> | undefined;
   const close = (graceMs: number): Promise<void> =>
@@ -159,14 +163,15 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
       closing = true;
       // Keep-alive HTTP/1.1 connections go as soon as they fall idle.
       const idleSweep = setInterval(() => h1.closeIdleConnections(), 50);
-      const timer = setTimeout(() => {
+      let timer = setTimeout(() => {
         clearInterval(idleSweep);
-        // Long-lived streams end with UNAVAILABLE; then cut what is left.
+        // Long-lived streams end with UNAVAILABLE; once their statuses had a
+        // moment to reach the wire, cut what is left.
         shutdown.abort(new ConnectError("the server is shutting down", Code.Unavailable));
-        setImmediate(() => {
+        timer = setTimeout(() => {
           for (const session of sessions) session.destroy();
           for (const socket of sockets) socket.destroy();
-        });
+        }, STATUS_FLUSH_MS);
       }, graceMs);
       // Calls back when every accepted socket has closed.
       tcp.close(() => {

@@ -7,7 +7,8 @@ import { mkdir } from "node:fs/promises";
 import { PGlite } from "@electric-sql/pglite";
 import { Kysely, Migrator, PostgresDialect } from "kysely";
 import { PGliteDialect } from "kysely-pglite-dialect";
-import { Pool } from "pg";
+import { Client, Pool } from "pg";
+import { REVOCATION_CHANNEL, type ListenSessionFactory } from "./revocation-channel.js";
 import { migrationProvider } from "./migrations/index.js";
 import type { Database } from "./schema.js";
 
@@ -37,6 +38,8 @@ export interface DatabaseOptions {
 export interface OpenedDatabase {
   readonly db: Kysely<Database>;
   readonly kind: "postgres" | "pglite";
+  /** Opens a LISTEN session for revocation notices: its own connection on PostgreSQL, in-process on PGlite. */
+  readonly listen: ListenSessionFactory;
   /** Closes the pool or the PGlite instance; safe to call more than once. */
   close(): Promise<void>;
 }
@@ -89,7 +92,33 @@ function openPostgres(url: string, options: DatabaseOptions): OpenedDatabase {
     client.on("error", (error) => options.onIdleClientError?.(error));
   });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  return { db, kind: "postgres", close: once(() => db.destroy()) };
+  const listen: ListenSessionFactory = async (onPayload, onLost) => {
+    // A dedicated session, never a pooled one: LISTEN is session state.
+    const client = new Client({ connectionString: url, connectionTimeoutMillis: options.connectTimeoutMs, keepAlive: true, application_name: "token-introspection-service/listener" });
+    let closing = false;
+    const lost = (error: unknown) => {
+      if (closing) return;
+      closing = true;
+      onLost(error);
+    };
+    client.on("notification", (message) => {
+      if (message.channel === REVOCATION_CHANNEL && message.payload !== undefined) onPayload(message.payload);
+    });
+    client.on("error", lost);
+    client.on("end", () => lost(new Error("listener connection ended")));
+    await client.connect();
+    await client.query(`LISTEN ${REVOCATION_CHANNEL}`);
+    return {
+      notify: async (payload) => {
+        await client.query({ text: "SELECT pg_notify($1, $2)", values: [REVOCATION_CHANNEL, payload], query_timeout: options.connectTimeoutMs } as never);
+      },
+      close: async () => {
+        closing = true;
+        await client.end().catch(() => undefined);
+      },
+    };
+  };
+  return { db, kind: "postgres", listen, close: once(() => db.destroy()) };
 }
 
 async function openPglite(dataDir: string): Promise<OpenedDatabase> {
@@ -99,8 +128,18 @@ async function openPglite(dataDir: string): Promise<OpenedDatabase> {
   if (onDisk !== undefined) await mkdir(onDisk, { recursive: true });
   const pglite = await PGlite.create({ dataDir });
   const db = new Kysely<Database>({ dialect: new PGliteDialect(pglite) });
+  const listen: ListenSessionFactory = async (onPayload) => {
+    // In-process: PGlite delivers NOTIFYs of its one session to its own listeners.
+    const unlisten = await pglite.listen(REVOCATION_CHANNEL, onPayload);
+    return {
+      notify: async (payload) => {
+        await pglite.query("SELECT pg_notify($1, $2)", [REVOCATION_CHANNEL, payload]);
+      },
+      close: () => unlisten(),
+    };
+  };
   // Destroying the Kysely handle closes the PGlite instance (the dialect's driver owns it).
-  return { db, kind: "pglite", close: once(() => db.destroy()) };
+  return { db, kind: "pglite", listen, close: once(() => db.destroy()) };
 }
 
 /** Wraps `fn` so that every call after the first returns the first call's promise. */

@@ -8,6 +8,7 @@ import { TokenError } from "../domain/errors.js";
 import type { TokenRecord } from "../domain/model.js";
 import type { NewToken, RevokeOutcome, TokenListQuery, TokenStore } from "../domain/ports.js";
 import { translatingErrors } from "./errors.js";
+import { REVOCATION_CHANNEL, REVOKED_PREFIX } from "./revocation-channel.js";
 import type { Database, TokensTable } from "./schema.js";
 
 /**
@@ -101,13 +102,18 @@ export class KyselyTokenStore implements TokenStore {
   revoke(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOutcome | undefined> {
     return translatingErrors(async () => {
       if (!isUuid(id)) return undefined;
-      const row = await this.db
-        .updateTable("tokens")
-        .set({ revoked_at: revocation.at, revoked_by: revocation.by, revoke_reason: revocation.reason })
-        .where("id", "=", id)
-        .where("revoked_at", "is", null)
-        .returningAll()
-        .executeTakeFirst();
+      // One statement, so one transaction: the revocation and its notice to
+      // every replica (LISTEN/NOTIFY) commit together or not at all, and the
+      // notice is delivered only once the revocation is durable.
+      const { rows } = await sql<Selectable<TokensTable>>`
+        WITH revoked AS (
+          UPDATE tokens SET revoked_at = ${revocation.at}, revoked_by = ${revocation.by}, revoke_reason = ${revocation.reason}
+          WHERE id = ${id} AND revoked_at IS NULL
+          RETURNING *
+        )
+        SELECT revoked.*, pg_notify(${REVOCATION_CHANNEL}, ${REVOKED_PREFIX} || encode(revoked.digest, 'base64') || ':' || revoked.id::text) AS notified
+        FROM revoked`.execute(this.db);
+      const row = rows[0];
       if (row !== undefined) return { record: toRecord(row), alreadyRevoked: false };
       // No unrevoked row: either no such id, or revoked before (revocation is never undone).
       const existing = await this.selectById(id);

@@ -25,7 +25,7 @@ describe("a PostgreSQL outage", () => {
     proxy = await startTcpProxy(5432);
     const url = new URL(db.url);
     url.port = String(proxy.port);
-    sut = await startTestService({ DATABASE_URL: url.toString(), DATABASE_CONNECT_TIMEOUT: "500ms", DATABASE_STATEMENT_TIMEOUT: "1s" });
+    sut = await startTestService({ DATABASE_URL: url.toString(), DATABASE_CONNECT_TIMEOUT: "500ms", DATABASE_STATEMENT_TIMEOUT: "1s", CACHE_STALENESS: "5s" });
   });
 
   afterAll(async () => {
@@ -46,8 +46,15 @@ describe("a PostgreSQL outage", () => {
     expect(await health.unary("check", { service: "" })).toMatchObject({ status: HealthCheckResponse_ServingStatus.SERVING });
 
     proxy.cut();
-    await expect(grpc.unary("introspectToken", { token: unknown }, auth)).rejects.toMatchObject({ code: GrpcStatus.UNAVAILABLE, details: "the token store is unavailable; try again" });
+    // Within the staleness bound, a cached answer still serves the caller.
+    expect((await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: admin }, auth)).active).toBe(true);
+    // A token the cache has never seen must go to the store: UNAVAILABLE, never "inactive".
+    await expect(grpc.unary("introspectToken", { token: mintToken("development").token }, auth)).rejects.toMatchObject({ code: GrpcStatus.UNAVAILABLE, details: "the token store is unavailable; try again" });
     await expect(connect.listTokens({}, { headers: auth })).rejects.toSatisfy((e: unknown) => ConnectError.from(e).code === Code.Unavailable);
+    // A cached answer is served only within the staleness bound (5 s here), then it too is UNAVAILABLE.
+    await expect
+      .poll(async () => grpc.unary<IntrospectTokenResponse>("introspectToken", { token: admin }, auth).then((a) => (a.active ? "active" : "inactive"), (e: { code: number }) => e.code), { timeout: 15_000, interval: 250 })
+      .toBe(GrpcStatus.UNAVAILABLE);
     // Health may answer from a cache for about a second; poll until it notices.
     await expect.poll(async () => ((await health.unary<{ status: number }>("check", { service: "" })).status), { timeout: 10_000, interval: 250 }).toBe(HealthCheckResponse_ServingStatus.NOT_SERVING);
     expect(sut.logs.raw.join("\n")).not.toContain(admin);

@@ -1,0 +1,147 @@
+import type { TokenRecord } from "./model.js";
+
+/** Cache limits and freshness rules. */
+export interface TokenCacheOptions {
+  /** Most entries held; beyond it the least recently used go first. */
+  readonly maxEntries: number;
+  /** Most estimated bytes held (records vary: metadata and lists are bounded but not tiny). */
+  readonly maxBytes: number;
+  /**
+   * How old an answer may be when nothing has confirmed it since: an entry is
+   * served only while `now - max(fetchedAt, channelVerifiedAt) <= stalenessMs`.
+   * With the revocation channel alive, its heartbeat keeps confirming every
+   * entry; with it cut, entries age out within this bound and lookups read
+   * through to the store.
+   */
+  readonly stalenessMs: number;
+  /** How long "no such token" is remembered, so garbage does not reach the store on every call. */
+  readonly negativeTtlMs: number;
+}
+
+/** One cached answer: the stored record, or null for "no such token". */
+export interface CacheEntry {
+  readonly record: TokenRecord | null;
+  /** When it was read from the store (ms since the epoch). */
+  readonly fetchedAt: number;
+  /** Second-chance bit for the eviction clock: set on every hit. */
+  used: boolean;
+  /** Estimated size, for the memory bound. */
+  readonly bytes: number;
+}
+
+/** A rough size of an entry in memory: fixed overhead plus two bytes per character held. */
+function estimateBytes(key: string, record: TokenRecord | null): number {
+  let chars = key.length;
+  if (record !== null) {
+    chars += record.id.length + record.displayHint.length + record.name.length + record.subject.length + record.fullName.length + record.createdBy.length;
+    for (const list of [record.teams, record.scopes, record.namespaces]) for (const item of list) chars += item.length + 8;
+    for (const k in record.metadata) chars += k.length + (record.metadata[k]?.length ?? 0) + 16;
+  }
+  return 400 + chars * 2;
+}
+
+/**
+ * The per-replica introspection cache, keyed by token digest.
+ *
+ * - Bounded: at most `maxEntries`, evicting with a second-chance clock over
+ *   the Map's insertion order, so a hit only sets a bit (no reordering, no
+ *   allocation) and eviction is amortised O(1).
+ * - Push-invalidated: `evict(key)` on a revocation notice.
+ * - Fenced: `fence()` before a store read and `put(…, fence)` after it; any
+ *   eviction or flush in between bumps the generation and the result is not
+ *   cached, so a lookup that started before a revocation can never put the
+ *   revoked token back.
+ * - Bounded staleness: see `TokenCacheOptions.stalenessMs`.
+ */
+export class TokenCache {
+  private readonly entries = new Map<string, CacheEntry>();
+  private bytes = 0;
+  private generation = 0;
+  /** Until when (ms) every revocation is known to have been received. */
+  private channelVerifiedAt = 0;
+  private hits = 0;
+  private misses = 0;
+  private evictions = 0;
+
+  constructor(private readonly options: TokenCacheOptions) {}
+
+  /** The entry for a digest if it may be served at `nowMs`; undefined means "ask the store". */
+  get(key: string, nowMs: number): CacheEntry | undefined {
+    const entry = this.entries.get(key);
+    if (entry !== undefined) {
+      const confirmed = entry.fetchedAt > this.channelVerifiedAt ? entry.fetchedAt : this.channelVerifiedAt;
+      const fresh = entry.record === null ? nowMs - entry.fetchedAt <= this.options.negativeTtlMs : nowMs - confirmed <= this.options.stalenessMs;
+      if (fresh) {
+        entry.used = true;
+        this.hits++;
+        return entry;
+      }
+    }
+    this.misses++;
+    return undefined;
+  }
+
+  /** The generation to hand back to `put` after reading the store. */
+  fence(): number {
+    return this.generation;
+  }
+
+  /**
+   * Caches a store answer read under `fence`. Does nothing when anything was
+   * evicted or flushed since (the answer may predate a revocation).
+   */
+  put(key: string, record: TokenRecord | null, fence: number, fetchedAt: number): void {
+    if (fence !== this.generation) return;
+    const bytes = estimateBytes(key, record);
+    this.remove(key);
+    while (this.entries.size > 0 && (this.entries.size >= this.options.maxEntries || this.bytes + bytes > this.options.maxBytes)) this.evictOne();
+    this.entries.set(key, { record, fetchedAt, used: false, bytes });
+    this.bytes += bytes;
+  }
+
+  /** Drops one digest (a revocation notice) and fences in-flight lookups. */
+  evict(key: string): void {
+    this.generation++;
+    if (this.remove(key)) this.evictions++;
+  }
+
+  /** Drops everything (the revocation channel was lost or came back) and fences in-flight lookups. */
+  clear(): void {
+    this.generation++;
+    this.evictions += this.entries.size;
+    this.entries.clear();
+    this.bytes = 0;
+  }
+
+  /** Records that every revocation committed before `atMs` has been received (a heartbeat came back). */
+  confirmUntil(atMs: number): void {
+    if (atMs > this.channelVerifiedAt) this.channelVerifiedAt = atMs;
+  }
+
+  /** Counters for metrics and the benchmark. */
+  stats(): { size: number; bytes: number; hits: number; misses: number; evictions: number } {
+    return { size: this.entries.size, bytes: this.bytes, hits: this.hits, misses: this.misses, evictions: this.evictions };
+  }
+
+  private remove(key: string): boolean {
+    const entry = this.entries.get(key);
+    if (entry === undefined) return false;
+    this.entries.delete(key);
+    this.bytes -= entry.bytes;
+    return true;
+  }
+
+  private evictOne(): void {
+    for (const [key, entry] of this.entries) {
+      this.entries.delete(key);
+      if (!entry.used) {
+        this.bytes -= entry.bytes;
+        this.evictions++;
+        return;
+      }
+      // Second chance: recently used, so it goes to the back of the line.
+      entry.used = false;
+      this.entries.set(key, entry);
+    }
+  }
+}
