@@ -33,6 +33,8 @@ export interface RunningService {
   readonly httpPort: number;
   readonly deps: TokenDeps;
   readonly database: OpenedDatabase;
+  /** The revocation channel, for its state (tests, diagnostics). */
+  readonly channel: RevocationChannel;
   /** Graceful shutdown: stop accepting, finish in-flight calls, flush batched writes, close the store. */
   stop(): Promise<void>;
 }
@@ -215,7 +217,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
       log.info({}, "token service stopped");
     })());
 
-  return { grpcPort: grpc.port, httpPort: http.port, deps, database, stop };
+  return { grpcPort: grpc.port, httpPort: http.port, deps, database, channel, stop };
 }
 
 function printBootstrapToken(token: string, subject: string): void {

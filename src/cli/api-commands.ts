@@ -111,7 +111,10 @@ export async function runApiCommand(
   }
 }
 
-/** Connects as the caller, given the command's parsed connection options. */
+/**
+ * Resolves the address and the caller's token from the command's parsed
+ * options and makes a client. Nothing goes over the wire until the first call.
+ */
 type Open = (values: { readonly addr?: string | undefined; readonly "token-file"?: string | undefined }) => Promise<Client<typeof TokenService>>;
 
 type Command = (args: readonly string[], open: Open, io: CliIo, out: Output) => Promise<number>;
@@ -239,6 +242,9 @@ async function revoke(args: readonly string[], open: Open, io: CliIo, out: Outpu
   const given = [positionals[0], values.id, values["legacy-jti"]].filter((v) => v !== undefined);
   if (given.length !== 1) throw new UsageError("revoke needs exactly one of <token>, - (the token on stdin), --id <uuid> or --legacy-jti <jti>");
 
+  // The caller's token is checked before stdin is read: a missing one is
+  // the likelier mistake, and waiting on stdin first would hide it.
+  const client = await open(values);
   let target: MessageInitShape<typeof RevokeTokenRequestSchema>["target"];
   if (positionals[0] !== undefined) {
     const token = await tokenArgument(positionals[0], io, out);
@@ -249,7 +255,6 @@ async function revoke(args: readonly string[], open: Open, io: CliIo, out: Outpu
     target = { case: "legacyJti", value: values["legacy-jti"]! };
   }
 
-  const client = await open(values);
   const answer = await client.revokeToken({ target, reason: values.reason ?? "" });
   if (values.json) {
     out.json(RevokeTokenResponseSchema, answer);
@@ -270,9 +275,8 @@ async function introspect(args: readonly string[], open: Open, io: CliIo, out: O
     options: { ...CONNECTION_OPTIONS, json: { type: "boolean" } },
   });
   if (positionals.length !== 1 || positionals[0] === undefined) throw new UsageError("introspect needs one token argument, or - to read it from stdin");
+  const client = await open(values); // before stdin is read, as in `revoke`
   const token = await tokenArgument(positionals[0], io, out);
-
-  const client = await open(values);
   const answer = await client.introspectToken({ token });
   if (values.json) out.json(IntrospectTokenResponseSchema, answer);
   else out.lines(describeIntrospection(answer));
@@ -541,7 +545,8 @@ function safe(text: string): string {
 const lower = (name: string | undefined, fallback: string) => (name ?? fallback).toLowerCase();
 
 function isoTime(value: Timestamp | undefined): string {
-  return value ? timestampDate(value).toISOString().replace(/\.000Z$/, "Z") : "never";
+  // Whole seconds are enough to read, and keep the column narrow.
+  return value ? timestampDate(value).toISOString().replace(/\.\d{3}Z$/, "Z") : "never";
 }
 
 function epochTime(seconds: bigint): string {

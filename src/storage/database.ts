@@ -109,6 +109,8 @@ function openPostgres(url: string, options: DatabaseOptions): OpenedDatabase {
     await client.connect();
     await client.query(`LISTEN ${REVOCATION_CHANNEL}`);
     return {
+      // node-postgres keeps the backend pid from the connection's BackendKeyData.
+      backendPid: (client as unknown as { processID?: number }).processID,
       notify: async (payload) => {
         await client.query({ text: "SELECT pg_notify($1, $2)", values: [REVOCATION_CHANNEL, payload], query_timeout: options.connectTimeoutMs } as never);
       },

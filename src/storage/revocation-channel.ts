@@ -28,6 +28,8 @@ const HEARTBEAT_PREFIX = "h:";
 
 /** An open LISTEN session. */
 export interface ListenSession {
+  /** The PostgreSQL backend process id of the session, when it has one (for operators and tests). */
+  readonly backendPid?: number;
   /** NOTIFYs the channel from this session. */
   notify(payload: string): Promise<void>;
   /** Ends the session; `onLost` is not called for it. */
@@ -81,6 +83,11 @@ export class RevocationChannel {
   /** Whether the channel is listening now. */
   get up(): boolean {
     return this.session !== undefined;
+  }
+
+  /** The backend pid of the LISTEN session, if listening on PostgreSQL. */
+  get backendPid(): number | undefined {
+    return this.session?.backendPid;
   }
 
   /** Opens the channel; resolves once listening (or rejects if the first attempt fails, after scheduling retries). */

@@ -1,0 +1,101 @@
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { InactiveReason, TokenService, type IntrospectTokenResponse, type IssueTokenResponse } from "../../gen/tokens/v1/token_service_pb.js";
+import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
+import { grpcClient, startTestService, type ServiceUnderTest } from "../support/service.js";
+
+/**
+ * Two replicas on one PostgreSQL: a revocation on one reaches the other's
+ * cache by LISTEN/NOTIFY (the staleness bound is set far out, so nothing but
+ * the push can explain a prompt answer), and losing the channel degrades to
+ * the staleness bound, then recovers by itself.
+ */
+describe("revocation across replicas", () => {
+  let db: TestDatabase;
+  let a: ServiceUnderTest;
+  let b: ServiceUnderTest;
+  let clientA: ReturnType<typeof grpcClient>;
+  let clientB: ReturnType<typeof grpcClient>;
+  let admin: string;
+  const auth = () => ({ authorization: `Bearer ${admin}` });
+  const state = (client: ReturnType<typeof grpcClient>, token: string) =>
+    client.unary<IntrospectTokenResponse>("introspectToken", { token }, auth()).then((r) => (r.active ? "active" : InactiveReason[r.reason]));
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const env = { DATABASE_URL: db.url, CACHE_STALENESS: "10m", REVOCATION_HEARTBEAT: "200ms", REVOCATION_HEARTBEAT_TIMEOUT: "600ms" };
+    a = await startTestService(env);
+    b = await startTestService(env);
+    admin = a.bootstrapToken!;
+    clientA = grpcClient(TokenService, `127.0.0.1:${a.service.grpcPort}`);
+    clientB = grpcClient(TokenService, `127.0.0.1:${b.service.grpcPort}`);
+  });
+
+  afterAll(async () => {
+    clientA?.close();
+    clientB?.close();
+    await Promise.all([a?.service.stop(), b?.service.stop()]);
+    await db?.drop();
+  });
+
+  const issue = () => clientA.unary<IssueTokenResponse>("issueToken", { name: "r", subject: "r@example.com" }, auth());
+
+  it("evicts a token on the other replica when it is revoked, long before the staleness bound", async () => {
+    for (let i = 0; i < 5; i++) {
+      const { token } = await issue();
+      expect(await state(clientB, token)).toBe("active"); // now cached on B for up to 10 minutes
+      await clientA.unary("revokeToken", { target: { case: "token", value: token } }, auth());
+      await expect.poll(() => state(clientB, token), { timeout: 5_000, interval: 5 }).toBe("REVOKED");
+    }
+  });
+
+  it("when B's LISTEN connection is killed, B reconnects, forgets what it cached, and sees revocations again", async () => {
+    const { token } = await issue();
+    expect(await state(clientB, token)).toBe("active");
+    const pid = b.service.channel.backendPid;
+    expect(pid).toBeTypeOf("number");
+    const admin = new pg.Client({ connectionString: db.url });
+    await admin.connect();
+    await admin.query("SELECT pg_terminate_backend($1)", [pid]);
+    // Revoke while B is (possibly) deaf: the notice may be lost on B.
+    await clientA.unary("revokeToken", { target: { case: "token", value: token } }, auth());
+    await admin.end();
+    // B notices the loss (heartbeat), reconnects, clears its cache, and reads the revocation from the store.
+    await expect.poll(() => state(clientB, token), { timeout: 10_000, interval: 50 }).toBe("REVOKED");
+    await expect.poll(() => b.service.channel.backendPid !== undefined && b.service.channel.backendPid !== pid, { timeout: 10_000 }).toBe(true);
+    expect(b.logs.lines.some((l) => l.msg === "revocation channel lost; cached answers age out, reconnecting")).toBe(true);
+
+    // And pushes work again after the reconnect.
+    const next = await issue();
+    expect(await state(clientB, next.token)).toBe("active");
+    await clientA.unary("revokeToken", { target: { case: "token", value: next.token } }, auth());
+    await expect.poll(() => state(clientB, next.token), { timeout: 5_000, interval: 5 }).toBe("REVOKED");
+  });
+});
+
+describe("the staleness bound with the channel cut", () => {
+  it("stops serving a revoked token within CACHE_STALENESS even if no notice arrives", async () => {
+    const db = await createTestDatabase();
+    // The heartbeat timeout is far out, so B does not notice the loss by itself: only the bound helps.
+    const env = { DATABASE_URL: db.url, CACHE_STALENESS: "1500ms", REVOCATION_HEARTBEAT: "200ms", REVOCATION_HEARTBEAT_TIMEOUT: "10m" };
+    const a = await startTestService(env);
+    const b = await startTestService(env);
+    const clientA = grpcClient(TokenService, `127.0.0.1:${a.service.grpcPort}`);
+    const clientB = grpcClient(TokenService, `127.0.0.1:${b.service.grpcPort}`);
+    const admin = a.bootstrapToken!;
+    const auth = { authorization: `Bearer ${admin}` };
+    try {
+      const { token } = await clientA.unary<IssueTokenResponse>("issueToken", { name: "s", subject: "s@example.com" }, auth);
+      expect((await clientB.unary<IntrospectTokenResponse>("introspectToken", { token }, auth)).active).toBe(true);
+      // Make B deaf without killing its connection: stop its listener from hearing anything.
+      await b.service.channel.stop();
+      await clientA.unary("revokeToken", { target: { case: "token", value: token } }, auth);
+      await expect.poll(async () => (await clientB.unary<IntrospectTokenResponse>("introspectToken", { token }, auth)).reason, { timeout: 10_000, interval: 100 }).toBe(InactiveReason.REVOKED);
+    } finally {
+      clientA.close();
+      clientB.close();
+      await Promise.all([a.service.stop(), b.service.stop()]);
+      await db.drop();
+    }
+  });
+});
