@@ -14,6 +14,7 @@ import { KyselyLegacyJwtStore } from "./storage/legacy-jwt-store.js";
 import { KyselySigningKeyStore } from "./storage/signing-key-store.js";
 import { BackendJwtKeys } from "./keys/backend-jwt.js";
 import { TokenCache } from "./domain/token-cache.js";
+import { RevocationHub } from "./domain/revocation-hub.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
 import { createLogger } from "./logger.js";
@@ -95,22 +96,30 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     stalenessMs: config.cacheStalenessMs,
     negativeTtlMs: config.cacheNegativeTtlMs,
   });
+  // One fan-out for revocation notices: this replica's cache and every WatchRevocations stream.
+  const revocations = new RevocationHub();
+  revocations.subscribe({
+    revoked: (key, tokenId) => {
+      cache.evict(key);
+      backendJwt.forget(tokenId);
+    },
+    confirmed: (atMs) => cache.confirmUntil(atMs),
+    reset: () => cache.clear(),
+  });
   const channel = new RevocationChannel(
     database.listen,
     {
-      revoked: (key, tokenId) => {
-        cache.evict(key);
-        backendJwt.forget(tokenId);
-      },
-      confirmed: (atMs) => cache.confirmUntil(atMs),
-      restored: () => cache.clear(),
-      lost: () => undefined, // entries age out within the staleness bound; the channel logs it
+      revoked: (key, tokenId) => revocations.revoked(key, tokenId),
+      confirmed: (atMs) => revocations.confirm(atMs),
+      restored: () => revocations.reset(),
+      lost: () => undefined, // cached answers age out within the staleness bound; the channel logs it
     },
     { heartbeatMs: config.revocationHeartbeatMs, timeoutMs: config.revocationHeartbeatTimeoutMs, maxBackoffMs: 5_000 },
     log,
   );
   const deps: TokenDeps = {
     cache,
+    revocations,
     legacy: { policy: legacyPolicy, store: legacyStore, usage: legacyUsage },
     backendJwt,
     store,

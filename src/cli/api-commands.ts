@@ -89,8 +89,9 @@ export async function runApiCommand(
   const out = new Output(io);
   let connection: Connection | undefined;
   try {
-    // Every command parses its options and gathers its secrets before it
-    // connects, so a usage mistake never costs a round trip.
+    // Every command parses its options before it opens a client, and reads
+    // any token from stdin before its one call: a usage mistake never costs a
+    // round trip.
     const open = async (values: { readonly addr?: string | undefined; readonly "token-file"?: string | undefined }) => {
       const target = resolveTarget(values.addr ?? env["TOKENCTL_ADDR"] ?? DEFAULT_ADDR, out);
       const token = await callerToken(values["token-file"], env, out);
@@ -101,6 +102,10 @@ export async function runApiCommand(
     return await COMMANDS[command](args, open, io, out);
   } catch (error) {
     if (error instanceof UsageError) throw error;
+    // parseArgs' own errors are usage errors too (exit 64). They never quote a
+    // positional argument, since every command allows positionals and checks
+    // them itself.
+    if (error instanceof Error && "code" in error && typeof error.code === "string" && error.code.startsWith("ERR_PARSE_ARGS")) throw new UsageError(error.message);
     // Network failures arrive as ConnectErrors too (`unavailable`), so one
     // shape covers every way a call can fail.
     const err = ConnectError.from(error);

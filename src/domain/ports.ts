@@ -1,6 +1,7 @@
 import type { Environment } from "./environment.js";
 import type { IntrospectedClaims } from "./introspect.js";
 import type { TokenCache } from "./token-cache.js";
+import type { RevocationHub } from "./revocation-hub.js";
 import type { LegacyJwtPolicy } from "./legacy-jwt.js";
 import type { SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
 
@@ -132,6 +133,8 @@ export interface LegacyDeps {
 export interface TokenDeps {
   /** Introspection answers by token digest; see `TokenCache`. */
   readonly cache: TokenCache;
+  /** Revocation notices of this process, for WatchRevocations streams. */
+  readonly revocations: RevocationHub;
   readonly legacy: LegacyDeps;
   readonly backendJwt: BackendJwtMinter;
   readonly store: TokenStore;

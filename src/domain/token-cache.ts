@@ -1,7 +1,7 @@
 import type { TokenRecord } from "./model.js";
 
 /** Cache limits and freshness rules. */
-export interface TokenCacheOptions {
+export interface TokenCacheOptions<V = TokenRecord | null> {
   /** Most entries held; beyond it the least recently used go first. */
   readonly maxEntries: number;
   /** Most estimated bytes held (records vary: metadata and lists are bounded but not tiny). */
@@ -16,11 +16,17 @@ export interface TokenCacheOptions {
   readonly stalenessMs: number;
   /** How long "no such token" is remembered, so garbage does not reach the store on every call. */
   readonly negativeTtlMs: number;
+  /** Which values are negative answers (kept only `negativeTtlMs`). Default: null. */
+  readonly isNegative?: (value: V) => boolean;
+  /** Estimated bytes of an entry. Default: sized for a `TokenRecord`. */
+  readonly sizeOf?: (key: string, value: V) => number;
 }
 
-/** One cached answer: the stored record, or null for "no such token". */
-export interface CacheEntry {
-  readonly record: TokenRecord | null;
+/** One cached answer: by default the stored record, or null for "no such token". */
+export interface CacheEntry<V = TokenRecord | null> {
+  readonly record: V;
+  /** Kept only `negativeTtlMs`. */
+  readonly negative: boolean;
   /** When it was read from the store (ms since the epoch). */
   readonly fetchedAt: number;
   /** Second-chance bit for the eviction clock: set on every hit. */
@@ -29,8 +35,8 @@ export interface CacheEntry {
   readonly bytes: number;
 }
 
-/** A rough size of an entry in memory: fixed overhead plus two bytes per character held. */
-function estimateBytes(key: string, record: TokenRecord | null): number {
+/** A rough size of a record entry in memory: fixed overhead plus two bytes per character held. */
+export function estimateBytes(key: string, record: TokenRecord | null): number {
   let chars = key.length;
   if (record !== null) {
     chars += record.id.length + record.displayHint.length + record.name.length + record.subject.length + record.fullName.length + record.createdBy.length;
@@ -53,8 +59,10 @@ function estimateBytes(key: string, record: TokenRecord | null): number {
  *   revoked token back.
  * - Bounded staleness: see `TokenCacheOptions.stalenessMs`.
  */
-export class TokenCache {
-  private readonly entries = new Map<string, CacheEntry>();
+export class TokenCache<V = TokenRecord | null> {
+  private readonly entries = new Map<string, CacheEntry<V>>();
+  private readonly isNegative: (value: V) => boolean;
+  private readonly sizeOf: (key: string, value: V) => number;
   private bytes = 0;
   private generation = 0;
   /** Until when (ms) every revocation is known to have been received. */
@@ -63,14 +71,17 @@ export class TokenCache {
   private misses = 0;
   private evictions = 0;
 
-  constructor(private readonly options: TokenCacheOptions) {}
+  constructor(private readonly options: TokenCacheOptions<V>) {
+    this.isNegative = options.isNegative ?? ((value) => value === null);
+    this.sizeOf = options.sizeOf ?? ((key, value) => estimateBytes(key, value as TokenRecord | null));
+  }
 
   /** The entry for a digest if it may be served at `nowMs`; undefined means "ask the store". */
-  get(key: string, nowMs: number): CacheEntry | undefined {
+  get(key: string, nowMs: number): CacheEntry<V> | undefined {
     const entry = this.entries.get(key);
     if (entry !== undefined) {
       const confirmed = entry.fetchedAt > this.channelVerifiedAt ? entry.fetchedAt : this.channelVerifiedAt;
-      const fresh = entry.record === null ? nowMs - entry.fetchedAt <= this.options.negativeTtlMs : nowMs - confirmed <= this.options.stalenessMs;
+      const fresh = entry.negative ? nowMs - entry.fetchedAt <= this.options.negativeTtlMs : nowMs - confirmed <= this.options.stalenessMs;
       if (fresh) {
         entry.used = true;
         this.hits++;
@@ -90,12 +101,12 @@ export class TokenCache {
    * Caches a store answer read under `fence`. Does nothing when anything was
    * evicted or flushed since (the answer may predate a revocation).
    */
-  put(key: string, record: TokenRecord | null, fence: number, fetchedAt: number): void {
+  put(key: string, record: V, fence: number, fetchedAt: number): void {
     if (fence !== this.generation) return;
-    const bytes = estimateBytes(key, record);
+    const bytes = this.sizeOf(key, record);
     this.remove(key);
     while (this.entries.size > 0 && (this.entries.size >= this.options.maxEntries || this.bytes + bytes > this.options.maxBytes)) this.evictOne();
-    this.entries.set(key, { record, fetchedAt, used: false, bytes });
+    this.entries.set(key, { record, negative: this.isNegative(record), fetchedAt, used: false, bytes });
     this.bytes += bytes;
   }
 

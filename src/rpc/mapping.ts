@@ -1,4 +1,5 @@
-import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampDate, timestampFromDate, timestampFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
+import type { WatchEvent } from "../domain/watch.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
   Environment as PbEnvironment,
@@ -8,6 +9,7 @@ import {
   TokenState as PbTokenState,
   type IntrospectTokenResponseSchema,
   type JsonWebKeySchema,
+  type WatchRevocationsResponseSchema,
   type SecurityEventSchema,
   type TokenInfoSchema,
 } from "../../gen/tokens/v1/token_service_pb.js";
@@ -179,4 +181,16 @@ export function securityEvent(row: SecurityEventRow): MessageInitShape<typeof Se
 export function jsonWebKey(jwk: Readonly<Record<string, unknown>>): MessageInitShape<typeof JsonWebKeySchema> {
   const text = (name: string) => (typeof jwk[name] === "string" ? (jwk[name] as string) : "");
   return { kty: text("kty"), kid: text("kid"), alg: text("alg"), use: text("use"), crv: text("crv"), x: text("x"), y: text("y") };
+}
+
+/** A revocation stream event → protobuf. */
+export function watchResponse(event: WatchEvent): MessageInitShape<typeof WatchRevocationsResponseSchema> {
+  switch (event.kind) {
+    case "revocation":
+      return { event: { case: "revocation", value: { tokenDigest: Buffer.from(event.key, "base64"), tokenId: event.tokenId } } };
+    case "heartbeat":
+      return { event: { case: "heartbeat", value: { time: timestampFromMs(event.atMs), confirmedAge: durationFromMs(event.confirmedAgeMs) } } };
+    case "reset":
+      return { event: { case: "reset", value: {} } };
+  }
 }

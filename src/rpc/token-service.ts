@@ -1,6 +1,8 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
-import type { TokenService } from "../../gen/tokens/v1/token_service_pb.js";
+import type { TokenService, WatchRevocationsResponseSchema } from "../../gen/tokens/v1/token_service_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { watchRevocations } from "../domain/watch.js";
 import { authenticate, requireScope } from "../domain/access.js";
 import { invalidArgument } from "../domain/errors.js";
 import { introspectToken } from "../domain/introspect.js";
@@ -12,7 +14,7 @@ import { revokeToken } from "../domain/revoke.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 import { callerCredential, requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
-import { dateFromPb, deprecationHeaders, introspectResponse, jsonWebKey, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
+import { dateFromPb, deprecationHeaders, introspectResponse, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
 
 type Impl = ServiceImpl<typeof TokenService>;
 
@@ -117,6 +119,21 @@ export class TokenServiceHandler implements Impl {
       );
       return { events: page.items.map(securityEvent), nextPageToken: page.nextPageToken };
     });
+
+  watchRevocations: Impl["watchRevocations"] = (req, ctx) => this.watch(req.heartbeatInterval, ctx);
+
+  private async *watch(interval: Duration | undefined, ctx: HandlerContext): AsyncGenerator<MessageInitShape<typeof WatchRevocationsResponseSchema>> {
+    try {
+      const heartbeatMs = interval === undefined ? 1000 : durationMs("heartbeat_interval", interval);
+      if (heartbeatMs < 100 || heartbeatMs > 60_000) throw invalidArgument("heartbeat_interval", "must be between 100ms and 60s");
+      await this.caller(ctx, SCOPES.introspect);
+      for await (const event of watchRevocations(this.deps.revocations, heartbeatMs, ctx.signal)) {
+        yield watchResponse(event);
+      }
+    } catch (error) {
+      throw toConnectError(error, this.deps.log, `/${ctx.service.typeName}/${ctx.method.name}`);
+    }
+  }
 
   getJwks: Impl["getJwks"] = (_req, ctx) =>
     this.run(ctx, async () => {

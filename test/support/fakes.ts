@@ -1,6 +1,7 @@
 import { TokenError } from "../../src/domain/errors.js";
 import type { LegacyJwtPolicy } from "../../src/domain/legacy-jwt.js";
 import { TokenCache } from "../../src/domain/token-cache.js";
+import { RevocationHub } from "../../src/domain/revocation-hub.js";
 import type { SecurityEvent, SecurityEventRow, TokenRecord } from "../../src/domain/model.js";
 import { tokenState } from "../../src/domain/model.js";
 import type {
@@ -218,8 +219,10 @@ export function fakeDeps(policy: Partial<TokenPolicy> = {}, legacyPolicy: Legacy
   const used = new Map<string, Date>();
   const minter = new FakeMinter();
   const cache = new TokenCache({ maxEntries: 1000, maxBytes: 1 << 24, stalenessMs: 2000, negativeTtlMs: 1000 });
+  const revocations = new RevocationHub();
   const deps: TokenDeps = {
     cache,
+    revocations,
     backendJwt: minter,
     legacy: { policy: legacyPolicy, store: legacyStore, usage: { note: (subject, at) => void legacyUsed.push({ subject, at }) } },
     store,
@@ -230,5 +233,5 @@ export function fakeDeps(policy: Partial<TokenPolicy> = {}, legacyPolicy: Legacy
     usage: { note: (id, at) => void used.set(id, at) },
     policy: { ...TEST_POLICY, ...policy },
   };
-  return { deps, store, securityEvents, events, clock, log, used, legacyStore, legacyUsed, minter, cache };
+  return { deps, store, securityEvents, events, clock, log, used, legacyStore, legacyUsed, minter, cache, revocations };
 }

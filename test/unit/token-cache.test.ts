@@ -4,7 +4,7 @@ import { introspectToken } from "../../src/domain/introspect.js";
 import { bootstrapAdmin, issueToken } from "../../src/domain/issue.js";
 import type { TokenRecord } from "../../src/domain/model.js";
 import { revokeToken } from "../../src/domain/revoke.js";
-import { TokenCache } from "../../src/domain/token-cache.js";
+import { TokenCache, type TokenCacheOptions } from "../../src/domain/token-cache.js";
 import { fakeDeps } from "../support/fakes.js";
 
 const record = (id: string): TokenRecord => ({
@@ -12,7 +12,7 @@ const record = (id: string): TokenRecord => ({
   metadata: {}, environment: "development", createdAt: new Date(0), createdBy: "x", expiresAt: null, lastUsedAt: null, revokedAt: null, revokedBy: null, revokeReason: null,
 });
 
-const cacheOf = (o: Partial<ConstructorParameters<typeof TokenCache>[0]> = {}) => new TokenCache({ maxEntries: 3, maxBytes: 1 << 20, stalenessMs: 2000, negativeTtlMs: 500, ...o });
+const cacheOf = (o: Partial<TokenCacheOptions> = {}) => new TokenCache<TokenRecord | null>({ maxEntries: 3, maxBytes: 1 << 20, stalenessMs: 2000, negativeTtlMs: 500, ...o });
 
 describe("the introspection cache", () => {
   it("serves an entry within the staleness bound, and beyond it only while the channel keeps confirming", () => {

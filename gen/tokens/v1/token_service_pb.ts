@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokens/v1/token_service.proto.
  */
 export const file_tokens_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIpcBCgtEZXByZWNhdGlvbhIOCgZub3RpY2UYASABKAkSDAoEbGluaxgCIAEoCRIvCgtzdW5zZXRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoVZGVwcmVjYXRlZF9zaW5jZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLkBAoJVG9rZW5JbmZvEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHc3ViamVjdBgDIAEoCRIRCglmdWxsX25hbWUYBCABKAkSDQoFdGVhbXMYBSADKAkSDgoGc2NvcGVzGAYgAygJEhIKCm5hbWVzcGFjZXMYByADKAkSEAoIaXNfYWRtaW4YCCABKAgSNAoIbWV0YWRhdGEYCSADKAsyIi50b2tlbnMudjEuVG9rZW5JbmZvLk1ldGFkYXRhRW50cnkSKwoLZW52aXJvbm1lbnQYCiABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFAoMZGlzcGxheV9oaW50GAsgASgJEiQKBXN0YXRlGAwgASgOMhUudG9rZW5zLnYxLlRva2VuU3RhdGUSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYDiABKAkSLwoLZXhwaXJlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmV2b2tlZF9ieRgSIAEoCRIVCg1yZXZva2VfcmVhc29uGBMgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLgAgoRSXNzdWVUb2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDQoFdGVhbXMYAyADKAkSEgoKbmFtZXNwYWNlcxgEIAMoCRIoCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IABIxCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABI8CghtZXRhZGF0YRgHIAMoCzIqLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdC5NZXRhZGF0YUVudHJ5Eg8KB3N1YmplY3QYCCABKAkSEQoJZnVsbF9uYW1lGAkgASgJEhAKCGlzX2FkbWluGAogASgIGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIICgZleHBpcnkiRwoSSXNzdWVUb2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEiIKBGluZm8YAiABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvIl0KFkludHJvc3BlY3RUb2tlblJlcXVlc3QSDQoFdG9rZW4YASABKAkSFwoPdG9rZW5fdHlwZV9oaW50GAIgASgJEhsKE2luY2x1ZGVfYmFja2VuZF9qd3QYAyABKAgiggUKF0ludHJvc3BlY3RUb2tlblJlc3BvbnNlEg4KBmFjdGl2ZRgBIAEoCBINCgVzY29wZRgCIAEoCRIOCgZzY29wZXMYAyADKAkSEQoJY2xpZW50X2lkGAQgASgJEhAKCHVzZXJuYW1lGAUgASgJEhIKCnRva2VuX3R5cGUYBiABKAkSCwoDZXhwGAcgASgDEgsKA2lhdBgIIAEoAxILCgNuYmYYCSABKAMSCwoDc3ViGAogASgJEgsKA2F1ZBgLIAMoCRILCgNpc3MYDCABKAkSCwoDanRpGA0gASgJEg0KBXRlYW1zGA4gAygJEhIKCm5hbWVzcGFjZXMYDyADKAkSEAoIaXNfYWRtaW4YECABKAgSKwoLZW52aXJvbm1lbnQYESABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSEgoKdG9rZW5fbmFtZRgSIAEoCRJCCghtZXRhZGF0YRgTIAMoCzIwLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXNwb25zZS5NZXRhZGF0YUVudHJ5EhEKCWZ1bGxfbmFtZRgUIAEoCRIoCgp0b2tlbl9raW5kGBUgASgOMhQudG9rZW5zLnYxLlRva2VuS2luZBIpCgZyZWFzb24YFiABKA4yGS50b2tlbnMudjEuSW5hY3RpdmVSZWFzb24SDwoHbWVzc2FnZRgXIAEoCRIrCgtkZXByZWNhdGlvbhgYIAEoCzIWLnRva2Vucy52MS5EZXByZWNhdGlvbhITCgtiYWNrZW5kX2p3dBgZIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiaQoSUmV2b2tlVG9rZW5SZXF1ZXN0Eg8KBXRva2VuGAEgASgJSAASEgoIdG9rZW5faWQYAiABKAlIABIUCgpsZWdhY3lfanRpGAQgASgJSAASDgoGcmVhc29uGAMgASgJQggKBnRhcmdldCJSChNSZXZva2VUb2tlblJlc3BvbnNlEiIKBGluZm8YASABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhcKD2FscmVhZHlfcmV2b2tlZBgCIAEoCCKLAQoRTGlzdFRva2Vuc1JlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIMCgR0ZWFtGAIgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgDIAEoCBIXCg9pbmNsdWRlX2V4cGlyZWQYBCABKAgSEQoJcGFnZV9zaXplGAUgASgFEhIKCnBhZ2VfdG9rZW4YBiABKAkiUwoSTGlzdFRva2Vuc1Jlc3BvbnNlEiQKBnRva2VucxgBIAMoCzIULnRva2Vucy52MS5Ub2tlbkluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsoDCg1TZWN1cml0eUV2ZW50EgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSJQoIc2V2ZXJpdHkYAyABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSMwoPZmlyc3Rfc2Vlbl90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFY291bnQYBiABKAMSMwoTc2VydmljZV9lbnZpcm9ubWVudBgHIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIxChF0b2tlbl9lbnZpcm9ubWVudBgIIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIXCg9jYWxsZXJfdG9rZW5faWQYCSABKAkSFgoOY2FsbGVyX3N1YmplY3QYCiABKAkSDAoEcGVlchgLIAEoCRISCgp1c2VyX2FnZW50GAwgASgJEhIKCnRva2VuX2hpbnQYDSABKAkSEAoIdG9rZW5faWQYDiABKAkSDwoHbWVzc2FnZRgPIAEoCRIOCgZtZXRob2QYECABKAkipgEKGUxpc3RTZWN1cml0eUV2ZW50c1JlcXVlc3QSDAoEdHlwZRgBIAEoCRIpCgxtaW5fc2V2ZXJpdHkYAiABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIl8KGkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlEigKBmV2ZW50cxgBIAMoCzIYLnRva2Vucy52MS5TZWN1cml0eUV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJCChlMaXN0TGVnYWN5Snd0VXNhZ2VSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIqcBCg5MZWdhY3lKd3RVc2FnZRIPCgdzdWJqZWN0GAEgASgJEhsKE2ludHJvc3BlY3Rpb25fY291bnQYAiABKAMSMwoPZmlyc3Rfc2Vlbl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXwoaTGlzdExlZ2FjeUp3dFVzYWdlUmVzcG9uc2USKAoFdXNhZ2UYASADKAsyGS50b2tlbnMudjEuTGVnYWN5Snd0VXNhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIhAKDkdldEp3a3NSZXF1ZXN0ImMKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2tpZBgCIAEoCRILCgNhbGcYAyABKAkSCwoDdXNlGAQgASgJEgsKA2NydhgFIAEoCRIJCgF4GAYgASgJEgkKAXkYByABKAkiSQoPR2V0Sndrc1Jlc3BvbnNlEiMKBGtleXMYASADKAsyFS50b2tlbnMudjEuSnNvbldlYktleRIRCglqd2tzX2pzb24YAiABKAkqfAoLRW52aXJvbm1lbnQSGwoXRU5WSVJPTk1FTlRfVU5TUEVDSUZJRUQQABIbChdFTlZJUk9OTUVOVF9ERVZFTE9QTUVOVBABEhcKE0VOVklST05NRU5UX1NUQUdJTkcQAhIaChZFTlZJUk9OTUVOVF9QUk9EVUNUSU9OEAMqcwoKVG9rZW5TdGF0ZRIbChdUT0tFTl9TVEFURV9VTlNQRUNJRklFRBAAEhYKElRPS0VOX1NUQVRFX0FDVElWRRABEhcKE1RPS0VOX1NUQVRFX0VYUElSRUQQAhIXChNUT0tFTl9TVEFURV9SRVZPS0VEEAMqWQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9LSU5EX09QQVFVRRABEhkKFVRPS0VOX0tJTkRfTEVHQUNZX0pXVBACKpUCCg5JbmFjdGl2ZVJlYXNvbhIfChtJTkFDVElWRV9SRUFTT05fVU5TUEVDSUZJRUQQABIdChlJTkFDVElWRV9SRUFTT05fTUFMRk9STUVEEAESGwoXSU5BQ1RJVkVfUkVBU09OX1VOS05PV04QAhIbChdJTkFDVElWRV9SRUFTT05fRVhQSVJFRBADEhsKF0lOQUNUSVZFX1JFQVNPTl9SRVZPS0VEEAQSKAokSU5BQ1RJVkVfUkVBU09OX0VOVklST05NRU5UX01JU01BVENIEAUSGwoXSU5BQ1RJVkVfUkVBU09OX0lOVkFMSUQQBhIlCiFJTkFDVElWRV9SRUFTT05fTEVHQUNZX0pXVF9TVU5TRVQQBypkCghTZXZlcml0eRIYChRTRVZFUklUWV9VTlNQRUNJRklFRBAAEhEKDVNFVkVSSVRZX0lORk8QARIUChBTRVZFUklUWV9XQVJOSU5HEAISFQoRU0VWRVJJVFlfQ1JJVElDQUwQAzLtBAoMVG9rZW5TZXJ2aWNlEkkKCklzc3VlVG9rZW4SHC50b2tlbnMudjEuSXNzdWVUb2tlblJlcXVlc3QaHS50b2tlbnMudjEuSXNzdWVUb2tlblJlc3BvbnNlElgKD0ludHJvc3BlY3RUb2tlbhIhLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXF1ZXN0GiIudG9rZW5zLnYxLkludHJvc3BlY3RUb2tlblJlc3BvbnNlElEKC1Jldm9rZVRva2VuEh0udG9rZW5zLnYxLlJldm9rZVRva2VuUmVxdWVzdBoeLnRva2Vucy52MS5SZXZva2VUb2tlblJlc3BvbnNlIgOQAgISTgoKTGlzdFRva2VucxIcLnRva2Vucy52MS5MaXN0VG9rZW5zUmVxdWVzdBodLnRva2Vucy52MS5MaXN0VG9rZW5zUmVzcG9uc2UiA5ACARJmChJMaXN0U2VjdXJpdHlFdmVudHMSJC50b2tlbnMudjEuTGlzdFNlY3VyaXR5RXZlbnRzUmVxdWVzdBolLnRva2Vucy52MS5MaXN0U2VjdXJpdHlFdmVudHNSZXNwb25zZSIDkAIBEmYKEkxpc3RMZWdhY3lKd3RVc2FnZRIkLnRva2Vucy52MS5MaXN0TGVnYWN5Snd0VXNhZ2VSZXF1ZXN0GiUudG9rZW5zLnYxLkxpc3RMZWdhY3lKd3RVc2FnZVJlc3BvbnNlIgOQAgESRQoHR2V0SndrcxIZLnRva2Vucy52MS5HZXRKd2tzUmVxdWVzdBoaLnRva2Vucy52MS5HZXRKd2tzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIpcBCgtEZXByZWNhdGlvbhIOCgZub3RpY2UYASABKAkSDAoEbGluaxgCIAEoCRIvCgtzdW5zZXRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoVZGVwcmVjYXRlZF9zaW5jZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLkBAoJVG9rZW5JbmZvEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHc3ViamVjdBgDIAEoCRIRCglmdWxsX25hbWUYBCABKAkSDQoFdGVhbXMYBSADKAkSDgoGc2NvcGVzGAYgAygJEhIKCm5hbWVzcGFjZXMYByADKAkSEAoIaXNfYWRtaW4YCCABKAgSNAoIbWV0YWRhdGEYCSADKAsyIi50b2tlbnMudjEuVG9rZW5JbmZvLk1ldGFkYXRhRW50cnkSKwoLZW52aXJvbm1lbnQYCiABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFAoMZGlzcGxheV9oaW50GAsgASgJEiQKBXN0YXRlGAwgASgOMhUudG9rZW5zLnYxLlRva2VuU3RhdGUSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYDiABKAkSLwoLZXhwaXJlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmV2b2tlZF9ieRgSIAEoCRIVCg1yZXZva2VfcmVhc29uGBMgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLgAgoRSXNzdWVUb2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDQoFdGVhbXMYAyADKAkSEgoKbmFtZXNwYWNlcxgEIAMoCRIoCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IABIxCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABI8CghtZXRhZGF0YRgHIAMoCzIqLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdC5NZXRhZGF0YUVudHJ5Eg8KB3N1YmplY3QYCCABKAkSEQoJZnVsbF9uYW1lGAkgASgJEhAKCGlzX2FkbWluGAogASgIGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIICgZleHBpcnkiRwoSSXNzdWVUb2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEiIKBGluZm8YAiABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvIl0KFkludHJvc3BlY3RUb2tlblJlcXVlc3QSDQoFdG9rZW4YASABKAkSFwoPdG9rZW5fdHlwZV9oaW50GAIgASgJEhsKE2luY2x1ZGVfYmFja2VuZF9qd3QYAyABKAgiggUKF0ludHJvc3BlY3RUb2tlblJlc3BvbnNlEg4KBmFjdGl2ZRgBIAEoCBINCgVzY29wZRgCIAEoCRIOCgZzY29wZXMYAyADKAkSEQoJY2xpZW50X2lkGAQgASgJEhAKCHVzZXJuYW1lGAUgASgJEhIKCnRva2VuX3R5cGUYBiABKAkSCwoDZXhwGAcgASgDEgsKA2lhdBgIIAEoAxILCgNuYmYYCSABKAMSCwoDc3ViGAogASgJEgsKA2F1ZBgLIAMoCRILCgNpc3MYDCABKAkSCwoDanRpGA0gASgJEg0KBXRlYW1zGA4gAygJEhIKCm5hbWVzcGFjZXMYDyADKAkSEAoIaXNfYWRtaW4YECABKAgSKwoLZW52aXJvbm1lbnQYESABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSEgoKdG9rZW5fbmFtZRgSIAEoCRJCCghtZXRhZGF0YRgTIAMoCzIwLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXNwb25zZS5NZXRhZGF0YUVudHJ5EhEKCWZ1bGxfbmFtZRgUIAEoCRIoCgp0b2tlbl9raW5kGBUgASgOMhQudG9rZW5zLnYxLlRva2VuS2luZBIpCgZyZWFzb24YFiABKA4yGS50b2tlbnMudjEuSW5hY3RpdmVSZWFzb24SDwoHbWVzc2FnZRgXIAEoCRIrCgtkZXByZWNhdGlvbhgYIAEoCzIWLnRva2Vucy52MS5EZXByZWNhdGlvbhITCgtiYWNrZW5kX2p3dBgZIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiaQoSUmV2b2tlVG9rZW5SZXF1ZXN0Eg8KBXRva2VuGAEgASgJSAASEgoIdG9rZW5faWQYAiABKAlIABIUCgpsZWdhY3lfanRpGAQgASgJSAASDgoGcmVhc29uGAMgASgJQggKBnRhcmdldCJSChNSZXZva2VUb2tlblJlc3BvbnNlEiIKBGluZm8YASABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhcKD2FscmVhZHlfcmV2b2tlZBgCIAEoCCKLAQoRTGlzdFRva2Vuc1JlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIMCgR0ZWFtGAIgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgDIAEoCBIXCg9pbmNsdWRlX2V4cGlyZWQYBCABKAgSEQoJcGFnZV9zaXplGAUgASgFEhIKCnBhZ2VfdG9rZW4YBiABKAkiUwoSTGlzdFRva2Vuc1Jlc3BvbnNlEiQKBnRva2VucxgBIAMoCzIULnRva2Vucy52MS5Ub2tlbkluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsoDCg1TZWN1cml0eUV2ZW50EgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSJQoIc2V2ZXJpdHkYAyABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSMwoPZmlyc3Rfc2Vlbl90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFY291bnQYBiABKAMSMwoTc2VydmljZV9lbnZpcm9ubWVudBgHIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIxChF0b2tlbl9lbnZpcm9ubWVudBgIIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIXCg9jYWxsZXJfdG9rZW5faWQYCSABKAkSFgoOY2FsbGVyX3N1YmplY3QYCiABKAkSDAoEcGVlchgLIAEoCRISCgp1c2VyX2FnZW50GAwgASgJEhIKCnRva2VuX2hpbnQYDSABKAkSEAoIdG9rZW5faWQYDiABKAkSDwoHbWVzc2FnZRgPIAEoCRIOCgZtZXRob2QYECABKAkipgEKGUxpc3RTZWN1cml0eUV2ZW50c1JlcXVlc3QSDAoEdHlwZRgBIAEoCRIpCgxtaW5fc2V2ZXJpdHkYAiABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIl8KGkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlEigKBmV2ZW50cxgBIAMoCzIYLnRva2Vucy52MS5TZWN1cml0eUV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJCChlMaXN0TGVnYWN5Snd0VXNhZ2VSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIqcBCg5MZWdhY3lKd3RVc2FnZRIPCgdzdWJqZWN0GAEgASgJEhsKE2ludHJvc3BlY3Rpb25fY291bnQYAiABKAMSMwoPZmlyc3Rfc2Vlbl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXwoaTGlzdExlZ2FjeUp3dFVzYWdlUmVzcG9uc2USKAoFdXNhZ2UYASADKAsyGS50b2tlbnMudjEuTGVnYWN5Snd0VXNhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIhAKDkdldEp3a3NSZXF1ZXN0ImMKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2tpZBgCIAEoCRILCgNhbGcYAyABKAkSCwoDdXNlGAQgASgJEgsKA2NydhgFIAEoCRIJCgF4GAYgASgJEgkKAXkYByABKAkiSQoPR2V0Sndrc1Jlc3BvbnNlEiMKBGtleXMYASADKAsyFS50b2tlbnMudjEuSnNvbldlYktleRIRCglqd2tzX2pzb24YAiABKAkiUAoXV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QSNQoSaGVhcnRiZWF0X2ludGVydmFsGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIp4BChhXYXRjaFJldm9jYXRpb25zUmVzcG9uc2USKwoKcmV2b2NhdGlvbhgBIAEoCzIVLnRva2Vucy52MS5SZXZvY2F0aW9uSAASKQoJaGVhcnRiZWF0GAIgASgLMhQudG9rZW5zLnYxLkhlYXJ0YmVhdEgAEiEKBXJlc2V0GAMgASgLMhAudG9rZW5zLnYxLlJlc2V0SABCBwoFZXZlbnQiBwoFUmVzZXQiNAoKUmV2b2NhdGlvbhIUCgx0b2tlbl9kaWdlc3QYASABKAwSEAoIdG9rZW5faWQYAiABKAkiZwoJSGVhcnRiZWF0EigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDWNvbmZpcm1lZF9hZ2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24qfAoLRW52aXJvbm1lbnQSGwoXRU5WSVJPTk1FTlRfVU5TUEVDSUZJRUQQABIbChdFTlZJUk9OTUVOVF9ERVZFTE9QTUVOVBABEhcKE0VOVklST05NRU5UX1NUQUdJTkcQAhIaChZFTlZJUk9OTUVOVF9QUk9EVUNUSU9OEAMqcwoKVG9rZW5TdGF0ZRIbChdUT0tFTl9TVEFURV9VTlNQRUNJRklFRBAAEhYKElRPS0VOX1NUQVRFX0FDVElWRRABEhcKE1RPS0VOX1NUQVRFX0VYUElSRUQQAhIXChNUT0tFTl9TVEFURV9SRVZPS0VEEAMqWQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9LSU5EX09QQVFVRRABEhkKFVRPS0VOX0tJTkRfTEVHQUNZX0pXVBACKpUCCg5JbmFjdGl2ZVJlYXNvbhIfChtJTkFDVElWRV9SRUFTT05fVU5TUEVDSUZJRUQQABIdChlJTkFDVElWRV9SRUFTT05fTUFMRk9STUVEEAESGwoXSU5BQ1RJVkVfUkVBU09OX1VOS05PV04QAhIbChdJTkFDVElWRV9SRUFTT05fRVhQSVJFRBADEhsKF0lOQUNUSVZFX1JFQVNPTl9SRVZPS0VEEAQSKAokSU5BQ1RJVkVfUkVBU09OX0VOVklST05NRU5UX01JU01BVENIEAUSGwoXSU5BQ1RJVkVfUkVBU09OX0lOVkFMSUQQBhIlCiFJTkFDVElWRV9SRUFTT05fTEVHQUNZX0pXVF9TVU5TRVQQBypkCghTZXZlcml0eRIYChRTRVZFUklUWV9VTlNQRUNJRklFRBAAEhEKDVNFVkVSSVRZX0lORk8QARIUChBTRVZFUklUWV9XQVJOSU5HEAISFQoRU0VWRVJJVFlfQ1JJVElDQUwQAzLMBQoMVG9rZW5TZXJ2aWNlEkkKCklzc3VlVG9rZW4SHC50b2tlbnMudjEuSXNzdWVUb2tlblJlcXVlc3QaHS50b2tlbnMudjEuSXNzdWVUb2tlblJlc3BvbnNlElgKD0ludHJvc3BlY3RUb2tlbhIhLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXF1ZXN0GiIudG9rZW5zLnYxLkludHJvc3BlY3RUb2tlblJlc3BvbnNlElEKC1Jldm9rZVRva2VuEh0udG9rZW5zLnYxLlJldm9rZVRva2VuUmVxdWVzdBoeLnRva2Vucy52MS5SZXZva2VUb2tlblJlc3BvbnNlIgOQAgISTgoKTGlzdFRva2VucxIcLnRva2Vucy52MS5MaXN0VG9rZW5zUmVxdWVzdBodLnRva2Vucy52MS5MaXN0VG9rZW5zUmVzcG9uc2UiA5ACARJmChJMaXN0U2VjdXJpdHlFdmVudHMSJC50b2tlbnMudjEuTGlzdFNlY3VyaXR5RXZlbnRzUmVxdWVzdBolLnRva2Vucy52MS5MaXN0U2VjdXJpdHlFdmVudHNSZXNwb25zZSIDkAIBEmYKEkxpc3RMZWdhY3lKd3RVc2FnZRIkLnRva2Vucy52MS5MaXN0TGVnYWN5Snd0VXNhZ2VSZXF1ZXN0GiUudG9rZW5zLnYxLkxpc3RMZWdhY3lKd3RVc2FnZVJlc3BvbnNlIgOQAgESXQoQV2F0Y2hSZXZvY2F0aW9ucxIiLnRva2Vucy52MS5XYXRjaFJldm9jYXRpb25zUmVxdWVzdBojLnRva2Vucy52MS5XYXRjaFJldm9jYXRpb25zUmVzcG9uc2UwARJFCgdHZXRKd2tzEhkudG9rZW5zLnYxLkdldEp3a3NSZXF1ZXN0GhoudG9rZW5zLnYxLkdldEp3a3NSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Deprecation is the notice carried by every successful answer about a
@@ -2137,6 +2137,247 @@ export const GetJwksResponseSchema: GenMessage<GetJwksResponse, {jsonType: GetJw
   messageDesc(file_tokens_v1_token_service, 18);
 
 /**
+ * WatchRevocationsRequest opens a revocation stream.
+ *
+ * @generated from message tokens.v1.WatchRevocationsRequest
+ */
+export type WatchRevocationsRequest = Message<"tokens.v1.WatchRevocationsRequest"> & {
+  /**
+   * How often to send a heartbeat: 100 ms to 60 s; unset means 1 s.
+   *
+   * @generated from field: google.protobuf.Duration heartbeat_interval = 1;
+   */
+  heartbeatInterval?: Duration | undefined;
+};
+
+/**
+ * WatchRevocationsRequest opens a revocation stream.
+ *
+ * @generated from message tokens.v1.WatchRevocationsRequest
+ */
+export type WatchRevocationsRequestJson = {
+  /**
+   * How often to send a heartbeat: 100 ms to 60 s; unset means 1 s.
+   *
+   * @generated from field: google.protobuf.Duration heartbeat_interval = 1;
+   */
+  heartbeatInterval?: DurationJson;
+};
+
+/**
+ * Describes the message tokens.v1.WatchRevocationsRequest.
+ * Use `create(WatchRevocationsRequestSchema)` to create a new message.
+ */
+export const WatchRevocationsRequestSchema: GenMessage<WatchRevocationsRequest, {jsonType: WatchRevocationsRequestJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 19);
+
+/**
+ * WatchRevocationsResponse is one event on the stream.
+ *
+ * @generated from message tokens.v1.WatchRevocationsResponse
+ */
+export type WatchRevocationsResponse = Message<"tokens.v1.WatchRevocationsResponse"> & {
+  /**
+   * What happened.
+   *
+   * @generated from oneof tokens.v1.WatchRevocationsResponse.event
+   */
+  event: {
+    /**
+     * A token was revoked.
+     *
+     * @generated from field: tokens.v1.Revocation revocation = 1;
+     */
+    value: Revocation;
+    case: "revocation";
+  } | {
+    /**
+     * Nothing was missed: see `Heartbeat`.
+     *
+     * @generated from field: tokens.v1.Heartbeat heartbeat = 2;
+     */
+    value: Heartbeat;
+    case: "heartbeat";
+  } | {
+    /**
+     * Something may have been missed: drop every cached answer.
+     *
+     * @generated from field: tokens.v1.Reset reset = 3;
+     */
+    value: Reset;
+    case: "reset";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * WatchRevocationsResponse is one event on the stream.
+ *
+ * @generated from message tokens.v1.WatchRevocationsResponse
+ */
+export type WatchRevocationsResponseJson = {
+  /**
+   * A token was revoked.
+   *
+   * @generated from field: tokens.v1.Revocation revocation = 1;
+   */
+  revocation?: RevocationJson;
+
+  /**
+   * Nothing was missed: see `Heartbeat`.
+   *
+   * @generated from field: tokens.v1.Heartbeat heartbeat = 2;
+   */
+  heartbeat?: HeartbeatJson;
+
+  /**
+   * Something may have been missed: drop every cached answer.
+   *
+   * @generated from field: tokens.v1.Reset reset = 3;
+   */
+  reset?: ResetJson;
+};
+
+/**
+ * Describes the message tokens.v1.WatchRevocationsResponse.
+ * Use `create(WatchRevocationsResponseSchema)` to create a new message.
+ */
+export const WatchRevocationsResponseSchema: GenMessage<WatchRevocationsResponse, {jsonType: WatchRevocationsResponseJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 20);
+
+/**
+ * Reset tells a gateway that the service's own notification channel was
+ * interrupted, so revocations in that gap were not streamed: every cached
+ * answer must be dropped.
+ *
+ * @generated from message tokens.v1.Reset
+ */
+export type Reset = Message<"tokens.v1.Reset"> & {
+};
+
+/**
+ * Reset tells a gateway that the service's own notification channel was
+ * interrupted, so revocations in that gap were not streamed: every cached
+ * answer must be dropped.
+ *
+ * @generated from message tokens.v1.Reset
+ */
+export type ResetJson = {
+};
+
+/**
+ * Describes the message tokens.v1.Reset.
+ * Use `create(ResetSchema)` to create a new message.
+ */
+export const ResetSchema: GenMessage<Reset, {jsonType: ResetJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 21);
+
+/**
+ * Revocation names a revoked token by its digest, never by its value.
+ *
+ * @generated from message tokens.v1.Revocation
+ */
+export type Revocation = Message<"tokens.v1.Revocation"> & {
+  /**
+   * SHA-256 of the token (32 bytes): what a gateway cache keys on.
+   *
+   * @generated from field: bytes token_digest = 1;
+   */
+  tokenDigest: Uint8Array;
+
+  /**
+   * The token's id.
+   *
+   * @generated from field: string token_id = 2;
+   */
+  tokenId: string;
+};
+
+/**
+ * Revocation names a revoked token by its digest, never by its value.
+ *
+ * @generated from message tokens.v1.Revocation
+ */
+export type RevocationJson = {
+  /**
+   * SHA-256 of the token (32 bytes): what a gateway cache keys on.
+   *
+   * @generated from field: bytes token_digest = 1;
+   */
+  tokenDigest?: string;
+
+  /**
+   * The token's id.
+   *
+   * @generated from field: string token_id = 2;
+   */
+  tokenId?: string;
+};
+
+/**
+ * Describes the message tokens.v1.Revocation.
+ * Use `create(RevocationSchema)` to create a new message.
+ */
+export const RevocationSchema: GenMessage<Revocation, {jsonType: RevocationJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 22);
+
+/**
+ * Heartbeat proves the stream is alive and complete: every revocation that
+ * committed more than `confirmed_age` before it was sent has already been
+ * sent on this stream. It is only sent while the service itself is sure of
+ * that (its own notification channel is healthy); a gateway that hears no
+ * heartbeat must stop trusting its cache.
+ *
+ * @generated from message tokens.v1.Heartbeat
+ */
+export type Heartbeat = Message<"tokens.v1.Heartbeat"> & {
+  /**
+   * The server's time when the heartbeat was sent.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 1;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * How far back from `time` completeness is proven.
+   *
+   * @generated from field: google.protobuf.Duration confirmed_age = 2;
+   */
+  confirmedAge?: Duration | undefined;
+};
+
+/**
+ * Heartbeat proves the stream is alive and complete: every revocation that
+ * committed more than `confirmed_age` before it was sent has already been
+ * sent on this stream. It is only sent while the service itself is sure of
+ * that (its own notification channel is healthy); a gateway that hears no
+ * heartbeat must stop trusting its cache.
+ *
+ * @generated from message tokens.v1.Heartbeat
+ */
+export type HeartbeatJson = {
+  /**
+   * The server's time when the heartbeat was sent.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 1;
+   */
+  time?: TimestampJson;
+
+  /**
+   * How far back from `time` completeness is proven.
+   *
+   * @generated from field: google.protobuf.Duration confirmed_age = 2;
+   */
+  confirmedAge?: DurationJson;
+};
+
+/**
+ * Describes the message tokens.v1.Heartbeat.
+ * Use `create(HeartbeatSchema)` to create a new message.
+ */
+export const HeartbeatSchema: GenMessage<Heartbeat, {jsonType: HeartbeatJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 23);
+
+/**
  * Environment is where a token may be used. Its prefix says which:
  * `cf-` development, `cfstg-` staging, `cfprd-` production.
  *
@@ -2491,6 +2732,18 @@ export const TokenService: GenService<{
     methodKind: "unary";
     input: typeof ListLegacyJwtUsageRequestSchema;
     output: typeof ListLegacyJwtUsageResponseSchema;
+  },
+  /**
+   * WatchRevocations streams revocations as they commit, and a heartbeat, so
+   * a gateway's own cache can evict a revoked token at once and can tell
+   * when the stream has stalled. Needs `tokens.introspect`.
+   *
+   * @generated from rpc tokens.v1.TokenService.WatchRevocations
+   */
+  watchRevocations: {
+    methodKind: "server_streaming";
+    input: typeof WatchRevocationsRequestSchema;
+    output: typeof WatchRevocationsResponseSchema;
   },
   /**
    * GetJwks returns the public keys that verify backend JWTs (RFC 7517), the
