@@ -8,12 +8,17 @@ import * as net from "node:net";
 export async function startTcpProxy(targetPort: number, targetHost = "127.0.0.1") {
   const sockets = new Set<net.Socket>();
   let up = true;
+  let frozen = false;
   const server = net.createServer((client) => {
     if (!up) {
       client.destroy();
       return;
     }
     const upstream = net.connect(targetPort, targetHost);
+    if (frozen) {
+      client.pause();
+      upstream.pause();
+    }
     for (const s of [client, upstream]) {
       sockets.add(s);
       s.on("close", () => sockets.delete(s));
@@ -33,6 +38,13 @@ export async function startTcpProxy(targetPort: number, targetHost = "127.0.0.1"
     },
     restore(): void {
       up = true;
+      frozen = false;
+      for (const s of sockets) s.resume();
+    },
+    /** Keeps every connection open but lets nothing through: a silent stall (half-open TCP). */
+    freeze(): void {
+      frozen = true;
+      for (const s of sockets) s.pause();
     },
     close(): Promise<void> {
       for (const s of sockets) s.destroy();
