@@ -1,5 +1,5 @@
 import { TokenError } from "./errors.js";
-import { introspectToken, metaFields } from "./introspect.js";
+import { introspectToken, metaFields, type IntrospectedClaims } from "./introspect.js";
 import type { Caller, RequestMeta, ServiceScope } from "./model.js";
 import type { TokenDeps } from "./ports.js";
 import { MAX_PRESENTED_TOKEN_LENGTH, displayHint } from "./token-format.js";
@@ -41,7 +41,22 @@ export async function authenticate(deps: TokenDeps, authorization: string | unde
   if (result.claims.kind !== "opaque") {
     throw new TokenError("unauthenticated", "caller credential refused: call this service with a token it issued");
   }
-  const claims = result.claims;
+  return callerOf(result.claims);
+}
+
+/** Callers per claims object: built once per cached token, not per call. */
+const CALLERS = new WeakMap<IntrospectedClaims, Caller>();
+
+function callerOf(claims: IntrospectedClaims): Caller {
+  let caller = CALLERS.get(claims);
+  if (caller === undefined) {
+    caller = buildCaller(claims);
+    CALLERS.set(claims, caller);
+  }
+  return caller;
+}
+
+function buildCaller(claims: IntrospectedClaims): Caller {
   return {
     tokenId: claims.id,
     subject: claims.subject,

@@ -170,8 +170,23 @@ async function introspectLegacyJwt(deps: TokenDeps, jwt: string, meta: RequestMe
   };
 }
 
+/**
+ * Claims per cached record: records are immutable and the cache hands out the
+ * same object on every hit, so the claims are built once per record.
+ */
+const CLAIMS = new WeakMap<TokenRecord, IntrospectedClaims>();
+
 /** The claims of a stored opaque token. */
 export function claimsOf(record: TokenRecord): IntrospectedClaims {
+  let claims = CLAIMS.get(record);
+  if (claims === undefined) {
+    claims = buildClaimsOf(record);
+    CLAIMS.set(record, claims);
+  }
+  return claims;
+}
+
+function buildClaimsOf(record: TokenRecord): IntrospectedClaims {
   return {
     id: record.id,
     kind: "opaque",

@@ -1,13 +1,14 @@
 import { durationFromMs, timestampDate, timestampFromDate, timestampFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { WatchEvent } from "../domain/watch.js";
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   Environment as PbEnvironment,
   InactiveReason as PbInactiveReason,
   Severity as PbSeverity,
   TokenKind as PbTokenKind,
   TokenState as PbTokenState,
-  type IntrospectTokenResponseSchema,
+  IntrospectTokenResponseSchema,
+  type IntrospectTokenResponse,
   type JsonWebKeySchema,
   type WatchRevocationsResponseSchema,
   type SecurityEventSchema,
@@ -138,6 +139,26 @@ export function introspectResponse(
     backendJwt: result.backendJwt ?? "",
     ...(d ? { deprecation: { notice: d.notice, link: d.link, sunsetTime: ts(d.sunsetAt), deprecatedSinceTime: ts(d.deprecatedSince) } } : {}),
   };
+}
+
+/**
+ * Built answers per claims (or per shared inactive result): the cache hands
+ * out the same record, hence the same claims, on every hit, so a repeat
+ * introspection re-sends a message built once. Answers carrying per-call
+ * parts (a backend JWT, a deprecation notice) are built each time.
+ */
+const ANSWERS = new WeakMap<object, IntrospectTokenResponse>();
+
+/** The introspection answer as a message, built once per token while it stays cached. */
+export function introspectAnswer(result: IntrospectResult, claimsContext: { readonly issuer: string; readonly audience: readonly string[] }): IntrospectTokenResponse {
+  const memoKey = result.active ? (result.backendJwt !== undefined || result.deprecation !== undefined ? undefined : result.claims) : result;
+  if (memoKey !== undefined) {
+    const known = ANSWERS.get(memoKey);
+    if (known !== undefined) return known;
+  }
+  const answer = create(IntrospectTokenResponseSchema, introspectResponse(result, claimsContext));
+  if (memoKey !== undefined) ANSWERS.set(memoKey, answer);
+  return answer;
 }
 
 /**

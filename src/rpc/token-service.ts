@@ -14,7 +14,7 @@ import { revokeToken } from "../domain/revoke.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 import { callerCredential, requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
-import { dateFromPb, deprecationHeaders, introspectResponse, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
+import { dateFromPb, deprecationHeaders, introspectAnswer, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
 
 type Impl = ServiceImpl<typeof TokenService>;
 
@@ -77,7 +77,7 @@ export class TokenServiceHandler implements Impl {
       if (result.active && result.deprecation) {
         for (const [name, value] of deprecationHeaders(result.deprecation)) ctx.responseHeader.set(name, value);
       }
-      return introspectResponse(result, this.deps.policy);
+      return introspectAnswer(result, this.deps.policy);
     });
 
   revokeToken: Impl["revokeToken"] = (req, ctx) =>

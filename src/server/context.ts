@@ -1,5 +1,5 @@
 import type { DescService } from "@bufbuild/protobuf";
-import type { ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { createContextKey } from "@connectrpc/connect";
 
 /**
@@ -31,4 +31,13 @@ export interface ServiceRegistration<S extends DescService = DescService> {
   readonly service: S;
   /** The implementation; a missing method answers UNIMPLEMENTED. */
   readonly impl: DescService extends S ? object : Partial<ServiceImpl<S>>;
+}
+
+/**
+ * Reads one request header. A context that can answer without building a
+ * full `Headers` (the grpc-js one) does so; any other reads `requestHeader`.
+ */
+export function requestHeaderValue(ctx: HandlerContext, name: string): string | undefined {
+  const fast = (ctx as Partial<{ header(name: string): string | undefined }>).header;
+  return typeof fast === "function" ? fast.call(ctx, name) : (ctx.requestHeader.get(name) ?? undefined);
 }

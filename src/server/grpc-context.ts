@@ -129,6 +129,17 @@ export class GrpcHandlerContext implements HandlerContext {
     return this.#requestHeader;
   }
 
+  /**
+   * One request header, read straight from the metadata without building a
+   * `Headers` (see `requestHeaderValue` in server/context.ts): the hot path
+   * reads only `authorization`.
+   */
+  header(name: string): string | undefined {
+    if (this.#requestHeader !== undefined) return this.#requestHeader.get(name) ?? undefined;
+    const value = this.#call.metadata.get(name)[0];
+    return typeof value === "string" ? value : undefined;
+  }
+
   get responseHeader(): Headers {
     return (this.#responseHeader ??= new Headers());
   }
