@@ -59,6 +59,7 @@ export interface Config {
   readonly cacheNegativeTtlMs: number;
   readonly revocationHeartbeatMs: number;
   readonly revocationHeartbeatTimeoutMs: number;
+  readonly workers: number;
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -207,6 +208,7 @@ export const CONFIG_KEYS = {
   CACHE_STALENESS: spec("cacheStalenessMs", "2s", "Longest a cached answer is served without the revocation channel confirming it; with the channel cut, revocations still take effect within this bound.", duration(1)),
   CACHE_NEGATIVE_TTL: spec("cacheNegativeTtlMs", "2s", "How long an unknown token is remembered, so garbage does not reach the store on every call.", duration(0)),
   REVOCATION_HEARTBEAT: spec("revocationHeartbeatMs", "500ms", "How often the revocation channel proves itself with a heartbeat through the store.", duration(10)),
+  WORKERS: spec("workers", "1", "Worker processes (node:cluster) sharing both ports, each with its own cache and revocation listener. More than 1 needs DATABASE_URL (PGlite is one process's).", integer(1, 64)),
   REVOCATION_HEARTBEAT_TIMEOUT: spec("revocationHeartbeatTimeoutMs", "1500ms", "No heartbeat back within this: the channel is declared lost and reopened.", duration(10)),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
@@ -239,6 +241,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   }
   if (problems.length === 0 && config.legacySunsetDate !== undefined && config.legacySunsetDate <= config.legacyReleaseDate) {
     problems.push("LEGACY_JWT_SUNSET_DATE: must be after LEGACY_JWT_RELEASE_DATE");
+  }
+  if (problems.length === 0 && config.workers > 1 && config.databaseUrl === undefined) {
+    problems.push("WORKERS: more than 1 needs DATABASE_URL (the embedded PGlite store belongs to one process)");
   }
   if (problems.length === 0 && config.revocationHeartbeatMs >= config.cacheStalenessMs) {
     problems.push("REVOCATION_HEARTBEAT: must be shorter than CACHE_STALENESS, or cached answers expire between heartbeats");

@@ -1,4 +1,6 @@
+import cluster from "node:cluster";
 import { pathToFileURL } from "node:url";
+import { runPrimary } from "./cluster.js";
 import type { Logger as PinoLogger } from "pino";
 import { file_grpc_reflection_v1_reflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { file_grpc_reflection_v1alpha_reflection } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
@@ -46,6 +48,8 @@ export interface StartOptions {
   readonly clock?: Clock;
   /** Where the first-start bootstrap token is shown; stdout by default. */
   readonly showBootstrapToken?: (token: string, subject: string) => void;
+  /** False in cluster workers: the primary bootstraps once, before forking. */
+  readonly bootstrapOnFirstStart?: boolean;
 }
 
 /** Opens the store and builds the domain's dependencies (shared with tokenctl). */
@@ -163,13 +167,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
   await backendJwt.start();
   await channel.start();
 
-  // First start of a development server on an empty store: hand the operator
-  // an admin token once. Never in staging or production.
-  if (config.environment === "development" && (await deps.store.count()) === 0) {
-    const { token, record } = await bootstrapAdmin(deps, config.bootstrapAdminSubject, "first-start");
-    log.info({ token_id: record.id, token_hint: record.displayHint, subject: record.subject }, "first start: bootstrap admin token issued");
-    (options.showBootstrapToken ?? printBootstrapToken)(token, record.subject);
-  }
+  if (options.bootstrapOnFirstStart !== false) await bootstrapOnFirstStart(config, deps, log, options.showBootstrapToken);
 
   const handler = new TokenServiceHandler(deps);
   const health = createHealthService({
@@ -229,6 +227,18 @@ export async function startService(config: Config, options: StartOptions = {}): 
   return { grpcPort: grpc.port, httpPort: http.port, deps, database, channel, stop };
 }
 
+/**
+ * First start of a development server on an empty store: hand the operator
+ * an admin token once. Never in staging or production.
+ */
+export async function bootstrapOnFirstStart(config: Config, deps: TokenDeps, log: PinoLogger, show: (token: string, subject: string) => void = printBootstrapToken): Promise<void> {
+  if (config.environment !== "development" || (await deps.store.count()) !== 0) return;
+  const { token, record } = await bootstrapAdmin(deps, config.bootstrapAdminSubject, "first-start");
+  log.info({ token_id: record.id, token_hint: record.displayHint, subject: record.subject }, "first start: bootstrap admin token issued");
+  show(token, record.subject);
+  await deps.events.flush();
+}
+
 function printBootstrapToken(token: string, subject: string): void {
   process.stdout.write(
     [
@@ -255,7 +265,19 @@ async function main(): Promise<void> {
     throw error;
   }
   const log = createLogger(config.logLevel);
-  const service = await startService(config, { log });
+  if (config.workers > 1 && cluster.isPrimary) {
+    await runPrimary(config, log, async () => {
+      // Migrate and bootstrap once, before any worker starts.
+      const { database, deps } = await openDeps(config, log);
+      try {
+        await bootstrapOnFirstStart(config, deps, log);
+      } finally {
+        await database.close();
+      }
+    });
+    return;
+  }
+  const service = await startService(config, { log, bootstrapOnFirstStart: !cluster.isWorker });
   let signals = 0;
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     process.on(signal, () => {
