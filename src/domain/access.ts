@@ -1,5 +1,6 @@
 import { TokenError } from "./errors.js";
 import { introspectToken, metaFields, type IntrospectedClaims } from "./introspect.js";
+import { memoByObject } from "./memo.js";
 import type { Caller, RequestMeta, ServiceScope } from "./model.js";
 import type { TokenDeps } from "./ports.js";
 import { MAX_PRESENTED_TOKEN_LENGTH, displayHint } from "./token-format.js";
@@ -45,16 +46,7 @@ export async function authenticate(deps: TokenDeps, authorization: string | unde
 }
 
 /** Callers per claims object: built once per cached token, not per call. */
-const CALLERS = new WeakMap<IntrospectedClaims, Caller>();
-
-function callerOf(claims: IntrospectedClaims): Caller {
-  let caller = CALLERS.get(claims);
-  if (caller === undefined) {
-    caller = buildCaller(claims);
-    CALLERS.set(claims, caller);
-  }
-  return caller;
-}
+const callerOf: (claims: IntrospectedClaims) => Caller = memoByObject(buildCaller);
 
 function buildCaller(claims: IntrospectedClaims): Caller {
   return {

@@ -3,6 +3,7 @@ import type { RequestMeta, TokenClaims, TokenRecord } from "./model.js";
 import { tokenState } from "./model.js";
 import type { TokenDeps } from "./ports.js";
 import { classifyToken, digestKey, displayHint } from "./token-format.js";
+import { memoByObject } from "./memo.js";
 import { deprecationOf, sunsetMessage, verifyLegacyJwt, type Deprecation } from "./legacy-jwt.js";
 
 /** Why a presented token is not active. */
@@ -171,20 +172,10 @@ async function introspectLegacyJwt(deps: TokenDeps, jwt: string, meta: RequestMe
 }
 
 /**
- * Claims per cached record: records are immutable and the cache hands out the
- * same object on every hit, so the claims are built once per record.
+ * The claims of a stored opaque token. Records are immutable and the cache
+ * hands out the same object on every hit, so the claims are built once per record.
  */
-const CLAIMS = new WeakMap<TokenRecord, IntrospectedClaims>();
-
-/** The claims of a stored opaque token. */
-export function claimsOf(record: TokenRecord): IntrospectedClaims {
-  let claims = CLAIMS.get(record);
-  if (claims === undefined) {
-    claims = buildClaimsOf(record);
-    CLAIMS.set(record, claims);
-  }
-  return claims;
-}
+export const claimsOf: (record: TokenRecord) => IntrospectedClaims = memoByObject(buildClaimsOf);
 
 function buildClaimsOf(record: TokenRecord): IntrospectedClaims {
   return {

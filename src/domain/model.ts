@@ -1,13 +1,8 @@
 import type { Environment } from "./environment.js";
 
-/** A stored token: everything the service keeps about it. Never the token itself. */
-export interface TokenRecord {
-  /** UUID; also the `jti` claim. */
-  readonly id: string;
-  /** SHA-256 of the token. */
-  readonly digest: Uint8Array;
-  /** Prefix and last four characters. */
-  readonly displayHint: string;
+/** What a token says about its holder: the attributes every kind of token carries. */
+export interface TokenAttributes {
+  /** A human name for the token. */
   readonly name: string;
   readonly subject: string;
   readonly fullName: string;
@@ -17,10 +12,20 @@ export interface TokenRecord {
   readonly isAdmin: boolean;
   readonly metadata: Readonly<Record<string, string>>;
   readonly environment: Environment;
-  readonly createdAt: Date;
-  readonly createdBy: string;
   /** Null only when the service allows tokens without expiry. */
   readonly expiresAt: Date | null;
+}
+
+/** A stored token: everything the service keeps about it. Never the token itself. */
+export interface TokenRecord extends TokenAttributes {
+  /** UUID; also the `jti` claim. */
+  readonly id: string;
+  /** SHA-256 of the token. */
+  readonly digest: Uint8Array;
+  /** Prefix and last four characters. */
+  readonly displayHint: string;
+  readonly createdAt: Date;
+  readonly createdBy: string;
   readonly lastUsedAt: Date | null;
   readonly revokedAt: Date | null;
   readonly revokedBy: string | null;
@@ -28,18 +33,8 @@ export interface TokenRecord {
 }
 
 /** What a token stands for: the claims every issuing path builds through `buildClaims`. */
-export interface TokenClaims {
-  readonly subject: string;
-  readonly fullName: string;
-  readonly teams: readonly string[];
-  readonly scopes: readonly string[];
-  readonly namespaces: readonly string[];
-  readonly isAdmin: boolean;
-  readonly name: string;
-  readonly metadata: Readonly<Record<string, string>>;
-  readonly environment: Environment;
+export interface TokenClaims extends TokenAttributes {
   readonly issuedAt: Date;
-  readonly expiresAt: Date | null;
 }
 
 /** The token's state at a given time. */

@@ -6,11 +6,9 @@ import type { LegacyJwtStore, LegacyUsage, Logger, TokenStore, UsageRecorder } f
  * one statement per interval writes them all, and `stop()` writes the rest on
  * a clean shutdown.
  */
-export class LastUsedRecorder implements UsageRecorder {
-  private readonly batcher: PeriodicBatcher<Date>;
-
+export class LastUsedRecorder extends PeriodicBatcher<Date> implements UsageRecorder {
   constructor(store: TokenStore, log: Logger, intervalMs: number) {
-    this.batcher = new PeriodicBatcher<Date>({
+    super({
       intervalMs,
       maxPending: 100_000,
       write: (batch) => store.touchLastUsed(batch),
@@ -21,22 +19,7 @@ export class LastUsedRecorder implements UsageRecorder {
 
   /** Notes a use. */
   note(tokenId: string, at: Date): void {
-    this.batcher.add(tokenId, at);
-  }
-
-  /** Writes what is pending now. */
-  flush(): Promise<void> {
-    return this.batcher.flush();
-  }
-
-  /** Starts the periodic flush. */
-  start(): void {
-    this.batcher.start();
-  }
-
-  /** Stops and writes what is left. */
-  stop(): Promise<void> {
-    return this.batcher.stop();
+    this.add(tokenId, at);
   }
 }
 
@@ -44,11 +27,9 @@ export class LastUsedRecorder implements UsageRecorder {
  * Counts legacy JWT introspections per subject, batched like last-use times,
  * so operators can see who still has to migrate.
  */
-export class LegacyUsageRecorder {
-  private readonly batcher: PeriodicBatcher<LegacyUsage>;
-
+export class LegacyUsageRecorder extends PeriodicBatcher<LegacyUsage> {
   constructor(store: LegacyJwtStore, log: Logger, intervalMs: number) {
-    this.batcher = new PeriodicBatcher<LegacyUsage>({
+    super({
       intervalMs,
       maxPending: 100_000,
       write: (batch) => store.recordUsage([...batch.values()]),
@@ -59,21 +40,6 @@ export class LegacyUsageRecorder {
 
   /** Notes one legacy introspection. */
   note(subject: string, at: Date): void {
-    this.batcher.add(subject, { subject, count: 1, firstSeen: at, lastSeen: at });
-  }
-
-  /** Writes what is pending now. */
-  flush(): Promise<void> {
-    return this.batcher.flush();
-  }
-
-  /** Starts the periodic flush. */
-  start(): void {
-    this.batcher.start();
-  }
-
-  /** Stops and writes what is left. */
-  stop(): Promise<void> {
-    return this.batcher.stop();
+    this.add(subject, { subject, count: 1, firstSeen: at, lastSeen: at });
   }
 }
