@@ -32,7 +32,12 @@ export interface Config {
   readonly securityEventWindowMs: number;
   readonly bootstrapAdminSubject: string;
   readonly logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  readonly metricsEnabled: boolean;
   readonly shutdownGraceMs: number;
+  readonly tlsCertFile: string | undefined;
+  readonly tlsKeyFile: string | undefined;
+  readonly tlsClientCaFile: string | undefined;
+  readonly tlsPorts: "both" | "grpc" | "http";
   readonly legacyHmacSecret: string | undefined;
   readonly legacyHmacSecretPrevious: string | undefined;
   readonly legacyHmacAlgorithm: LegacyAlgorithm;
@@ -59,6 +64,9 @@ export interface Config {
   readonly cacheNegativeTtlMs: number;
   readonly revocationHeartbeatMs: number;
   readonly revocationHeartbeatTimeoutMs: number;
+  readonly forwardAuthEnabled: boolean;
+  readonly forwardAuthSecret: string | undefined;
+  readonly forwardAuthBackendJwt: boolean;
   readonly workers: number;
 }
 
@@ -176,7 +184,16 @@ export const CONFIG_KEYS = {
     if (!(LOG_LEVELS as readonly string[]).includes(level)) throw new Error(`must be one of ${LOG_LEVELS.join(", ")}`);
     return level as Config["logLevel"];
   }),
+  METRICS_ENABLED: spec("metricsEnabled", "true", "Serve Prometheus metrics at GET /metrics on the HTTP port. false: no /metrics, and calls are not timed (unless LOG_LEVEL is debug or trace, for the per-request log line).", boolean),
   SHUTDOWN_GRACE: spec("shutdownGraceMs", "10s", "How long in-flight calls may finish after SIGTERM before connections are closed.", duration(0)),
+  TLS_CERT_FILE: spec("tlsCertFile", undefined, "PEM certificate chain (server certificate first) for TLS. Set together with TLS_KEY_FILE; unset: cleartext.", text),
+  TLS_KEY_FILE: spec("tlsKeyFile", undefined, "PEM private key of the certificate in TLS_CERT_FILE (unencrypted).", text),
+  TLS_CLIENT_CA_FILE: spec("tlsClientCaFile", undefined, "PEM bundle of the CAs that sign client certificates. Set: mutual TLS, every client must present a certificate they signed (callers still need their bearer token).", text),
+  TLS_PORTS: spec("tlsPorts", "both", "Which ports terminate TLS when TLS_CERT_FILE is set: both, grpc or http (the other stays cleartext, e.g. for probes or a sidecar).", (raw) => {
+    const value = raw.trim().toLowerCase();
+    if (value !== "both" && value !== "grpc" && value !== "http") throw new Error("must be both, grpc or http");
+    return value;
+  }),
   LEGACY_JWT_HMAC_SECRET: spec("legacyHmacSecret", undefined, "Current HMAC secret of the old system's JWTs. Unset (and no public key): legacy JWTs are refused as MALFORMED.", text),
   LEGACY_JWT_HMAC_SECRET_PREVIOUS: spec("legacyHmacSecretPrevious", undefined, "The previous HMAC secret, still accepted during a rotation.", text),
   LEGACY_JWT_HMAC_ALGORITHM: spec("legacyHmacAlgorithm", "HS256", "The one algorithm the HMAC secrets are used with: HS256, HS384 or HS512.", algorithm("hmac")),
@@ -210,10 +227,16 @@ export const CONFIG_KEYS = {
   REVOCATION_HEARTBEAT: spec("revocationHeartbeatMs", "500ms", "How often the revocation channel proves itself with a heartbeat through the store.", duration(10)),
   WORKERS: spec("workers", "1", "Worker processes (node:cluster) sharing both ports, each with its own cache and revocation listener. More than 1 needs DATABASE_URL (PGlite is one process's).", integer(1, 64)),
   REVOCATION_HEARTBEAT_TIMEOUT: spec("revocationHeartbeatTimeoutMs", "1500ms", "No heartbeat back within this: the channel is declared lost and reopened.", duration(10)),
+  FORWARD_AUTH_ENABLED: spec("forwardAuthEnabled", "true", "Serve /auth on the HTTP port, forward authentication for reverse proxies (nginx auth_request, Traefik ForwardAuth, Caddy forward_auth, Envoy ext_authz). It needs no caller token: make it reachable only by the proxy, or set FORWARD_AUTH_SECRET.", boolean),
+  FORWARD_AUTH_SECRET: spec("forwardAuthSecret", undefined, "When set, /auth answers only requests carrying `X-Forward-Auth-Secret` with this value (16 to 256 printable ASCII characters, no spaces); others get 403. Unset: anyone who can reach /auth may use it.", (raw) => {
+    if (!/^[\x21-\x7e]{16,256}$/.test(raw)) throw new Error("must be 16 to 256 printable ASCII characters without spaces");
+    return raw;
+  }),
+  FORWARD_AUTH_BACKEND_JWT: spec("forwardAuthBackendJwt", "false", "When true, /auth adds `X-Auth-Backend-Jwt`, a backend JWT with the token's claims, for the proxy to pass to the upstream.", boolean),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
-const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS"]);
+const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET"]);
 
 /**
  * Reads and validates the configuration. Unset and empty variables take their
@@ -247,6 +270,13 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   }
   if (problems.length === 0 && config.revocationHeartbeatMs >= config.cacheStalenessMs) {
     problems.push("REVOCATION_HEARTBEAT: must be shorter than CACHE_STALENESS, or cached answers expire between heartbeats");
+  }
+  // TLS needs a certificate and its key together; mutual TLS needs TLS.
+  if ((config.tlsCertFile === undefined) !== (config.tlsKeyFile === undefined)) {
+    problems.push(config.tlsCertFile === undefined ? "TLS_CERT_FILE: must be set when TLS_KEY_FILE is" : "TLS_KEY_FILE: must be set when TLS_CERT_FILE is");
+  }
+  if (config.tlsClientCaFile !== undefined && config.tlsCertFile === undefined) {
+    problems.push("TLS_CLIENT_CA_FILE: needs TLS_CERT_FILE and TLS_KEY_FILE (mutual TLS runs over TLS)");
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

@@ -20,10 +20,13 @@ import { RevocationHub } from "./domain/revocation-hub.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
 import { createLogger } from "./logger.js";
+import { ServiceMetrics } from "./observability/metrics.js";
+import { metricsRoute, withRoute } from "./observability/metrics-route.js";
 import { TokenServiceHandler } from "./rpc/token-service.js";
 import { startGrpcServer } from "./server/grpc-server.js";
 import { createHealthService } from "./server/health.js";
 import { startHttpServer } from "./server/http-server.js";
+import { grpcServerCredentials, httpTlsOptions, loadTlsMaterial } from "./server/tls.js";
 import { createReflectionServices } from "./server/reflection.js";
 import { routeServices } from "./server/http-server.js";
 import { migrateToLatest, openDatabase, type OpenedDatabase } from "./storage/database.js";
@@ -38,6 +41,8 @@ export interface RunningService {
   readonly database: OpenedDatabase;
   /** The revocation channel, for its state (tests, diagnostics). */
   readonly channel: RevocationChannel;
+  /** The metrics (`/metrics`), unless METRICS_ENABLED=false and the log level is above debug. */
+  readonly metrics: ServiceMetrics | undefined;
   /** Graceful shutdown: stop accepting, finish in-flight calls, flush batched writes, close the store. */
   stop(): Promise<void>;
 }
@@ -53,7 +58,7 @@ export interface StartOptions {
 }
 
 /** Opens the store and builds the domain's dependencies (shared with tokenctl). */
-export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock) {
+export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics) {
   const database = await openDatabase({
     ...(config.databaseUrl ? { url: config.databaseUrl } : { dataDir: config.dataDir }),
     poolMax: config.databasePoolMax,
@@ -70,7 +75,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   }
   const store = new KyselyTokenStore(database.db);
   const securityEvents = new KyselySecurityEventStore(database.db);
-  const events = new SecurityEventRecorder(securityEvents, log, clock, config.securityEventWindowMs);
+  const events = new SecurityEventRecorder(securityEvents, log, clock, config.securityEventWindowMs, metrics);
   const usage = new LastUsedRecorder(store, log, config.lastUsedFlushMs);
   const legacyStore = new KyselyLegacyJwtStore(database.db);
   const legacyUsage = new LegacyUsageRecorder(legacyStore, log, config.lastUsedFlushMs);
@@ -113,7 +118,10 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   const channel = new RevocationChannel(
     database.listen,
     {
-      revoked: (key, tokenId) => revocations.revoked(key, tokenId),
+      revoked: (key, tokenId, committedAtMs) => {
+        revocations.revoked(key, tokenId);
+        metrics?.revocationApplied(committedAtMs); // evicted by now: the hub is synchronous
+      },
       confirmed: (atMs) => revocations.confirm(atMs),
       restored: () => revocations.reset(),
       lost: () => undefined, // cached answers age out within the staleness bound; the channel logs it
@@ -132,6 +140,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     usage,
     clock,
     log,
+    ...(metrics ? { metrics } : {}),
     policy: {
       environment: config.environment,
       issuer: config.tokenIssuer,
@@ -142,6 +151,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
       maxActiveTokensPerSubject: config.maxActiveTokensPerSubject,
     },
   };
+  metrics?.watch({ cache, listener: channel, ...(database.poolStats ? { pool: database.poolStats } : {}) });
   /** Starts the periodic writers of batched bookkeeping. */
   const startBatches = () => {
     events.start();
@@ -162,7 +172,14 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
  */
 export async function startService(config: Config, options: StartOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger(config.logLevel);
-  const { database, deps, backendJwt, channel, startBatches, stopBatches } = await openDeps(config, log, options.clock);
+  // Before the store: a bad certificate should fail start-up at once, named.
+  const tls = await loadTlsMaterial(config, log);
+  // Calls are observed for metrics and, at debug, for the per-request log line.
+  const metrics =
+    config.metricsEnabled || log.isLevelEnabled("debug")
+      ? new ServiceMetrics(log, { environment: config.environment, store: config.databaseUrl ? "postgres" : "pglite" })
+      : undefined;
+  const { database, deps, backendJwt, channel, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics);
   startBatches();
   await backendJwt.start();
   await channel.start();
@@ -187,7 +204,10 @@ export async function startService(config: Config, options: StartOptions = {}): 
     services,
     maxMessageBytes: config.maxMessageBytes,
     onInternalError,
+    credentials: grpcServerCredentials(tls),
+    ...(metrics ? { observer: metrics } : {}),
   });
+  const metricsEndpoint = config.metricsEnabled && metrics ? metricsRoute(metrics, (err) => log.error({ err }, "metrics collection failed")) : undefined;
   const http = await startHttpServer({
     host: config.listenHost,
     port: config.httpPort,
@@ -195,7 +215,16 @@ export async function startService(config: Config, options: StartOptions = {}): 
     maxMessageBytes: config.maxMessageBytes,
     maxTimeoutMs: config.rpcMaxTimeoutMs,
     onInternalError,
-    extraHandler: httpRoutes({ jwks: () => backendJwt.jwks() }),
+    tls: httpTlsOptions(tls),
+    ...(metrics ? { observer: metrics } : {}),
+    extraHandler: withRoute(metricsEndpoint, httpRoutes({
+      jwks: () => backendJwt.jwks(),
+      tokens: deps,
+      introspectionIssuer: config.backendJwtIssuer ?? config.tokenIssuer,
+      signIntrospection: (payload) => backendJwt.signPayload(payload, "token-introspection+jwt"),
+      forwardAuth: config.forwardAuthEnabled ? { secret: config.forwardAuthSecret, backendJwt: config.forwardAuthBackendJwt } : undefined,
+      readiness: { store: () => deps.store.ping(), revocationChannel: () => channel.up },
+    })),
   }).catch(async (error: unknown) => {
     await grpc.close(0);
     throw error;
@@ -224,7 +253,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
       log.info({}, "token service stopped");
     })());
 
-  return { grpcPort: grpc.port, httpPort: http.port, deps, database, channel, stop };
+  return { grpcPort: grpc.port, httpPort: http.port, deps, database, channel, metrics, stop };
 }
 
 /**
@@ -297,6 +326,6 @@ async function main(): Promise<void> {
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   main().catch((err: unknown) => {
     process.stderr.write(`token service failed to start: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(1);
+    process.exit(err instanceof ConfigError ? 78 : 1); // EX_CONFIG: a key file or certificate the config names is bad
   });
 }

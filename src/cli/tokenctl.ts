@@ -49,6 +49,14 @@ Commands that work on the store directly:
   The store is chosen as the server chooses it: DATABASE_URL, else PGlite in
   DATA_DIR. Logs go to stderr.
 
+Configuration:
+  config check
+      Validate the configuration in the environment exactly as the server
+      does at start-up (every key, the legacy JWT key files, the TLS files),
+      without opening the store or a port. Prints "configuration OK" and the
+      effective values, secrets redacted; or names every bad key on stderr
+      and exits 78.
+
 stdout carries only what a command returns; everything else goes to stderr.
 `;
 
@@ -65,6 +73,8 @@ export async function run(argv: readonly string[], env: Readonly<Record<string, 
   // API commands are clients: they need neither the server's configuration
   // nor its store, so they skip both (and the cost of loading them).
   if (isApiCommand(command)) return runApiCommand(command, rest, env, io);
+  // Loaded on demand, like the store modules: it pulls in the TLS and JWT key loaders.
+  if (command === "config") return (await import("./config-check.js")).configCommand(rest, env, io);
 
   const config = loadConfig(env);
   switch (command) {

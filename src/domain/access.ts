@@ -7,6 +7,9 @@ import { MAX_PRESENTED_TOKEN_LENGTH, displayHint } from "./token-format.js";
 
 const BEARER = /^Bearer +(\S+)\s*$/i;
 
+/** Caller credentials are counted apart from introspected tokens in the metrics. */
+const AS_CALLER = Object.freeze({ use: "authenticate" } as const);
+
 /**
  * Who is calling: resolves the `Authorization: Bearer <token>` header (RFC
  * 6750 §2.1) into the caller's claims through the same introspection path as
@@ -24,7 +27,7 @@ export async function authenticate(deps: TokenDeps, authorization: string | unde
   if (!match) throw new TokenError("unauthenticated", "the Authorization header must use the Bearer scheme: `Authorization: Bearer <token>`");
   const token = match[1]!;
 
-  const result = await introspectToken(deps, token, meta);
+  const result = await introspectToken(deps, token, meta, AS_CALLER);
   if (!result.active) {
     // The environment guard raised its own event already.
     if (result.reason !== "environment_mismatch") {

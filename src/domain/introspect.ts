@@ -67,24 +67,37 @@ export function environmentMismatchMessage(token: Environment, service: Environm
   return `Token environment mismatch: ${token} token used in ${service}`;
 }
 
+/** Why a token is being resolved: a caller asked about it, or it is a caller's own credential. */
+export type IntrospectionUse = "introspect" | "authenticate";
+
+/** Options of {@link introspectToken}. */
+export interface IntrospectOptions {
+  /** Mint a backend JWT for an active opaque token. */
+  readonly backendJwt?: boolean;
+  /** Reported to `deps.metrics`; default "introspect". */
+  readonly use?: IntrospectionUse;
+}
+
+const NO_OPTIONS: IntrospectOptions = Object.freeze({});
+
 /**
  * Resolves a presented token. The environment guard runs first, on the
  * token's prefix alone, so a foreign token is refused whatever the store
  * holds. A store failure propagates as `TokenError("unavailable")`: an outage
- * must never read as "inactive".
+ * must never read as "inactive". Every answer is reported to `deps.metrics`.
  */
 export async function introspectToken(
   deps: TokenDeps,
   presented: string,
   meta: RequestMeta,
-  options: { readonly backendJwt?: boolean } = {},
+  options: IntrospectOptions = NO_OPTIONS,
 ): Promise<IntrospectResult> {
   const shape = classifyToken(presented);
-  if (shape.shape === "jwt") return introspectLegacyJwt(deps, presented, meta);
-  if (shape.shape !== "opaque") return INACTIVE.malformed;
+  if (shape.shape === "jwt") return answered(deps, options, "legacy_jwt", await introspectLegacyJwt(deps, presented, meta));
+  if (shape.shape !== "opaque") return answered(deps, options, "unrecognized", INACTIVE.malformed);
 
   const service = deps.policy.environment;
-  if (shape.environment !== service) return environmentMismatch(deps, shape.environment, displayHint(presented), meta);
+  if (shape.environment !== service) return answered(deps, options, "opaque", environmentMismatch(deps, shape.environment, displayHint(presented), meta));
 
   // The hot path: one digest, one Map lookup. Only a miss reaches the store,
   // fenced so that a revocation landing meanwhile keeps the answer out of the cache.
@@ -103,15 +116,21 @@ export async function introspectToken(
   // A row from another environment can only exist in a store shared across
   // environments; the prefix check above already makes this unreachable, but
   // the record's own environment is the authority.
-  if (record === null || record.environment !== service) return INACTIVE.unknown;
+  if (record === null || record.environment !== service) return answered(deps, options, "opaque", INACTIVE.unknown);
 
   const state = tokenState(record, now);
-  if (state !== "active") return INACTIVE[state];
+  if (state !== "active") return answered(deps, options, "opaque", INACTIVE[state]);
 
   deps.usage.note(record.id, now);
   const claims = claimsOf(record);
-  if (options.backendJwt) return { active: true, claims, backendJwt: await deps.backendJwt.mint(claims, now) };
-  return { active: true, claims };
+  if (options.backendJwt) return answered(deps, options, "opaque", { active: true, claims, backendJwt: await deps.backendJwt.mint(claims, now) });
+  return answered(deps, options, "opaque", { active: true, claims });
+}
+
+/** Reports an answer to the metrics port, if there is one, and returns it. */
+function answered(deps: TokenDeps, options: IntrospectOptions, kind: TokenKind | "unrecognized", result: IntrospectResult): IntrospectResult {
+  deps.metrics?.introspected(kind, result.active ? "active" : result.reason, options.use ?? "introspect");
+  return result;
 }
 
 /** Refuses a token of another environment and raises the critical security event. */
@@ -196,6 +215,12 @@ function buildClaimsOf(record: TokenRecord): IntrospectedClaims {
 }
 
 /** The request facts every security event carries. */
-export function metaFields(meta: RequestMeta): { method: string; peer?: string; userAgent?: string } {
-  return { method: meta.method, ...(meta.peer ? { peer: meta.peer } : {}), ...(meta.userAgent ? { userAgent: meta.userAgent } : {}) };
+export function metaFields(meta: RequestMeta): { method: string; peer?: string; userAgent?: string; requestId?: string } {
+  const requestId = meta.requestId;
+  return {
+    method: meta.method,
+    ...(meta.peer ? { peer: meta.peer } : {}),
+    ...(meta.userAgent ? { userAgent: meta.userAgent } : {}),
+    ...(requestId ? { requestId } : {}),
+  };
 }

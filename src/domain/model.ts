@@ -65,6 +65,8 @@ export interface RequestMeta {
   readonly method: string;
   readonly peer?: string;
   readonly userAgent?: string;
+  /** The request's id (`x-request-id`), so a security event can be traced to its request. */
+  readonly requestId?: string;
 }
 
 /** Permission scopes of this service itself. */
@@ -105,6 +107,12 @@ export interface SecurityEvent {
   readonly tokenHint?: string;
   readonly tokenId?: string;
   readonly method?: string;
+  /**
+   * The id of the request that raised it, for the log line only: it is not
+   * stored and not part of what makes two events identical (else no two
+   * events would ever fold).
+   */
+  readonly requestId?: string;
 }
 
 /** A stored security event: one or more identical occurrences. */

@@ -1,5 +1,5 @@
 import type { Environment } from "./environment.js";
-import type { IntrospectedClaims } from "./introspect.js";
+import type { InactiveReason, IntrospectedClaims, IntrospectionUse, TokenKind } from "./introspect.js";
 import type { TokenCache } from "./token-cache.js";
 import type { RevocationHub } from "./revocation-hub.js";
 import type { LegacyJwtPolicy } from "./legacy-jwt.js";
@@ -82,6 +82,22 @@ export interface EventSink {
   flush(): Promise<void>;
 }
 
+/**
+ * Counters of what the domain decided, for metrics. The domain only calls
+ * these; `src/observability` implements them (Prometheus), so no metrics
+ * library reaches the domain. They run on the hot path: each must be a few
+ * array increments, never throw and never wait.
+ */
+export interface DomainMetrics {
+  /**
+   * A presented token was resolved: its kind ("unrecognized" when it has
+   * neither shape), "active" or the inactive reason, and why it was presented.
+   */
+  introspected(kind: TokenKind | "unrecognized", outcome: "active" | InactiveReason, use: IntrospectionUse): void;
+  /** A security event was raised (every occurrence, including those folded into one row). */
+  securityEvent(event: SecurityEvent): void;
+}
+
 /** Time, injected so tests can freeze it. */
 export interface Clock {
   now(): Date;
@@ -144,6 +160,8 @@ export interface TokenDeps {
   readonly clock: Clock;
   readonly policy: TokenPolicy;
   readonly log: Logger;
+  /** Where outcomes are counted; absent in tests and tools that do not export metrics. */
+  readonly metrics?: DomainMetrics;
 }
 
 /** Use of legacy JWTs by one subject, so operators know who still has to migrate. */

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { PeriodicBatcher } from "./batcher.js";
 import type { SecurityEvent, SecurityEventRow } from "./model.js";
-import type { Clock, EventSink, Logger, SecurityEventStore } from "./ports.js";
+import type { Clock, DomainMetrics, EventSink, Logger, SecurityEventStore } from "./ports.js";
 
 /**
  * The event sink: every event becomes a structured log line with a
@@ -14,12 +14,14 @@ export class SecurityEventRecorder implements EventSink {
 
   /**
    * @param windowMs events identical in every field within this window share a row
+   * @param metrics counts every event raised, folded or not
    */
   constructor(
     private readonly store: SecurityEventStore,
     private readonly log: Logger,
     private readonly clock: Clock,
     windowMs: number,
+    private readonly metrics?: Pick<DomainMetrics, "securityEvent">,
   ) {
     this.batcher = new PeriodicBatcher<SecurityEventRow>({
       intervalMs: windowMs,
@@ -32,12 +34,14 @@ export class SecurityEventRecorder implements EventSink {
 
   /** Raises an event: logged now if it is the first of its kind in this window, stored at the next flush. */
   record(event: SecurityEvent): void {
+    this.metrics?.securityEvent(event);
     const key = fingerprint(event);
     const now = this.clock.now();
     const first = this.batcher.add(key, { ...event, id: randomUUID(), firstSeen: now, lastSeen: now, count: 1 });
     if (!first) return; // a repeat within the window: counted in the row, not logged again
-    const { type, message, ...rest } = event;
-    const fields = { security_event: type, ...rest };
+    // The request id under the name the per-request log line uses, so one grep finds both.
+    const { type, message, requestId, ...rest } = event;
+    const fields = { security_event: type, ...rest, ...(requestId ? { request_id: requestId } : {}) };
     if (event.severity === "info") this.log.info(fields, message);
     else this.log.warn(fields, message);
   }

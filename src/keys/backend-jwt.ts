@@ -114,6 +114,18 @@ export class BackendJwtKeys implements BackendJwtMinter {
     return jwt;
   }
 
+  /**
+   * Signs an arbitrary payload with the current backend JWT key, verifiable
+   * with the same JWKS. `typ` types the JWT explicitly (RFC 8725 §3.11), so it
+   * cannot be taken for a backend JWT or an access token, e.g.
+   * `token-introspection+jwt` for an RFC 9701 introspection answer. The
+   * payload is signed as given: the caller sets `iss`, `aud`, `iat`.
+   */
+  async signPayload(payload: Record<string, unknown>, typ: string): Promise<string> {
+    const signer = this.currentKey(this.clock.now());
+    return new SignJWT(payload).setProtectedHeader({ alg: signer.record.alg, kid: signer.record.kid, typ }).sign(signer.privateKey);
+  }
+
   /** Forgets a token's cached JWT (on revocation). */
   forget(tokenId: string): void {
     this.cache.delete(tokenId);

@@ -1,6 +1,7 @@
 import type { HandlerContext } from "@connectrpc/connect";
 import type { RequestMeta } from "../domain/model.js";
 import { peerKey, requestHeaderValue } from "../server/context.js";
+import { contextRequestId } from "../server/request-id.js";
 
 /**
  * The request facts security events carry, read the same way on both
@@ -29,6 +30,10 @@ class LazyRequestMeta implements RequestMeta {
 
   get userAgent(): string | undefined {
     return requestHeaderValue(this.ctx, "user-agent")?.slice(0, 256);
+  }
+
+  get requestId(): string | undefined {
+    return contextRequestId(this.ctx);
   }
 }
 

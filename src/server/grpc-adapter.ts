@@ -15,8 +15,11 @@ import type {
   UntypedServiceImplementation,
   sendUnaryData,
 } from "@grpc/grpc-js";
+import { performance } from "node:perf_hooks";
+import type { CallObserver, CallRecorder } from "./call-observer.js";
 import type { ServiceRegistration } from "./context.js";
 import { GrpcHandlerContext } from "./grpc-context.js";
+import { REQUEST_ID_HEADER, requestIdFrom } from "./request-id.js";
 
 /** Options for {@link grpcServiceDefinition}. */
 export interface GrpcAdapterOptions {
@@ -31,6 +34,11 @@ export interface GrpcAdapterOptions {
    * long-lived streams (health Watch, reflection) end when the server stops.
    */
   readonly shutdownSignal?: AbortSignal;
+  /**
+   * Told about every finished call (metrics, the debug request log). Without
+   * it the handlers do not even read the clock.
+   */
+  readonly observer?: CallObserver;
 }
 
 /** What {@link grpcServiceDefinition} returns: the two halves `grpc.Server.addService` wants. */
@@ -77,6 +85,12 @@ const CALL_COMPLETED = new ConnectError("the call has completed", Code.Canceled)
  * "internal error" and goes to `options.onInternalError`.
  *
  * Methods missing from `impl` answer UNIMPLEMENTED.
+ *
+ * Every call gets a request id (the caller's `x-request-id` metadata when it
+ * is acceptable, else a new one; see server/request-id.ts), sent back as
+ * `x-request-id` initial metadata and offered to the handler under
+ * `requestIdKey`. With `options.observer`, each finished call is reported
+ * with its status code and start time.
  */
 export function grpcServiceDefinition<S extends DescService>(
   service: S,
@@ -140,48 +154,65 @@ function decodeOrMark(desc: DescMessage, bytes: Buffer): unknown {
 }
 
 function handlerFor(service: DescService, spec: MethodImplSpec, options: GrpcAdapterOptions): UntypedHandleCall {
+  // One recorder per method, made now: per call, recording is an array index.
+  const record = options.observer?.recorder("grpc", spec.method);
   switch (spec.kind) {
     case "unary":
-      return unaryHandler(service, spec, options);
+      return unaryHandler(service, spec, options, record);
     case "server_streaming":
-      return serverStreamingHandler(service, spec, options);
+      return serverStreamingHandler(service, spec, options, record);
     case "client_streaming":
-      return clientStreamingHandler(service, spec, options);
+      return clientStreamingHandler(service, spec, options, record);
     case "bidi_streaming":
-      return bidiStreamingHandler(service, spec, options);
+      return bidiStreamingHandler(service, spec, options, record);
   }
+}
+
+/** The call's request id: the caller's `x-request-id` if acceptable, else a new one. */
+function requestIdOf(call: { readonly metadata: Metadata }): string {
+  return requestIdFrom(call.metadata.get(REQUEST_ID_HEADER)[0]);
 }
 
 /**
  * The hot path: per call, one context object (its signal, headers and values
- * are made only if the handler asks) and one await, the handler's. Nothing
- * here may throw outside the try: grpc-js drops the returned promise, so an
- * escaped rejection would be unhandled.
+ * are made only if the handler asks), one request id, one await, the
+ * handler's, and with an observer two clock reads and one recorder call.
+ * Nothing here may throw outside the try: grpc-js drops the returned promise,
+ * so an escaped rejection would be unhandled.
  */
 function unaryHandler(
   service: DescService,
   spec: Extract<MethodImplSpec, { kind: "unary" }>,
   options: GrpcAdapterOptions,
+  record: CallRecorder | undefined,
 ): UntypedHandleCall {
   const { method, impl } = spec;
   const output = method.output;
   return async function unary(call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) {
-    const request = call.request;
-    if (request === DECODE_FAILED) {
-      callback(INVALID_REQUEST);
-      return;
-    }
-    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal);
+    const start = record === undefined ? 0 : performance.now();
+    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal, requestIdOf(call));
+    let code: number = GrpcStatus.UNKNOWN;
     try {
+      const request = call.request;
+      if (request === DECODE_FAILED) {
+        trySendHeader(call, undefined, ctx.requestId);
+        code = GrpcStatus.INVALID_ARGUMENT;
+        callback(INVALID_REQUEST);
+        return;
+      }
       const response = create(output, await impl(request as MessageShape<DescMessage>, ctx));
       const trailers = toMetadata(ctx.responseTrailerIfSet);
-      sendHeader(call, ctx.responseHeaderIfSet);
+      sendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
+      code = GrpcStatus.OK;
       callback(null, response, trailers);
     } catch (err) {
-      trySendHeader(call, ctx.responseHeaderIfSet);
-      callback(errorStatus(err, ctx, method, options));
+      trySendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
+      const status = errorStatus(err, ctx, method, options);
+      code = status.code ?? GrpcStatus.UNKNOWN;
+      callback(status);
     } finally {
       ctx.abort(CALL_COMPLETED);
+      record?.(code, start, ctx);
     }
   };
 }
@@ -190,16 +221,21 @@ function serverStreamingHandler(
   service: DescService,
   spec: Extract<MethodImplSpec, { kind: "server_streaming" }>,
   options: GrpcAdapterOptions,
+  record: CallRecorder | undefined,
 ): UntypedHandleCall {
   const { method, impl } = spec;
   return async function serverStreaming(call: ServerWritableStream<unknown, unknown>) {
+    const start = record === undefined ? 0 : performance.now();
+    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal, requestIdOf(call));
     const request = call.request;
     if (request === DECODE_FAILED) {
+      trySendHeader(call, undefined, ctx.requestId);
       call.emit("error", INVALID_REQUEST);
+      ctx.abort(CALL_COMPLETED);
+      record?.(GrpcStatus.INVALID_ARGUMENT, start, ctx);
       return;
     }
-    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal);
-    await writeAll(call, ctx, () => impl(request as MessageShape<DescMessage>, ctx), options);
+    await writeAll(call, ctx, () => impl(request as MessageShape<DescMessage>, ctx), options, record, start);
   };
 }
 
@@ -207,21 +243,28 @@ function clientStreamingHandler(
   service: DescService,
   spec: Extract<MethodImplSpec, { kind: "client_streaming" }>,
   options: GrpcAdapterOptions,
+  record: CallRecorder | undefined,
 ): UntypedHandleCall {
   const { method, impl } = spec;
   const output = method.output;
   return async function clientStreaming(call: ServerReadableStream<unknown, unknown>, callback: sendUnaryData<unknown>) {
-    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal);
+    const start = record === undefined ? 0 : performance.now();
+    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal, requestIdOf(call));
+    let code: number = GrpcStatus.UNKNOWN;
     try {
       const response = create(output, await impl(requests(call), ctx));
       const trailers = toMetadata(ctx.responseTrailerIfSet);
-      sendHeader(call, ctx.responseHeaderIfSet);
+      sendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
+      code = GrpcStatus.OK;
       callback(null, response, trailers);
     } catch (err) {
-      trySendHeader(call, ctx.responseHeaderIfSet);
-      callback(errorStatus(err, ctx, method, options));
+      trySendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
+      const status = errorStatus(err, ctx, method, options);
+      code = status.code ?? GrpcStatus.UNKNOWN;
+      callback(status);
     } finally {
       ctx.abort(CALL_COMPLETED);
+      record?.(code, start, ctx);
     }
   };
 }
@@ -230,11 +273,13 @@ function bidiStreamingHandler(
   service: DescService,
   spec: Extract<MethodImplSpec, { kind: "bidi_streaming" }>,
   options: GrpcAdapterOptions,
+  record: CallRecorder | undefined,
 ): UntypedHandleCall {
   const { method, impl } = spec;
   return async function bidiStreaming(call: ServerDuplexStream<unknown, unknown>) {
-    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal);
-    await writeAll(call, ctx, () => impl(requests(call), ctx), options);
+    const start = record === undefined ? 0 : performance.now();
+    const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal, requestIdOf(call));
+    await writeAll(call, ctx, () => impl(requests(call), ctx), options, record, start);
   };
 }
 
@@ -257,41 +302,51 @@ async function* requests(
  * back-pressure, stops when the call is cancelled, and ends the call with the
  * trailers or with the mapped error status. The handler is invoked inside the
  * try, so one that throws before returning its iterable is mapped too.
+ * Reports the final code to `record` (CANCELLED when the client went away).
  */
 async function writeAll(
   call: ServerWritableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
   ctx: GrpcHandlerContext,
   invoke: () => AsyncIterable<unknown>,
   options: GrpcAdapterOptions,
+  record: CallRecorder | undefined,
+  start: number,
 ): Promise<void> {
   const output = ctx.method.output;
   let headerSent = false;
+  let code: number = GrpcStatus.CANCELLED;
   try {
     for await (const response of invoke()) {
       if (ctx.signal.aborted) break;
       if (!headerSent) {
         headerSent = true;
-        sendHeader(call, ctx.responseHeaderIfSet);
+        sendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
       }
       if (!call.write(create(output, response as MessageShape<DescMessage>))) {
         await drained(call, ctx.signal);
       }
     }
     if (call.cancelled) return; // the client is gone; nobody to tell
-    if (!headerSent) sendHeader(call, ctx.responseHeaderIfSet);
+    if (!headerSent) sendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
     if (ctx.signal.aborted) {
       // Past its deadline (grpc-js has already sent DEADLINE_EXCEEDED and
       // ignores this) or the server is shutting down: say why.
-      call.emit("error", errorStatus(ctx.signal.reason, ctx, ctx.method, options));
+      const status = errorStatus(ctx.signal.reason, ctx, ctx.method, options);
+      code = status.code ?? GrpcStatus.UNKNOWN;
+      call.emit("error", status);
     } else {
+      code = GrpcStatus.OK;
       call.end(toMetadata(ctx.responseTrailerIfSet));
     }
   } catch (err) {
     if (call.cancelled) return;
-    if (!headerSent) trySendHeader(call, ctx.responseHeaderIfSet);
-    call.emit("error", errorStatus(err, ctx, ctx.method, options));
+    if (!headerSent) trySendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
+    const status = errorStatus(err, ctx, ctx.method, options);
+    code = status.code ?? GrpcStatus.UNKNOWN;
+    call.emit("error", status);
   } finally {
     ctx.abort(CALL_COMPLETED);
+    record?.(code, start, ctx);
   }
 }
 
@@ -308,19 +363,20 @@ function drained(call: NodeJS.EventEmitter, signal: AbortSignal): Promise<void> 
   });
 }
 
-/** Sends the response headers as initial metadata, if the handler set any. */
-function sendHeader(call: ServerSurfaceCall, header: Headers | undefined): void {
-  const metadata = toMetadata(header);
-  if (metadata !== undefined) call.sendMetadata(metadata);
+/** Sends the initial metadata: the response headers the handler set, if any, and the request id. */
+function sendHeader(call: ServerSurfaceCall, header: Headers | undefined, requestId: string): void {
+  const metadata = toMetadata(header) ?? new Metadata();
+  metadata.set(REQUEST_ID_HEADER, requestId);
+  call.sendMetadata(metadata);
 }
 
 /**
  * On the error path: a header grpc-js refuses must not hide the real error,
  * and errorStatus reports a bad trailer anyway.
  */
-function trySendHeader(call: ServerSurfaceCall, header: Headers | undefined): void {
+function trySendHeader(call: ServerSurfaceCall, header: Headers | undefined, requestId: string): void {
   try {
-    sendHeader(call, header);
+    sendHeader(call, header, requestId);
   } catch {
     // already failing; the status carries the reason
   }

@@ -3,6 +3,7 @@ import { Code, ConnectError, createContextValues, encodeBinaryHeader } from "@co
 import type { ContextValues, HandlerContext } from "@connectrpc/connect";
 import type { Deadline, Metadata } from "@grpc/grpc-js";
 import { peerKey } from "./context.js";
+import { requestIdKey } from "./request-id.js";
 
 /** What the context needs from a grpc-js server call (any kind). */
 export interface GrpcCallSurface {
@@ -53,6 +54,8 @@ export class GrpcHandlerContext implements HandlerContext {
     readonly method: DescMethod,
     call: GrpcCallSurface,
     shutdownSignal: AbortSignal | undefined,
+    /** The call's request id (see server/request-id.ts), also under `requestIdKey` in `values`. */
+    readonly requestId: string,
   ) {
     this.#call = call;
     this.#shutdownSignal = shutdownSignal;
@@ -158,9 +161,9 @@ export class GrpcHandlerContext implements HandlerContext {
     return this.#responseTrailer;
   }
 
-  /** Carries the caller's address under {@link peerKey}. */
+  /** Carries the caller's address under {@link peerKey} and the request id under {@link requestIdKey}. */
   get values(): ContextValues {
-    return (this.#values ??= createContextValues().set(peerKey, peerAddress(this.#call.getPeer())));
+    return (this.#values ??= createContextValues().set(peerKey, peerAddress(this.#call.getPeer())).set(requestIdKey, this.requestId));
   }
 
   get url(): string {

@@ -2,6 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { grpcServiceDefinition } from "./grpc-adapter.js";
 import type { ServiceRegistration } from "./context.js";
+import type { CallObserver } from "./call-observer.js";
 
 /** Options for {@link startGrpcServer}. */
 export interface GrpcServerOptions {
@@ -15,6 +16,8 @@ export interface GrpcServerOptions {
   readonly maxMessageBytes: number;
   /** Receives handler errors that are not ConnectErrors (the client sees INTERNAL "internal error"). */
   readonly onInternalError: (err: unknown, procedure: string) => void;
+  /** Told about every finished call (metrics, the debug request log); see {@link CallObserver}. */
+  readonly observer?: CallObserver;
   /**
    * Transport security. Defaults to cleartext HTTP/2 (`createInsecure()`), for
    * a service behind a mesh or on a private network; pass
@@ -51,6 +54,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     const { definition, implementation } = grpcServiceDefinition(service, impl, {
       onInternalError: options.onInternalError,
       shutdownSignal: shutdown.signal,
+      ...(options.observer ? { observer: options.observer } : {}),
     });
     server.addService(definition, implementation);
   }

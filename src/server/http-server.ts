@@ -1,14 +1,19 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
+import * as tls from "node:tls";
 import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { performance } from "node:perf_hooks";
+import { observeCalls, type CallObserver } from "./call-observer.js";
 import { peerKey } from "./context.js";
+import { assignHttpRequestId, requestIdKey, httpRequestId } from "./request-id.js";
 import type { ServiceRegistration } from "./context.js";
 import { procedureOf } from "./grpc-adapter.js";
 import { STATUS_FLUSH_MS } from "./grpc-server.js";
 import type { RunningServer } from "./grpc-server.js";
+import type { HttpTlsOptions } from "./tls.js";
 
 /** A request on the HTTP port, from either HTTP/1.1 or HTTP/2. */
 export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -40,6 +45,17 @@ export interface HttpServerOptions {
   readonly extraHandler?: (req: HttpRequest, res: HttpResponse) => boolean;
   /** How long a new connection may stay silent before it is dropped. Default 10 s. */
   readonly firstByteTimeoutMs?: number;
+  /**
+   * Told about every finished RPC and plain HTTP request (metrics, the debug
+   * request log); see {@link CallObserver}. Every request gets an
+   * `x-request-id` response header either way (server/request-id.ts).
+   */
+  readonly observer?: CallObserver;
+  /**
+   * Terminate TLS (and, with `clientCa`, require client certificates) on
+   * this port; cleartext when absent. See {@link startHttpServer}.
+   */
+  readonly tls?: HttpTlsOptions;
 }
 
 /** The first bytes of every HTTP/2 connection (RFC 9113 §3.4). */
@@ -68,6 +84,11 @@ export function routeServices(services: readonly ServiceRegistration[]): (router
  * TLS ALPN, so a plain `net.Server` accepts each connection, reads until the
  * first bytes either match the HTTP/2 preface or cannot, puts them back, and
  * hands the socket to an `http2` or an `http` server.
+ *
+ * With `tls`, a `tls.Server` offers ALPN `h2` and `http/1.1` and hands each
+ * decrypted socket to the same dispatch (the preface decides, as ALPN
+ * already did), rather than `http2.createSecureServer({ allowHTTP1: true })`:
+ * one accept path, one set of tracked sockets and one close() for both modes.
  */
 export async function startHttpServer(options: HttpServerOptions): Promise<RunningServer> {
   const onInternalError =
@@ -79,16 +100,27 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
     readMaxBytes: options.maxMessageBytes,
     maxTimeoutMs: options.maxTimeoutMs,
     shutdownSignal: shutdown.signal,
-    interceptors: [reportInternalErrors(onInternalError)],
-    contextValues: (req) => createContextValues().set(peerKey, req.socket.remoteAddress),
+    interceptors: [...(options.observer ? [observeCalls(options.observer)] : []), reportInternalErrors(onInternalError)],
+    contextValues: (req) => createContextValues().set(peerKey, req.socket.remoteAddress).set(requestIdKey, httpRequestId(req)),
   });
 
   let closing = false;
   const extra = options.extraHandler;
+  const observeHttp = options.observer?.httpRequest?.bind(options.observer);
   const onRequest = (req: HttpRequest, res: HttpResponse): void => {
+    const requestId = assignHttpRequestId(req, res);
     // While draining, ask HTTP/1.1 clients not to reuse the connection.
     if (closing && res instanceof http.ServerResponse && !res.headersSent) res.shouldKeepAlive = false;
-    if (extra !== undefined && extra(req, res)) return;
+    const start = observeHttp === undefined ? 0 : performance.now();
+    if (extra !== undefined && extra(req, res)) {
+      if (observeHttp !== undefined) {
+        // A plain HTTP endpoint: report it once answered (some answer later).
+        const done = () => observeHttp(req.method ?? "", (req.url ?? "").split("?", 1)[0] ?? "", res.statusCode, start, requestId, req.socket?.remoteAddress);
+        if (res.writableFinished) done();
+        else res.once("finish", done);
+      }
+      return;
+    }
     rpc(req, res);
   };
 
@@ -107,7 +139,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
   });
 
   const firstByteTimeoutMs = options.firstByteTimeoutMs ?? 10_000;
-  const tcp = net.createServer({ noDelay: true }, (socket) => {
+  const accept = (socket: net.Socket): void => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     if (closing) {
@@ -144,7 +176,16 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
     socket.on("data", onData);
     socket.on("error", onError);
     socket.once("close", stopWaiting);
-  });
+  };
+  const tcp = options.tls === undefined ? net.createServer({ noDelay: true }, accept) : tlsServer(options.tls, firstByteTimeoutMs, accept);
+  if (options.tls !== undefined) {
+    // Track sockets still in their handshake too, so close() can cut them.
+    tcp.on("connection", (raw: net.Socket) => {
+      sockets.add(raw);
+      raw.once("close", () => sockets.delete(raw));
+      if (closing) raw.destroy();
+    });
+  }
 
   const port = await new Promise<number>((resolve, reject) => {
     tcp.once("error", reject);
@@ -186,6 +227,25 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
     }));
 
   return { port, close };
+}
+
+/**
+ * A TLS listener for the HTTP port. ALPN offers HTTP/2 first, then HTTP/1.1
+ * (RFC 9113 §3.2, RFC 7301); under mutual TLS a client without a certificate
+ * from `clientCa` fails the handshake, before any HTTP is read.
+ */
+function tlsServer(options: HttpTlsOptions, handshakeTimeout: number, accept: (socket: net.Socket) => void): tls.Server {
+  return tls.createServer(
+    {
+      noDelay: true,
+      cert: options.cert,
+      key: options.key,
+      ALPNProtocols: ["h2", "http/1.1"],
+      handshakeTimeout,
+      ...(options.clientCa ? { ca: options.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+    },
+    accept,
+  );
 }
 
 /**

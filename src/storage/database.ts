@@ -42,6 +42,12 @@ export interface OpenedDatabase {
   readonly listen: ListenSessionFactory;
   /** Closes the pool or the PGlite instance; safe to call more than once. */
   close(): Promise<void>;
+  /**
+   * The connection pool's use now, for metrics (PostgreSQL only; PGlite has
+   * one in-process connection and no pool): connections open, of those idle,
+   * and queries waiting for one.
+   */
+  poolStats?(): { total: number; idle: number; waiting: number; max: number };
 }
 
 /**
@@ -120,7 +126,8 @@ function openPostgres(url: string, options: DatabaseOptions): OpenedDatabase {
       },
     };
   };
-  return { db, kind: "postgres", listen, close: once(() => db.destroy()) };
+  const poolStats = () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount, max: options.poolMax });
+  return { db, kind: "postgres", listen, close: once(() => db.destroy()), poolStats };
 }
 
 async function openPglite(dataDir: string): Promise<OpenedDatabase> {

@@ -21,7 +21,11 @@ import type { Logger } from "../domain/ports.js";
 
 /** The NOTIFY channel. */
 export const REVOCATION_CHANNEL = "token_revocations";
-/** Payload prefix of a revoked opaque token: `r:<base64 digest>:<token id>`. */
+/**
+ * Payload prefix of a revoked opaque token: `r:<base64 digest>:<token id>:<ms>`,
+ * where `<ms>` is the database's clock (epoch milliseconds) when the revoking
+ * statement ran, for the propagation-lag metric. Older writers omit `:<ms>`.
+ */
 export const REVOKED_PREFIX = "r:";
 /** Payload prefix of a heartbeat: `h:<replica nonce>:<sequence>`. */
 const HEARTBEAT_PREFIX = "h:";
@@ -41,8 +45,11 @@ export type ListenSessionFactory = (onPayload: (payload: string) => void, onLost
 
 /** What the channel tells its owner. */
 export interface RevocationHandlers {
-  /** A token was revoked: its digest key (base64) and id. */
-  revoked(key: string, tokenId: string): void;
+  /**
+   * A token was revoked: its digest key (base64), id, and when the database
+   * committed it (epoch ms by the database's clock), if the notice says.
+   */
+  revoked(key: string, tokenId: string, committedAtMs: number | undefined): void;
   /** Every revocation committed before `atMs` has been received. */
   confirmed(atMs: number): void;
   /** Listening (again): whatever was cached while deaf must go. */
@@ -72,6 +79,8 @@ export class RevocationChannel {
   /** Heartbeats sent and not yet seen: sequence → time sent. */
   private readonly pending = new Map<number, number>();
   private generation = 0;
+  private listens = 0;
+  private losses = 0;
 
   constructor(
     private readonly open: ListenSessionFactory,
@@ -83,6 +92,14 @@ export class RevocationChannel {
   /** Whether the channel is listening now. */
   get up(): boolean {
     return this.session !== undefined;
+  }
+
+  /**
+   * For metrics: whether listening, how often the channel was (re)opened
+   * after the first time, and how often it was lost.
+   */
+  stats(): { up: boolean; reconnects: number; losses: number } {
+    return { up: this.up, reconnects: Math.max(0, this.listens - 1), losses: this.losses };
   }
 
   /** The backend pid of the LISTEN session, if listening on PostgreSQL. */
@@ -119,6 +136,7 @@ export class RevocationChannel {
         return;
       }
       this.session = session;
+      this.listens++;
       this.pending.clear();
       this.backoffMs = 100;
       this.handlers.restored();
@@ -133,9 +151,12 @@ export class RevocationChannel {
   private receive(payload: string, generation: number): void {
     if (generation !== this.generation) return;
     if (payload.startsWith(REVOKED_PREFIX)) {
-      const rest = payload.slice(REVOKED_PREFIX.length);
-      const colon = rest.indexOf(":");
-      if (colon > 0) this.handlers.revoked(rest.slice(0, colon), rest.slice(colon + 1));
+      // `<digest>:<id>` or `<digest>:<id>:<ms>`; base64 and UUIDs hold no colon.
+      const [key, tokenId, ms] = payload.slice(REVOKED_PREFIX.length).split(":", 3);
+      if (key && tokenId) {
+        const committedAtMs = ms === undefined ? undefined : Number(ms);
+        this.handlers.revoked(key, tokenId, committedAtMs !== undefined && Number.isFinite(committedAtMs) ? committedAtMs : undefined);
+      }
     } else if (payload.startsWith(HEARTBEAT_PREFIX)) {
       const [nonce, seq] = payload.slice(HEARTBEAT_PREFIX.length).split(":");
       if (nonce !== this.nonce) return; // another replica's heartbeat
@@ -171,6 +192,7 @@ export class RevocationChannel {
     this.generation++;
     void session?.close().catch(() => undefined);
     if (wasUp) {
+      this.losses++;
       this.handlers.lost(error);
       this.log.warn({ err: error, channel: REVOCATION_CHANNEL }, "revocation channel lost; cached answers age out, reconnecting");
     }

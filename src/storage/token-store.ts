@@ -111,7 +111,13 @@ export class KyselyTokenStore implements TokenStore {
           WHERE id = ${id} AND revoked_at IS NULL
           RETURNING *
         )
-        SELECT revoked.*, pg_notify(${REVOCATION_CHANNEL}, ${REVOKED_PREFIX} || encode(revoked.digest, 'base64') || ':' || revoked.id::text) AS notified
+        SELECT revoked.*, pg_notify(
+          ${REVOCATION_CHANNEL},
+          ${REVOKED_PREFIX} || encode(revoked.digest, 'base64') || ':' || revoked.id::text
+            -- The database's clock as the statement ends, in epoch ms: receivers
+            -- measure propagation lag from it (the commit follows within the statement).
+            || ':' || floor(extract(epoch from clock_timestamp()) * 1000)::bigint::text
+        ) AS notified
         FROM revoked`.execute(this.db);
       const row = rows[0];
       if (row !== undefined) return { record: toRecord(row), alreadyRevoked: false };

@@ -43,12 +43,12 @@ export async function startTestService(env: Record<string, string>): Promise<Ser
   return { service, config, logs, bootstrapToken };
 }
 
-/** A real @grpc/grpc-js client for a protobuf-es service, with promise-returning unary calls. */
-export function grpcClient(service: DescService, address: string) {
+/** A real @grpc/grpc-js client for a protobuf-es service, with promise-returning unary calls (cleartext unless given credentials). */
+export function grpcClient(service: DescService, address: string, credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure()) {
   const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const method of service.methods) definition[method.localName] = methodDefinition(method);
   const Client = grpc.makeGenericClientConstructor(definition, service.typeName);
-  const client = new Client(address, grpc.credentials.createInsecure());
+  const client = new Client(address, credentials);
   return {
     client,
     /** Calls a unary method; rejects with the grpc ServiceError (code, details). */

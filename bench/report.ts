@@ -1,0 +1,267 @@
+/**
+ * The benchmark's output: the result shape (written as JSON), the table
+ * printed to the terminal (and pasted into the README), the targets with
+ * PASS/MISS, and a small hand-written SVG chart.
+ */
+import type { ProfileSummary } from "./profile.js";
+import { round } from "./common.js";
+
+/** Figures of one loaded scenario at one concurrency. */
+export interface LoadRow {
+  readonly concurrency: number;
+  readonly requests: number;
+  readonly rate: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  /** Server CPU (user + system, all threads) per completed call. */
+  readonly cpuUsPerCall: number;
+  /** Failed requests as the load generator saw them (HTTP level). */
+  readonly failures: number;
+}
+
+/** Latency figures of a timed sequence (revocation). */
+export interface TimingStats {
+  readonly n: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly maxMs: number;
+}
+
+/** A target, judged on figures of this run. */
+export interface Target {
+  readonly name: string;
+  readonly measured: number;
+  readonly bound: number;
+  readonly unit: string;
+  /** "max": measured must be ≤ bound; "min": ≥ bound. */
+  readonly kind: "max" | "min";
+  readonly pass: boolean;
+  /** measured / bound. */
+  readonly ratio: number;
+  readonly note?: string;
+}
+
+/** Everything one run measured. */
+export interface BenchResults {
+  meta: {
+    date: string;
+    commit: string;
+    node: string;
+    cpu: string;
+    cores: number;
+    postgres: string;
+    durations: { warmUpS: number; measureS: number };
+    pinning: string;
+    elapsedS: number;
+    /** 1-minute load averages: anything above ~1 at the start means other work shares the machine. */
+    loadAverageAtStart: number;
+    loadAverageAtEnd: number;
+    options: string[];
+  };
+  floor: LoadRow[];
+  grpcHit: LoadRow[];
+  /** gRPC hits with 64 streams paced at half the closed-loop c=64 rate (h2load --rps). */
+  grpcHitPaced: (LoadRow & { offeredRate: number }) | null;
+  connectProto: LoadRow[];
+  connectJson: LoadRow[];
+  legacy: { jwtChars: number; jwtGrpc: LoadRow[]; joseLocalUsPerVerify: number };
+  miss: {
+    postgres: LoadRow & { calls: number; statuses: Record<string, number> };
+    rawPg: { rate: number; p50Ms: number; p99Ms: number; calls: number; found: number };
+    ratio: number;
+    pglite: LoadRow & { calls: number; statuses: Record<string, number> };
+  };
+  revocation: { channel: TimingStats; channelFromAck: TimingStats; cut: TimingStats; cutMechanism: string };
+  /** RSS after a full GC (the target's figure), RSS as found, and where the growth is. */
+  memory: {
+    tokens: number;
+    baselineKiB: number;
+    afterKiB: number;
+    kibPerToken: number;
+    raw: { baselineKiB: number; afterKiB: number; kibPerToken: number };
+    heapKiBPerToken: number;
+    externalKiBPerToken: number;
+  };
+  issue: { calls: number; rate: number; p50Ms: number; p99Ms: number; errors: number; cpuUsPerCall: number };
+  client: Record<string, number> | null;
+  checks: string[];
+  targets: Target[];
+  profile?: ProfileSummary & { scenario: string };
+}
+
+/** Judges a measured figure against a bound. */
+export function target(name: string, measured: number, kind: "max" | "min", bound: number, unit: string, note?: string): Target {
+  const pass = Number.isFinite(measured) && (kind === "max" ? measured <= bound : measured >= bound);
+  return { name, measured: round(measured), bound, unit, kind, pass, ratio: round(measured / bound), ...(note ? { note } : {}) };
+}
+
+function fmt(value: number, digits = 3): string {
+  if (!Number.isFinite(value)) return "n/a";
+  if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString("en-US");
+  if (Math.abs(value) >= 100) return String(Math.round(value));
+  return String(Number(value.toPrecision(digits)));
+}
+
+function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: readonly string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ")} |`;
+  const rule = `|${widths.map((w, i) => (i === 0 ? `:${"-".repeat(w + 1)}` : `${"-".repeat(w + 1)}:`)).join("|")}|`;
+  return [line(header), rule, ...rows.map(line)].join("\n");
+}
+
+/** The printed report: Markdown tables, so it pastes straight into the README. */
+export function renderTable(r: BenchResults): string {
+  const out: string[] = [];
+  const floorAt = (c: number) => r.floor.find((row) => row.concurrency === c)?.cpuUsPerCall ?? Number.NaN;
+  const loadRows: string[][] = [];
+  const add = (label: string, rows: readonly LoadRow[], vsFloor: boolean) => {
+    for (const row of rows) {
+      loadRows.push([
+        `${label} c=${row.concurrency}`,
+        fmt(row.rate),
+        fmt(row.p50Ms),
+        fmt(row.p99Ms),
+        fmt(row.cpuUsPerCall),
+        vsFloor ? `${fmt(row.cpuUsPerCall / floorAt(row.concurrency))}×` : "",
+        row.failures > 0 ? String(row.failures) : "0",
+      ]);
+    }
+  };
+  add("grpc-js echo floor (h2load)", r.floor, false);
+  add("IntrospectToken hit, gRPC (h2load)", r.grpcHit, true);
+  if (r.grpcHitPaced) {
+    const p = r.grpcHitPaced;
+    loadRows.push([`IntrospectToken hit, gRPC, c=64 paced at ${fmt(p.offeredRate)} req/s`, fmt(p.rate), fmt(p.p50Ms), fmt(p.p99Ms), fmt(p.cpuUsPerCall), "", String(p.failures)]);
+  }
+  add("IntrospectToken hit, Connect proto h2c (h2load)", r.connectProto, true);
+  add("IntrospectToken hit, Connect JSON HTTP/1.1 (wrk)", r.connectJson, true);
+  add(`legacy HS256 JWT (${r.legacy.jwtChars} chars), gRPC (h2load)`, r.legacy.jwtGrpc, true);
+  const m = r.miss;
+  loadRows.push(["IntrospectToken miss, PostgreSQL (h2 loader, 32 in flight)", fmt(m.postgres.rate), fmt(m.postgres.p50Ms), fmt(m.postgres.p99Ms), fmt(m.postgres.cpuUsPerCall), `${fmt(m.postgres.cpuUsPerCall / floorAt(16))}×`, String(m.postgres.failures)]);
+  loadRows.push(["IntrospectToken miss, PGlite (h2 loader, 32 in flight)", fmt(m.pglite.rate), fmt(m.pglite.p50Ms), fmt(m.pglite.p99Ms), fmt(m.pglite.cpuUsPerCall), `${fmt(m.pglite.cpuUsPerCall / floorAt(16))}×`, String(m.pglite.failures)]);
+  loadRows.push(["raw pg lookup by digest (pool 10, 32 in flight, named stmt)", fmt(m.rawPg.rate), fmt(m.rawPg.p50Ms), fmt(m.rawPg.p99Ms), "", "", "0"]);
+  loadRows.push(["IssueToken, PostgreSQL (grpc-js client, 16 in flight)", fmt(r.issue.rate), fmt(r.issue.p50Ms), fmt(r.issue.p99Ms), fmt(r.issue.cpuUsPerCall), "", String(r.issue.errors)]);
+  out.push(table(["scenario", "req/s", "p50 ms", "p99 ms", "server CPU µs/call", "CPU vs floor", "errors"], loadRows));
+  out.push("");
+
+  const other: string[][] = [
+    ["cache miss rate ÷ raw pg rate", `${fmt(m.ratio)}×`],
+    ["legacy JWT ÷ opaque, gRPC c=16: req/s", `${fmt((r.legacy.jwtGrpc.find((x) => x.concurrency === 16)?.rate ?? Number.NaN) / (r.grpcHit.find((x) => x.concurrency === 16)?.rate ?? Number.NaN))}×`],
+    ["legacy JWT ÷ opaque, gRPC c=16: server CPU/call", `${fmt((r.legacy.jwtGrpc.find((x) => x.concurrency === 16)?.cpuUsPerCall ?? Number.NaN) / (r.grpcHit.find((x) => x.concurrency === 16)?.cpuUsPerCall ?? Number.NaN))}×`],
+    [`jose jwtVerify HS256, ${r.legacy.jwtChars}-char JWT, key imported once (in-process)`, `${fmt(r.legacy.joseLocalUsPerVerify)} µs/verify`],
+    [`revocation seen on the other replica (n=${r.revocation.channel.n}, from RevokeToken sent)`, `p50 ${fmt(r.revocation.channel.p50Ms)} ms, p99 ${fmt(r.revocation.channel.p99Ms)} ms, max ${fmt(r.revocation.channel.maxMs)} ms`],
+    [`… counted from RevokeToken answered`, `p50 ${fmt(r.revocation.channelFromAck.p50Ms)} ms, p99 ${fmt(r.revocation.channelFromAck.p99Ms)} ms`],
+    [`revocation with B's listener terminated (n=${r.revocation.cut.n})`, `p50 ${fmt(r.revocation.cut.p50Ms)} ms, p99 ${fmt(r.revocation.cut.p99Ms)} ms, max ${fmt(r.revocation.cut.maxMs)} ms`],
+    [`RSS per cached token, after a full GC (${r.memory.tokens.toLocaleString("en-US")} tokens cached)`, `${fmt(r.memory.kibPerToken)} KiB (${fmt(r.memory.baselineKiB / 1024)} → ${fmt(r.memory.afterKiB / 1024)} MiB)`],
+    ["… RSS as found, without forcing a GC", `${fmt(r.memory.raw.kibPerToken)} KiB (${fmt(r.memory.raw.baselineKiB / 1024)} → ${fmt(r.memory.raw.afterKiB / 1024)} MiB)`],
+    ["… of which JS heap / ArrayBuffers and external", `${fmt(r.memory.heapKiBPerToken)} KiB / ${fmt(r.memory.externalKiBPerToken)} KiB`],
+  ];
+  if (r.client) for (const [key, value] of Object.entries(r.client)) other.push([`client library: ${key}`, fmt(value)]);
+  else other.push(["client library (bench/client-bench.ts)", "not present"]);
+  out.push(table(["measure", "value"], other));
+  out.push("");
+
+  out.push(
+    table(
+      ["target", "measured", "bound", "ratio", "verdict"],
+      r.targets.map((t) => [
+        t.name + (t.note ? ` (${t.note})` : ""),
+        `${fmt(t.measured)} ${t.unit}`,
+        `${t.kind === "max" ? "≤" : "≥"} ${fmt(t.bound)} ${t.unit}`,
+        `${fmt(t.ratio)}`,
+        t.pass ? "PASS" : `MISS (${t.kind === "max" ? `${fmt((t.ratio - 1) * 100)} % over` : `${fmt((1 - t.ratio) * 100)} % short`})`,
+      ]),
+    ),
+  );
+  if (r.profile) {
+    out.push("");
+    out.push(`Server CPU profile, ${r.profile.scenario}: busy ${fmt(r.profile.totalMs - r.profile.idleMs)} ms of ${fmt(r.profile.totalMs)} ms (GC ${fmt(r.profile.gcMs)} ms). Top self time:`);
+    out.push("");
+    out.push(table(["function", "where", "self ms", "% of busy"], r.profile.top.map((p) => [p.function, p.where, fmt(p.selfMs), fmt(p.percent)])));
+  }
+  if (r.checks.length > 0) {
+    out.push("");
+    out.push("PROBLEMS (figures above are suspect):");
+    for (const check of r.checks) out.push(`  - ${check}`);
+  }
+  return out.join("\n");
+}
+
+function escapeXml(text: string): string {
+  return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
+
+/** One panel of grouped bars. */
+function panel(
+  title: string,
+  groups: readonly string[],
+  series: readonly { name: string; color: string; values: readonly number[] }[],
+  x: number,
+  y: number,
+  width: number,
+  height: number,
+): string {
+  const max = Math.max(1, ...series.flatMap((s) => s.values.filter(Number.isFinite)));
+  const step = 10 ** Math.floor(Math.log10(max));
+  const top = Math.ceil(max / step) * step;
+  const plotX = x + 60;
+  const plotY = y + 30;
+  const plotW = width - 70;
+  const plotH = height - 60;
+  const parts: string[] = [`<text x="${x + 10}" y="${y + 18}" class="title">${escapeXml(title)}</text>`];
+  for (let i = 0; i <= 4; i++) {
+    const value = (top * i) / 4;
+    const gy = plotY + plotH - (plotH * i) / 4;
+    parts.push(`<line x1="${plotX}" y1="${gy}" x2="${plotX + plotW}" y2="${gy}" class="grid"/>`);
+    parts.push(`<text x="${plotX - 6}" y="${gy + 4}" class="axis" text-anchor="end">${fmt(value)}</text>`);
+  }
+  const groupW = plotW / groups.length;
+  const barW = (groupW * 0.8) / series.length;
+  groups.forEach((group, g) => {
+    const gx = plotX + g * groupW + groupW * 0.1;
+    series.forEach((s, i) => {
+      const value = s.values[g] ?? Number.NaN;
+      if (!Number.isFinite(value)) return;
+      const h = (plotH * value) / top;
+      const bx = gx + i * barW;
+      parts.push(`<rect x="${bx.toFixed(1)}" y="${(plotY + plotH - h).toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${h.toFixed(1)}" fill="${s.color}"><title>${escapeXml(`${s.name}, ${group}: ${fmt(value)}`)}</title></rect>`);
+      parts.push(`<text x="${(bx + barW / 2 - 1).toFixed(1)}" y="${(plotY + plotH - h - 3).toFixed(1)}" class="value" text-anchor="middle">${fmt(value)}</text>`);
+    });
+    parts.push(`<text x="${(gx + groupW * 0.4).toFixed(1)}" y="${plotY + plotH + 16}" class="axis" text-anchor="middle">${escapeXml(group)}</text>`);
+  });
+  return parts.join("\n");
+}
+
+/** A small SVG: requests/s and server CPU per call for the floor and the cache-hit paths, by concurrency. */
+export function renderSvg(r: BenchResults): string {
+  const concurrencies = r.floor.map((row) => row.concurrency);
+  const groups = concurrencies.map((c) => `concurrency ${c}`);
+  const pick = (rows: readonly LoadRow[], key: "rate" | "cpuUsPerCall") => concurrencies.map((c) => rows.find((row) => row.concurrency === c)?.[key] ?? Number.NaN);
+  const series = (key: "rate" | "cpuUsPerCall") => [
+    { name: "grpc-js echo floor", color: "#9e9e9e", values: pick(r.floor, key) },
+    { name: "IntrospectToken hit, gRPC", color: "#1f77b4", values: pick(r.grpcHit, key) },
+    { name: "hit, Connect proto h2c", color: "#ff7f0e", values: pick(r.connectProto, key) },
+    { name: "hit, Connect JSON HTTP/1.1", color: "#2ca02c", values: pick(r.connectJson, key) },
+    { name: "legacy JWT, gRPC", color: "#d62728", values: pick(r.legacy.jwtGrpc, key) },
+  ];
+  const width = 860;
+  const legend = series("rate")
+    .map((s, i) => `<rect x="${20 + i * 168}" y="48" width="12" height="12" fill="${s.color}"/><text x="${36 + i * 168}" y="58" class="axis">${escapeXml(s.name)}</text>`)
+    .join("\n");
+  const passed = r.targets.filter((t) => t.pass).length;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="720" viewBox="0 0 ${width} 720" font-family="sans-serif">
+<style>
+.title { font-size: 14px; font-weight: bold; }
+.axis { font-size: 11px; fill: #333; }
+.value { font-size: 9px; fill: #333; }
+.grid { stroke: #ddd; stroke-width: 1; }
+</style>
+<rect width="100%" height="100%" fill="white"/>
+<text x="20" y="24" class="title">Token introspection benchmark, ${escapeXml(r.meta.date.slice(0, 10))} (${escapeXml(r.meta.commit.slice(0, 12))}), targets met: ${passed}/${r.targets.length}</text>
+<text x="20" y="40" class="axis">${escapeXml(`${r.meta.cpu}, ${r.meta.pinning}; ${r.meta.durations.measureS} s per point`)}</text>
+${legend}
+${panel("Requests per second (higher is better)", groups, series("rate"), 0, 70, width, 320)}
+${panel("Server CPU per call, µs (lower is better)", groups, series("cpuUsPerCall"), 0, 390, width, 320)}
+</svg>
+`;
+}

@@ -1,0 +1,748 @@
+/**
+ * `npm run bench`: the reproducible benchmark of the token service.
+ *
+ * One run measures every figure against baselines measured in the same run
+ * (the machine is shared and noisy; ratios hold, absolute numbers drift):
+ * the grpc-js floor, cache hits over gRPC and Connect, cache misses against
+ * PostgreSQL (beside raw `pg` lookups) and PGlite, legacy JWTs, revocation
+ * across two replicas (with and without the notification channel), memory
+ * per cached token, and issue throughput. Servers run from dist/ as child
+ * processes pinned to core 0; load generators are pinned to core 1 (the
+ * runner itself is started on core 1 by the npm script). Everything listens
+ * on 127.0.0.1, and every load loop is bounded in count and time.
+ *
+ * Options:
+ *   --profile         also profile the service (node --cpu-prof) under the
+ *                     gRPC cache-hit load and summarise where its CPU goes
+ *   --only=a,b        run only some phases (hits, legacy, issue, revocation,
+ *                     miss, pglite, jose, profile); results then go to
+ *                     bench/results/tmp/partial.json, not latest.*
+ *
+ * Writes bench/results/latest.json and latest.svg, prints the table.
+ */
+import { randomBytes, webcrypto } from "node:crypto";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
+import { resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { SignJWT, jwtVerify } from "jose";
+import { sql } from "kysely";
+import { Client } from "pg";
+import { IntrospectTokenRequestSchema, IntrospectTokenResponseSchema } from "../gen/tokens/v1/token_service_pb.js";
+import type { Environment } from "../src/domain/environment.js";
+import { migrateToLatest, openDatabase } from "../src/storage/database.js";
+import type { ClientBenchContext, ClientBenchModule } from "./client-bench-api.js";
+import { DIST_BENCH, RESULTS_DIR, ROOT, TMP_DIR, cpuMicros, localTcpPorts, quantile, round, rssKiB, runBounded, runLoadScript, sleep, sortedCopy } from "./common.js";
+import { tokenClient } from "./grpc-client.js";
+import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
+import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
+import { startEchoServer, startTokenService, type ServerProcess } from "./processes.js";
+import { summarizeProfile } from "./profile.js";
+import { renderSvg, renderTable, target, type BenchResults, type LoadRow, type TimingStats } from "./report.js";
+import { insertRows, mintCaller, mintTokens, type PgliteSeedInput } from "./seed.js";
+import { ensureTools, h2load, spread, wrk, wrkPostScript, type LoadFigures } from "./tools.js";
+
+// ---------------------------------------------------------------- settings
+
+/** Seconds of unmeasured load before the first point of each series, and of each measured point. */
+const WARM_UP_S = 2;
+const MEASURE_S = 5;
+/** The runner's own time budget (the build before it takes ~20 s of the five minutes). */
+const RUNNER_BUDGET_S = 265;
+const CONCURRENCIES = [1, 16, 64] as const;
+/** Connect JSON over HTTP/1.1 (wrk) at one point only, to keep within five minutes; Connect proto over h2c covers all three. */
+const JSON_CONCURRENCIES = [16] as const;
+/** Distinct tokens introspected once each by the miss and memory phase. */
+const MEMORY_TOKENS = 100_000;
+/** Of those: unmeasured warm-up, then the measured miss window. */
+const MISS_WARM_TOKENS = 2_000;
+const MISS_TOKENS = 20_000;
+/** The measured miss window stops at MISS_TOKENS calls or after this many seconds. */
+const MISS_SECONDS = 8;
+const MISS_IN_FLIGHT = 32;
+const PGLITE_TOKENS = 6_000;
+const REVOCATION_ROUNDS = 200;
+const CUT_ROUNDS = 20;
+/** The service's default CACHE_STALENESS, the bound a revocation must meet with the channel cut. */
+const STALENESS_MS = 2_000;
+const ENVIRONMENT: Environment = "production";
+const SERVICE_PATH = "/tokens.v1.TokenService/IntrospectToken";
+const LISTENER_APPLICATION_NAME = "token-introspection-service/listener";
+
+const argv = process.argv.slice(2);
+const PROFILE = argv.includes("--profile");
+const ONLY = argv.find((a) => a.startsWith("--only="))?.slice("--only=".length).split(",");
+const wants = (phase: string) => ONLY === undefined || ONLY.includes(phase);
+
+const startedAt = Date.now();
+const log = (line: string) => process.stdout.write(`[bench ${((Date.now() - startedAt) / 1000).toFixed(0).padStart(3)}s] ${line}\n`);
+const servers: ServerProcess[] = [];
+const checks: string[] = [];
+
+// ---------------------------------------------------------------- helpers
+
+function frame(message: Uint8Array): Buffer {
+  const out = Buffer.alloc(5 + message.length);
+  out.writeUInt32BE(message.length, 1);
+  out.set(message, 5);
+  return out;
+}
+
+function writeTmp(name: string, data: string | Uint8Array): string {
+  const file = resolve(TMP_DIR, name);
+  writeFileSync(file, data);
+  return file;
+}
+
+/** Runs one load and charges the server's CPU time over it to the completed calls. */
+async function measured(server: ServerProcess, concurrency: number, run: () => Promise<LoadFigures>): Promise<LoadRow> {
+  const before = cpuMicros(server.pid);
+  const figures = await run();
+  const cpu = cpuMicros(server.pid) - before;
+  return {
+    concurrency,
+    requests: figures.requests,
+    rate: round(figures.rate),
+    p50Ms: round(figures.p50Ms),
+    p99Ms: round(figures.p99Ms),
+    cpuUsPerCall: round(figures.requests > 0 ? cpu / figures.requests : Number.NaN),
+    failures: figures.failures,
+  };
+}
+
+/** h2load against one gRPC/Connect path at each concurrency, with a warm-up before each point. */
+async function h2loadSeries(label: string, server: ServerProcess, url: string, bodyFile: string, headers: readonly string[], concurrencies: readonly number[]): Promise<LoadRow[]> {
+  const rows: LoadRow[] = [];
+  for (const [index, concurrency] of concurrencies.entries()) {
+    if (index === 0) await h2load({ url, bodyFile, headers, concurrency, seconds: WARM_UP_S, latencies: false });
+    const row = await measured(server, concurrency, () => h2load({ url, bodyFile, headers, concurrency, seconds: MEASURE_S, latencies: true }));
+    if (row.failures > 0) checks.push(`${label} c=${concurrency}: ${row.failures} failed requests (h2load)`);
+    log(`${label} c=${concurrency}: ${row.rate} req/s, p99 ${row.p99Ms} ms, ${row.cpuUsPerCall} µs CPU/call`);
+    rows.push(row);
+  }
+  return rows;
+}
+
+async function wrkSeries(label: string, server: ServerProcess, url: string, script: string, concurrencies: readonly number[]): Promise<LoadRow[]> {
+  const rows: LoadRow[] = [];
+  for (const [index, concurrency] of concurrencies.entries()) {
+    if (index === 0) await wrk({ url, script, connections: concurrency, seconds: WARM_UP_S });
+    const row = await measured(server, concurrency, () => wrk({ url, script, connections: concurrency, seconds: MEASURE_S }));
+    if (row.failures > 0) checks.push(`${label} c=${concurrency}: ${row.failures} failed requests (wrk)`);
+    log(`${label} c=${concurrency}: ${row.rate} req/s, p99 ${row.p99Ms} ms, ${row.cpuUsPerCall} µs CPU/call`);
+    rows.push(row);
+  }
+  return rows;
+}
+
+/** Runs the h2 loader (core 1) and reports what it saw. */
+function h2loader(input: H2LoadInput): Promise<H2LoadResult> {
+  return runLoadScript<H2LoadResult>("h2-load.js", input, (input.maxSeconds + 60) * 1000);
+}
+
+/**
+ * A quick sample with a client that reads grpc-status and `active`: h2load
+ * counts a gRPC error (a trailer on HTTP 200) as a success, so every
+ * h2load gRPC series is followed by one of these.
+ */
+async function statusSample(label: string, address: string, callerToken: string, tokensFile: string, calls: number): Promise<void> {
+  const sample = await h2loader({ address, callerToken, tokensFile, first: 0, maxCalls: calls, maxSeconds: 20, concurrency: 16, connections: 4 });
+  const ok = sample.statuses["0"] ?? 0;
+  if (ok !== sample.calls || sample.active !== sample.calls) {
+    checks.push(`${label}: status sample of ${sample.calls} calls: statuses ${JSON.stringify(sample.statuses)}, ${sample.active} active`);
+  }
+  log(`${label}: status sample ${JSON.stringify(sample.statuses)}, ${sample.active}/${sample.calls} active`);
+}
+
+function timing(values: readonly number[]): TimingStats {
+  const sorted = sortedCopy(values);
+  return { n: sorted.length, p50Ms: round(quantile(sorted, 0.5)), p99Ms: round(quantile(sorted, 0.99)), maxMs: round(sorted.length > 0 ? sorted[sorted.length - 1]! : Number.NaN) };
+}
+
+/** RSS now, then RSS and heap after a full GC (the SIGUSR2 hook of bench/gc-signal.ts). */
+async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: number; gc: { rssKiB: number; heapUsedKiB: number; externalKiB: number } }> {
+  const rawRssKiB = rssKiB(server.pid);
+  const lines = () => readFileSync(server.logFile, "utf8").split("\n").filter((line) => line.startsWith('{"benchGc"'));
+  const seen = lines().length;
+  process.kill(server.pid, "SIGUSR2");
+  for (let i = 0; i < 100 && lines().length === seen; i++) await sleep(50);
+  const last = lines()[seen];
+  if (last === undefined) throw new Error(`${server.name} did not answer SIGUSR2 with a GC report`);
+  await sleep(300);
+  const usage = (JSON.parse(last) as { benchGc: NodeJS.MemoryUsage }).benchGc;
+  return { rawRssKiB, gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 } };
+}
+
+const EMPTY_ROW: LoadRow = { concurrency: 0, requests: 0, rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, cpuUsPerCall: Number.NaN, failures: 0 };
+
+/** A legacy HS256 JWT of about `chars` characters, shaped like the old system's (user claims, teams, scopes, jti). */
+async function legacyJwt(secret: Uint8Array, chars: number): Promise<string> {
+  const now = Math.floor(Date.now() / 1000);
+  let padding = "";
+  for (;;) {
+    const jwt = await new SignJWT({
+      user: { email: "alice@example.com", full_name: "Alice Example", is_admin: false },
+      teams: ["payments", "checkout"],
+      namespaces: ["eu-west-prod"],
+      scopes: ["orders.read", "orders.write", "invoices.read"],
+      env: ENVIRONMENT,
+      ...(padding ? { session: padding } : {}),
+    })
+      .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+      .setSubject("alice@example.com")
+      .setJti(randomBytes(12).toString("hex"))
+      .setIssuedAt(now)
+      .setExpirationTime(now + 3600)
+      .sign(secret);
+    if (jwt.length >= chars - 3) return jwt;
+    padding += "x".repeat(Math.max(1, Math.floor(((chars - jwt.length) * 3) / 4)));
+  }
+}
+
+/** Local jose verification: what gateways do today with the old JWTs. */
+async function joseLocal(jwt: string, secret: Uint8Array): Promise<number> {
+  const key = await webcrypto.subtle.importKey("raw", secret, { name: "HMAC", hash: "SHA-256" }, false, ["verify"]);
+  for (let i = 0; i < 2_000; i++) await jwtVerify(jwt, key, { algorithms: ["HS256"] });
+  const rounds = 20_000;
+  const t0 = performance.now();
+  let done = 0;
+  const stopAt = t0 + 10_000;
+  while (done < rounds && performance.now() < stopAt) {
+    await jwtVerify(jwt, key, { algorithms: ["HS256"] });
+    done++;
+  }
+  return round(((performance.now() - t0) * 1000) / done);
+}
+
+function git(args: string[]): string {
+  const out = spawnSync("git", args, { cwd: ROOT, encoding: "utf8" });
+  return out.status === 0 ? out.stdout.trim() : "unknown";
+}
+
+async function ensurePostgres(adminUrl: string): Promise<string> {
+  const tryConnect = async () => {
+    const client = new Client({ connectionString: adminUrl, connectionTimeoutMillis: 3_000 });
+    await client.connect();
+    const { rows } = await client.query<{ server_version: string }>("SHOW server_version");
+    await client.end();
+    return rows[0]!.server_version;
+  };
+  try {
+    return await tryConnect();
+  } catch {
+    // As .ci/run does: start the local cluster if there is one.
+    if (existsSync("/etc/postgresql")) {
+      const version = spawnSync("sh", ["-c", "ls /etc/postgresql | head -n1"], { encoding: "utf8" }).stdout.trim();
+      spawnSync("pg_ctlcluster", ["--skip-systemctl-redirect", version, "main", "start"], { stdio: "inherit", timeout: 60_000 });
+      for (let i = 0; i < 30; i++) {
+        try {
+          return await tryConnect();
+        } catch {
+          await sleep(1_000);
+        }
+      }
+    }
+    throw new Error(`PostgreSQL is not reachable at ${adminUrl.replace(/:[^:@/]*@/, ":***@")}; set BENCH_DATABASE_URL`);
+  }
+}
+
+/** Local TCP port of replica B's LISTEN connection, found through its process's sockets. */
+async function listenerPidOf(admin: Client, database: string, server: ServerProcess): Promise<number | undefined> {
+  const ports = localTcpPorts(server.pid);
+  const { rows } = await admin.query<{ pid: number; client_port: number }>(
+    "SELECT pid, client_port FROM pg_stat_activity WHERE application_name = $1 AND datname = $2",
+    [LISTENER_APPLICATION_NAME, database],
+  );
+  const mine = rows.filter((row) => ports.has(row.client_port));
+  return mine.length === 1 ? mine[0]!.pid : undefined;
+}
+
+// ---------------------------------------------------------------- phases
+
+async function main(): Promise<void> {
+  mkdirSync(TMP_DIR, { recursive: true });
+  ensureTools(log);
+  const load = loadavg()[0] ?? 0;
+  if (load > 1.5) log(`note: load average ${load.toFixed(2)} before the run: other work is using this 2-core machine, figures will be noisier`);
+  const adminUrl = process.env["BENCH_DATABASE_URL"] ?? process.env["TEST_DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/test";
+  const pgVersion = await ensurePostgres(adminUrl);
+  const database = `tis_bench_${process.pid}_${randomBytes(3).toString("hex")}`;
+  const admin = new Client({ connectionString: adminUrl, application_name: "tis-bench/runner" });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${database}`);
+  const dbUrl = (() => {
+    const url = new URL(adminUrl);
+    url.pathname = `/${database}`;
+    return url.toString();
+  })();
+  const pgliteDir = resolve(TMP_DIR, "pglite");
+  rmSync(pgliteDir, { recursive: true, force: true });
+
+  const results: BenchResults = {
+    meta: {
+      date: new Date().toISOString(),
+      commit: `${git(["rev-parse", "HEAD"])}${git(["status", "--porcelain", "--", "src", "gen"]) === "" ? "" : " (+ uncommitted changes in src/gen)"}`,
+      node: process.version,
+      cpu: `${cpus()[0]?.model.trim() ?? "unknown CPU"} (${cpus().length} cores)`,
+      cores: cpus().length,
+      postgres: pgVersion,
+      durations: { warmUpS: WARM_UP_S, measureS: MEASURE_S },
+      pinning: "servers on core 0, load generators on core 1 (taskset); PostgreSQL unpinned",
+      elapsedS: 0,
+      loadAverageAtStart: loadavg()[0] ?? Number.NaN,
+      loadAverageAtEnd: Number.NaN,
+      options: argv,
+    },
+    floor: [],
+    grpcHit: [],
+    grpcHitPaced: null,
+    connectProto: [],
+    connectJson: [],
+    legacy: { jwtChars: 0, jwtGrpc: [], joseLocalUsPerVerify: Number.NaN },
+    miss: {
+      postgres: { ...EMPTY_ROW, calls: 0, statuses: {} },
+      rawPg: { rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, calls: 0, found: 0 },
+      ratio: Number.NaN,
+      pglite: { ...EMPTY_ROW, calls: 0, statuses: {} },
+    },
+    revocation: {
+      channel: timing([]),
+      channelFromAck: timing([]),
+      cut: timing([]),
+      cutMechanism: "",
+    },
+    memory: {
+      tokens: 0,
+      baselineKiB: Number.NaN,
+      afterKiB: Number.NaN,
+      kibPerToken: Number.NaN,
+      raw: { baselineKiB: Number.NaN, afterKiB: Number.NaN, kibPerToken: Number.NaN },
+      heapKiBPerToken: Number.NaN,
+      externalKiBPerToken: Number.NaN,
+    },
+    issue: { calls: 0, rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, errors: 0, cpuUsPerCall: Number.NaN },
+    client: null,
+    checks,
+    targets: [],
+  };
+
+  try {
+    // ------------------------------------------------------------ setup
+    log(`PostgreSQL ${pgVersion}: database ${database}; seeding ${MEMORY_TOKENS.toLocaleString("en-US")} tokens`);
+    const opened = await openDatabase({ url: dbUrl, poolMax: 4, connectTimeoutMs: 5_000, statementTimeoutMs: 0 });
+    const adminSet = mintCaller(ENVIRONMENT, "admin@bench.example.com", true);
+    const gatewaySet = mintCaller(ENVIRONMENT, "gateway@bench.example.com", false);
+    const userSet = mintTokens(ENVIRONMENT, 1, "user");
+    const memorySet = wants("miss") ? mintTokens(ENVIRONMENT, MEMORY_TOKENS, "miss") : { tokens: [], rows: [] };
+    const clientSet = mintTokens(ENVIRONMENT, 1_000, "client");
+    log("tokens minted; inserting");
+    try {
+      await migrateToLatest(opened.db);
+      await insertRows(opened.db, [...adminSet.rows, ...gatewaySet.rows, ...userSet.rows, ...clientSet.rows, ...memorySet.rows]);
+      await sql`ANALYZE tokens`.execute(opened.db);
+    } finally {
+      await opened.close();
+    }
+    const adminToken = adminSet.tokens[0]!;
+    const gatewayToken = gatewaySet.tokens[0]!;
+    const userToken = userSet.tokens[0]!;
+    // The HMAC secret travels through the environment as text; the service uses its UTF-8 bytes.
+    const legacySecret = randomBytes(32).toString("hex");
+    const legacyKeyBytes = new TextEncoder().encode(legacySecret);
+    const jwt = await legacyJwt(legacyKeyBytes, 700);
+    results.legacy.jwtChars = jwt.length;
+    const serviceEnv = { TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl, LEGACY_JWT_HMAC_SECRET: legacySecret };
+
+    const userTokensFile = writeTmp("user-token.json", JSON.stringify([userToken]));
+    const jwtTokensFile = writeTmp("jwt-token.json", JSON.stringify([jwt]));
+    const memoryTokensFile = writeTmp("memory-tokens.json", JSON.stringify(memorySet.tokens));
+    const grpcHeaders = ["content-type: application/grpc", "te: trailers", `authorization: Bearer ${gatewayToken}`];
+    const introspectBody = toBinary(IntrospectTokenRequestSchema, create(IntrospectTokenRequestSchema, { token: userToken }));
+    const grpcBodyFile = writeTmp("introspect.grpc", frame(introspectBody));
+    const connectBodyFile = writeTmp("introspect.proto", introspectBody);
+    const jwtBodyFile = writeTmp("introspect-jwt.grpc", frame(toBinary(IntrospectTokenRequestSchema, create(IntrospectTokenRequestSchema, { token: jwt }))));
+
+    // ------------------------------------------------------------ replica A: hits, legacy, issue
+    const a = await startTokenService("service-a", serviceEnv);
+    servers.push(a);
+    const grpcA = `127.0.0.1:${a.grpcPort}`;
+    const gatewayA = tokenClient(grpcA, gatewayToken);
+    const first = await gatewayA.introspect(userToken);
+    if (!first.active) throw new Error(`the user token is not active before loading: ${first.reason} ${first.message}`);
+    const responseBytes = toBinary(IntrospectTokenResponseSchema, first).length;
+    log(`replica A up (gRPC ${a.grpcPort}, HTTP ${a.httpPort}); introspection answer active, ${responseBytes} bytes`);
+
+    if (wants("hits")) {
+      const echo = await startEchoServer(responseBytes);
+      servers.push(echo);
+      results.floor = await h2loadSeries("echo floor", echo, `http://127.0.0.1:${echo.grpcPort}/bench.v1.Echo/Echo`, grpcBodyFile, grpcHeaders, CONCURRENCIES);
+      await echo.stop(3_000);
+
+      const grpcUrl = `http://${grpcA}${SERVICE_PATH}`;
+      results.grpcHit = await h2loadSeries("gRPC hit", a, grpcUrl, grpcBodyFile, grpcHeaders, CONCURRENCIES);
+      // The same 64 streams, but paced at half the closed-loop rate: latency without the queue a saturated core builds.
+      const closed64 = results.grpcHit.find((row) => row.concurrency === 64);
+      if (closed64) {
+        const perConnection = Math.max(1, Math.round(closed64.rate / 2 / spread(64).connections));
+        const paced = await measured(a, 64, () => h2load({ url: grpcUrl, bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency: 64, seconds: MEASURE_S, latencies: true, rpsPerConnection: perConnection }));
+        results.grpcHitPaced = { ...paced, offeredRate: perConnection * spread(64).connections };
+        log(`gRPC hit c=64 paced at ${results.grpcHitPaced.offeredRate} req/s: p50 ${paced.p50Ms} ms, p99 ${paced.p99Ms} ms`);
+      }
+      await statusSample("gRPC hit", grpcA, gatewayToken, userTokensFile, 2_000);
+
+      const connectUrl = `http://127.0.0.1:${a.httpPort}${SERVICE_PATH}`;
+      const connectHeaders = ["content-type: application/proto", "connect-protocol-version: 1", `authorization: Bearer ${gatewayToken}`];
+      results.connectProto = await h2loadSeries("Connect proto h2c hit", a, connectUrl, connectBodyFile, connectHeaders, CONCURRENCIES);
+
+      const json = await fetch(connectUrl, {
+        method: "POST",
+        headers: { "content-type": "application/json", "connect-protocol-version": "1", authorization: `Bearer ${gatewayToken}` },
+        body: JSON.stringify({ token: userToken }),
+      });
+      const answer = (await json.json()) as { active?: boolean };
+      if (json.status !== 200 || answer.active !== true) throw new Error(`Connect JSON introspection is not active: HTTP ${json.status} ${JSON.stringify(answer)}`);
+      const script = wrkPostScript("connect-json", JSON.stringify({ token: userToken }), {
+        "Content-Type": "application/json",
+        "Connect-Protocol-Version": "1",
+        Authorization: `Bearer ${gatewayToken}`,
+      });
+      results.connectJson = await wrkSeries("Connect JSON hit", a, connectUrl, script, JSON_CONCURRENCIES);
+    }
+
+    if (wants("legacy")) {
+      const legacyAnswer = await gatewayA.introspect(jwt);
+      if (!legacyAnswer.active) throw new Error(`the legacy JWT is not active before loading: ${legacyAnswer.reason} ${legacyAnswer.message}`);
+      results.legacy.jwtGrpc = await h2loadSeries("legacy JWT", a, `http://${grpcA}${SERVICE_PATH}`, jwtBodyFile, grpcHeaders, [16, 64]);
+      await statusSample("legacy JWT", grpcA, gatewayToken, jwtTokensFile, 500);
+    }
+
+    // The service must still answer, with a real client, after all that.
+    const after = await gatewayA.introspect(userToken);
+    if (!after.active) checks.push(`replica A answers inactive for the user token after the load: ${after.reason}`);
+
+    if (wants("issue")) {
+      const adminA = tokenClient(grpcA, adminToken);
+      const latencies: number[] = [];
+      let errors = 0;
+      let next = 0;
+      const maxCalls = 20_000;
+      const cpuBefore = cpuMicros(a.pid);
+      const t0 = performance.now();
+      const stopAt = t0 + MEASURE_S * 1000;
+      const worker = async () => {
+        while (next < maxCalls && performance.now() < stopAt) {
+          const i = next++;
+          const s = performance.now();
+          try {
+            await adminA.issue({ name: `issue-${i}`, subject: `issue-${i}@bench.example.com`, scopes: ["orders.read"], teams: ["payments"] });
+            latencies.push(performance.now() - s);
+          } catch {
+            errors++;
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: 16 }, worker));
+      const seconds = (performance.now() - t0) / 1000;
+      const cpu = cpuMicros(a.pid) - cpuBefore;
+      adminA.close();
+      const sorted = sortedCopy(latencies);
+      results.issue = {
+        calls: latencies.length,
+        rate: round(latencies.length / seconds),
+        p50Ms: round(quantile(sorted, 0.5)),
+        p99Ms: round(quantile(sorted, 0.99)),
+        errors,
+        cpuUsPerCall: round(cpu / Math.max(1, latencies.length + errors)),
+      };
+      if (errors > 0) checks.push(`IssueToken: ${errors} calls failed`);
+      log(`IssueToken: ${results.issue.rate}/s, p99 ${results.issue.p99Ms} ms, ${errors} errors`);
+    }
+
+    // ------------------------------------------------------------ replica B: revocation propagation
+    if (wants("revocation")) {
+      const b = await startTokenService("service-b", serviceEnv);
+      servers.push(b);
+      const grpcB = `127.0.0.1:${b.grpcPort}`;
+      const adminA = tokenClient(grpcA, adminToken);
+      const gatewayB = tokenClient(grpcB, gatewayToken);
+      log(`replica B up (gRPC ${b.grpcPort}); ${REVOCATION_ROUNDS} revocations A → B`);
+
+      /** Issue on A, cache on B, revoke on A (after `cut`, if given), time until B answers inactive. */
+      const round1 = async (i: number, label: string, cut?: () => Promise<void>) => {
+        const issued = await adminA.issue({ name: `${label}-${i}`, subject: `${label}-${i}@bench.example.com`, scopes: ["orders.read"] });
+        const cached = await gatewayB.introspect(issued.token);
+        if (!cached.active) throw new Error(`${label}: fresh token inactive on B: ${cached.reason}`);
+        if (cut) await cut();
+        const sent = performance.now();
+        let acked = Number.NaN;
+        const revoking = adminA.revoke({ target: { case: "token", value: issued.token }, reason: "bench" }).then(() => {
+          acked = performance.now();
+        });
+        let seen = Number.NaN;
+        // Tight polling of B, bounded: one call in flight at a time.
+        while (performance.now() - sent < 10_000) {
+          const answer = await gatewayB.introspect(issued.token);
+          if (!answer.active) {
+            seen = performance.now();
+            break;
+          }
+        }
+        await revoking;
+        return { fromSent: seen - sent, fromAck: Math.max(0, seen - acked) };
+      };
+
+      const fromSent: number[] = [];
+      const fromAck: number[] = [];
+      const revocationDeadline = performance.now() + 60_000;
+      for (let i = 0; i < REVOCATION_ROUNDS && performance.now() < revocationDeadline; i++) {
+        const { fromSent: s, fromAck: k } = await round1(i, "revoke");
+        if (Number.isNaN(s)) checks.push(`revocation round ${i}: B still answered active after 10 s`);
+        else {
+          fromSent.push(s);
+          fromAck.push(k);
+        }
+      }
+      results.revocation.channel = timing(fromSent);
+      results.revocation.channelFromAck = timing(fromAck);
+      log(`revocation A → B: p50 ${results.revocation.channel.p50Ms} ms, p99 ${results.revocation.channel.p99Ms} ms`);
+
+      const cutTimes: number[] = [];
+      const cutDeadline = performance.now() + 60_000;
+      for (let i = 0; i < CUT_ROUNDS && performance.now() < cutDeadline; i++) {
+        // B's listener: the backend named like a listener whose client port is one of B's sockets.
+        let pid: number | undefined;
+        for (let wait = 0; wait < 100 && pid === undefined; wait++) {
+          pid = await listenerPidOf(admin, database, b);
+          if (pid === undefined) await sleep(100);
+        }
+        if (pid === undefined) {
+          checks.push(`channel cut round ${i}: replica B's listener backend not found`);
+          break;
+        }
+        const listenerPid = pid;
+        const { fromSent: s } = await round1(i, "cut", async () => {
+          await admin.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND datname = $2 AND pid = $3",
+            [LISTENER_APPLICATION_NAME, database, listenerPid],
+          );
+        });
+        if (Number.isNaN(s)) checks.push(`channel cut round ${i}: B still answered active after 10 s`);
+        else cutTimes.push(s);
+        // Let B's channel come back and prove itself (a heartbeat) before the next round.
+        for (let wait = 0; wait < 100 && (await listenerPidOf(admin, database, b)) === undefined; wait++) await sleep(50);
+        await sleep(600);
+      }
+      results.revocation.cut = timing(cutTimes);
+      results.revocation.cutMechanism = "B's LISTEN backend terminated with pg_terminate_backend, then RevokeToken on A at once";
+      log(`revocation with the channel cut: p50 ${results.revocation.cut.p50Ms} ms, max ${results.revocation.cut.maxMs} ms`);
+
+      // ---------------------------------------------------------- HOOK: client library measurements
+      const hookSource = resolve(ROOT, "bench", "client-bench.ts");
+      const hookModule = resolve(DIST_BENCH, "client-bench.js");
+      if (existsSync(hookSource) && existsSync(hookModule)) {
+        log("client library: running bench/client-bench.ts");
+        const mod = (await import(pathToFileURL(hookModule).href)) as ClientBenchModule;
+        const budgetMs = 30_000;
+        const ctx: ClientBenchContext = {
+          replicas: [
+            { grpcAddress: grpcA, connectBaseUrl: `http://127.0.0.1:${a.httpPort}` },
+            { grpcAddress: grpcB, connectBaseUrl: `http://127.0.0.1:${b.httpPort}` },
+          ],
+          callerToken: gatewayToken,
+          adminToken,
+          tokens: clientSet.tokens,
+          issue: async () => (await adminA.issue({ name: "client-bench", subject: `client-${randomBytes(4).toString("hex")}@bench.example.com`, scopes: ["orders.read"] })).token,
+          revoke: async (token) => {
+            await adminA.revoke({ target: { case: "token", value: token }, reason: "client bench" });
+          },
+          budgetMs,
+          log: (line) => log(`client library: ${line}`),
+        };
+        let timer: NodeJS.Timeout | undefined;
+        results.client = await Promise.race([
+          mod.run(ctx),
+          new Promise<never>((_, fail) => {
+            timer = setTimeout(() => fail(new Error(`client-bench did not finish within ${budgetMs} ms`)), budgetMs);
+          }),
+        ]).finally(() => clearTimeout(timer));
+      }
+      adminA.close();
+      gatewayB.close();
+      await b.stop();
+    }
+    gatewayA.close();
+    await a.stop();
+
+    // ------------------------------------------------------------ misses on PostgreSQL, memory per cached token
+    if (wants("miss")) {
+      const raw = await runLoadScript<PgLookupResult>(
+        "pg-lookup.js",
+        { url: dbUrl, tokensFile: memoryTokensFile, maxCalls: 500_000, maxSeconds: MEASURE_S, concurrency: 32, poolMax: 10 } satisfies PgLookupInput,
+        (MEASURE_S + 60) * 1000,
+      );
+      results.miss.rawPg = { rate: round(raw.rate), p50Ms: round(raw.p50Ms), p99Ms: round(raw.p99Ms), calls: raw.calls, found: raw.found };
+      if (raw.found !== raw.calls) checks.push(`raw pg: ${raw.calls - raw.found} lookups found no row`);
+      log(`raw pg lookups: ${results.miss.rawPg.rate}/s, p99 ${results.miss.rawPg.p99Ms} ms`);
+
+      // --expose-gc and a SIGUSR2 hook (bench/gc-signal.ts): memory is read after a full GC as well as raw.
+      const m = await startTokenService("service-miss", { ...serviceEnv, CACHE_MAX_ENTRIES: String(MEMORY_TOKENS * 2) }, [
+        "--expose-gc",
+        `--import=${pathToFileURL(resolve(DIST_BENCH, "gc-signal.js")).href}`,
+      ]);
+      servers.push(m);
+      const address = `127.0.0.1:${m.grpcPort}`;
+      const base = { address, callerToken: gatewayToken, tokensFile: memoryTokensFile, concurrency: MISS_IN_FLIGHT, connections: 4 };
+      const warm = await h2loader({ ...base, first: 0, maxCalls: MISS_WARM_TOKENS, maxSeconds: 20 });
+      await sleep(1_000);
+      const baseline = await memoryOf(m);
+      const cpuBefore = cpuMicros(m.pid);
+      const miss = await h2loader({ ...base, first: MISS_WARM_TOKENS, maxCalls: MISS_TOKENS, maxSeconds: MISS_SECONDS });
+      const cpu = cpuMicros(m.pid) - cpuBefore;
+      const okCalls = miss.statuses["0"] ?? 0;
+      results.miss.postgres = {
+        concurrency: MISS_IN_FLIGHT,
+        requests: okCalls,
+        calls: miss.calls,
+        rate: round(okCalls / miss.seconds),
+        p50Ms: round(miss.p50Ms),
+        p99Ms: round(miss.p99Ms),
+        cpuUsPerCall: round(cpu / Math.max(1, miss.calls)),
+        failures: miss.calls - okCalls,
+        statuses: miss.statuses,
+      };
+      results.miss.ratio = round(results.miss.postgres.rate / results.miss.rawPg.rate);
+      if (miss.active !== miss.calls || warm.active !== warm.calls) checks.push(`miss run: ${miss.calls - miss.active} of ${miss.calls} answers not active (${JSON.stringify(miss.statuses)})`);
+      log(`miss on PostgreSQL: ${results.miss.postgres.rate}/s, p99 ${results.miss.postgres.p99Ms} ms (${results.miss.ratio}× raw pg)`);
+
+      // The rest of the 100,000, unmeasured, as fast as the service goes; bounded so the run stays within five minutes.
+      const first = MISS_WARM_TOKENS + miss.calls;
+      const rest = MEMORY_TOKENS - first;
+      const fillSeconds = Math.max(15, Math.min(150, RUNNER_BUDGET_S - 40 - (Date.now() - startedAt) / 1000));
+      log(`memory: introspecting the other ${rest.toLocaleString("en-US")} tokens once each (at most ${Math.round(fillSeconds)} s)`);
+      const fill = await h2loader({ ...base, first, maxCalls: rest, maxSeconds: fillSeconds });
+      if (fill.active !== fill.calls) checks.push(`memory fill: ${fill.calls - fill.active} of ${fill.calls} answers not active (${JSON.stringify(fill.statuses)})`);
+      await sleep(1_000);
+      const after = await memoryOf(m);
+      const cached = miss.active + fill.active;
+      results.memory = {
+        tokens: warm.active + cached,
+        baselineKiB: after.gc.rssKiB > 0 ? baseline.gc.rssKiB : Number.NaN,
+        afterKiB: after.gc.rssKiB,
+        kibPerToken: round((after.gc.rssKiB - baseline.gc.rssKiB) / Math.max(1, cached)),
+        raw: { baselineKiB: baseline.rawRssKiB, afterKiB: after.rawRssKiB, kibPerToken: round((after.rawRssKiB - baseline.rawRssKiB) / Math.max(1, cached)) },
+        heapKiBPerToken: round((after.gc.heapUsedKiB - baseline.gc.heapUsedKiB) / Math.max(1, cached)),
+        externalKiBPerToken: round((after.gc.externalKiB - baseline.gc.externalKiB) / Math.max(1, cached)),
+      };
+      if (results.memory.tokens < MEMORY_TOKENS) checks.push(`memory: only ${results.memory.tokens} of ${MEMORY_TOKENS} tokens cached within the time bound`);
+      log(`memory after full GC: ${baseline.gc.rssKiB} → ${after.gc.rssKiB} KiB RSS for ${cached} more cached tokens: ${results.memory.kibPerToken} KiB/token (raw RSS ${results.memory.raw.kibPerToken}, JS heap ${results.memory.heapKiBPerToken})`);
+      await m.stop();
+    }
+
+    // ------------------------------------------------------------ misses on PGlite
+    if (wants("pglite")) {
+      const pgliteTokensFile = resolve(TMP_DIR, "pglite-seed.json");
+      const seeded = await runBounded(
+        "taskset",
+        ["-c", "1", process.execPath, resolve(DIST_BENCH, "seed.js"), JSON.stringify({ pgliteDir, count: PGLITE_TOKENS, environment: ENVIRONMENT, tokensFile: pgliteTokensFile } satisfies PgliteSeedInput)],
+        120_000,
+      );
+      if (seeded.code !== 0) throw new Error(`PGlite seeding failed: ${seeded.stderr.slice(-2000)}`);
+      const { gateway, tokens } = JSON.parse(readFileSync(pgliteTokensFile, "utf8")) as { gateway: string; tokens: string[] };
+      const tokensFile = writeTmp("pglite-tokens.json", JSON.stringify(tokens));
+      const p = await startTokenService("service-pglite", { TOKEN_ENVIRONMENT: ENVIRONMENT, DATA_DIR: pgliteDir });
+      servers.push(p);
+      const base = { address: `127.0.0.1:${p.grpcPort}`, callerToken: gateway, tokensFile, concurrency: MISS_IN_FLIGHT, connections: 4 };
+      await h2loader({ ...base, first: 0, maxCalls: 1_000, maxSeconds: 20 });
+      const cpuBefore = cpuMicros(p.pid);
+      const miss = await h2loader({ ...base, first: 1_000, maxCalls: PGLITE_TOKENS - 1_000, maxSeconds: MEASURE_S });
+      const cpu = cpuMicros(p.pid) - cpuBefore;
+      const okCalls = miss.statuses["0"] ?? 0;
+      results.miss.pglite = {
+        concurrency: MISS_IN_FLIGHT,
+        requests: okCalls,
+        calls: miss.calls,
+        rate: round(okCalls / miss.seconds),
+        p50Ms: round(miss.p50Ms),
+        p99Ms: round(miss.p99Ms),
+        cpuUsPerCall: round(cpu / Math.max(1, miss.calls)),
+        failures: miss.calls - okCalls,
+        statuses: miss.statuses,
+      };
+      if (miss.active !== miss.calls) checks.push(`PGlite miss run: ${miss.calls - miss.active} of ${miss.calls} answers not active (${JSON.stringify(miss.statuses)})`);
+      log(`miss on PGlite: ${results.miss.pglite.rate}/s, p99 ${results.miss.pglite.p99Ms} ms`);
+      await p.stop();
+    }
+
+    // ------------------------------------------------------------ jose in-process
+    if (wants("jose")) {
+      results.legacy.joseLocalUsPerVerify = await joseLocal(jwt, legacyKeyBytes);
+      log(`jose jwtVerify HS256 (${jwt.length} chars), in-process: ${results.legacy.joseLocalUsPerVerify} µs`);
+    }
+
+    // ------------------------------------------------------------ profile
+    if (PROFILE && wants("profile")) {
+      const dir = resolve(TMP_DIR, "profile");
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+      const s = await startTokenService("service-profile", serviceEnv, ["--cpu-prof", `--cpu-prof-dir=${dir}`, "--cpu-prof-name=service.cpuprofile"]);
+      servers.push(s);
+      const url = `http://127.0.0.1:${s.grpcPort}${SERVICE_PATH}`;
+      await h2load({ url, bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency: 16, seconds: WARM_UP_S, latencies: false });
+      await h2load({ url, bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency: 16, seconds: MEASURE_S, latencies: false });
+      await s.stop();
+      const file = resolve(dir, "service.cpuprofile");
+      if (!existsSync(file)) throw new Error("node --cpu-prof wrote no profile");
+      results.profile = { scenario: `IntrospectToken cache hits over gRPC, h2load c=16, ${WARM_UP_S + MEASURE_S} s (start-up included)`, ...summarizeProfile(file, 15) };
+      log(`profile: ${file}`);
+    }
+  } finally {
+    for (const server of servers) await server.stop(5_000).catch(() => undefined);
+    await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch(async () => {
+      await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [database]);
+      await admin.query(`DROP DATABASE IF EXISTS ${database}`);
+    });
+    await admin.end();
+  }
+
+  // ---------------------------------------------------------------- targets
+  const at = (rows: readonly LoadRow[], c: number) => rows.find((row) => row.concurrency === c);
+  const t = results.targets;
+  for (const c of CONCURRENCIES) {
+    const hit = at(results.grpcHit, c);
+    const floor = at(results.floor, c);
+    if (hit && floor) t.push(target(`gRPC cache hit server CPU/call ÷ echo floor, c=${c}`, hit.cpuUsPerCall / floor.cpuUsPerCall, "max", 1.5, "×"));
+  }
+  const hit64 = at(results.grpcHit, 64);
+  if (hit64) t.push(target("gRPC cache hit p99 at concurrency 64", hit64.p99Ms, "max", 5, "ms"));
+  if (Number.isFinite(results.miss.ratio)) t.push(target("cache miss on PostgreSQL ÷ raw pg rate", results.miss.ratio, "min", 0.5, "×"));
+  if (results.revocation.channel.n > 0) t.push(target("revocation visible on the other replica, p99", results.revocation.channel.p99Ms, "max", 50, "ms", "from RevokeToken sent"));
+  if (results.revocation.cut.n > 0) t.push(target("revocation with the channel cut, max", results.revocation.cut.maxMs, "max", STALENESS_MS, "ms", "CACHE_STALENESS"));
+  if (Number.isFinite(results.memory.kibPerToken)) t.push(target("RSS per cached token", results.memory.kibPerToken, "max", 1, "KiB"));
+  if (Number.isFinite(results.issue.rate)) t.push(target("IssueToken on PostgreSQL", results.issue.rate, "min", 1000, "/s", "one grpc-js client, 16 in flight"));
+
+  results.meta.elapsedS = Math.round((Date.now() - startedAt) / 1000);
+  results.meta.loadAverageAtEnd = loadavg()[0] ?? Number.NaN;
+  const text = renderTable(results);
+  const partial = ONLY !== undefined;
+  const jsonFile = resolve(partial ? TMP_DIR : RESULTS_DIR, partial ? "partial.json" : "latest.json");
+  writeFileSync(jsonFile, `${JSON.stringify(results, null, 2)}\n`);
+  if (!partial) writeFileSync(resolve(RESULTS_DIR, "latest.svg"), renderSvg(results));
+  writeFileSync(resolve(TMP_DIR, "latest-table.md"), `${text}\n`);
+  process.stdout.write(`\n${text}\n\n`);
+  log(`done in ${results.meta.elapsedS} s; wrote ${jsonFile}${partial ? "" : " and latest.svg"}`);
+  if (results.meta.elapsedS > 300) log("WARNING: the run took longer than five minutes");
+  if (checks.length > 0) process.exitCode = 1;
+}
+
+process.on("SIGINT", () => {
+  for (const server of servers) void server.stop(2_000);
+  process.exitCode = 130;
+});
+
+main().catch(async (error: unknown) => {
+  process.stderr.write(`benchmark failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  for (const server of servers) await server.stop(2_000).catch(() => undefined);
+  process.exit(1);
+});

@@ -1,0 +1,100 @@
+import { authenticate } from "./access.js";
+import { TokenError } from "./errors.js";
+import { metaFields } from "./introspect.js";
+import type { Caller, RequestMeta } from "./model.js";
+import type { TokenDeps } from "./ports.js";
+import { MAX_PRESENTED_TOKEN_LENGTH } from "./token-format.js";
+import { UUID_PATTERN } from "./validation.js";
+
+/** An authenticated client of the OAuth endpoints: the caller and its client id. */
+export interface AuthenticatedClient {
+  readonly caller: Caller;
+  /**
+   * The client id: the caller token's id (a UUID). With HTTP Basic it is the
+   * user-id the client sent, checked against its secret's token; with a
+   * Bearer token it is that token's id.
+   */
+  readonly clientId: string;
+}
+
+/** How a client presented itself, as far as the `Authorization` header says. */
+export type ClientAuthScheme = "basic" | "bearer" | "none" | "other";
+
+/** The authentication scheme of an `Authorization` header (RFC 9110 §11.1: case-insensitive). */
+export function clientAuthScheme(authorization: string | undefined): ClientAuthScheme {
+  if (authorization === undefined || authorization === "") return "none";
+  const space = authorization.indexOf(" ");
+  const scheme = (space < 0 ? authorization : authorization.slice(0, space)).toLowerCase();
+  return scheme === "basic" ? "basic" : scheme === "bearer" ? "bearer" : "other";
+}
+
+const BASIC = /^Basic +([A-Za-z0-9+/]+={0,2})\s*$/i;
+
+/**
+ * Authenticates the client of the RFC 7662 and RFC 7009 endpoints, through
+ * the same `authenticate` as every RPC, so there is one mechanism:
+ *
+ * - `Authorization: Basic` (RFC 7617; RFC 6749 §2.3.1 `client_secret_basic`):
+ *   the client id is the caller token's id (a UUID) and the client secret is
+ *   the caller token itself. Both are form-urlencoded before base64 (RFC 6749
+ *   §2.3.1), which leaves a UUID and an opaque token unchanged. The secret is
+ *   authenticated like a Bearer token, then its token's id must equal the
+ *   client id: a token cannot be presented under another token's name. No
+ *   client registry is needed: every token is its own client.
+ * - `Authorization: Bearer <caller token>` (RFC 6750 §2.1, allowed by RFC
+ *   7662 §2.1): the client id is the token's id.
+ *
+ * Failures are `unauthenticated` (an `authentication_failed` security event is
+ * raised by `authenticate`, or here for a client id mismatch); a store outage
+ * is `unavailable`, never a refusal.
+ */
+export async function authenticateClient(deps: TokenDeps, authorization: string | undefined, meta: RequestMeta): Promise<AuthenticatedClient> {
+  if (clientAuthScheme(authorization) !== "basic") {
+    const caller = await authenticate(deps, authorization, meta);
+    return { caller, clientId: caller.tokenId };
+  }
+  const credentials = parseBasic(authorization!);
+  const caller = await authenticate(deps, `Bearer ${credentials.secret}`, meta);
+  if (caller.tokenId !== credentials.clientId) {
+    deps.events.record({
+      type: "authentication_failed",
+      severity: "warning",
+      message: "client credentials refused: the client id is not the id of the token given as client secret",
+      serviceEnvironment: deps.policy.environment,
+      callerTokenId: caller.tokenId,
+      callerSubject: caller.subject,
+      ...metaFields(meta),
+    });
+    throw new TokenError("unauthenticated", "client credentials refused: the client id must be the id of the token sent as client secret");
+  }
+  return { caller, clientId: caller.tokenId };
+}
+
+/** Decodes `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 7617 §2, RFC 6749 §2.3.1). */
+function parseBasic(authorization: string): { clientId: string; secret: string } {
+  const malformed = () =>
+    new TokenError("unauthenticated", "malformed client credentials: send `Authorization: Basic base64(<token id>:<token>)` or `Authorization: Bearer <token>`");
+  // base64 of the longest acceptable pair, with room for percent-encoding.
+  if (authorization.length > 4 * MAX_PRESENTED_TOKEN_LENGTH) throw malformed();
+  const match = BASIC.exec(authorization);
+  if (!match) throw malformed();
+  const decoded = Buffer.from(match[1]!, "base64").toString("utf8");
+  const colon = decoded.indexOf(":");
+  if (colon < 0) throw malformed();
+  let clientId: string;
+  let secret: string;
+  try {
+    clientId = formDecode(decoded.slice(0, colon));
+    secret = formDecode(decoded.slice(colon + 1));
+  } catch {
+    throw malformed();
+  }
+  // The secret becomes a Bearer credential: one run of visible characters.
+  if (!UUID_PATTERN.test(clientId) || !/^\S+$/.test(secret)) throw malformed();
+  return { clientId: clientId.toLowerCase(), secret };
+}
+
+/** `application/x-www-form-urlencoded` decoding of one value (`+` is a space); throws on a bad escape. */
+function formDecode(value: string): string {
+  return decodeURIComponent(value.replace(/\+/g, " "));
+}

@@ -1,0 +1,148 @@
+import { createHash, timingSafeEqual } from "node:crypto";
+import { introspectToken, metaFields, type IntrospectedClaims } from "../../domain/introspect.js";
+import type { TokenDeps } from "../../domain/ports.js";
+import { MAX_PRESENTED_TOKEN_LENGTH } from "../../domain/token-format.js";
+import { deprecationHeaders } from "../../rpc/mapping.js";
+import type { HttpRequest, HttpResponse } from "../http-server.js";
+import { RETRY_AFTER, header, httpError, requestMeta, send, sendJson, type Headers } from "./io.js";
+
+/** How `/auth` behaves, from configuration. */
+export interface ForwardAuthOptions {
+  /**
+   * When set, every request must carry `X-Forward-Auth-Secret` with this
+   * value: only the proxy knows it, so only the proxy may ask.
+   */
+  readonly secret: string | undefined;
+  /** Whether an active opaque token's answer carries `X-Auth-Backend-Jwt`. */
+  readonly backendJwt: boolean;
+}
+
+/** The header a proxy proves itself with, when `FORWARD_AUTH_SECRET` is set. */
+export const FORWARD_AUTH_SECRET_HEADER = "x-forward-auth-secret";
+
+const BEARER = /^Bearer +(\S+)\s*$/i;
+const NO_STORE = { "cache-control": "no-store" } as const;
+
+/**
+ * Forward authentication for reverse proxies: nginx `auth_request`, Traefik
+ * ForwardAuth, Caddy `forward_auth`, Envoy's HTTP `ext_authz`. The proxy
+ * passes the end user's `Authorization: Bearer <token>`; the answer is
+ *
+ * - `200`, empty body, the claims in `X-Auth-*` headers for the proxy to
+ *   copy onto the upstream request (plus the deprecation headers for a
+ *   legacy JWT, for the proxy to pass to the client);
+ * - `401` with an RFC 6750 §3 challenge: without credentials a bare
+ *   `Bearer`; for an inactive token `error="invalid_token"` and the inactive
+ *   reason's message; for a credential that is not a Bearer token
+ *   `error="invalid_request"` (§3.1 would say 400, but proxies pass on only
+ *   2xx, 401 and 403 and turn anything else into a 500);
+ * - `403` when `FORWARD_AUTH_SECRET` is set and the proxy did not send it;
+ * - `503` with `Retry-After` when the store does not answer: an outage is
+ *   never an authentication failure.
+ *
+ * The caller of `/auth` is not authenticated as a token holder: the endpoint
+ * grants nothing beyond the token presented to it. Every method and every
+ * path below `/auth/` is accepted, because Envoy's `ext_authz` forwards the
+ * original request's method and appends its path; a request body is never read.
+ */
+export async function forwardAuthEndpoint(deps: TokenDeps, options: ForwardAuthOptions, req: HttpRequest, res: HttpResponse): Promise<void> {
+  const route = `${req.method ?? "GET"} /auth`;
+  try {
+    const meta = requestMeta(req, route);
+    if (options.secret !== undefined && !secretMatches(header(req, FORWARD_AUTH_SECRET_HEADER), options.secret)) {
+      deps.events.record({
+        type: "authentication_failed",
+        severity: "warning",
+        message: "forward auth refused: missing or wrong X-Forward-Auth-Secret; only the configured proxy may call /auth",
+        serviceEnvironment: deps.policy.environment,
+        ...metaFields(meta),
+      });
+      return sendJson(req, res, 403, { error: "forbidden", error_description: "this endpoint answers only the configured proxy" }, NO_STORE);
+    }
+    const authorization = header(req, "authorization");
+    if (authorization === undefined || authorization === "") {
+      // RFC 6750 §3.1: no error code when the request carried no credentials.
+      return sendJson(req, res, 401, { error: "invalid_request", error_description: "send Authorization: Bearer <token>" }, { ...NO_STORE, "www-authenticate": "Bearer" });
+    }
+    const match = authorization.length <= MAX_PRESENTED_TOKEN_LENGTH + 16 ? BEARER.exec(authorization) : null;
+    if (!match) return challenge(req, res, "invalid_request", "The Authorization header must be `Bearer <token>`.");
+
+    const result = await introspectToken(deps, match[1]!, meta, { backendJwt: options.backendJwt });
+    if (!result.active) return challenge(req, res, "invalid_token", result.message);
+    const headers: Headers = { ...NO_STORE, ...claimHeaders(result.claims) };
+    if (result.backendJwt !== undefined) headers["x-auth-backend-jwt"] = headerSafe(result.backendJwt);
+    if (result.deprecation) Object.assign(headers, Object.fromEntries(deprecationHeaders(result.deprecation)));
+    send(req, res, 200, "", headers);
+  } catch (error) {
+    if (res.headersSent || res.writableEnded) return;
+    const e = httpError(error, deps.log, route);
+    // Only an outage is a 503; anything else unexpected stays a 500.
+    const status = e.status === 503 ? 503 : 500;
+    sendJson(req, res, status, { error: e.error, error_description: e.description }, { ...NO_STORE, ...(status === 503 ? RETRY_AFTER : {}) });
+  }
+}
+
+/** 401 with `WWW-Authenticate: Bearer error=…, error_description=…` (RFC 6750 §3) and the same in JSON. */
+function challenge(req: HttpRequest, res: HttpResponse, error: "invalid_token" | "invalid_request", description: string): void {
+  const safe = challengeText(description);
+  sendJson(req, res, 401, { error, error_description: description }, { ...NO_STORE, "www-authenticate": `Bearer error="${error}", error_description="${safe}"` });
+}
+
+/**
+ * RFC 6750 §3: `error_description` may hold only %x20-21 / %x23-5B /
+ * %x5D-7E, so no `"` or `\` (no escaping is defined) and nothing outside
+ * printable ASCII: quotes become apostrophes, the rest is dropped.
+ */
+export function challengeText(text: string): string {
+  return text.replace(/"/g, "'").replace(/[^\x20\x21\x23-\x5B\x5D-\x7E]/g, "");
+}
+
+/** Claim headers per claims object: the cache hands out the same claims on every hit. */
+const HEADERS = new WeakMap<IntrospectedClaims, Readonly<Record<string, string>>>();
+
+/** The `X-Auth-*` headers of an active token's claims. */
+export function claimHeaders(claims: IntrospectedClaims): Readonly<Record<string, string>> {
+  let headers = HEADERS.get(claims);
+  if (headers === undefined) {
+    headers = Object.freeze({
+      "x-auth-subject": headerSafe(claims.subject),
+      // Scope tokens never hold a space (RFC 6749 §3.3); labels never a comma.
+      "x-auth-scopes": claims.scopes.map((s) => headerSafe(s, " ")).join(" "),
+      "x-auth-teams": claims.teams.map((t) => headerSafe(t, ",")).join(","),
+      "x-auth-namespaces": claims.namespaces.map((n) => headerSafe(n, ",")).join(","),
+      "x-auth-is-admin": claims.isAdmin ? "true" : "false",
+      "x-auth-token-id": headerSafe(claims.id),
+      "x-auth-token-kind": claims.kind,
+    });
+    HEADERS.set(claims, headers);
+  }
+  return headers;
+}
+
+/**
+ * A claim as a header value that cannot break out of its header or its list
+ * (RFC 9110 §5.5). The domain validates issued claims, but a legacy JWT's
+ * claims come from elsewhere: anything outside printable ASCII, `%` itself
+ * and the list separator are percent-encoded as UTF-8 (RFC 3986 §2.1), so
+ * ordinary values pass unchanged and nothing can inject a header.
+ */
+export function headerSafe(value: string, separator = ""): string {
+  let out = "";
+  for (const ch of value) {
+    const code = ch.codePointAt(0)!;
+    if (code < 0x20 || code > 0x7e || ch === "%" || ch === separator) {
+      for (const byte of Buffer.from(ch, "utf8")) out += `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
+    } else {
+      out += ch;
+    }
+  }
+  return out.trim();
+}
+
+/** Constant-time comparison of the proxy's secret (compared as SHA-256 digests, so lengths do not leak). */
+function secretMatches(presented: string | undefined, expected: string): boolean {
+  if (presented === undefined) return false;
+  const a = createHash("sha256").update(presented).digest();
+  const b = createHash("sha256").update(expected).digest();
+  return timingSafeEqual(a, b);
+}

@@ -1,0 +1,138 @@
+import { requireScope } from "../../domain/access.js";
+import { authenticateClient, clientAuthScheme } from "../../domain/client-auth.js";
+import { invalidArgument } from "../../domain/errors.js";
+import { introspectToken } from "../../domain/introspect.js";
+import { SCOPES } from "../../domain/model.js";
+import type { TokenDeps } from "../../domain/ports.js";
+import { revokeToken } from "../../domain/revoke.js";
+import { MAX_PRESENTED_TOKEN_LENGTH } from "../../domain/token-format.js";
+import { deprecationHeaders } from "../../rpc/mapping.js";
+import type { HttpRequest, HttpResponse } from "../http-server.js";
+import { introspectionJson } from "./introspection-json.js";
+import { RETRY_AFTER, header, httpError, readForm, refuseForm, requestMeta, send, sendJson, type Headers } from "./io.js";
+
+/** What the RFC 7662 and RFC 7009 endpoints need. */
+export interface OAuthEndpointsDeps {
+  readonly deps: TokenDeps;
+  /** `iss` of RFC 9701 signed introspection answers. */
+  readonly issuer: string;
+  /** Signs an RFC 9701 answer with the backend JWT keys (`typ` set by the signer). */
+  readonly signIntrospection: (payload: Record<string, unknown>) => Promise<string>;
+}
+
+/** The media type of an RFC 9701 answer (RFC 9701 §4, §5). */
+export const INTROSPECTION_JWT_TYPE = "application/token-introspection+jwt";
+
+/** RFC 6749 §5.1 asks that answers carrying credentials are not stored; the same holds for claims. */
+const NO_STORE = { "cache-control": "no-store", pragma: "no-cache" } as const;
+
+/** The challenge realm of the OAuth endpoints (RFC 7235 §2.2). */
+const REALM = "token-introspection";
+
+/**
+ * `POST /oauth2/introspect` (RFC 7662 §2): form `token` and optional
+ * `token_type_hint` (accepted, ignored: the token's shape tells its kind).
+ * The client authenticates with HTTP Basic or a Bearer token (see
+ * `authenticateClient`) and needs `tokens.introspect`. The answer is RFC 7662
+ * §2.2 JSON, or with `Accept: application/token-introspection+jwt` the same
+ * answer in a signed JWT (RFC 9701).
+ */
+export async function introspectEndpoint(o: OAuthEndpointsDeps, req: HttpRequest, res: HttpResponse): Promise<void> {
+  const route = "POST /oauth2/introspect";
+  const authorization = header(req, "authorization");
+  try {
+    const form = await readForm(req);
+    if (!form.ok) return refuseForm(req, res, form);
+    const token = tokenParameter(form.fields, form.repeated);
+    const meta = requestMeta(req, route);
+    const { caller, clientId } = await authenticateClient(o.deps, authorization, meta);
+    requireScope(o.deps, caller, SCOPES.introspect, meta);
+    const result = await introspectToken(o.deps, token, meta);
+    const answer = introspectionJson(result, o.deps.policy);
+    const headers: Headers = { ...NO_STORE, ...(result.active && result.deprecation ? Object.fromEntries(deprecationHeaders(result.deprecation)) : {}) };
+    if (!acceptsIntrospectionJwt(header(req, "accept"))) return sendJson(req, res, 200, answer.text, headers);
+    // RFC 9701 §5: iss, aud (the client that asked), iat and the answer itself.
+    // No top-level sub or exp, so it cannot pass for an access token (§8.1).
+    const jwt = await o.signIntrospection({
+      iss: o.issuer,
+      aud: clientId,
+      iat: Math.floor(o.deps.clock.now().getTime() / 1000),
+      token_introspection: answer.json,
+    });
+    send(req, res, 200, jwt, { "content-type": INTROSPECTION_JWT_TYPE, ...headers });
+  } catch (error) {
+    refuse(o, req, res, route, authorization, error);
+  }
+}
+
+/**
+ * `POST /oauth2/revoke` (RFC 7009 §2): form `token` and optional
+ * `token_type_hint` (ignored). Same client authentication; needs
+ * `tokens.revoke`. Holding a token is authority over it (RFC 7009 §2.1), so
+ * any such client may revoke any token by value. `200` with an empty body
+ * for every outcome, unknown and invalid tokens included (§2.2); committed
+ * before it answers.
+ */
+export async function revokeEndpoint(o: OAuthEndpointsDeps, req: HttpRequest, res: HttpResponse): Promise<void> {
+  const route = "POST /oauth2/revoke";
+  const authorization = header(req, "authorization");
+  try {
+    const form = await readForm(req);
+    if (!form.ok) return refuseForm(req, res, form);
+    const token = tokenParameter(form.fields, form.repeated);
+    const meta = requestMeta(req, route);
+    const { caller } = await authenticateClient(o.deps, authorization, meta);
+    requireScope(o.deps, caller, SCOPES.revoke, meta);
+    await revokeToken(o.deps, caller, { token, reason: "" }, meta);
+    send(req, res, 200, "", NO_STORE);
+  } catch (error) {
+    refuse(o, req, res, route, authorization, error);
+  }
+}
+
+/** The `token` parameter: present once, non-empty, not oversized (RFC 6749 §3.2: no repeated parameters). */
+function tokenParameter(fields: ReadonlyMap<string, string>, repeated: ReadonlySet<string>): string {
+  for (const name of ["token", "token_type_hint"]) {
+    if (repeated.has(name)) throw invalidArgument(name, "must be sent at most once");
+  }
+  const token = fields.get("token") ?? "";
+  if (token === "") throw invalidArgument("token", "is required");
+  if (token.length > MAX_PRESENTED_TOKEN_LENGTH) throw invalidArgument("token", `must be at most ${MAX_PRESENTED_TOKEN_LENGTH} characters`);
+  if ((fields.get("token_type_hint") ?? "").length > 64) throw invalidArgument("token_type_hint", "must be at most 64 characters");
+  return token;
+}
+
+/**
+ * Whether the client asked for an RFC 9701 JWT answer: the media type is
+ * listed in `Accept` without `q=0` (RFC 9110 §12.5.1). Anything else gets JSON.
+ */
+export function acceptsIntrospectionJwt(accept: string | undefined): boolean {
+  if (accept === undefined || !accept.toLowerCase().includes(INTROSPECTION_JWT_TYPE)) return false;
+  return accept.split(",").some((range) => {
+    const [type, ...params] = range.split(";").map((part) => part.trim().toLowerCase());
+    if (type !== INTROSPECTION_JWT_TYPE) return false;
+    const q = params.find((p) => p.startsWith("q="));
+    return q === undefined || Number(q.slice(2)) > 0;
+  });
+}
+
+/**
+ * Answers a failure as RFC 6749 §5.2 JSON. A refused client gets 401 with a
+ * challenge in the scheme it tried (RFC 6749 §5.2: "matching the
+ * authentication scheme used by the client"); Basic when it sent none.
+ */
+function refuse(o: OAuthEndpointsDeps, req: HttpRequest, res: HttpResponse, route: string, authorization: string | undefined, error: unknown): void {
+  if (res.headersSent || res.writableEnded) return;
+  const e = httpError(error, o.deps.log, route);
+  const headers: Headers = { ...NO_STORE };
+  if (e.status === 401) {
+    headers["www-authenticate"] = clientAuthScheme(authorization) === "bearer" ? `Bearer realm="${REALM}", error="invalid_token"` : `Basic realm="${REALM}"`;
+  } else if (e.status === 403) {
+    // RFC 6750 §3.1: name the scope that was missing.
+    const scope = route.endsWith("revoke") ? SCOPES.revoke : SCOPES.introspect;
+    if (clientAuthScheme(authorization) === "bearer") headers["www-authenticate"] = `Bearer realm="${REALM}", error="insufficient_scope", scope="${scope}"`;
+  } else if (e.status === 503) {
+    Object.assign(headers, RETRY_AFTER);
+  }
+  sendJson(req, res, e.status, { error: e.error, error_description: e.description }, headers);
+}
