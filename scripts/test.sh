@@ -22,4 +22,13 @@ echo "== build"
 npm run build --silent
 
 echo "== tests"
-npx vitest run
+# The whole output is kept and scanned afterwards: no token or Authorization
+# header value may appear in it, whether the tests pass or not.
+output=$(mktemp)
+trap 'rm -f "$output"' EXIT
+status=0
+npx vitest run 2>&1 | tee "$output" || status=$?
+
+echo "== no token or Authorization header in the test output"
+bash scripts/check-logs.sh "$output" || status=1
+exit "$status"

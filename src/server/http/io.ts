@@ -4,6 +4,7 @@ import { TokenError } from "../../domain/errors.js";
 import type { RequestMeta } from "../../domain/model.js";
 import type { Logger } from "../../domain/ports.js";
 import type { HttpRequest, HttpResponse } from "../http-server.js";
+import { httpRequestId } from "../request-id.js";
 
 /**
  * Request and response plumbing for the plain HTTP endpoints: one header, the
@@ -35,6 +36,9 @@ export function requestMeta(req: HttpRequest, method: string): RequestMeta {
     get userAgent() {
       return header(req, "user-agent")?.slice(0, 256);
     },
+    get requestId() {
+      return httpRequestId(req);
+    },
   };
 }
 
@@ -59,7 +63,7 @@ export function methodNotAllowed(req: HttpRequest, res: HttpResponse, allow: str
 /** A parsed form body, or the answer that refused it. */
 export type FormResult =
   | { readonly ok: true; readonly fields: ReadonlyMap<string, string>; readonly repeated: ReadonlySet<string> }
-  | { readonly ok: false; readonly status: 400 | 413 | 415; readonly description: string };
+  | { readonly ok: false; readonly status: 413 | 415; readonly description: string };
 
 /**
  * Reads an `application/x-www-form-urlencoded` body (RFC 7662 §2.1, RFC 7009
@@ -101,7 +105,8 @@ export async function readForm(req: HttpRequest, limit = MAX_FORM_BYTES): Promis
       done();
       reject(error);
     };
-    const onClose = () => onError(new Error("the client went away before the request body was complete"));
+    // A client that leaves mid-body is its own doing: a 400 nobody reads, not a logged failure.
+    const onClose = () => onError(new TokenError("invalid_argument", "the request body was incomplete"));
     req.on("data", onData);
     req.on("end", onEnd);
     req.on("error", onError);
