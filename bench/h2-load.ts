@@ -15,6 +15,7 @@
  */
 import { readFileSync } from "node:fs";
 import * as http2 from "node:http2";
+import * as net from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { IntrospectTokenRequestSchema } from "../gen/tokens/v1/token_service_pb.js";
 
@@ -61,8 +62,13 @@ function frame(message: Uint8Array): Buffer {
 }
 
 function connect(address: string): Promise<http2.ClientHttp2Session> {
+  const colon = address.lastIndexOf(":");
   return new Promise((done, fail) => {
-    const session = http2.connect(`http://${address}`);
+    // No Nagle: a request is written as HEADERS then DATA, and with Nagle the
+    // DATA frame would wait for the server's (delayed) ACK of the HEADERS.
+    const session = http2.connect(`http://${address}`, {
+      createConnection: () => net.connect({ host: address.slice(0, colon), port: Number(address.slice(colon + 1)), noDelay: true }),
+    });
     session.once("connect", () => done(session));
     session.once("error", fail);
   });

@@ -85,6 +85,7 @@ export interface BenchResults {
   issue: { calls: number; rate: number; p50Ms: number; p99Ms: number; errors: number; cpuUsPerCall: number };
   client: Record<string, number> | null;
   checks: string[];
+  notes: string[];
   targets: Target[];
   profile?: ProfileSummary & { scenario: string };
 }
@@ -179,6 +180,11 @@ export function renderTable(r: BenchResults): string {
     out.push("");
     out.push(table(["function", "where", "self ms", "% of busy"], r.profile.top.map((p) => [p.function, p.where, fmt(p.selfMs), fmt(p.percent)])));
   }
+  if (r.notes.length > 0) {
+    out.push("");
+    out.push("Notes:");
+    for (const note of r.notes) out.push(`  - ${note}`);
+  }
   if (r.checks.length > 0) {
     out.push("");
     out.push("PROBLEMS (figures above are suspect):");
@@ -244,9 +250,9 @@ export function renderSvg(r: BenchResults): string {
     { name: "hit, Connect JSON HTTP/1.1", color: "#2ca02c", values: pick(r.connectJson, key) },
     { name: "legacy JWT, gRPC", color: "#d62728", values: pick(r.legacy.jwtGrpc, key) },
   ];
-  const width = 860;
+  const width = 920;
   const legend = series("rate")
-    .map((s, i) => `<rect x="${20 + i * 168}" y="48" width="12" height="12" fill="${s.color}"/><text x="${36 + i * 168}" y="58" class="axis">${escapeXml(s.name)}</text>`)
+    .map((s, i) => `<rect x="${20 + i * 178}" y="48" width="12" height="12" fill="${s.color}"/><text x="${36 + i * 178}" y="58" class="axis">${escapeXml(s.name)}</text>`)
     .join("\n");
   const passed = r.targets.filter((t) => t.pass).length;
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="720" viewBox="0 0 ${width} 720" font-family="sans-serif">

@@ -1,6 +1,7 @@
 import cluster, { type Worker } from "node:cluster";
 import type { Logger as PinoLogger } from "pino";
 import type { Config } from "./config.js";
+import { serveClusterMetrics } from "./observability/cluster-metrics.js";
 
 /**
  * The primary of `WORKERS=N`: prepares the store once, forks N workers that
@@ -11,6 +12,7 @@ import type { Config } from "./config.js";
  */
 export async function runPrimary(config: Config, log: PinoLogger, prepare: () => Promise<void>): Promise<void> {
   await prepare();
+  if (config.metricsEnabled) serveClusterMetrics(); // workers' /metrics asks here for the sum of all workers
   let stopping = false;
   const fork = (): Worker => cluster.fork();
   for (let i = 0; i < config.workers; i++) fork();

@@ -15,13 +15,14 @@ import { loadLegacyJwtPolicy } from "./keys/legacy-keys.js";
 import { KyselyLegacyJwtStore } from "./storage/legacy-jwt-store.js";
 import { KyselySigningKeyStore } from "./storage/signing-key-store.js";
 import { BackendJwtKeys } from "./keys/backend-jwt.js";
-import { TokenCache } from "./domain/token-cache.js";
+import { createIntrospectionCache } from "./domain/introspect.js";
 import { RevocationHub } from "./domain/revocation-hub.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
 import { createLogger } from "./logger.js";
 import { ServiceMetrics } from "./observability/metrics.js";
 import { metricsRoute, withRoute } from "./observability/metrics-route.js";
+import { clusterMetricsSource } from "./observability/cluster-metrics.js";
 import { TokenServiceHandler } from "./rpc/token-service.js";
 import { startGrpcServer } from "./server/grpc-server.js";
 import { createHealthService } from "./server/health.js";
@@ -99,7 +100,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     clock,
     log,
   );
-  const cache = new TokenCache({
+  const cache = createIntrospectionCache({
     maxEntries: config.cacheMaxEntries,
     maxBytes: config.cacheMaxMegabytes * 1024 * 1024,
     stalenessMs: config.cacheStalenessMs,
@@ -207,7 +208,9 @@ export async function startService(config: Config, options: StartOptions = {}): 
     credentials: grpcServerCredentials(tls),
     ...(metrics ? { observer: metrics } : {}),
   });
-  const metricsEndpoint = config.metricsEnabled && metrics ? metricsRoute(metrics, (err) => log.error({ err }, "metrics collection failed")) : undefined;
+  // Under WORKERS, /metrics answers for the whole cluster (observability/cluster-metrics.ts).
+  const metricsSource = metrics && cluster.isWorker ? clusterMetricsSource(metrics.registry) : metrics;
+  const metricsEndpoint = config.metricsEnabled && metricsSource ? metricsRoute(metricsSource, (err) => log.error({ err }, "metrics collection failed")) : undefined;
   const http = await startHttpServer({
     host: config.listenHost,
     port: config.httpPort,

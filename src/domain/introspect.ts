@@ -1,9 +1,8 @@
 import type { Environment } from "./environment.js";
 import type { RequestMeta, TokenClaims, TokenRecord } from "./model.js";
-import { tokenState } from "./model.js";
 import type { TokenDeps } from "./ports.js";
 import { classifyToken, digestKey, displayHint } from "./token-format.js";
-import { memoByObject } from "./memo.js";
+import { TokenCache, type TokenCacheOptions } from "./token-cache.js";
 import { deprecationOf, sunsetMessage, verifyLegacyJwt, type Deprecation } from "./legacy-jwt.js";
 
 /** Why a presented token is not active. */
@@ -104,25 +103,25 @@ export async function introspectToken(
   const now = deps.clock.now();
   const nowMs = now.getTime();
   const key = digestKey(presented);
-  const cached = deps.cache.get(key, nowMs);
-  let record: TokenRecord | null;
-  if (cached !== undefined) {
-    record = cached.record;
+  const hit = deps.cache.get(key, nowMs);
+  let token: CachedToken | null;
+  if (hit !== undefined) {
+    token = hit.record;
   } else {
     const fence = deps.cache.fence();
-    record = (await deps.store.findByDigest(Buffer.from(key, "base64"))) ?? null;
-    deps.cache.put(key, record, fence, nowMs);
+    const record = await deps.store.findByDigest(Buffer.from(key, "base64"));
+    token = record === undefined ? null : cachedTokenOf(record);
+    deps.cache.put(key, token, fence, nowMs);
   }
   // A row from another environment can only exist in a store shared across
   // environments; the prefix check above already makes this unreachable, but
   // the record's own environment is the authority.
-  if (record === null || record.environment !== service) return answered(deps, options, "opaque", INACTIVE.unknown);
+  if (token === null || token.claims.environment !== service) return answered(deps, options, "opaque", INACTIVE.unknown);
+  if (token.revoked) return answered(deps, options, "opaque", INACTIVE.revoked);
+  const claims = token.claims;
+  if (claims.expiresAt !== null && claims.expiresAt.getTime() <= nowMs) return answered(deps, options, "opaque", INACTIVE.expired);
 
-  const state = tokenState(record, now);
-  if (state !== "active") return answered(deps, options, "opaque", INACTIVE[state]);
-
-  deps.usage.note(record.id, now);
-  const claims = claimsOf(record);
+  deps.usage.note(claims.id, now);
   if (options.backendJwt) return answered(deps, options, "opaque", { active: true, claims, backendJwt: await deps.backendJwt.mint(claims, now) });
   return answered(deps, options, "opaque", { active: true, claims });
 }
@@ -191,28 +190,79 @@ async function introspectLegacyJwt(deps: TokenDeps, jwt: string, meta: RequestMe
 }
 
 /**
- * The claims of a stored opaque token. Records are immutable and the cache
- * hands out the same object on every hit, so the claims are built once per record.
+ * What the cache keeps of a stored token: its claims (built once, then shared
+ * by every hit) and whether it is revoked. Not the row: no digest, no
+ * bookkeeping columns, and list entries interned, so a cached token costs
+ * little memory. Expiry is judged at read time from the claims.
  */
-export const claimsOf: (record: TokenRecord) => IntrospectedClaims = memoByObject(buildClaimsOf);
+export interface CachedToken {
+  readonly claims: IntrospectedClaims;
+  readonly revoked: boolean;
+}
 
-function buildClaimsOf(record: TokenRecord): IntrospectedClaims {
+/** The replica's introspection cache. */
+export type IntrospectionCache = TokenCache<CachedToken | null>;
+
+/** Builds the replica's introspection cache with the given limits. */
+export function createIntrospectionCache(limits: Omit<TokenCacheOptions<CachedToken | null>, "sizeOf" | "isNegative">): IntrospectionCache {
+  return new TokenCache<CachedToken | null>({ ...limits, sizeOf: estimateBytes });
+}
+
+/** A rough size of an entry: fixed overhead plus two bytes per character it holds alone. */
+function estimateBytes(key: string, token: CachedToken | null): number {
+  if (token === null) return 200 + key.length;
+  const c = token.claims;
+  let chars = key.length + c.id.length + c.name.length + c.subject.length + c.fullName.length;
+  for (const k in c.metadata) chars += k.length + (c.metadata[k]?.length ?? 0) + 16;
+  return 500 + chars * 2 + 16 * (c.teams.length + c.scopes.length + c.namespaces.length);
+}
+
+/** The cached form of a stored record. */
+export function cachedTokenOf(record: TokenRecord): CachedToken {
+  return { claims: claimsOf(record), revoked: record.revokedAt !== null };
+}
+
+/**
+ * Strings that repeat across many tokens (scope, team and namespace names)
+ * are kept once: the driver makes a new string per row. Bounded, so a flood
+ * of distinct names cannot grow it without limit.
+ */
+const INTERNED = new Map<string, string>();
+const MAX_INTERNED = 50_000;
+
+function intern(value: string): string {
+  const known = INTERNED.get(value);
+  if (known !== undefined) return known;
+  if (INTERNED.size < MAX_INTERNED) INTERNED.set(value, value);
+  return value;
+}
+
+const NO_STRINGS: readonly string[] = Object.freeze([]);
+const NO_METADATA: Readonly<Record<string, string>> = Object.freeze({});
+
+function internList(values: readonly string[]): readonly string[] {
+  return values.length === 0 ? NO_STRINGS : values.map(intern);
+}
+
+/** The claims of a stored opaque token. */
+export function claimsOf(record: TokenRecord): IntrospectedClaims {
   return {
     id: record.id,
     kind: "opaque",
     subject: record.subject,
     fullName: record.fullName,
-    teams: record.teams,
-    scopes: record.scopes,
-    namespaces: record.namespaces,
+    teams: internList(record.teams),
+    scopes: internList(record.scopes),
+    namespaces: internList(record.namespaces),
     isAdmin: record.isAdmin,
     name: record.name,
-    metadata: record.metadata,
+    metadata: Object.keys(record.metadata).length === 0 ? NO_METADATA : record.metadata,
     environment: record.environment,
     issuedAt: record.createdAt,
     expiresAt: record.expiresAt,
   };
 }
+
 
 /** The request facts every security event carries. */
 export function metaFields(meta: RequestMeta): { method: string; peer?: string; userAgent?: string; requestId?: string } {

@@ -1,6 +1,6 @@
 import type { Environment } from "./environment.js";
-import type { InactiveReason, IntrospectedClaims, IntrospectionUse, TokenKind } from "./introspect.js";
-import type { TokenCache } from "./token-cache.js";
+import type { InactiveReason, IntrospectedClaims, IntrospectionUse, TokenKind, IntrospectionCache } from "./introspect.js";
+
 import type { RevocationHub } from "./revocation-hub.js";
 import type { LegacyJwtPolicy } from "./legacy-jwt.js";
 import type { SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
@@ -148,7 +148,7 @@ export interface LegacyDeps {
 /** Everything the use cases need, built once in main.ts. */
 export interface TokenDeps {
   /** Introspection answers by token digest; see `TokenCache`. */
-  readonly cache: TokenCache;
+  readonly cache: IntrospectionCache;
   /** Revocation notices of this process, for WatchRevocations streams. */
   readonly revocations: RevocationHub;
   readonly legacy: LegacyDeps;

@@ -1,7 +1,6 @@
-import type { TokenRecord } from "./model.js";
 
 /** Cache limits and freshness rules. */
-export interface TokenCacheOptions<V = TokenRecord | null> {
+export interface TokenCacheOptions<V> {
   /** Most entries held; beyond it the least recently used go first. */
   readonly maxEntries: number;
   /** Most estimated bytes held (records vary: metadata and lists are bounded but not tiny). */
@@ -18,12 +17,12 @@ export interface TokenCacheOptions<V = TokenRecord | null> {
   readonly negativeTtlMs: number;
   /** Which values are negative answers (kept only `negativeTtlMs`). Default: null. */
   readonly isNegative?: (value: V) => boolean;
-  /** Estimated bytes of an entry. Default: sized for a `TokenRecord`. */
-  readonly sizeOf?: (key: string, value: V) => number;
+  /** Estimated bytes of an entry, for the memory bound. */
+  readonly sizeOf: (key: string, value: V) => number;
 }
 
-/** One cached answer: by default the stored record, or null for "no such token". */
-export interface CacheEntry<V = TokenRecord | null> {
+/** One cached answer (null, by default, for "no such token"). */
+export interface CacheEntry<V> {
   readonly record: V;
   /** Kept only `negativeTtlMs`. */
   readonly negative: boolean;
@@ -35,19 +34,9 @@ export interface CacheEntry<V = TokenRecord | null> {
   readonly bytes: number;
 }
 
-/** A rough size of a record entry in memory: fixed overhead plus two bytes per character held. */
-export function estimateBytes(key: string, record: TokenRecord | null): number {
-  let chars = key.length;
-  if (record !== null) {
-    chars += record.id.length + record.displayHint.length + record.name.length + record.subject.length + record.fullName.length + record.createdBy.length;
-    for (const list of [record.teams, record.scopes, record.namespaces]) for (const item of list) chars += item.length + 8;
-    for (const k in record.metadata) chars += k.length + (record.metadata[k]?.length ?? 0) + 16;
-  }
-  return 400 + chars * 2;
-}
-
 /**
- * The per-replica introspection cache, keyed by token digest.
+ * A cache of introspection answers keyed by token digest: the replica's own
+ * (see `createIntrospectionCache`) and the gateway client's.
  *
  * - Bounded: at most `maxEntries`, evicting with a second-chance clock over
  *   the Map's insertion order, so a hit only sets a bit (no reordering, no
@@ -59,7 +48,7 @@ export function estimateBytes(key: string, record: TokenRecord | null): number {
  *   revoked token back.
  * - Bounded staleness: see `TokenCacheOptions.stalenessMs`.
  */
-export class TokenCache<V = TokenRecord | null> {
+export class TokenCache<V> {
   private readonly entries = new Map<string, CacheEntry<V>>();
   private readonly isNegative: (value: V) => boolean;
   private readonly sizeOf: (key: string, value: V) => number;
@@ -73,7 +62,7 @@ export class TokenCache<V = TokenRecord | null> {
 
   constructor(private readonly options: TokenCacheOptions<V>) {
     this.isNegative = options.isNegative ?? ((value) => value === null);
-    this.sizeOf = options.sizeOf ?? ((key, value) => estimateBytes(key, value as TokenRecord | null));
+    this.sizeOf = options.sizeOf;
   }
 
   /** The entry for a digest if it may be served at `nowMs`; undefined means "ask the store". */

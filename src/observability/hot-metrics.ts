@@ -156,9 +156,10 @@ export class HotHistogram {
       let cumulative = 0;
       for (let i = 0; i < this.#bounds.length; i++) {
         cumulative += row.counts[i]!;
-        values.push({ labels: { ...row.labels, le: this.#bounds[i]! }, value: cumulative, metricName: bucket });
+        // `le` first, as prom-client writes its own histograms.
+        values.push({ labels: { le: this.#bounds[i]!, ...row.labels }, value: cumulative, metricName: bucket });
       }
-      values.push({ labels: { ...row.labels, le: "+Inf" }, value: row.count, metricName: bucket });
+      values.push({ labels: { le: "+Inf", ...row.labels }, value: row.count, metricName: bucket });
       values.push({ labels: { ...row.labels }, value: row.sum, metricName: `${this.name}_sum` });
       values.push({ labels: { ...row.labels }, value: row.count, metricName: `${this.name}_count` });
     }

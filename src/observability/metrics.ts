@@ -25,7 +25,7 @@ import type { Logger as PinoLogger } from "pino";
 import type { InactiveReason, IntrospectionUse, TokenKind } from "../domain/introspect.js";
 import type { SecurityEvent } from "../domain/model.js";
 import type { DomainMetrics } from "../domain/ports.js";
-import type { CallFacts, CallObserver, CallRecorder, ServerName } from "../server/call-observer.js";
+import type { CallFacts, CallObserver, CallRecorder, HttpRequestRecorder, ServerName } from "../server/call-observer.js";
 import { peerKey } from "../server/context.js";
 import { requestIdKey } from "../server/request-id.js";
 import { CounterRow, HistogramRow, HotCounter, HotHistogram } from "./hot-metrics.js";
@@ -113,6 +113,7 @@ export class ServiceMetrics implements DomainMetrics, CallObserver {
       help: "Always 1; the labels say which environment this replica serves and which store it uses.",
       labelNames: ["environment", "store"],
       registers,
+      aggregator: "first", // under WORKERS, one line for the replica, not one per worker summed
     }).set({ environment: info.environment, store: info.store }, 1);
 
     this.#rpcDuration = new HotHistogram(
@@ -207,13 +208,15 @@ export class ServiceMetrics implements DomainMetrics, CallObserver {
     };
   }
 
-  /** Logs a plain HTTP request (`/metrics`, `/.well-known/jwks.json`, …) at debug. */
-  httpRequest(method: string, path: string, status: number, startMs: number, requestId: string, peer: string | undefined): void {
-    if (!this.#debug) return;
-    this.#log.debug(
-      { request_id: requestId, server: "http", http_method: method, path: path.slice(0, 256), status, duration_ms: round3(performance.now() - startMs), peer },
-      "request",
-    );
+  /** At debug, a recorder that logs one plain HTTP request (`/auth`, `/metrics`, …); else nothing, at no cost. */
+  httpRequest(): HttpRequestRecorder | undefined {
+    if (!this.#debug) return undefined;
+    const startMs = performance.now();
+    return (method, path, status, requestId, peer) =>
+      this.#log.debug(
+        { request_id: requestId, server: "http", http_method: method, path: path.slice(0, 256), status, duration_ms: round3(performance.now() - startMs), peer },
+        "request",
+      );
   }
 
   // ------------------------------------------------------------ the rest

@@ -142,22 +142,29 @@ export function introspectResponse(
 }
 
 /**
- * Built answers per claims (or per shared inactive result): the cache hands
- * out the same record, hence the same claims, on every hit, so a repeat
- * introspection re-sends a message built once. Answers carrying per-call
- * parts (a backend JWT, a deprecation notice) are built each time.
+ * Built answers of the hottest tokens. The cache hands out the same claims on
+ * every hit, so a repeat introspection can re-send a message built once
+ * (frozen, which also lets the gRPC adapter reuse its encoded bytes). Bounded
+ * to a hot set rather than kept per cached token: a message costs about 2 KB,
+ * more than the cached token itself. Answers carrying per-call parts (a
+ * backend JWT, a deprecation notice) are built each time.
  */
-const ANSWERS = new WeakMap<object, IntrospectTokenResponse>();
+const HOT_ANSWERS = new Map<object, IntrospectTokenResponse>();
+const MAX_HOT_ANSWERS = 10_000;
 
-/** The introspection answer as a message, built once per token while it stays cached. */
+/** The introspection answer as a message, reused for hot tokens. */
 export function introspectAnswer(result: IntrospectResult, claimsContext: { readonly issuer: string; readonly audience: readonly string[] }): IntrospectTokenResponse {
   const memoKey = result.active ? (result.backendJwt !== undefined || result.deprecation !== undefined ? undefined : result.claims) : result;
   if (memoKey !== undefined) {
-    const known = ANSWERS.get(memoKey);
+    const known = HOT_ANSWERS.get(memoKey);
     if (known !== undefined) return known;
   }
   const answer = create(IntrospectTokenResponseSchema, introspectResponse(result, claimsContext));
-  if (memoKey !== undefined) ANSWERS.set(memoKey, answer);
+  if (memoKey !== undefined) {
+    // Oldest first out: a token that is still hot comes straight back.
+    if (HOT_ANSWERS.size >= MAX_HOT_ANSWERS) HOT_ANSWERS.delete(HOT_ANSWERS.keys().next().value!);
+    HOT_ANSWERS.set(memoKey, Object.freeze(answer));
+  }
   return answer;
 }
 

@@ -32,11 +32,15 @@ export interface CallObserver {
   /** The recorder of one method on one server; called at mount time (or on a method's first call). */
   recorder(server: ServerName, method: DescMethod): CallRecorder;
   /**
-   * A plain HTTP request (not an RPC) answered on the HTTP port, for the
-   * per-request log; `path` is the URL path without the query.
+   * A plain HTTP request (not an RPC) arrives on the HTTP port: returns what
+   * to call once it is answered, or undefined when nobody wants it (so the
+   * server adds no listener). For the per-request log.
    */
-  httpRequest?(method: string, path: string, status: number, startMs: number, requestId: string, peer: string | undefined): void;
+  httpRequest?(): HttpRequestRecorder | undefined;
 }
+
+/** Records one answered plain HTTP request; `path` is the URL path without the query. */
+export type HttpRequestRecorder = (method: string, path: string, status: number, requestId: string, peer: string | undefined) => void;
 
 /**
  * The Connect server's side of {@link CallObserver}: an interceptor that

@@ -128,11 +128,28 @@ export function methodDefinition(method: DescMethod): MethodDefinition<unknown, 
     originalName: method.name,
     // Server side.
     requestDeserialize: (bytes: Buffer) => decodeOrMark(input, bytes),
-    responseSerialize: (value: unknown) => asBuffer(toBinary(output, value as MessageShape<DescMessage>)),
+    responseSerialize: (value: unknown) => encodeResponse(output, value as MessageShape<DescMessage>),
     // Client side: accept init shapes, like a connect client does.
     requestSerialize: (value: unknown) => asBuffer(toBinary(input, create(input, value as MessageShape<DescMessage>))),
     responseDeserialize: (bytes: Buffer) => fromBinary(output, bytes),
   };
+}
+
+/**
+ * Encoded bytes of frozen responses. A handler that re-sends the same frozen
+ * message (the service's hot introspection answers) pays for encoding once;
+ * entries go with the message.
+ */
+const ENCODED = new WeakMap<object, Buffer>();
+
+function encodeResponse(output: DescMessage, message: MessageShape<DescMessage>): Buffer {
+  if (!Object.isFrozen(message)) return asBuffer(toBinary(output, message));
+  let bytes = ENCODED.get(message);
+  if (bytes === undefined) {
+    bytes = asBuffer(toBinary(output, message));
+    ENCODED.set(message, bytes);
+  }
+  return bytes;
 }
 
 /** The gRPC path of a method, as both servers name it in logs. */

@@ -5,7 +5,6 @@ import * as tls from "node:tls";
 import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { performance } from "node:perf_hooks";
 import { observeCalls, type CallObserver } from "./call-observer.js";
 import { peerKey } from "./context.js";
 import { assignHttpRequestId, requestIdKey, httpRequestId } from "./request-id.js";
@@ -106,20 +105,23 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
 
   let closing = false;
   const extra = options.extraHandler;
-  const observeHttp = options.observer?.httpRequest?.bind(options.observer);
+  const observer = options.observer;
   const onRequest = (req: HttpRequest, res: HttpResponse): void => {
     const requestId = assignHttpRequestId(req, res);
     // While draining, ask HTTP/1.1 clients not to reuse the connection.
     if (closing && res instanceof http.ServerResponse && !res.headersSent) res.shouldKeepAlive = false;
-    const start = observeHttp === undefined ? 0 : performance.now();
-    if (extra !== undefined && extra(req, res)) {
-      if (observeHttp !== undefined) {
-        // A plain HTTP endpoint: report it once answered (some answer later).
-        const done = () => observeHttp(req.method ?? "", (req.url ?? "").split("?", 1)[0] ?? "", res.statusCode, start, requestId, req.socket?.remoteAddress);
-        if (res.writableFinished) done();
-        else res.once("finish", done);
+    if (extra !== undefined) {
+      // Undefined unless the observer wants plain HTTP requests (their debug line).
+      const record = observer?.httpRequest?.();
+      if (extra(req, res)) {
+        if (record !== undefined) {
+          // A plain HTTP endpoint: report it once answered (some answer later).
+          const done = () => record(req.method ?? "", (req.url ?? "").split("?", 1)[0] ?? "", res.statusCode, requestId, req.socket?.remoteAddress);
+          if (res.writableFinished) done();
+          else res.once("finish", done);
+        }
+        return;
       }
-      return;
     }
     rpc(req, res);
   };

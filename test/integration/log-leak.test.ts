@@ -243,8 +243,6 @@ describe("no credential in any log or output", () => {
 
   it("leaves no credential in the service log or in any child process output", () => {
     const sources: Output[] = [{ source: "service log", text: sut.logs.raw.join("\n") }, ...outputs];
-    sut.service.deps.log.warn({ oops: `auth was Bearer ${admin}` }, "deliberate leak");
-    sources[0] = { source: "service log", text: sut.logs.raw.join("\n") };
     // The run was observed: request lines for every TokenService method, security events, both servers.
     const lines = sut.logs.lines;
     const methods = new Set(lines.filter((l) => l.msg === "request").map((l) => l.method));

@@ -1,5 +1,7 @@
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { promisify } from "node:util";
 import { createClient, type Client } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpcJs from "@grpc/grpc-js";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -72,7 +74,7 @@ describe("observability of the service", () => {
         grpc.client,
         request,
         md,
-        (err: grpcJs.ServiceError | null, res: Res) => resolve(err ? { error: err, headers: err.metadata ?? headers } : { answer: res, headers }),
+        (err: grpcJs.ServiceError | null, res: Res) => resolve(err ? { error: err, headers } : { answer: res, headers }),
       );
       call.on("metadata", (m: grpcJs.Metadata) => (headers = m));
     });
@@ -213,6 +215,11 @@ describe("observability of the service", () => {
       const [line] = debugLines("gw-req.0001_A");
       expect(line).toMatchObject({ level: 20, msg: "request", server: "grpc", method: "/tokens.v1.TokenService/IntrospectToken", code: "OK", peer: "127.0.0.1" });
       expect(line!["duration_ms"]).toEqual(expect.any(Number));
+
+      const refused = await grpcWithMetadata("listTokens", {}, { "x-request-id": "gw-req-refused" });
+      expect(refused.error?.code).toBe(grpcJs.status.UNAUTHENTICATED);
+      expect(refused.headers.get("x-request-id")).toEqual(["gw-req-refused"]);
+      expect(debugLines("gw-req-refused")).toContainEqual(expect.objectContaining({ msg: "request", server: "grpc", method: "/tokens.v1.TokenService/ListTokens", code: "UNAUTHENTICATED" }));
     });
 
     it("echoes x-request-id over Connect, on failures too, and logs the code", async () => {
@@ -224,6 +231,14 @@ describe("observability of the service", () => {
       expect(res.status).toBe(401);
       expect(res.headers.get("x-request-id")).toBe("connect-req-42");
       expect(debugLines("connect-req-42")).toContainEqual(expect.objectContaining({ msg: "request", server: "http", method: "/tokens.v1.TokenService/ListTokens", code: "UNAUTHENTICATED" }));
+    });
+
+    it("echoes x-request-id over gRPC on the HTTP port (h2c)", async () => {
+      const overH2c = createClient(TokenService, createGrpcTransport({ baseUrl }));
+      let echoed: string | null = null;
+      await overH2c.introspectToken({ token: admin }, { headers: { ...as(admin), "x-request-id": "h2c-req-1" }, onHeader: (h) => (echoed = h.get("x-request-id")) });
+      expect(echoed).toBe("h2c-req-1");
+      expect(debugLines("h2c-req-1")).toContainEqual(expect.objectContaining({ msg: "request", server: "http", code: "OK" }));
     });
 
     it("carries the request id into the security event the call raised", async () => {
@@ -314,5 +329,63 @@ describe("at the default log level, with metrics off", () => {
     expect(sut.logs.raw.length).toBe(linesBefore);
     expect(sut.service.metrics).toBeUndefined();
     expect((await fetch(`http://127.0.0.1:${sut.service.httpPort}/metrics`)).status).toBe(404);
+  });
+});
+
+describe("metrics under WORKERS=2", () => {
+  let db: TestDatabase;
+  let primary: ChildProcess | undefined;
+  let httpPort: number;
+
+  beforeAll(async () => {
+    // The cluster runs from the build, as `npm start` runs it.
+    await promisify(execFile)("npm", ["run", "build", "--silent"]);
+    db = await createTestDatabase();
+    primary = spawn("node", ["dist/src/main.js"], {
+      env: { ...process.env, DATABASE_URL: db.url, WORKERS: "2", LISTEN_HOST: "127.0.0.1", GRPC_PORT: "0", HTTP_PORT: "0", LOG_LEVEL: "info", SHUTDOWN_GRACE: "1s" },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    let listening = 0;
+    httpPort = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the cluster did not start:\n${stderr}`)), 60_000);
+      primary!.stderr!.on("data", (chunk: Buffer) => {
+        stderr += chunk.toString("utf8");
+        const ports = [...stderr.matchAll(/"msg":"token service listening"/g)].length;
+        // Both workers share one port (node:cluster); wait until both are serving.
+        if (ports >= 2 && ports !== listening) {
+          listening = ports;
+          const port = /"http":"127\.0\.0\.1:(\d+)"/.exec(stderr)?.[1];
+          clearTimeout(timer);
+          resolve(Number(port));
+        }
+      });
+    });
+  }, 180_000);
+
+  afterAll(async () => {
+    if (primary?.exitCode === null) {
+      const exited = new Promise((resolve) => primary!.once("exit", resolve));
+      primary.kill("SIGTERM");
+      await exited;
+    }
+    await db?.drop();
+  });
+
+  it("answers /metrics with the sum of every worker, whichever worker takes the scrape", async () => {
+    const url = `http://127.0.0.1:${httpPort}`;
+    const calls = 12;
+    // Fresh connections, so the calls (and the scrapes) spread over both workers.
+    for (let i = 0; i < calls; i++) {
+      const res = await fetch(`${url}/tokens.v1.TokenService/ListTokens`, { method: "POST", headers: { "content-type": "application/json", connection: "close" }, body: "{}" });
+      expect(res.status).toBe(401);
+    }
+    const labels = { server: "http", method: "ListTokens", code: "UNAUTHENTICATED" };
+    for (let i = 0; i < 4; i++) {
+      const samples = parseExposition(await (await fetch(`${url}/metrics`, { headers: { connection: "close" } })).text());
+      expect(valueOf(samples, "token_service_rpc_handled_total", labels)).toBe(calls);
+      expect(valueOf(samples, "token_service_revocation_listener_up")).toBe(2); // one listener per worker
+      expect(valueOf(samples, "token_service_info", { store: "postgres" })).toBe(1);
+    }
   });
 });

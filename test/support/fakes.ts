@@ -1,6 +1,6 @@
 import { TokenError } from "../../src/domain/errors.js";
 import type { LegacyJwtPolicy } from "../../src/domain/legacy-jwt.js";
-import { TokenCache } from "../../src/domain/token-cache.js";
+import { createIntrospectionCache } from "../../src/domain/introspect.js";
 import { RevocationHub } from "../../src/domain/revocation-hub.js";
 import type { SecurityEvent, SecurityEventRow, TokenRecord } from "../../src/domain/model.js";
 import { tokenState } from "../../src/domain/model.js";
@@ -218,7 +218,7 @@ export function fakeDeps(policy: Partial<TokenPolicy> = {}, legacyPolicy: Legacy
   const log = new CapturedLog();
   const used = new Map<string, Date>();
   const minter = new FakeMinter();
-  const cache = new TokenCache({ maxEntries: 1000, maxBytes: 1 << 24, stalenessMs: 2000, negativeTtlMs: 1000 });
+  const cache = createIntrospectionCache({ maxEntries: 1000, maxBytes: 1 << 24, stalenessMs: 2000, negativeTtlMs: 1000 });
   const revocations = new RevocationHub();
   const deps: TokenDeps = {
     cache,

@@ -12,7 +12,7 @@ const record = (id: string): TokenRecord => ({
   metadata: {}, environment: "development", createdAt: new Date(0), createdBy: "x", expiresAt: null, lastUsedAt: null, revokedAt: null, revokedBy: null, revokeReason: null,
 });
 
-const cacheOf = (o: Partial<TokenCacheOptions> = {}) => new TokenCache<TokenRecord | null>({ maxEntries: 3, maxBytes: 1 << 20, stalenessMs: 2000, negativeTtlMs: 500, ...o });
+const cacheOf = (o: Partial<TokenCacheOptions<TokenRecord | null>> = {}) => new TokenCache<TokenRecord | null>({ maxEntries: 3, maxBytes: 1 << 20, stalenessMs: 2000, negativeTtlMs: 500, sizeOf: (key, r) => 400 + key.length + (r?.id.length ?? 0), ...o });
 
 describe("the introspection cache", () => {
   it("serves an entry within the staleness bound, and beyond it only while the channel keeps confirming", () => {
