@@ -1,4 +1,4 @@
-import type { Environment } from "./environment.js";
+import { ENVIRONMENTS, type Environment } from "./environment.js";
 import type { RequestMeta, TokenClaims, TokenRecord } from "./model.js";
 import type { TokenDeps } from "./ports.js";
 import { classifyToken, digestKey, displayHint } from "./token-format.js";
@@ -116,10 +116,10 @@ export async function introspectToken(
   // A row from another environment can only exist in a store shared across
   // environments; the prefix check above already makes this unreachable, but
   // the record's own environment is the authority.
-  if (token === null || token.claims.environment !== service) return answered(deps, options, "opaque", INACTIVE.unknown);
+  if (token === null || token.environment !== service) return answered(deps, options, "opaque", INACTIVE.unknown);
   if (token.revoked) return answered(deps, options, "opaque", INACTIVE.revoked);
-  const claims = token.claims;
-  if (claims.expiresAt !== null && claims.expiresAt.getTime() <= nowMs) return answered(deps, options, "opaque", INACTIVE.expired);
+  if (token.expiresAtMs <= nowMs) return answered(deps, options, "opaque", INACTIVE.expired);
+  const claims: IntrospectedClaims = token;
 
   deps.usage.note(claims.id, now);
   if (options.backendJwt) return answered(deps, options, "opaque", { active: true, claims, backendJwt: await deps.backendJwt.mint(claims, now) });
@@ -190,14 +190,52 @@ async function introspectLegacyJwt(deps: TokenDeps, jwt: string, meta: RequestMe
 }
 
 /**
- * What the cache keeps of a stored token: its claims (built once, then shared
- * by every hit) and whether it is revoked. Not the row: no digest, no
- * bookkeeping columns, and list entries interned, so a cached token costs
- * little memory. Expiry is judged at read time from the claims.
+ * What the cache keeps of a stored token: its claims, built once and shared
+ * by every hit, and whether it is revoked. Not the row: no digest, no
+ * bookkeeping columns, times as numbers (a `Date` costs over 100 bytes; the
+ * `Date` views are made on demand, off the hot path), lists interned. Expiry
+ * is judged at read time.
  */
-export interface CachedToken {
-  readonly claims: IntrospectedClaims;
+export class CachedToken implements IntrospectedClaims {
+  readonly kind = "opaque";
+  readonly id: string;
+  readonly subject: string;
+  readonly fullName: string;
+  readonly teams: readonly string[];
+  readonly scopes: readonly string[];
+  readonly namespaces: readonly string[];
+  readonly isAdmin: boolean;
+  readonly name: string;
+  readonly metadata: Readonly<Record<string, string>>;
+  readonly environment: Environment;
+  readonly issuedAtMs: number;
+  /** Infinity when the token never expires. */
+  readonly expiresAtMs: number;
   readonly revoked: boolean;
+
+  constructor(record: TokenRecord) {
+    this.id = record.id;
+    this.subject = record.subject;
+    this.fullName = record.fullName;
+    this.teams = internList(record.teams);
+    this.scopes = internList(record.scopes);
+    this.namespaces = internList(record.namespaces);
+    this.isAdmin = record.isAdmin;
+    this.name = record.name;
+    this.metadata = Object.keys(record.metadata).length === 0 ? NO_METADATA : record.metadata;
+    this.environment = ENVIRONMENTS.find((e) => e === record.environment) ?? record.environment;
+    this.issuedAtMs = record.createdAt.getTime();
+    this.expiresAtMs = record.expiresAt === null ? Number.POSITIVE_INFINITY : record.expiresAt.getTime();
+    this.revoked = record.revokedAt !== null;
+  }
+
+  get issuedAt(): Date {
+    return new Date(this.issuedAtMs);
+  }
+
+  get expiresAt(): Date | null {
+    return this.expiresAtMs === Number.POSITIVE_INFINITY ? null : new Date(this.expiresAtMs);
+  }
 }
 
 /** The replica's introspection cache. */
@@ -211,15 +249,14 @@ export function createIntrospectionCache(limits: Omit<TokenCacheOptions<CachedTo
 /** A rough size of an entry: fixed overhead plus two bytes per character it holds alone. */
 function estimateBytes(key: string, token: CachedToken | null): number {
   if (token === null) return 200 + key.length;
-  const c = token.claims;
-  let chars = key.length + c.id.length + c.name.length + c.subject.length + c.fullName.length;
-  for (const k in c.metadata) chars += k.length + (c.metadata[k]?.length ?? 0) + 16;
-  return 500 + chars * 2 + 16 * (c.teams.length + c.scopes.length + c.namespaces.length);
+  let chars = key.length + token.id.length + token.name.length + token.subject.length + token.fullName.length;
+  for (const k in token.metadata) chars += k.length + (token.metadata[k]?.length ?? 0) + 16;
+  return 400 + chars * 2 + 16 * (token.teams.length + token.scopes.length + token.namespaces.length);
 }
 
 /** The cached form of a stored record. */
 export function cachedTokenOf(record: TokenRecord): CachedToken {
-  return { claims: claimsOf(record), revoked: record.revokedAt !== null };
+  return new CachedToken(record);
 }
 
 /**
@@ -246,21 +283,7 @@ function internList(values: readonly string[]): readonly string[] {
 
 /** The claims of a stored opaque token. */
 export function claimsOf(record: TokenRecord): IntrospectedClaims {
-  return {
-    id: record.id,
-    kind: "opaque",
-    subject: record.subject,
-    fullName: record.fullName,
-    teams: internList(record.teams),
-    scopes: internList(record.scopes),
-    namespaces: internList(record.namespaces),
-    isAdmin: record.isAdmin,
-    name: record.name,
-    metadata: Object.keys(record.metadata).length === 0 ? NO_METADATA : record.metadata,
-    environment: record.environment,
-    issuedAt: record.createdAt,
-    expiresAt: record.expiresAt,
-  };
+  return new CachedToken(record);
 }
 
 
