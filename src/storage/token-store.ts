@@ -7,17 +7,10 @@ import type { Kysely, Selectable } from "kysely";
 import { TokenError } from "../domain/errors.js";
 import type { TokenRecord } from "../domain/model.js";
 import type { NewToken, RevokeOutcome, TokenListQuery, TokenStore } from "../domain/ports.js";
-import { translatingErrors } from "./errors.js";
+import { translateStoreError, translatingErrors } from "./errors.js";
+import { CAP_REACHED_SQLSTATE } from "./migrations/0004_capped_insert.js";
 import { REVOCATION_CHANNEL, REVOKED_PREFIX } from "./revocation-channel.js";
 import type { Database, TokensTable } from "./schema.js";
-
-/**
- * First key of the two-key advisory lock that serialises inserts per subject.
- * The two-key form lives in its own lock space, so it cannot collide with
- * single-key locks (Kysely's migration lock) or another application's locks
- * on a shared server unless they pick the same constant. ASCII "tok1".
- */
-const SUBJECT_LOCK_SPACE = 0x746f6b31;
 
 /** The canonical textual UUID form. Anything else is not an id we issued. */
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -34,53 +27,29 @@ export class KyselyTokenStore implements TokenStore {
 
   /**
    * Inserts under a per-subject advisory lock held until commit, so two
-   * concurrent issues for one subject cannot both pass the count.
+   * concurrent issues for one subject cannot both pass the count; lock,
+   * count and insert run in one call (see migration 0004).
    */
-  insert(token: NewToken, limits: { readonly maxActivePerSubject: number; readonly now: Date }): Promise<TokenRecord> {
-    return translatingErrors(() =>
-      // PGlite is one connection: everything below must go through `trx`, or it waits forever.
-      this.db.transaction().execute(async (trx) => {
-        await sql`SELECT pg_advisory_xact_lock(${sql.lit(SUBJECT_LOCK_SPACE)}, hashtext(${token.subject}))`.execute(trx);
-        // Read committed: this statement's snapshot is taken after the lock, so it sees every earlier insert.
-        const { active } = await trx
-          .selectFrom("tokens")
-          .select((eb) => eb.fn.countAll<string | number>().as("active"))
-          .where("subject", "=", token.subject)
-          .where("revoked_at", "is", null)
-          .where((eb) => eb.or([eb("expires_at", "is", null), eb("expires_at", ">", limits.now)]))
-          .executeTakeFirstOrThrow();
-        const held = Number(active);
-        if (held >= limits.maxActivePerSubject) {
-          throw new TokenError(
-            "resource_exhausted",
-            `subject already holds ${held} active tokens, the most allowed; revoke some first`,
-          );
-        }
-        const row = await trx
-          .insertInto("tokens")
-          .values({
-            id: token.id,
-            digest: token.digest,
-            display_hint: token.displayHint,
-            name: token.name,
-            subject: token.subject,
-            full_name: token.fullName,
-            teams: [...token.teams],
-            scopes: [...token.scopes],
-            namespaces: [...token.namespaces],
-            is_admin: token.isAdmin,
-            metadata: JSON.stringify(token.metadata),
-            environment: token.environment,
-            created_at: token.createdAt,
-            created_by: token.createdBy,
-            expires_at: token.expiresAt,
-          })
-          .returningAll()
-          .executeTakeFirstOrThrow();
-        return toRecord(row);
-      }),
-    );
+  async insert(token: NewToken, limits: { readonly maxActivePerSubject: number; readonly now: Date }): Promise<TokenRecord> {
+    try {
+      const { rows } = await sql<Selectable<TokensTable>>`
+        SELECT * FROM insert_token_capped(
+          ${token.id}, ${token.digest}, ${token.displayHint}, ${token.name}, ${token.subject}, ${token.fullName},
+          ${[...token.teams]}::text[], ${[...token.scopes]}::text[], ${[...token.namespaces]}::text[], ${token.isAdmin},
+          ${JSON.stringify(token.metadata)}::jsonb, ${token.environment}, ${token.createdAt}, ${token.createdBy}, ${token.expiresAt},
+          ${Math.min(limits.maxActivePerSubject, Number.MAX_SAFE_INTEGER)}, ${limits.now})`.execute(this.db);
+      const row = rows[0];
+      if (row === undefined) throw new TokenError("internal", "internal error", { cause: new Error("insert_token_capped returned no row") });
+      return toRecord(row);
+    } catch (error) {
+      if ((error as { code?: unknown }).code === CAP_REACHED_SQLSTATE) {
+        const held = Number((error as Error).message);
+        throw new TokenError("resource_exhausted", `subject already holds ${held} active tokens, the most allowed; revoke some first`);
+      }
+      throw translateStoreError(error);
+    }
   }
+
 
   /** Looks a token up by its digest: the introspection hot path, one index probe. */
   findByDigest(digest: Uint8Array): Promise<TokenRecord | undefined> {
