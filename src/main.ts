@@ -74,7 +74,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await database.close();
     throw error;
   }
-  const store = new KyselyTokenStore(database.db);
+  const store = new KyselyTokenStore(database.db, database.prepared);
   const securityEvents = new KyselySecurityEventStore(database.db);
   const events = new SecurityEventRecorder(securityEvents, log, clock, config.securityEventWindowMs, metrics);
   const usage = new LastUsedRecorder(store, log, config.lastUsedFlushMs);

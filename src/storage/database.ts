@@ -38,6 +38,13 @@ export interface DatabaseOptions {
 export interface OpenedDatabase {
   readonly db: Kysely<Database>;
   readonly kind: "postgres" | "pglite";
+  /**
+   * Runs one statement by name, prepared once per connection on PostgreSQL
+   * (named prepared statements measured nearly twice the point-lookup rate
+   * of unnamed ones here); a plain parameterised query on PGlite. For the
+   * hottest store read only.
+   */
+  readonly prepared: <R>(name: string, text: string, values: readonly unknown[]) => Promise<R[]>;
   /** Opens a LISTEN session for revocation notices: its own connection on PostgreSQL, in-process on PGlite. */
   readonly listen: ListenSessionFactory;
   /** Closes the pool or the PGlite instance; safe to call more than once. */
@@ -127,7 +134,9 @@ function openPostgres(url: string, options: DatabaseOptions): OpenedDatabase {
     };
   };
   const poolStats = () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount, max: options.poolMax });
-  return { db, kind: "postgres", listen, close: once(() => db.destroy()), poolStats };
+  const prepared = async <R>(name: string, text: string, values: readonly unknown[]): Promise<R[]> =>
+    (await pool.query({ name, text, values: [...values] })).rows as R[];
+  return { db, kind: "postgres", listen, prepared, close: once(() => db.destroy()), poolStats };
 }
 
 async function openPglite(dataDir: string): Promise<OpenedDatabase> {
@@ -148,7 +157,9 @@ async function openPglite(dataDir: string): Promise<OpenedDatabase> {
     };
   };
   // Destroying the Kysely handle closes the PGlite instance (the dialect's driver owns it).
-  return { db, kind: "pglite", listen, close: once(() => db.destroy()) };
+  const prepared = async <R>(_name: string, text: string, values: readonly unknown[]): Promise<R[]> =>
+    (await pglite.query<R>(text, [...values])).rows;
+  return { db, kind: "pglite", listen, prepared, close: once(() => db.destroy()) };
 }
 
 /** Wraps `fn` so that every call after the first returns the first call's promise. */

@@ -134,7 +134,7 @@ describe.each(backends)("storage on $name", (backend) => {
   beforeAll(async () => {
     ({ opened, teardown } = await backend.open());
     firstMigration = await migrateToLatest(opened.db);
-    tokens = new KyselyTokenStore(opened.db);
+    tokens = new KyselyTokenStore(opened.db, opened.prepared);
     events = new KyselySecurityEventStore(opened.db);
   }, SETUP_TIMEOUT_MS);
 
