@@ -49,6 +49,8 @@ export interface H2LoadResult {
   readonly statuses: Record<string, number>;
   readonly active: number;
   readonly inactive: number;
+  /** This process's CPU time over the run, as a share of one core: near 100 means the loader, not the server, set the pace. */
+  readonly loaderCpuPercent: number;
 }
 
 const PATH = "/tokens.v1.TokenService/IntrospectToken";
@@ -99,6 +101,7 @@ async function main(): Promise<void> {
   let inactive = 0;
   let next = 0;
   let done = 0;
+  const cpuAtStart = process.cpuUsage();
   const started = performance.now();
   const stopAt = started + input.maxSeconds * 1000;
 
@@ -145,10 +148,12 @@ async function main(): Promise<void> {
   };
   await Promise.all(Array.from({ length: input.concurrency }, worker));
   const seconds = (performance.now() - started) / 1000;
+  const cpu = process.cpuUsage(cpuAtStart);
+  const loaderCpuPercent = Math.round((cpu.user + cpu.system) / 10_000 / seconds);
   for (const session of sessions) session.close();
   const sorted = latencies.subarray(0, done).sort();
   const q = (p: number) => (sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!);
-  const result: H2LoadResult = { calls: done, seconds, rate: done / seconds, p50Ms: q(0.5), p99Ms: q(0.99), statuses, active, inactive };
+  const result: H2LoadResult = { calls: done, seconds, rate: done / seconds, p50Ms: q(0.5), p99Ms: q(0.99), statuses, active, inactive, loaderCpuPercent };
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 

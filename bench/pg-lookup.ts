@@ -30,6 +30,8 @@ export interface PgLookupResult {
   readonly rate: number;
   readonly p50Ms: number;
   readonly p99Ms: number;
+  /** This process's CPU time over the run, as a share of one core. */
+  readonly clientCpuPercent: number;
 }
 
 async function main(): Promise<void> {
@@ -45,6 +47,7 @@ async function main(): Promise<void> {
   let next = 0;
   let done = 0;
   let found = 0;
+  const cpuAtStart = process.cpuUsage();
   const started = performance.now();
   const stopAt = started + input.maxSeconds * 1000;
   const worker = async () => {
@@ -58,10 +61,11 @@ async function main(): Promise<void> {
   };
   await Promise.all(Array.from({ length: input.concurrency }, worker));
   const seconds = (performance.now() - started) / 1000;
+  const cpu = process.cpuUsage(cpuAtStart);
   await pool.end();
   const sorted = latencies.subarray(0, done).sort();
   const q = (p: number) => (sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!);
-  const result: PgLookupResult = { calls: done, found, seconds, rate: done / seconds, p50Ms: q(0.5), p99Ms: q(0.99) };
+  const result: PgLookupResult = { calls: done, found, seconds, rate: done / seconds, p50Ms: q(0.5), p99Ms: q(0.99), clientCpuPercent: Math.round((cpu.user + cpu.system) / 10_000 / seconds) };
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 

@@ -42,7 +42,7 @@ import { startEchoServer, startTokenService, type ServerProcess } from "./proces
 import { summarizeProfile } from "./profile.js";
 import { renderSvg, renderTable, target, type BenchResults, type LoadRow, type TimingStats } from "./report.js";
 import { insertRows, mintCaller, mintTokens, type PgliteSeedInput } from "./seed.js";
-import { ensureTools, h2load, spread, wrk, wrkPostScript, type LoadFigures } from "./tools.js";
+import { ensureTools, h2load, wrk, wrkPostScript, type LoadFigures } from "./tools.js";
 
 // ---------------------------------------------------------------- settings
 
@@ -115,19 +115,23 @@ async function measured(server: ServerProcess, concurrency: number, run: () => P
   };
 }
 
-/** h2load against one gRPC/Connect path at each concurrency, with a warm-up before each point. */
+/** One measured h2load point, after an unmeasured warm-up when `warm`. */
+async function h2loadPoint(label: string, server: ServerProcess, url: string, bodyFile: string, headers: readonly string[], concurrency: number, warm: boolean): Promise<LoadRow> {
+  if (warm) await h2load({ url, bodyFile, headers, concurrency, seconds: WARM_UP_S, latencies: false });
+  const row = await measured(server, concurrency, () => h2load({ url, bodyFile, headers, concurrency, seconds: MEASURE_S, latencies: true }));
+  if (row.failures > 0) checks.push(`${label} c=${concurrency}: ${row.failures} failed requests (h2load)`);
+  log(`${label} c=${concurrency}: ${row.rate} req/s, p99 ${row.p99Ms} ms, ${row.cpuUsPerCall} µs CPU/call`);
+  return row;
+}
+
+/** h2load against one gRPC/Connect path at each concurrency, after one unmeasured warm-up. */
 async function h2loadSeries(label: string, server: ServerProcess, url: string, bodyFile: string, headers: readonly string[], concurrencies: readonly number[]): Promise<LoadRow[]> {
   const rows: LoadRow[] = [];
-  for (const [index, concurrency] of concurrencies.entries()) {
-    if (index === 0) await h2load({ url, bodyFile, headers, concurrency, seconds: WARM_UP_S, latencies: false });
-    const row = await measured(server, concurrency, () => h2load({ url, bodyFile, headers, concurrency, seconds: MEASURE_S, latencies: true }));
-    if (row.failures > 0) checks.push(`${label} c=${concurrency}: ${row.failures} failed requests (h2load)`);
-    log(`${label} c=${concurrency}: ${row.rate} req/s, p99 ${row.p99Ms} ms, ${row.cpuUsPerCall} µs CPU/call`);
-    rows.push(row);
-  }
+  for (const [index, concurrency] of concurrencies.entries()) rows.push(await h2loadPoint(label, server, url, bodyFile, headers, concurrency, index === 0));
   return rows;
 }
 
+/** wrk (Connect JSON over HTTP/1.1) at each concurrency, after one unmeasured warm-up. */
 async function wrkSeries(label: string, server: ServerProcess, url: string, script: string, concurrencies: readonly number[]): Promise<LoadRow[]> {
   const rows: LoadRow[] = [];
   for (const [index, concurrency] of concurrencies.entries()) {
@@ -165,7 +169,7 @@ function timing(values: readonly number[]): TimingStats {
 }
 
 /** RSS now, then RSS and heap after a full GC (the SIGUSR2 hook of bench/gc-signal.ts). */
-async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: number; gc: { rssKiB: number; heapUsedKiB: number; externalKiB: number } }> {
+async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: number; gc: { rssKiB: number; heapUsedKiB: number; heapTotalKiB: number; externalKiB: number } }> {
   const rawRssKiB = rssKiB(server.pid);
   const lines = () => readFileSync(server.logFile, "utf8").split("\n").filter((line) => line.startsWith('{"benchGc"'));
   const seen = lines().length;
@@ -175,7 +179,7 @@ async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: number; gc:
   if (last === undefined) throw new Error(`${server.name} did not answer SIGUSR2 with a GC report`);
   await sleep(300);
   const usage = (JSON.parse(last) as { benchGc: NodeJS.MemoryUsage }).benchGc;
-  return { rawRssKiB, gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 } };
+  return { rawRssKiB, gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, heapTotalKiB: usage.heapTotal / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 } };
 }
 
 const EMPTY_ROW: LoadRow = { concurrency: 0, requests: 0, rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, cpuUsPerCall: Number.NaN, failures: 0 };
@@ -251,7 +255,11 @@ async function ensurePostgres(adminUrl: string): Promise<string> {
   }
 }
 
-/** Local TCP port of replica B's LISTEN connection, found through its process's sockets. */
+/**
+ * The backend pid of a replica's LISTEN connection. Every replica's listener
+ * has the same application_name, so the one whose client port is among the
+ * replica process's own sockets (/proc) is the replica's.
+ */
 async function listenerPidOf(admin: Client, database: string, server: ServerProcess): Promise<number | undefined> {
   const ports = localTcpPorts(server.pid);
   const { rows } = await admin.query<{ pid: number; client_port: number }>(
@@ -300,15 +308,14 @@ async function main(): Promise<void> {
     },
     floor: [],
     grpcHit: [],
-    grpcHitPaced: null,
     connectProto: [],
     connectJson: [],
     legacy: { jwtChars: 0, jwtGrpc: [], joseLocalUsPerVerify: Number.NaN },
     miss: {
-      postgres: { ...EMPTY_ROW, calls: 0, statuses: {} },
-      rawPg: { rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, calls: 0, found: 0 },
+      postgres: { ...EMPTY_ROW, calls: 0, statuses: {}, serverCpuPercent: Number.NaN, loaderCpuPercent: Number.NaN },
+      rawPg: { rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, calls: 0, found: 0, clientCpuPercent: Number.NaN },
       ratio: Number.NaN,
-      pglite: { ...EMPTY_ROW, calls: 0, statuses: {} },
+      pglite: { ...EMPTY_ROW, calls: 0, statuses: {}, serverCpuPercent: Number.NaN, loaderCpuPercent: Number.NaN },
     },
     revocation: {
       channel: timing([]),
@@ -323,6 +330,7 @@ async function main(): Promise<void> {
       kibPerToken: Number.NaN,
       raw: { baselineKiB: Number.NaN, afterKiB: Number.NaN, kibPerToken: Number.NaN },
       heapKiBPerToken: Number.NaN,
+      heapCommittedKiBPerToken: Number.NaN,
       externalKiBPerToken: Number.NaN,
     },
     issue: { calls: 0, rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, errors: 0, cpuUsPerCall: Number.NaN },
@@ -334,9 +342,8 @@ async function main(): Promise<void> {
 
   try {
     // ------------------------------------------------------------ setup
-    log(`PostgreSQL ${pgVersion}: database ${database}; seeding ${MEMORY_TOKENS.toLocaleString("en-US")} tokens`);
+    log(`PostgreSQL ${pgVersion}: database ${database}; seeding ${(wants("miss") ? MEMORY_TOKENS + 1_003 : 1_003).toLocaleString("en-US")} tokens`);
     const opened = await openDatabase({ url: dbUrl, poolMax: 4, connectTimeoutMs: 5_000, statementTimeoutMs: 0 });
-    // Bulk inserts on four connections at once: seeding is not measured, only waited for.
     const adminSet = mintCaller(ENVIRONMENT, "admin@bench.example.com", true);
     const gatewaySet = mintCaller(ENVIRONMENT, "gateway@bench.example.com", false);
     const userSet = mintTokens(ENVIRONMENT, 1, "user");
@@ -346,6 +353,7 @@ async function main(): Promise<void> {
     try {
       await migrateToLatest(opened.db);
       const rows = [...adminSet.rows, ...gatewaySet.rows, ...userSet.rows, ...clientSet.rows, ...memorySet.rows];
+      // Bulk inserts on four connections at once: seeding is not measured, only waited for.
       const quarter = Math.ceil(rows.length / 4);
       await Promise.all([0, 1, 2, 3].map((i) => insertRows(opened.db, rows.slice(i * quarter, (i + 1) * quarter))));
       await sql`ANALYZE tokens`.execute(opened.db);
@@ -382,21 +390,17 @@ async function main(): Promise<void> {
     log(`replica A up (gRPC ${a.grpcPort}, HTTP ${a.httpPort}); introspection answer active, ${responseBytes} bytes`);
 
     if (wants("hits")) {
+      // The floor and the hit path are measured in turns at each concurrency, so
+      // that drift in what else the machine is doing hits both alike.
       const echo = await startEchoServer(responseBytes);
       servers.push(echo);
-      results.floor = await h2loadSeries("echo floor", echo, `http://127.0.0.1:${echo.grpcPort}/bench.v1.Echo/Echo`, grpcBodyFile, grpcHeaders, CONCURRENCIES);
-      await echo.stop(3_000);
-
+      const echoUrl = `http://127.0.0.1:${echo.grpcPort}/bench.v1.Echo/Echo`;
       const grpcUrl = `http://${grpcA}${SERVICE_PATH}`;
-      results.grpcHit = await h2loadSeries("gRPC hit", a, grpcUrl, grpcBodyFile, grpcHeaders, CONCURRENCIES);
-      // The same 64 streams, but paced at half the closed-loop rate: latency without the queue a saturated core builds.
-      const closed64 = results.grpcHit.find((row) => row.concurrency === 64);
-      if (closed64) {
-        const perConnection = Math.max(1, Math.round(closed64.rate / 2 / spread(64).connections));
-        const paced = await measured(a, 64, () => h2load({ url: grpcUrl, bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency: 64, seconds: MEASURE_S, latencies: true, rpsPerConnection: perConnection }));
-        results.grpcHitPaced = { ...paced, offeredRate: perConnection * spread(64).connections };
-        log(`gRPC hit c=64 paced at ${results.grpcHitPaced.offeredRate} req/s: p50 ${paced.p50Ms} ms, p99 ${paced.p99Ms} ms`);
+      for (const [index, concurrency] of CONCURRENCIES.entries()) {
+        results.floor.push(await h2loadPoint("echo floor", echo, echoUrl, grpcBodyFile, grpcHeaders, concurrency, index === 0));
+        results.grpcHit.push(await h2loadPoint("gRPC hit", a, grpcUrl, grpcBodyFile, grpcHeaders, concurrency, index === 0));
       }
+      await echo.stop(3_000);
       await statusSample("gRPC hit", grpcA, gatewayToken, userTokensFile, 2_000);
 
       const connectUrl = `http://127.0.0.1:${a.httpPort}${SERVICE_PATH}`;
@@ -477,7 +481,7 @@ async function main(): Promise<void> {
       log(`replica B up (gRPC ${b.grpcPort}); ${REVOCATION_ROUNDS} revocations A → B`);
 
       /** Issue on A, cache on B, revoke on A (after `cut`, if given), time until B answers inactive. */
-      const round1 = async (i: number, label: string, cut?: () => Promise<void>) => {
+      const revokeRound = async (i: number, label: string, cut?: () => Promise<void>) => {
         const issued = await adminA.issue({ name: `${label}-${i}`, subject: `${label}-${i}@bench.example.com`, scopes: ["orders.read"] });
         const cached = await gatewayB.introspect(issued.token);
         if (!cached.active) throw new Error(`${label}: fresh token inactive on B: ${cached.reason}`);
@@ -504,7 +508,7 @@ async function main(): Promise<void> {
       const fromAck: number[] = [];
       const revocationDeadline = performance.now() + 60_000;
       for (let i = 0; i < REVOCATION_ROUNDS && performance.now() < revocationDeadline; i++) {
-        const { fromSent: s, fromAck: k } = await round1(i, "revoke");
+        const { fromSent: s, fromAck: k } = await revokeRound(i, "revoke");
         if (Number.isNaN(s)) checks.push(`revocation round ${i}: B still answered active after 10 s`);
         else {
           fromSent.push(s);
@@ -529,7 +533,7 @@ async function main(): Promise<void> {
           break;
         }
         const listenerPid = pid;
-        const { fromSent: s } = await round1(i, "cut", async () => {
+        const { fromSent: s } = await revokeRound(i, "cut", async () => {
           await admin.query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND datname = $2 AND pid = $3",
             [LISTENER_APPLICATION_NAME, database, listenerPid],
@@ -589,7 +593,7 @@ async function main(): Promise<void> {
         { url: dbUrl, tokensFile: memoryTokensFile, maxCalls: 500_000, maxSeconds: MEASURE_S, concurrency: 32, poolMax: 10 } satisfies PgLookupInput,
         (MEASURE_S + 60) * 1000,
       );
-      results.miss.rawPg = { rate: round(raw.rate), p50Ms: round(raw.p50Ms), p99Ms: round(raw.p99Ms), calls: raw.calls, found: raw.found };
+      results.miss.rawPg = { rate: round(raw.rate), p50Ms: round(raw.p50Ms), p99Ms: round(raw.p99Ms), calls: raw.calls, found: raw.found, clientCpuPercent: raw.clientCpuPercent };
       if (raw.found !== raw.calls) checks.push(`raw pg: ${raw.calls - raw.found} lookups found no row`);
       log(`raw pg lookups: ${results.miss.rawPg.rate}/s, p99 ${results.miss.rawPg.p99Ms} ms`);
 
@@ -618,10 +622,12 @@ async function main(): Promise<void> {
         cpuUsPerCall: round(cpu / Math.max(1, miss.calls)),
         failures: miss.calls - okCalls,
         statuses: miss.statuses,
+        serverCpuPercent: Math.round(cpu / 10_000 / miss.seconds),
+        loaderCpuPercent: miss.loaderCpuPercent,
       };
       results.miss.ratio = round(results.miss.postgres.rate / results.miss.rawPg.rate);
       if (miss.active !== miss.calls || warm.active !== warm.calls) checks.push(`miss run: ${miss.calls - miss.active} of ${miss.calls} answers not active (${JSON.stringify(miss.statuses)})`);
-      log(`miss on PostgreSQL: ${results.miss.postgres.rate}/s, p99 ${results.miss.postgres.p99Ms} ms (${results.miss.ratio}× raw pg)`);
+      log(`miss on PostgreSQL: ${results.miss.postgres.rate}/s, p99 ${results.miss.postgres.p99Ms} ms (${results.miss.ratio}× raw pg); CPU: service ${results.miss.postgres.serverCpuPercent} %, loader ${miss.loaderCpuPercent} %`);
 
       // The rest of the 100,000, unmeasured, as fast as the service goes; bounded so the run stays within five minutes.
       const first = MISS_WARM_TOKENS + miss.calls;
@@ -640,6 +646,7 @@ async function main(): Promise<void> {
         kibPerToken: round((after.gc.rssKiB - baseline.gc.rssKiB) / Math.max(1, cached)),
         raw: { baselineKiB: baseline.rawRssKiB, afterKiB: after.rawRssKiB, kibPerToken: round((after.rawRssKiB - baseline.rawRssKiB) / Math.max(1, cached)) },
         heapKiBPerToken: round((after.gc.heapUsedKiB - baseline.gc.heapUsedKiB) / Math.max(1, cached)),
+        heapCommittedKiBPerToken: round((after.gc.heapTotalKiB - baseline.gc.heapTotalKiB) / Math.max(1, cached)),
         externalKiBPerToken: round((after.gc.externalKiB - baseline.gc.externalKiB) / Math.max(1, cached)),
       };
       if (results.memory.tokens < MEMORY_TOKENS) notes.push(`memory: ${results.memory.tokens.toLocaleString("en-US")} of ${MEMORY_TOKENS.toLocaleString("en-US")} tokens cached before the phase's time bound (a busy machine); KiB/token is over those`);
@@ -676,6 +683,8 @@ async function main(): Promise<void> {
         cpuUsPerCall: round(cpu / Math.max(1, miss.calls)),
         failures: miss.calls - okCalls,
         statuses: miss.statuses,
+        serverCpuPercent: Math.round(cpu / 10_000 / miss.seconds),
+        loaderCpuPercent: miss.loaderCpuPercent,
       };
       if (miss.active !== miss.calls) checks.push(`PGlite miss run: ${miss.calls - miss.active} of ${miss.calls} answers not active (${JSON.stringify(miss.statuses)})`);
       log(`miss on PGlite: ${results.miss.pglite.rate}/s, p99 ${results.miss.pglite.p99Ms} ms`);
@@ -722,7 +731,8 @@ async function main(): Promise<void> {
     if (hit && floor) t.push(target(`gRPC cache hit server CPU/call ÷ echo floor, c=${c}`, hit.cpuUsPerCall / floor.cpuUsPerCall, "max", 1.5, "×"));
   }
   const hit64 = at(results.grpcHit, 64);
-  if (hit64) t.push(target("gRPC cache hit p99 at concurrency 64", hit64.p99Ms, "max", 5, "ms"));
+  const floor64 = at(results.floor, 64);
+  if (hit64) t.push(target("gRPC cache hit p99 at concurrency 64", hit64.p99Ms, "max", 5, "ms", floor64 ? `echo floor: ${floor64.p99Ms} ms` : undefined));
   if (Number.isFinite(results.miss.ratio)) t.push(target("cache miss on PostgreSQL ÷ raw pg rate", results.miss.ratio, "min", 0.5, "×"));
   if (results.revocation.channel.n > 0) t.push(target("revocation visible on the other replica, p99", results.revocation.channel.p99Ms, "max", 50, "ms", "from RevokeToken sent"));
   if (results.revocation.cut.n > 0) t.push(target("revocation with the channel cut, max", results.revocation.cut.maxMs, "max", STALENESS_MS, "ms", "CACHE_STALENESS"));

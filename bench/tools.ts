@@ -42,8 +42,6 @@ export interface H2loadRun {
   readonly seconds: number;
   /** Whether to keep per-request latencies (a log file) for percentiles. */
   readonly latencies: boolean;
-  /** Open-ish loop: at most this many requests per second per connection (h2load --rps). */
-  readonly rpsPerConnection?: number;
 }
 
 /**
@@ -63,7 +61,6 @@ export async function h2load(run: H2loadRun): Promise<LoadFigures & { raw: strin
   const args = ["-c", String(LOAD_CPU), "h2load", "-t", "1", "-c", String(connections), "-m", String(streams), "-D", String(run.seconds), "-d", run.bodyFile];
   for (const header of run.headers) args.push("-H", header);
   if (run.latencies) args.push("--log-file", logFile);
-  if (run.rpsPerConnection !== undefined) args.push("--rps", String(run.rpsPerConnection));
   args.push(run.url);
   const result = await runBounded("taskset", args, (run.seconds + 30) * 1000);
   if (result.code !== 0) throw new Error(`h2load failed (exit ${result.code}): ${result.stderr || result.stdout}`);
