@@ -738,6 +738,9 @@ async function main(): Promise<void> {
   if (results.revocation.cut.n > 0) t.push(target("revocation with the channel cut, max", results.revocation.cut.maxMs, "max", STALENESS_MS, "ms", "CACHE_STALENESS"));
   if (Number.isFinite(results.memory.kibPerToken)) t.push(target("RSS per cached token", results.memory.kibPerToken, "max", 1, "KiB"));
   if (Number.isFinite(results.issue.rate)) t.push(target("IssueToken on PostgreSQL", results.issue.rate, "min", 1000, "/s", "one grpc-js client, 16 in flight"));
+  const client = results.client as Record<string, number> | null | undefined;
+  if (client && Number.isFinite(client.repeat_introspection_us)) t.push(target("client library repeat introspection", client.repeat_introspection_us!, "max", 5, "µs"));
+  if (client && Number.isFinite(client.revoke_to_eviction_p99_ms)) t.push(target("revocation reaches a client cache, p99", client.revoke_to_eviction_p99_ms!, "max", 50, "ms", "from RevokeToken sent"));
 
   results.meta.elapsedS = Math.round((Date.now() - startedAt) / 1000);
   results.meta.loadAverageAtEnd = loadavg()[0] ?? Number.NaN;
