@@ -37,6 +37,8 @@ export type IntrospectResult =
       readonly deprecation?: Deprecation;
       /** A signed JWT with the same claims, when asked for (opaque tokens only). */
       readonly backendJwt?: string;
+      /** True when answered from the cache: a token seen again, worth keeping a built answer for. */
+      readonly fromCache?: boolean;
     }
   | {
       readonly active: false;
@@ -104,6 +106,7 @@ export async function introspectToken(
   const nowMs = now.getTime();
   const key = digestKey(presented);
   const hit = deps.cache.get(key, nowMs);
+  const fromCache = hit !== undefined;
   let token: CachedToken | null;
   if (hit !== undefined) {
     token = hit.record;
@@ -123,7 +126,7 @@ export async function introspectToken(
 
   deps.usage.note(claims.id, now);
   if (options.backendJwt) return answered(deps, options, "opaque", { active: true, claims, backendJwt: await deps.backendJwt.mint(claims, now) });
-  return answered(deps, options, "opaque", { active: true, claims });
+  return answered(deps, options, "opaque", { active: true, claims, fromCache });
 }
 
 /** Reports an answer to the metrics port, if there is one, and returns it. */

@@ -154,7 +154,9 @@ const MAX_HOT_ANSWERS = 10_000;
 
 /** The introspection answer as a message, reused for hot tokens. */
 export function introspectAnswer(result: IntrospectResult, claimsContext: { readonly issuer: string; readonly audience: readonly string[] }): IntrospectTokenResponse {
-  const memoKey = result.active ? (result.backendJwt !== undefined || result.deprecation !== undefined ? undefined : result.claims) : result;
+  // Only tokens seen again (answered from the cache) earn a kept answer: a
+  // one-off token would only churn the hot set.
+  const memoKey = result.active ? (result.fromCache === true && result.backendJwt === undefined && result.deprecation === undefined ? result.claims : undefined) : result;
   if (memoKey !== undefined) {
     const known = HOT_ANSWERS.get(memoKey);
     if (known !== undefined) return known;

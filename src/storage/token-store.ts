@@ -41,12 +41,16 @@ export class KyselyTokenStore implements TokenStore {
    */
   async insert(token: NewToken, limits: { readonly maxActivePerSubject: number; readonly now: Date }): Promise<TokenRecord> {
     try {
-      const { rows } = await sql<Selectable<TokensTable>>`
-        SELECT * FROM insert_token_capped(
-          ${token.id}, ${token.digest}, ${token.displayHint}, ${token.name}, ${token.subject}, ${token.fullName},
-          ${[...token.teams]}::text[], ${[...token.scopes]}::text[], ${[...token.namespaces]}::text[], ${token.isAdmin},
-          ${JSON.stringify(token.metadata)}::jsonb, ${token.environment}, ${token.createdAt}, ${token.createdBy}, ${token.expiresAt},
-          ${Math.min(limits.maxActivePerSubject, Number.MAX_SAFE_INTEGER)}, ${limits.now})`.execute(this.db);
+      const values = [
+        token.id, token.digest, token.displayHint, token.name, token.subject, token.fullName,
+        [...token.teams], [...token.scopes], [...token.namespaces], token.isAdmin,
+        JSON.stringify(token.metadata), token.environment, token.createdAt, token.createdBy, token.expiresAt,
+        Math.min(limits.maxActivePerSubject, Number.MAX_SAFE_INTEGER), limits.now,
+      ];
+      const text = `SELECT * FROM insert_token_capped($1, $2, $3, $4, $5, $6, $7::text[], $8::text[], $9::text[], $10, $11::jsonb, $12, $13, $14, $15, $16, $17)`;
+      const rows = this.prepared
+        ? await this.prepared<Selectable<TokensTable>>("insert_token_capped", text, values)
+        : (await sql<Selectable<TokensTable>>`SELECT * FROM insert_token_capped(${sql.join(values)})`.execute(this.db)).rows;
       const row = rows[0];
       if (row === undefined) throw new TokenError("internal", "internal error", { cause: new Error("insert_token_capped returned no row") });
       return toRecord(row);
