@@ -204,34 +204,52 @@ function unaryHandler(
   record: CallRecorder | undefined,
 ): UntypedHandleCall {
   const { method, impl } = spec;
-  const output = method.output;
   return async function unary(call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) {
     const start = record === undefined ? 0 : performance.now();
     const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal, requestIdOf(call));
-    let code: number = GrpcStatus.UNKNOWN;
-    try {
-      const request = call.request;
-      if (request === DECODE_FAILED) {
-        trySendHeader(call, undefined, ctx.requestId);
-        code = GrpcStatus.INVALID_ARGUMENT;
-        callback(INVALID_REQUEST);
-        return;
-      }
-      const response = create(output, await impl(request as MessageShape<DescMessage>, ctx));
-      const trailers = toMetadata(ctx.responseTrailerIfSet);
-      sendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
-      code = GrpcStatus.OK;
-      callback(null, response, trailers);
-    } catch (err) {
-      trySendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
-      const status = errorStatus(err, ctx, method, options);
-      code = status.code ?? GrpcStatus.UNKNOWN;
-      callback(status);
-    } finally {
-      ctx.abort(CALL_COMPLETED);
-      record?.(code, start, ctx);
-    }
+    const request = call.request;
+    await answerOnce(call, callback, ctx, options, record, start, request === DECODE_FAILED ? undefined : () => impl(request as MessageShape<DescMessage>, ctx));
   };
+}
+
+/**
+ * Ends a call that has exactly one answer (unary, client streaming): the
+ * handler's message with its headers and trailers, or the mapped error
+ * status; `produce` undefined means the request did not decode. Never
+ * throws: grpc-js drops the handler's promise, so an escaped rejection would
+ * be unhandled.
+ */
+async function answerOnce(
+  call: ServerUnaryCall<unknown, unknown> | ServerReadableStream<unknown, unknown>,
+  callback: sendUnaryData<unknown>,
+  ctx: GrpcHandlerContext,
+  options: GrpcAdapterOptions,
+  record: CallRecorder | undefined,
+  start: number,
+  produce: (() => unknown) | undefined,
+): Promise<void> {
+  let code: number = GrpcStatus.UNKNOWN;
+  try {
+    if (produce === undefined) {
+      trySendHeader(call, undefined, ctx.requestId);
+      code = GrpcStatus.INVALID_ARGUMENT;
+      callback(INVALID_REQUEST);
+      return;
+    }
+    const response = create(ctx.method.output, (await produce()) as MessageShape<DescMessage>);
+    const trailers = toMetadata(ctx.responseTrailerIfSet);
+    sendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
+    code = GrpcStatus.OK;
+    callback(null, response, trailers);
+  } catch (err) {
+    trySendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
+    const status = errorStatus(err, ctx, ctx.method, options);
+    code = status.code ?? GrpcStatus.UNKNOWN;
+    callback(status);
+  } finally {
+    ctx.abort(CALL_COMPLETED);
+    record?.(code, start, ctx);
+  }
 }
 
 function serverStreamingHandler(
@@ -263,26 +281,10 @@ function clientStreamingHandler(
   record: CallRecorder | undefined,
 ): UntypedHandleCall {
   const { method, impl } = spec;
-  const output = method.output;
   return async function clientStreaming(call: ServerReadableStream<unknown, unknown>, callback: sendUnaryData<unknown>) {
     const start = record === undefined ? 0 : performance.now();
     const ctx = new GrpcHandlerContext(service, method, call, options.shutdownSignal, requestIdOf(call));
-    let code: number = GrpcStatus.UNKNOWN;
-    try {
-      const response = create(output, await impl(requests(call), ctx));
-      const trailers = toMetadata(ctx.responseTrailerIfSet);
-      sendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
-      code = GrpcStatus.OK;
-      callback(null, response, trailers);
-    } catch (err) {
-      trySendHeader(call, ctx.responseHeaderIfSet, ctx.requestId);
-      const status = errorStatus(err, ctx, method, options);
-      code = status.code ?? GrpcStatus.UNKNOWN;
-      callback(status);
-    } finally {
-      ctx.abort(CALL_COMPLETED);
-      record?.(code, start, ctx);
-    }
+    await answerOnce(call, callback, ctx, options, record, start, () => impl(requests(call), ctx));
   };
 }
 
