@@ -13,6 +13,16 @@ import { REVOCATION_CHANNEL, REVOKED_PREFIX } from "./revocation-channel.js";
 import type { Database, TokensTable } from "./schema.js";
 import type { OpenedDatabase } from "./database.js";
 
+/** Most digests looked up in one query. */
+const MAX_LOOKUP_BATCH = 128;
+
+/** A digest lookup waiting for its batch. */
+interface PendingLookup {
+  readonly digest: Buffer;
+  resolve(record: TokenRecord | undefined): void;
+  reject(error: unknown): void;
+}
+
 /** The canonical textual UUID form. Anything else is not an id we issued. */
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -66,12 +76,46 @@ export class KyselyTokenStore implements TokenStore {
 
   /** Looks a token up by its digest: the introspection hot path, one index probe. */
   findByDigest(digest: Uint8Array): Promise<TokenRecord | undefined> {
-    return translatingErrors(async () => {
-      const row = this.prepared
-        ? (await this.prepared<Selectable<TokensTable>>("tokens_by_digest", "SELECT * FROM tokens WHERE digest = $1", [digest]))[0]
-        : await this.db.selectFrom("tokens").selectAll().where("digest", "=", digest).executeTakeFirst();
-      return row === undefined ? undefined : toRecord(row);
+    if (this.prepared === undefined) {
+      return translatingErrors(async () => {
+        const row = await this.db.selectFrom("tokens").selectAll().where("digest", "=", digest).executeTakeFirst();
+        return row === undefined ? undefined : toRecord(row);
+      });
+    }
+    // Lookups arriving in the same turn of the event loop share one query:
+    // under load a handful of cache misses cost one round trip (and one
+    // socket write, which dominated the miss path's profile) instead of many.
+    return new Promise((resolve, reject) => {
+      let batch = this.lookups;
+      if (batch === undefined || batch.length >= MAX_LOOKUP_BATCH) {
+        batch = this.lookups = [];
+        const pending = batch;
+        setImmediate(() => void this.lookUp(pending));
+      }
+      batch.push({ digest: Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength), resolve, reject });
     });
+  }
+
+  /** The lookups of the current turn, not yet sent. */
+  private lookups: PendingLookup[] | undefined;
+
+  private async lookUp(batch: PendingLookup[]): Promise<void> {
+    if (this.lookups === batch) this.lookups = undefined;
+    try {
+      const rows =
+        batch.length === 1
+          ? await this.prepared!<Selectable<TokensTable>>("tokens_by_digest", "SELECT * FROM tokens WHERE digest = $1", [batch[0]!.digest])
+          : await this.prepared!<Selectable<TokensTable>>("tokens_by_digests", "SELECT * FROM tokens WHERE digest = ANY($1::bytea[])", [batch.map((b) => b.digest)]);
+      const byDigest = new Map<string, Selectable<TokensTable>>();
+      for (const row of rows) byDigest.set(Buffer.from(row.digest).toString("base64"), row);
+      for (const lookup of batch) {
+        const row = byDigest.get(lookup.digest.toString("base64"));
+        lookup.resolve(row === undefined ? undefined : toRecord(row));
+      }
+    } catch (error) {
+      const translated = translateStoreError(error);
+      for (const lookup of batch) lookup.reject(translated);
+    }
   }
 
   /** Looks a token up by id; undefined, not an error, for a string that is not a UUID. */

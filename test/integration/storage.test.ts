@@ -195,6 +195,16 @@ describe.each(backends)("storage on $name", (backend) => {
     });
   });
 
+  describe("lookups by digest in one turn", () => {
+    it("share one query and still answer each caller exactly, found or not", async () => {
+      const inserted = [newToken(), newToken(), newToken()];
+      for (const token of inserted) await tokens.insert(token, { maxActivePerSubject: 1000, now: NOW });
+      const unknown = newDigest();
+      const answers = await Promise.all([...inserted.map((t) => tokens.findByDigest(t.digest)), tokens.findByDigest(unknown), tokens.findByDigest(inserted[0]!.digest)]);
+      expect(answers.map((r) => r?.id)).toEqual([inserted[0]!.id, inserted[1]!.id, inserted[2]!.id, undefined, inserted[0]!.id]);
+    });
+  });
+
   describe("insert and find", () => {
     it("round-trips every field exactly, by digest and by id", async () => {
       const token = newToken({
