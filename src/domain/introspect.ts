@@ -113,7 +113,7 @@ export async function introspectToken(
   } else {
     const fence = deps.cache.fence();
     const record = await deps.store.findByDigest(Buffer.from(key, "base64"));
-    token = record === undefined ? null : cachedTokenOf(record);
+    token = record === undefined ? null : new CachedToken(record);
     deps.cache.put(key, token, fence, nowMs);
   }
   // A row from another environment can only exist in a store shared across
@@ -257,11 +257,6 @@ function estimateBytes(key: string, token: CachedToken | null): number {
   return 400 + chars * 2 + 16 * (token.teams.length + token.scopes.length + token.namespaces.length);
 }
 
-/** The cached form of a stored record. */
-export function cachedTokenOf(record: TokenRecord): CachedToken {
-  return new CachedToken(record);
-}
-
 /**
  * Strings that repeat across many tokens (scope, team and namespace names)
  * are kept once: the driver makes a new string per row. Bounded, so a flood
@@ -283,12 +278,6 @@ const NO_METADATA: Readonly<Record<string, string>> = Object.freeze({});
 function internList(values: readonly string[]): readonly string[] {
   return values.length === 0 ? NO_STRINGS : values.map(intern);
 }
-
-/** The claims of a stored opaque token. */
-export function claimsOf(record: TokenRecord): IntrospectedClaims {
-  return new CachedToken(record);
-}
-
 
 /** The request facts every security event carries. */
 export function metaFields(meta: RequestMeta): { method: string; peer?: string; userAgent?: string; requestId?: string } {

@@ -2,7 +2,7 @@ import { requireScope } from "../../domain/access.js";
 import { authenticateClient, clientAuthScheme } from "../../domain/client-auth.js";
 import { invalidArgument } from "../../domain/errors.js";
 import { introspectToken } from "../../domain/introspect.js";
-import { SCOPES } from "../../domain/model.js";
+import { SCOPES, type ServiceScope } from "../../domain/model.js";
 import type { TokenDeps } from "../../domain/ports.js";
 import { revokeToken } from "../../domain/revoke.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../../domain/token-format.js";
@@ -41,12 +41,9 @@ export async function introspectEndpoint(o: OAuthEndpointsDeps, req: HttpRequest
   const route = "POST /oauth2/introspect";
   const authorization = header(req, "authorization");
   try {
-    const form = await readForm(req);
-    if (!form.ok) return refuseForm(req, res, form);
-    const token = tokenParameter(form.fields, form.repeated);
-    const meta = requestMeta(req, route);
-    const { caller, clientId } = await authenticateClient(o.deps, authorization, meta);
-    requireScope(o.deps, caller, SCOPES.introspect, meta);
+    const request = await authorizedTokenRequest(o, req, res, route, authorization, SCOPES.introspect);
+    if (request === undefined) return;
+    const { token, meta, clientId } = request;
     const result = await introspectToken(o.deps, token, meta);
     const answer = introspectionJson(result, o.deps.policy);
     const headers: Headers = { ...NO_STORE, ...(result.active && result.deprecation ? Object.fromEntries(deprecationHeaders(result.deprecation)) : {}) };
@@ -77,17 +74,39 @@ export async function revokeEndpoint(o: OAuthEndpointsDeps, req: HttpRequest, re
   const route = "POST /oauth2/revoke";
   const authorization = header(req, "authorization");
   try {
-    const form = await readForm(req);
-    if (!form.ok) return refuseForm(req, res, form);
-    const token = tokenParameter(form.fields, form.repeated);
-    const meta = requestMeta(req, route);
-    const { caller } = await authenticateClient(o.deps, authorization, meta);
-    requireScope(o.deps, caller, SCOPES.revoke, meta);
+    const request = await authorizedTokenRequest(o, req, res, route, authorization, SCOPES.revoke);
+    if (request === undefined) return;
+    const { token, meta, caller } = request;
     await revokeToken(o.deps, caller, { token, reason: "" }, meta);
     send(req, res, 200, "", NO_STORE);
   } catch (error) {
     refuse(o, req, res, route, authorization, error);
   }
+}
+
+/**
+ * What both endpoints do first: read the form (answering a bad one itself,
+ * then undefined), take its `token`, authenticate the client and require the
+ * scope. Authentication and scope failures throw, for `refuse` to answer.
+ */
+async function authorizedTokenRequest(
+  o: OAuthEndpointsDeps,
+  req: HttpRequest,
+  res: HttpResponse,
+  route: string,
+  authorization: string | undefined,
+  scope: ServiceScope,
+) {
+  const form = await readForm(req);
+  if (!form.ok) {
+    refuseForm(req, res, form);
+    return undefined;
+  }
+  const token = tokenParameter(form.fields, form.repeated);
+  const meta = requestMeta(req, route);
+  const { caller, clientId } = await authenticateClient(o.deps, authorization, meta);
+  requireScope(o.deps, caller, scope, meta);
+  return { token, meta, caller, clientId };
 }
 
 /** The `token` parameter: present once, non-empty, not oversized (RFC 6749 §3.2: no repeated parameters). */
