@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== Debian packages the tests use"
+bash scripts/test-deps.sh
+
 echo "== buf lint"
 npx buf lint
 

@@ -15,7 +15,7 @@ import { startTestService, type ServiceUnderTest } from "../support/service.js";
 
 /**
  * The shipped nginx example (examples/nginx/nginx.conf), rendered with real
- * ports and run by a real nginx (Debian's package; `.ci/run` installs it) in
+ * ports and run by a real nginx (Debian's package; `npm test` installs it) in
  * front of a tiny application that echoes what it receives, with the token
  * service's /auth deciding. Like the PostgreSQL tests, this fails rather than
  * skips when nginx is missing.
@@ -36,7 +36,7 @@ function findNginx(): string {
       // not here
     }
   }
-  throw new Error("nginx is not installed: `.ci/run` installs Debian's nginx-light (apt-get install -y nginx-light)");
+  throw new Error("nginx is not installed: `npm test` (scripts/test-deps.sh) installs Debian's nginx-light (apt-get install -y nginx-light)");
 }
 
 async function freePort(): Promise<number> {

@@ -39,7 +39,7 @@ describe("a Python client generated from proto/", () => {
 
   beforeAll(async () => {
     await run(PYTHON, ["-c", "import grpc, grpc_tools"]).catch((error: unknown) => {
-      throw new Error(`${PYTHON} cannot import grpc and grpc_tools: apt-get install python3-grpc-tools (.ci/run does)`, { cause: error });
+      throw new Error(`${PYTHON} cannot import grpc and grpc_tools: apt-get install python3-grpc-tools (npm test does, through scripts/test-deps.sh)`, { cause: error });
     });
     generated = await mkdtemp(join(tmpdir(), "tis-python-"));
     await run("bash", ["scripts/gen-python.sh", generated]);

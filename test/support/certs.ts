@@ -32,7 +32,7 @@ export interface TestPki {
 }
 
 /**
- * Fails (never skips) when `openssl` is missing: `.ci/run` installs it.
+ * Fails (never skips) when `openssl` is missing: `npm test` installs it (scripts/test-deps.sh).
  */
 export async function makeTestPki(): Promise<TestPki> {
   await run("openssl", ["version"]).catch((error: unknown) => {
