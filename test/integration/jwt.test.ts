@@ -60,7 +60,7 @@ describe("JWTs on the real service", () => {
       const call = (grpc.client as unknown as Record<string, (...a: unknown[]) => grpcJs.ClientUnaryCall>).introspectToken!.call(grpc.client, { token: jwt }, md, (err: Error | null, res: IntrospectTokenResponse) => (err ? reject(err) : resolve({ answer: res, headers })));
       call.on("metadata", (m: grpcJs.Metadata) => (headers = m));
     });
-    expect(answer).toMatchObject({ active: true, tokenKind: TokenKind.LEGACY_JWT, sub: "old@example.com", jti: "j-1", deprecation: { notice: "JWT tokens are deprecated. Please migrate to API tokens." } });
+    expect(answer).toMatchObject({ active: true, tokenKind: TokenKind.LEGACY_JWT, tokenType: "Bearer", sub: "old@example.com", jti: "j-1", deprecation: { notice: "JWT tokens are deprecated. Please migrate to API tokens." } });
     expect(headers.get("x-auth-deprecation")).toEqual(["JWT tokens are deprecated. Please migrate to API tokens."]);
     expect(headers.get("sunset")).toEqual(["Thu, 01 Jan 2099 00:00:00 GMT"]);
     expect(String(headers.get("link")[0])).toContain("rel=\"deprecation\"");
@@ -83,12 +83,25 @@ describe("JWTs on the real service", () => {
     expect((await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: issued.token }, auth())).backendJwt).toBe("");
 
     const jwks = (await (await fetch(`http://127.0.0.1:${sut.service.httpPort}/.well-known/jwks.json`)).json()) as JSONWebKeySet;
-    const { payload, protectedHeader } = await jwtVerify(answer.backendJwt, createLocalJWKSet(jwks), { issuer: "cf-token-service" });
-    expect(protectedHeader.alg).toBe("ES256");
+    const { payload, protectedHeader } = await jwtVerify(answer.backendJwt, createLocalJWKSet(jwks), { issuer: "cf-token-service", typ: "at+jwt" });
+    expect(protectedHeader).toMatchObject({ alg: "ES256", typ: "at+jwt" });
     expect(payload).toMatchObject({ sub: "svc@example.com", token_id: issued.info!.id, scope: "orders.read", teams: ["edge"], env: "development" });
     expect(payload.exp! - payload.iat!).toBe(300);
     const viaRpc = await grpc.unary<GetJwksResponse>("getJwks", {}, auth());
     expect(JSON.parse(viaRpc.jwksJson)).toEqual(jwks);
+
+    // RFC 8725 §3.11, RFC 9068 §2.1: typed `at+jwt`, so an RFC 9701 answer signed by the same
+    // keys is refused where a backend JWT is expected, and a backend JWT where an answer is.
+    const signedAnswer = await (
+      await fetch(`http://127.0.0.1:${sut.service.httpPort}/oauth2/introspect`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", accept: "application/token-introspection+jwt", authorization: `Bearer ${admin}` },
+        body: new URLSearchParams({ token: issued.token }).toString(),
+      })
+    ).text();
+    expect((await jwtVerify(signedAnswer, createLocalJWKSet(jwks), { typ: "token-introspection+jwt" })).payload.token_introspection).toMatchObject({ active: true, token_type: "Bearer", token_kind: "opaque" });
+    await expect(jwtVerify(signedAnswer, createLocalJWKSet(jwks), { typ: "at+jwt" })).rejects.toMatchObject({ code: "ERR_JWT_CLAIM_VALIDATION_FAILED", claim: "typ" });
+    await expect(jwtVerify(answer.backendJwt, createLocalJWKSet(jwks), { typ: "token-introspection+jwt" })).rejects.toMatchObject({ code: "ERR_JWT_CLAIM_VALIDATION_FAILED", claim: "typ" });
 
     await grpc.unary("revokeToken", { target: { case: "token", value: issued.token } }, auth());
     const revoked = await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: issued.token, includeBackendJwt: true }, auth());

@@ -72,7 +72,7 @@ describe("legacy JWT introspection", () => {
     const s = await setup();
     const { answer, headers } = await s.introspect(await hs256(rich));
     expect(answer).toMatchObject({
-      active: true, tokenKind: TokenKind.LEGACY_JWT, tokenType: "jwt", sub: "alice@example.com", username: "alice@example.com", fullName: "Alice Example",
+      active: true, tokenKind: TokenKind.LEGACY_JWT, tokenType: "Bearer", sub: "alice@example.com", username: "alice@example.com", fullName: "Alice Example",
       scope: "orders.read orders.write", teams: ["payments"], namespaces: ["prod-eu"], isAdmin: false, jti: "jti-1", clientId: "jti-1",
       iss: "legacy-auth", aud: ["api"], exp: BigInt(nowSec + 3600), iat: BigInt(nowSec - 60), nbf: BigInt(nowSec - 60),
       deprecation: { notice: "JWT tokens are deprecated. Please migrate to API tokens.", link: "https://docs.example.com/migrate" },
