@@ -73,7 +73,9 @@ const NO_STORE = { "cache-control": "no-store" } as const;
  *   reason's message; for a credential that is not a Bearer token
  *   `error="invalid_request"` (§3.1 would say 400, but proxies pass on only
  *   2xx, 401 and 403 and turn anything else into a 500);
- * - `403` when `FORWARD_AUTH_SECRET` is set and the proxy did not send it;
+ * - `403` when `FORWARD_AUTH_SECRET` is set and the proxy did not send it
+ *   (when `/auth` is not served at all, see {@link forwardAuthOptions}, the
+ *   router answers 404);
  * - `503` with `Retry-After` when the store does not answer: an outage is
  *   never an authentication failure.
  *
