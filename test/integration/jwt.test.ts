@@ -74,6 +74,28 @@ describe("JWTs on the real service", () => {
       .toBe(3n);
   });
 
+  it("counts only successful introspections in ListLegacyJwtUsage, not a legacy JWT refused as a caller's credential", async () => {
+    const sign = (sub: string) => new SignJWT({ sub, iss: "legacy-auth", jti: `${sub}-1`, env: "development", exp: now() + 600 }).setProtectedHeader({ alg: "HS256" }).sign(new TextEncoder().encode(SECRET));
+    const refused = await sign("caller-only@example.com");
+    // As an OAuth client (Bearer and Basic, the client-auth path) and as an RPC caller: all refused.
+    for (const authorization of [`Bearer ${refused}`, `Basic ${Buffer.from(`00000000-0000-4000-8000-000000000000:${refused}`).toString("base64")}`]) {
+      const res = await fetch(`http://127.0.0.1:${sut.service.httpPort}/oauth2/introspect`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", authorization },
+        body: new URLSearchParams({ token: refused }).toString(),
+      });
+      expect(res.status).toBe(401);
+    }
+    await expect(grpc.unary("listTokens", {}, { authorization: `Bearer ${refused}` })).rejects.toMatchObject({ code: grpcJs.status.UNAUTHENTICATED });
+    // A successful introspection noted after them: once it is listed, anything noted before has been written too.
+    expect((await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: await sign("sentinel@example.com") }, auth())).active).toBe(true);
+    let usage: ListLegacyJwtUsageResponse["usage"] = [];
+    await expect
+      .poll(async () => (usage = (await grpc.unary<ListLegacyJwtUsageResponse>("listLegacyJwtUsage", {}, auth())).usage).some((u) => u.subject === "sentinel@example.com"), { timeout: 5000 })
+      .toBe(true);
+    expect(usage.map((u) => u.subject)).not.toContain("caller-only@example.com");
+  });
+
   it("mints a backend JWT that verifies against the published JWKS, and stops after revocation", async () => {
     const issued = await grpc.unary<IssueTokenResponse>("issueToken", { name: "svc", subject: "svc@example.com", scopes: ["orders.read"], teams: ["edge"] }, auth());
     const answer = await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: issued.token, includeBackendJwt: true }, auth());
