@@ -154,7 +154,7 @@ describe("the nginx auth_request example, against a real nginx", () => {
       "x-auth-token-kind": "opaque",
     });
     const jwks = createLocalJWKSet((await (await fetch(`http://127.0.0.1:${sut.service.httpPort}/.well-known/jwks.json`)).json()) as JSONWebKeySet);
-    const { payload } = await jwtVerify(String(request.headers["x-auth-backend-jwt"]), jwks);
+    const { payload } = await jwtVerify(String(request.headers["x-auth-backend-jwt"]), jwks, { typ: "at+jwt" });
     expect(payload).toMatchObject({ sub: "user@example.com", token_id: id });
     expect(request.headers.authorization).toBeUndefined();
     expect(request.headers["x-forward-auth-secret"]).toBeUndefined();
