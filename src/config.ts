@@ -52,6 +52,7 @@ export interface Config {
   readonly legacyMigrationUrl: string;
   readonly legacyMaxLength: number;
   readonly legacyClockToleranceMs: number;
+  readonly legacyRequireEnv: boolean;
   readonly backendJwtAlgorithm: "ES256" | "EdDSA";
   readonly backendJwtTtlMs: number;
   readonly backendJwtKeyRotationMs: number;
@@ -80,9 +81,19 @@ export class ConfigError extends Error {
 
 type Parser<T> = (raw: string) => T;
 
+/**
+ * A default that depends on `TOKEN_ENVIRONMENT`: safe in staging and
+ * production, convenient in development.
+ */
+export interface EnvironmentDefault {
+  readonly development: string;
+  readonly staging: string;
+  readonly production: string;
+}
+
 interface KeySpec<K extends keyof Config> {
   readonly field: K;
-  readonly default: string | undefined;
+  readonly default: string | EnvironmentDefault | undefined;
   readonly doc: string;
   readonly parse: Parser<Config[K]>;
 }
@@ -146,7 +157,7 @@ function text(raw: string): string {
   return raw.trim();
 }
 
-function spec<K extends keyof Config>(field: K, def: string | undefined, doc: string, parse: Parser<Config[K]>): KeySpec<K> {
+function spec<K extends keyof Config>(field: K, def: string | EnvironmentDefault | undefined, doc: string, parse: Parser<Config[K]>): KeySpec<K> {
   return { field, default: def, doc, parse };
 }
 
@@ -210,7 +221,9 @@ export const CONFIG_KEYS = {
     return raw.trim();
   }),
   LEGACY_JWT_MAX_LENGTH: spec("legacyMaxLength", "4096", "Longest legacy JWT looked at, in characters (at most 4096, the limit on any presented token); longer ones are refused before any work.", integer(256, 4096)),
-  LEGACY_JWT_CLOCK_TOLERANCE: spec("legacyClockToleranceMs", "30s", "Clock skew allowed when checking a legacy JWT's exp, nbf and iat.", duration(0)),
+  LEGACY_JWT_CLOCK_TOLERANCE: spec("legacyClockToleranceMs", "30s", "Clock skew allowed when checking a legacy JWT's exp, nbf and iat (an iat further in the future is refused).", duration(0)),
+  // Legacy JWT hardening (issue 9).
+  LEGACY_JWT_REQUIRE_ENV: spec("legacyRequireEnv", { development: "false", staging: "true", production: "true" }, "When true, a legacy JWT without an `env` claim is inactive (INVALID) with a `legacy_jwt_without_env` security event; when false it is taken to belong to this service's environment. Default: true in staging and production, false in development.", boolean),
   BACKEND_JWT_ALGORITHM: spec("backendJwtAlgorithm", "ES256", "Signature algorithm of backend JWTs: ES256 or EdDSA (Ed25519).", (raw) => {
     if (raw !== "ES256" && raw !== "EdDSA") throw new Error("must be ES256 or EdDSA");
     return raw;
@@ -239,14 +252,27 @@ export const CONFIG_KEYS = {
 const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET"]);
 
 /**
+ * The default of a key in an environment: its one default, or the one for
+ * that environment.
+ */
+export function defaultFor(keySpec: { readonly default: string | EnvironmentDefault | undefined }, environment: Environment): string | undefined {
+  return typeof keySpec.default === "object" ? keySpec.default[environment] : keySpec.default;
+}
+
+/**
  * Reads and validates the configuration. Unset and empty variables take their
- * default. Throws `ConfigError` naming every bad key.
+ * default (for some keys, the default of the configured environment). Throws
+ * `ConfigError` naming every bad key.
  */
 export function loadConfig(env: Readonly<Record<string, string | undefined>>): Config {
   const problems: string[] = [];
   const out: Record<string, unknown> = {};
+  const isSet = (key: keyof typeof CONFIG_KEYS) => env[key] !== undefined && env[key] !== "";
+  // Environment-dependent defaults follow TOKEN_ENVIRONMENT; an unreadable one
+  // (reported below) takes the production defaults, the safe ones.
+  const environment = parseEnvironment(isSet("TOKEN_ENVIRONMENT") ? env.TOKEN_ENVIRONMENT! : "development") ?? "production";
   for (const [key, keySpec] of Object.entries(CONFIG_KEYS) as [string, KeySpec<keyof Config>][]) {
-    const raw = env[key] === undefined || env[key] === "" ? keySpec.default : env[key];
+    const raw = env[key] === undefined || env[key] === "" ? defaultFor(keySpec, environment) : env[key];
     if (raw === undefined) {
       out[keySpec.field] = undefined;
       continue;
@@ -278,9 +304,28 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   if (config.tlsClientCaFile !== undefined && config.tlsCertFile === undefined) {
     problems.push("TLS_CLIENT_CA_FILE: needs TLS_CERT_FILE and TLS_KEY_FILE (mutual TLS runs over TLS)");
   }
+  // Forward auth asked for explicitly in staging or production but left open
+  // to anyone who can reach the HTTP port: refuse rather than serve it open
+  // or silently not at all. (Left at its default, /auth is simply not served
+  // there, with an error at start-up: see server/http/forward-auth.ts.)
+  if (problems.length === 0 && config.environment !== "development" && isSet("FORWARD_AUTH_ENABLED") && config.forwardAuthEnabled && !forwardAuthProtected(config)) {
+    problems.push(`FORWARD_AUTH_ENABLED: /auth must be protected in ${config.environment}: ${FORWARD_AUTH_FIX}`);
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
 }
+
+/**
+ * Whether only the proxy can ask `/auth`: it must send `FORWARD_AUTH_SECRET`,
+ * or the HTTP port requires client certificates (mutual TLS).
+ */
+export function forwardAuthProtected(config: Pick<Config, "forwardAuthSecret" | "tlsCertFile" | "tlsClientCaFile" | "tlsPorts">): boolean {
+  return config.forwardAuthSecret !== undefined || (config.tlsCertFile !== undefined && config.tlsClientCaFile !== undefined && config.tlsPorts !== "grpc");
+}
+
+/** How to protect `/auth`, for the start-up error and log lines. */
+export const FORWARD_AUTH_FIX =
+  "set FORWARD_AUTH_SECRET and have the proxy send it as X-Forward-Auth-Secret, or require client certificates on the HTTP port (TLS_CLIENT_CA_FILE with TLS_PORTS=both or http), or set FORWARD_AUTH_ENABLED=false if no proxy uses /auth";
 
 /** A connection URL without its password, for messages and logs. */
 export function redactUrl(url: string): string {

@@ -19,6 +19,7 @@ import { createIntrospectionCache } from "./domain/introspect.js";
 import { RevocationHub } from "./domain/revocation-hub.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
+import { forwardAuthOptions } from "./server/http/forward-auth.js";
 import { createLogger } from "./logger.js";
 import { ServiceMetrics } from "./observability/metrics.js";
 import { metricsRoute, withRoute } from "./observability/metrics-route.js";
@@ -225,7 +226,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
       tokens: deps,
       introspectionIssuer: config.backendJwtIssuer ?? config.tokenIssuer,
       signIntrospection: (payload) => backendJwt.signPayload(payload, "token-introspection+jwt"),
-      forwardAuth: config.forwardAuthEnabled ? { secret: config.forwardAuthSecret, backendJwt: config.forwardAuthBackendJwt } : undefined,
+      forwardAuth: forwardAuthOptions(config, log),
       readiness: { store: () => deps.store.ping(), revocationChannel: () => channel.up },
     })),
   }).catch(async (error: unknown) => {

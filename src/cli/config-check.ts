@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import { CONFIG_KEYS, ConfigError, loadConfig, redactUrl, type Config } from "../config.js";
+import { CONFIG_KEYS, ConfigError, defaultFor, loadConfig, redactUrl, type Config } from "../config.js";
 import type { Logger } from "../domain/ports.js";
 import { loadLegacyJwtPolicy } from "../keys/legacy-keys.js";
 import { loadTlsMaterial } from "../server/tls.js";
@@ -80,7 +80,7 @@ function fileProblem(error: unknown, problems: string[]): undefined {
 function effectiveValues(env: Readonly<Record<string, string | undefined>>, config: Config): string {
   const rows = Object.entries(CONFIG_KEYS).map(([key, spec]) => {
     const fromEnv = env[key] !== undefined && env[key] !== "";
-    const raw = fromEnv ? env[key]! : spec.default;
+    const raw = fromEnv ? env[key]! : defaultFor(spec, config.environment);
     let value: string;
     if (raw === undefined) value = "(unset)";
     else if (SECRET_KEY.test(key)) value = "(set, redacted)";

@@ -63,6 +63,12 @@ const INACTIVE = Object.freeze({
   revoked: Object.freeze({ active: false, reason: "revoked", message: MESSAGES.revoked }),
 } satisfies Record<string, IntrospectResult>);
 
+const LEGACY_WITHOUT_ENV: IntrospectResult = Object.freeze({
+  active: false,
+  reason: "invalid",
+  message: 'The token names no environment ("env" claim); this service accepts legacy JWTs only for its own environment.',
+});
+
 /** The exact message for a token from another environment. */
 export function environmentMismatchMessage(token: Environment, service: Environment): string {
   return `Token environment mismatch: ${token} token used in ${service}`;
@@ -94,7 +100,7 @@ export async function introspectToken(
   options: IntrospectOptions = NO_OPTIONS,
 ): Promise<IntrospectResult> {
   const shape = classifyToken(presented);
-  if (shape.shape === "jwt") return answered(deps, options, "legacy_jwt", await introspectLegacyJwt(deps, presented, meta));
+  if (shape.shape === "jwt") return answered(deps, options, "legacy_jwt", await introspectLegacyJwt(deps, presented, meta, options.use ?? "introspect"));
   if (shape.shape !== "opaque") return answered(deps, options, "unrecognized", INACTIVE.malformed);
 
   const service = deps.policy.environment;
@@ -153,10 +159,13 @@ function environmentMismatch(deps: TokenDeps, tokenEnvironment: Environment, tok
 
 /**
  * A legacy JWT: accepted through the deprecation window with a notice, then
- * refused. Its `env` claim meets the same environment guard as a prefix, and
- * a revoked `jti` is refused like a revoked token.
+ * refused. Its `env` claim meets the same environment guard as a prefix (and
+ * must be there with `LEGACY_JWT_REQUIRE_ENV`), and a revoked `jti` is
+ * refused like a revoked token. Only an introspection is counted as a use
+ * (`ListLegacyJwtUsage`): a legacy JWT sent as a caller's own credential is
+ * always refused, so it is not one.
  */
-async function introspectLegacyJwt(deps: TokenDeps, jwt: string, meta: RequestMeta): Promise<IntrospectResult> {
+async function introspectLegacyJwt(deps: TokenDeps, jwt: string, meta: RequestMeta, use: IntrospectionUse): Promise<IntrospectResult> {
   const policy = deps.legacy.policy;
   if (policy.keys.length === 0) return { active: false, reason: "malformed", message: "Legacy JWTs are not accepted by this service; send an API token." };
   const now = deps.clock.now();
@@ -168,6 +177,20 @@ async function introspectLegacyJwt(deps: TokenDeps, jwt: string, meta: RequestMe
   const service = deps.policy.environment;
   if (claims.claimedEnvironment !== undefined && claims.claimedEnvironment !== service) {
     return environmentMismatch(deps, claims.claimedEnvironment, displayHint(jwt), meta);
+  }
+  if (claims.claimedEnvironment === undefined && policy.requireEnv) {
+    // Without `env` a JWT could come from any environment whose secret it
+    // shares: refused, and said so to whoever watches security events.
+    deps.events.record({
+      type: "legacy_jwt_without_env",
+      severity: "warning",
+      message: "legacy JWT without env claim refused (LEGACY_JWT_REQUIRE_ENV)",
+      serviceEnvironment: service,
+      callerSubject: claims.subject,
+      tokenHint: displayHint(jwt),
+      ...metaFields(meta),
+    });
+    return LEGACY_WITHOUT_ENV;
   }
   if (claims.jti === undefined) {
     if (policy.requireJti) return { active: false, reason: "invalid", message: "The token has no jti claim; this service requires one." };
@@ -184,7 +207,7 @@ async function introspectLegacyJwt(deps: TokenDeps, jwt: string, meta: RequestMe
   } else if (await deps.legacy.store.isRevoked(claims.jti)) {
     return INACTIVE.revoked;
   }
-  deps.legacy.usage.note(claims.subject, now);
+  if (use === "introspect") deps.legacy.usage.note(claims.subject, now);
   return {
     active: true,
     claims: { ...claims, environment: service, id: claims.jti ?? "", kind: "legacy_jwt" },

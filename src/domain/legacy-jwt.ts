@@ -49,6 +49,12 @@ export interface LegacyJwtPolicy {
   readonly maxLength: number;
   /** Allowed clock skew for `exp`/`nbf`/`iat`, in seconds. */
   readonly clockToleranceSec: number;
+  /**
+   * Refuse JWTs without an `env` claim (`LEGACY_JWT_REQUIRE_ENV`): without
+   * one, nothing tells a production JWT from a development one signed with a
+   * secret shared across environments.
+   */
+  readonly requireEnv: boolean;
 }
 
 /** The deprecation notice that rides on every successful legacy answer. */
@@ -70,7 +76,7 @@ export interface LegacyClaims extends TokenClaims {
   readonly issuer: string | undefined;
   readonly audience: readonly string[];
   readonly notBefore: Date | undefined;
-  /** The environment the JWT names in its `env` claim, if any. */
+  /** The environment the JWT names in its `env` claim, if any (see `LegacyJwtPolicy.requireEnv`). */
   readonly claimedEnvironment: Environment | undefined;
 }
 
@@ -100,6 +106,11 @@ export async function verifyLegacyJwt(policy: LegacyJwtPolicy, jwt: string, now:
   const parts = jwt.split(".");
   if (parts.length === 5) return refuse("malformed", "Encrypted JWTs (JWE) are not accepted.");
   if (parts.length !== 3 || parts[0]!.length > MAX_HEADER_LENGTH) return refuse("malformed", "The token is malformed.");
+  // RFC 7515 §2 and §7.1: each part is base64url without padding. Decoders
+  // (jose's among them) skip whitespace and padding and ignore spare bits, so
+  // many strings would verify as one JWT; only its one canonical spelling is
+  // accepted, so a JWT is always the same string (in logs, hints, deny lists).
+  if (!parts.every(isCanonicalBase64url)) return refuse("malformed", "The token is malformed.");
 
   let header: Record<string, unknown>;
   try {
@@ -137,7 +148,31 @@ export async function verifyLegacyJwt(policy: LegacyJwtPolicy, jwt: string, now:
     }
   }
   if (payload === undefined) return refuse("invalid", "The token's signature is not valid.");
+  // jose checks `iat` only against a maximum age; an issue time in the future
+  // (beyond the skew allowed for exp and nbf) means a wrong clock or a forgery.
+  if (typeof payload.iat === "number" && payload.iat > now.getTime() / 1000 + policy.clockToleranceSec) {
+    return refuse("invalid", "The token's issue time (iat) is in the future.");
+  }
   return claimsOf(payload, now);
+}
+
+const BASE64URL = /^[A-Za-z0-9_-]*$/;
+const BASE64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/**
+ * Whether a string is the canonical base64url encoding (RFC 4648 §5, no
+ * padding, RFC 7515 §2) of some bytes: alphabet only, no length that leaves a
+ * lone 6-bit character, and the unused low bits of the last character zero
+ * (RFC 4648 §3.5), so no two strings decode to the same bytes.
+ */
+export function isCanonicalBase64url(text: string): boolean {
+  if (!BASE64URL.test(text)) return false;
+  const tail = text.length % 4;
+  if (tail === 1) return false;
+  if (tail === 0) return true;
+  const last = BASE64URL_ALPHABET.indexOf(text[text.length - 1]!);
+  // Two characters carry one byte (4 spare bits), three carry two (2 spare bits).
+  return (last & (tail === 2 ? 0x0f : 0x03)) === 0;
 }
 
 function refusalOf(error: unknown): LegacyRefusal {

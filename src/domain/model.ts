@@ -90,7 +90,8 @@ export type SecurityEventType =
   | "authentication_failed"
   | "platform_admin_bootstrap"
   | "token_revoked"
-  | "legacy_jwt_without_jti";
+  | "legacy_jwt_without_jti"
+  | "legacy_jwt_without_env";
 
 /** A security event as raised. Identical events are folded into one stored row with a count. */
 export interface SecurityEvent {

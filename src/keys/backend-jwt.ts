@@ -104,7 +104,8 @@ export class BackendJwtKeys implements BackendJwtMinter {
     const expiresAt = Math.min(nowMs + this.options.ttlMs, tokenExpiry);
     const payload = backendJwtPayload(claims, { issuer: this.options.issuer, audience: this.options.audience, jti: randomUUID() });
     const jwt = await new SignJWT(payload)
-      .setProtectedHeader({ alg: signer.record.alg, kid: signer.record.kid, typ: "JWT" })
+      // RFC 9068 §2.1, RFC 8725 §3.11: typed as an access token, never confusable with an RFC 9701 answer.
+      .setProtectedHeader({ alg: signer.record.alg, kid: signer.record.kid, typ: "at+jwt" })
       .setIssuedAt(Math.floor(nowMs / 1000))
       .setNotBefore(Math.floor(nowMs / 1000))
       .setExpirationTime(Math.floor(expiresAt / 1000))

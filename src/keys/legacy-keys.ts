@@ -57,12 +57,13 @@ export async function loadLegacyJwtPolicy(config: Config, log: Logger): Promise<
   if (problems.length > 0) throw new ConfigError(problems);
 
   const sunsetAt = config.legacySunsetDate ?? new Date(config.legacyReleaseDate.getTime() + DEFAULT_WINDOW_MS);
-  log.info({ keys: keys.map((k) => `${k.label}/${k.alg}`), sunset: sunsetAt.toISOString(), require_jti: config.requireJti }, keys.length > 0 ? "legacy JWTs accepted until sunset" : "legacy JWTs not accepted (no keys configured)");
+  log.info({ keys: keys.map((k) => `${k.label}/${k.alg}`), sunset: sunsetAt.toISOString(), require_jti: config.requireJti, require_env: config.legacyRequireEnv }, keys.length > 0 ? "legacy JWTs accepted until sunset" : "legacy JWTs not accepted (no keys configured)");
   return Object.freeze({
     keys: Object.freeze(keys),
     ...(config.legacyIssuer !== undefined ? { issuer: config.legacyIssuer } : {}),
     audience: config.legacyAudience,
     requireJti: config.requireJti,
+    requireEnv: config.legacyRequireEnv,
     releaseAt: config.legacyReleaseDate,
     sunsetAt,
     migrationUrl: config.legacyMigrationUrl,

@@ -120,7 +120,7 @@ export function introspectResponse(
     scopes: [...c.scopes],
     clientId: c.id,
     username: c.subject,
-    tokenType: c.kind === "opaque" ? "api_token" : "jwt",
+    tokenType: "Bearer", // RFC 7662 §2.2 / RFC 6749 §7.1; the kind is in token_kind
     exp: c.expiresAt ? seconds(c.expiresAt) : 0n,
     iat: seconds(c.issuedAt),
     nbf: seconds(c.notBefore ?? c.issuedAt),

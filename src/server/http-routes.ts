@@ -15,7 +15,7 @@ export interface HttpRoutesDeps {
   readonly introspectionIssuer: string;
   /** Signs an RFC 9701 introspection answer with the backend JWT keys. */
   readonly signIntrospection: (payload: Record<string, unknown>) => Promise<string>;
-  /** `/auth`; absent when `FORWARD_AUTH_ENABLED=false`. */
+  /** `/auth`; absent when it is not served (`FORWARD_AUTH_ENABLED=false`, or unprotected outside development: see `forwardAuthOptions`). */
   readonly forwardAuth: ForwardAuthOptions | undefined;
   /** What `/readyz` checks. */
   readonly readiness: ReadinessChecks;

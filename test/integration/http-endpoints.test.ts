@@ -92,7 +92,7 @@ describe("the standard HTTP endpoints", () => {
     scope: "orders.read orders.write",
     client_id: user.id,
     username: "user@example.com",
-    token_type: "api_token",
+    token_type: "Bearer",
     exp: user.exp,
     iat: user.iat,
     nbf: user.iat,
@@ -140,7 +140,7 @@ describe("the standard HTTP endpoints", () => {
       const jwt = await legacyJwt({ sub: "old@example.com", jti: "legacy-1", scopes: ["orders.read"], teams: ["payments"] });
       const res = await introspect(form({ token: jwt }), { authorization: bearer(gateway.token) });
       expect(res.status).toBe(200);
-      expect(await res.json()).toMatchObject({ active: true, sub: "old@example.com", jti: "legacy-1", token_type: "jwt", token_kind: "legacy_jwt", teams: ["payments"] });
+      expect(await res.json()).toMatchObject({ active: true, sub: "old@example.com", jti: "legacy-1", token_type: "Bearer", token_kind: "legacy_jwt", teams: ["payments"] });
       expect(res.headers.get("x-auth-deprecation")).toBe("JWT tokens are deprecated. Please migrate to API tokens.");
       expect(res.headers.get("deprecation")).toMatch(/^@\d+$/);
       expect(res.headers.get("sunset")).toBe("Thu, 01 Jan 2099 00:00:00 GMT");
@@ -159,6 +159,9 @@ describe("the standard HTTP endpoints", () => {
       // RFC 9701 §8.1: nothing at the top level that would let it pass for an access token.
       expect(payload.sub).toBeUndefined();
       expect(payload.exp).toBeUndefined();
+
+      // RFC 8725 §3.11: explicitly typed, so it is never taken for a backend JWT (`at+jwt`).
+      await expect(jwtVerify(jwt, await jwks(), { typ: "at+jwt" })).rejects.toMatchObject({ code: "ERR_JWT_CLAIM_VALIDATION_FAILED", claim: "typ" });
 
       const inactive = await introspect(form({ token: mintToken("development").token }), { authorization: bearer(gateway.token), accept: "application/json;q=0.5, application/token-introspection+jwt" });
       const verified = await jwtVerify(await inactive.text(), await jwks(), { audience: gateway.id });
@@ -318,8 +321,11 @@ describe("the standard HTTP endpoints", () => {
       expect(res.headers.get("x-auth-is-admin")).toBe("false");
       expect(res.headers.get("x-auth-token-id")).toBe(user.id);
       expect(res.headers.get("x-auth-token-kind")).toBe("opaque");
-      const { payload } = await jwtVerify(res.headers.get("x-auth-backend-jwt")!, await jwks(), { issuer: "cf-token-service", audience: "orders-api" });
+      const backendJwt = res.headers.get("x-auth-backend-jwt")!;
+      const { payload } = await jwtVerify(backendJwt, await jwks(), { issuer: "cf-token-service", audience: "orders-api", typ: "at+jwt" });
       expect(payload).toMatchObject({ sub: "user@example.com", token_id: user.id, scope: "orders.read orders.write" });
+      // A backend JWT never passes where an RFC 9701 introspection answer is expected.
+      await expect(jwtVerify(backendJwt, await jwks(), { typ: "token-introspection+jwt" })).rejects.toMatchObject({ claim: "typ" });
       expect(res.headers.get("deprecation")).toBeNull();
     });
 

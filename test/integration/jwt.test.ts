@@ -60,7 +60,7 @@ describe("JWTs on the real service", () => {
       const call = (grpc.client as unknown as Record<string, (...a: unknown[]) => grpcJs.ClientUnaryCall>).introspectToken!.call(grpc.client, { token: jwt }, md, (err: Error | null, res: IntrospectTokenResponse) => (err ? reject(err) : resolve({ answer: res, headers })));
       call.on("metadata", (m: grpcJs.Metadata) => (headers = m));
     });
-    expect(answer).toMatchObject({ active: true, tokenKind: TokenKind.LEGACY_JWT, sub: "old@example.com", jti: "j-1", deprecation: { notice: "JWT tokens are deprecated. Please migrate to API tokens." } });
+    expect(answer).toMatchObject({ active: true, tokenKind: TokenKind.LEGACY_JWT, tokenType: "Bearer", sub: "old@example.com", jti: "j-1", deprecation: { notice: "JWT tokens are deprecated. Please migrate to API tokens." } });
     expect(headers.get("x-auth-deprecation")).toEqual(["JWT tokens are deprecated. Please migrate to API tokens."]);
     expect(headers.get("sunset")).toEqual(["Thu, 01 Jan 2099 00:00:00 GMT"]);
     expect(String(headers.get("link")[0])).toContain("rel=\"deprecation\"");
@@ -74,6 +74,28 @@ describe("JWTs on the real service", () => {
       .toBe(3n);
   });
 
+  it("counts only successful introspections in ListLegacyJwtUsage, not a legacy JWT refused as a caller's credential", async () => {
+    const sign = (sub: string) => new SignJWT({ sub, iss: "legacy-auth", jti: `${sub}-1`, env: "development", exp: now() + 600 }).setProtectedHeader({ alg: "HS256" }).sign(new TextEncoder().encode(SECRET));
+    const refused = await sign("caller-only@example.com");
+    // As an OAuth client (Bearer and Basic, the client-auth path) and as an RPC caller: all refused.
+    for (const authorization of [`Bearer ${refused}`, `Basic ${Buffer.from(`00000000-0000-4000-8000-000000000000:${refused}`).toString("base64")}`]) {
+      const res = await fetch(`http://127.0.0.1:${sut.service.httpPort}/oauth2/introspect`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", authorization },
+        body: new URLSearchParams({ token: refused }).toString(),
+      });
+      expect(res.status).toBe(401);
+    }
+    await expect(grpc.unary("listTokens", {}, { authorization: `Bearer ${refused}` })).rejects.toMatchObject({ code: grpcJs.status.UNAUTHENTICATED });
+    // A successful introspection noted after them: once it is listed, anything noted before has been written too.
+    expect((await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: await sign("sentinel@example.com") }, auth())).active).toBe(true);
+    let usage: ListLegacyJwtUsageResponse["usage"] = [];
+    await expect
+      .poll(async () => (usage = (await grpc.unary<ListLegacyJwtUsageResponse>("listLegacyJwtUsage", {}, auth())).usage).some((u) => u.subject === "sentinel@example.com"), { timeout: 5000 })
+      .toBe(true);
+    expect(usage.map((u) => u.subject)).not.toContain("caller-only@example.com");
+  });
+
   it("mints a backend JWT that verifies against the published JWKS, and stops after revocation", async () => {
     const issued = await grpc.unary<IssueTokenResponse>("issueToken", { name: "svc", subject: "svc@example.com", scopes: ["orders.read"], teams: ["edge"] }, auth());
     const answer = await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: issued.token, includeBackendJwt: true }, auth());
@@ -83,12 +105,25 @@ describe("JWTs on the real service", () => {
     expect((await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: issued.token }, auth())).backendJwt).toBe("");
 
     const jwks = (await (await fetch(`http://127.0.0.1:${sut.service.httpPort}/.well-known/jwks.json`)).json()) as JSONWebKeySet;
-    const { payload, protectedHeader } = await jwtVerify(answer.backendJwt, createLocalJWKSet(jwks), { issuer: "cf-token-service" });
-    expect(protectedHeader.alg).toBe("ES256");
+    const { payload, protectedHeader } = await jwtVerify(answer.backendJwt, createLocalJWKSet(jwks), { issuer: "cf-token-service", typ: "at+jwt" });
+    expect(protectedHeader).toMatchObject({ alg: "ES256", typ: "at+jwt" });
     expect(payload).toMatchObject({ sub: "svc@example.com", token_id: issued.info!.id, scope: "orders.read", teams: ["edge"], env: "development" });
     expect(payload.exp! - payload.iat!).toBe(300);
     const viaRpc = await grpc.unary<GetJwksResponse>("getJwks", {}, auth());
     expect(JSON.parse(viaRpc.jwksJson)).toEqual(jwks);
+
+    // RFC 8725 §3.11, RFC 9068 §2.1: typed `at+jwt`, so an RFC 9701 answer signed by the same
+    // keys is refused where a backend JWT is expected, and a backend JWT where an answer is.
+    const signedAnswer = await (
+      await fetch(`http://127.0.0.1:${sut.service.httpPort}/oauth2/introspect`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", accept: "application/token-introspection+jwt", authorization: `Bearer ${admin}` },
+        body: new URLSearchParams({ token: issued.token }).toString(),
+      })
+    ).text();
+    expect((await jwtVerify(signedAnswer, createLocalJWKSet(jwks), { typ: "token-introspection+jwt" })).payload.token_introspection).toMatchObject({ active: true, token_type: "Bearer", token_kind: "opaque" });
+    await expect(jwtVerify(signedAnswer, createLocalJWKSet(jwks), { typ: "at+jwt" })).rejects.toMatchObject({ code: "ERR_JWT_CLAIM_VALIDATION_FAILED", claim: "typ" });
+    await expect(jwtVerify(answer.backendJwt, createLocalJWKSet(jwks), { typ: "token-introspection+jwt" })).rejects.toMatchObject({ code: "ERR_JWT_CLAIM_VALIDATION_FAILED", claim: "typ" });
 
     await grpc.unary("revokeToken", { target: { case: "token", value: issued.token } }, auth());
     const revoked = await grpc.unary<IntrospectTokenResponse>("introspectToken", { token: issued.token, includeBackendJwt: true }, auth());

@@ -10,6 +10,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { SignJWT, createLocalJWKSet, jwtVerify, type JSONWebKeySet } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TokenService } from "../../gen/tokens/v1/token_service_pb.js";
+import { bootstrapAdmin } from "../../src/domain/issue.js";
 import { mintToken } from "../../src/domain/token-format.js";
 import { startTestService, type ServiceUnderTest } from "../support/service.js";
 
@@ -17,8 +18,10 @@ import { startTestService, type ServiceUnderTest } from "../support/service.js";
  * The shipped nginx example (examples/nginx/nginx.conf), rendered with real
  * ports and run by a real nginx (Debian's package; `npm test` installs it) in
  * front of a tiny application that echoes what it receives, with the token
- * service's /auth deciding. Like the PostgreSQL tests, this fails rather than
- * skips when nginx is missing.
+ * service's /auth deciding. The service runs in staging, where /auth is
+ * served only to a proxy that sends FORWARD_AUTH_SECRET: the example must
+ * send it. Like the PostgreSQL tests, this fails rather than skips when nginx
+ * is missing.
  */
 
 const LEGACY_SECRET = "legacy-hmac-secret-0123456789abcdef0123";
@@ -69,12 +72,14 @@ describe("the nginx auth_request example, against a real nginx", () => {
     const binary = findNginx();
     sut = await startTestService({
       DATA_DIR: "memory://",
+      TOKEN_ENVIRONMENT: "staging",
       LEGACY_JWT_HMAC_SECRET: LEGACY_SECRET,
       LEGACY_JWT_SUNSET_DATE: "2099-01-01",
       FORWARD_AUTH_SECRET: PROXY_SECRET,
       FORWARD_AUTH_BACKEND_JWT: "true",
     });
-    admin = sut.bootstrapToken!;
+    // Staging prints no bootstrap token: make one as `tokenctl bootstrap` would.
+    admin = (await bootstrapAdmin(sut.service.deps, "admin@example.com", "cli")).token;
     connect = createClient(TokenService, createConnectTransport({ baseUrl: `http://127.0.0.1:${sut.service.httpPort}`, httpVersion: "1.1" }));
 
     app = http.createServer((req, res) => {
@@ -149,11 +154,18 @@ describe("the nginx auth_request example, against a real nginx", () => {
       "x-auth-token-kind": "opaque",
     });
     const jwks = createLocalJWKSet((await (await fetch(`http://127.0.0.1:${sut.service.httpPort}/.well-known/jwks.json`)).json()) as JSONWebKeySet);
-    const { payload } = await jwtVerify(String(request.headers["x-auth-backend-jwt"]), jwks);
+    const { payload } = await jwtVerify(String(request.headers["x-auth-backend-jwt"]), jwks, { typ: "at+jwt" });
     expect(payload).toMatchObject({ sub: "user@example.com", token_id: id });
     expect(request.headers.authorization).toBeUndefined();
     expect(request.headers["x-forward-auth-secret"]).toBeUndefined();
     expect(res.headers.get("deprecation")).toBeNull();
+  });
+
+  it("is what gets the request through: the service refuses /auth to anyone without the proxy's secret", async () => {
+    const { token } = await issue(["orders.read"]);
+    const direct = await fetch(`http://127.0.0.1:${sut.service.httpPort}/auth`, { headers: { authorization: `Bearer ${token}` } });
+    expect(direct.status).toBe(403);
+    expect((await get("/", { authorization: `Bearer ${token}` })).status).toBe(200);
   });
 
   it("replaces X-Auth-* headers a client forges", async () => {
@@ -177,8 +189,8 @@ describe("the nginx auth_request example, against a real nginx", () => {
     await connect.revokeToken({ target: { case: "token", value: revoked }, reason: "nginx test" }, { headers: { authorization: `Bearer ${admin}` } });
     const cases: [string, string][] = [
       [revoked, "The token has been revoked."],
-      [mintToken("development").token, "The token is not recognised."],
-      [mintToken("production").token, "Token environment mismatch: production token used in development"],
+      [mintToken("staging").token, "The token is not recognised."],
+      [mintToken("production").token, "Token environment mismatch: production token used in staging"],
     ];
     const before = seen.length;
     for (const [token, message] of cases) {
@@ -190,7 +202,8 @@ describe("the nginx auth_request example, against a real nginx", () => {
   });
 
   it("passes a legacy JWT with its claims, and the deprecation headers to the client", async () => {
-    const jwt = await new SignJWT({ sub: "old@example.com", jti: "nginx-legacy", scopes: ["orders.read"], exp: Math.floor(Date.now() / 1000) + 600 })
+    // Staging requires the env claim (LEGACY_JWT_REQUIRE_ENV defaults to true there).
+    const jwt = await new SignJWT({ sub: "old@example.com", jti: "nginx-legacy", env: "staging", scopes: ["orders.read"], exp: Math.floor(Date.now() / 1000) + 600 })
       .setProtectedHeader({ alg: "HS256" })
       .sign(new TextEncoder().encode(LEGACY_SECRET));
     const res = await get("/", { authorization: `Bearer ${jwt}` });

@@ -3,6 +3,7 @@ import { Code, ConnectError, createClient, createRouterTransport } from "@connec
 import { SignJWT, exportSPKI, generateKeyPair, type JWTPayload } from "jose";
 import { beforeAll, describe, expect, it } from "vitest";
 import { InactiveReason, TokenKind, TokenService } from "../../gen/tokens/v1/token_service_pb.js";
+import { authenticateClient } from "../../src/domain/client-auth.js";
 import { bootstrapAdmin } from "../../src/domain/issue.js";
 import type { LegacyJwtPolicy, LegacyKey } from "../../src/domain/legacy-jwt.js";
 import { TokenServiceHandler } from "../../src/rpc/token-service.js";
@@ -71,7 +72,7 @@ describe("legacy JWT introspection", () => {
     const s = await setup();
     const { answer, headers } = await s.introspect(await hs256(rich));
     expect(answer).toMatchObject({
-      active: true, tokenKind: TokenKind.LEGACY_JWT, tokenType: "jwt", sub: "alice@example.com", username: "alice@example.com", fullName: "Alice Example",
+      active: true, tokenKind: TokenKind.LEGACY_JWT, tokenType: "Bearer", sub: "alice@example.com", username: "alice@example.com", fullName: "Alice Example",
       scope: "orders.read orders.write", teams: ["payments"], namespaces: ["prod-eu"], isAdmin: false, jti: "jti-1", clientId: "jti-1",
       iss: "legacy-auth", aud: ["api"], exp: BigInt(nowSec + 3600), iat: BigInt(nowSec - 60), nbf: BigInt(nowSec - 60),
       deprecation: { notice: "JWT tokens are deprecated. Please migrate to API tokens.", link: "https://docs.example.com/migrate" },
@@ -170,6 +171,79 @@ describe("legacy JWT introspection", () => {
     expect(s.events.events).toEqual([expect.objectContaining({ type: "environment_mismatch", severity: "critical", tokenEnvironment: "production", serviceEnvironment: "development" })]);
   });
 
+  describe("a JWT without an env claim", () => {
+    const noEnv = { ...rich, env: undefined, user: { ...rich.user, is_admin: true } };
+
+    it("is inactive (INVALID, with a clear message) with a security event when LEGACY_JWT_REQUIRE_ENV is true", async () => {
+      const s = await setup({ requireEnv: true });
+      const { answer, headers } = await s.introspect(await hs256(noEnv));
+      expect(answer).toMatchObject({ active: false, reason: InactiveReason.INVALID, message: 'The token names no environment ("env" claim); this service accepts legacy JWTs only for its own environment.', sub: "", isAdmin: false });
+      noDeprecationHeaders(headers);
+      expect(s.events.events).toEqual([expect.objectContaining({ type: "legacy_jwt_without_env", severity: "warning", serviceEnvironment: "development", callerSubject: "alice@example.com" })]);
+      expect(s.legacyUsed).toEqual([]);
+    });
+
+    it("still accepts a JWT naming the service's own environment when LEGACY_JWT_REQUIRE_ENV is true", async () => {
+      const s = await setup({ requireEnv: true });
+      expect((await s.introspect(await hs256(rich))).answer).toMatchObject({ active: true, sub: "alice@example.com" });
+      expect(s.events.events).toEqual([]);
+    });
+
+    it("is accepted in the service's environment when LEGACY_JWT_REQUIRE_ENV is false", async () => {
+      const s = await setup({ requireEnv: false });
+      expect((await s.introspect(await hs256(noEnv))).answer).toMatchObject({ active: true, sub: "alice@example.com" });
+    });
+  });
+
+  describe("only the canonical encoding (RFC 7515 §2: base64url without padding)", () => {
+    const tamper = async (edit: (parts: [string, string, string]) => [string, string, string]) => edit((await hs256(rich)).split(".") as [string, string, string]).join(".");
+    const middle = (segment: string, insert: string) => segment.slice(0, 10) + insert + segment.slice(10);
+    const pad = (segment: string) => segment + "=".repeat((4 - (segment.length % 4)) % 4 || 4);
+
+    it.each([
+      ["a signature with = padding", ([h, p, s]: [string, string, string]) => [h, p, pad(s)]],
+      ["a signature with a space inside", ([h, p, s]: [string, string, string]) => [h, p, middle(s, " ")]],
+      ["a signature with a newline inside", ([h, p, s]: [string, string, string]) => [h, p, middle(s, "\n")]],
+      ["a signature with a tab at the end", ([h, p, s]: [string, string, string]) => [h, p, `${s}\t`]],
+      ["a payload with = padding", ([h, p, s]: [string, string, string]) => [h, pad(p), s]],
+      ["a header with a space inside", ([h, p, s]: [string, string, string]) => [middle(h, " "), p, s]],
+    ] as const)("refuses %s as MALFORMED before verification", async (_name, edit) => {
+      const s = await setup();
+      const original = await hs256(rich);
+      const jwt = await tamper(edit as (parts: [string, string, string]) => [string, string, string]);
+      expect(jwt).not.toBe(original);
+      expect((await s.introspect(jwt)).answer).toMatchObject({ active: false, reason: InactiveReason.MALFORMED, message: "The token is malformed." });
+      expect(s.legacyUsed).toEqual([]);
+    });
+
+    it("refuses a signature in base64 (+ and /) instead of base64url", async () => {
+      const s = await setup();
+      // Find a JWT whose signature holds a base64url-only character.
+      let jwt = "";
+      for (let i = 0; !/[-_]/.test(jwt.split(".")[2] ?? ""); i++) jwt = await hs256({ ...rich, jti: `jti-${i}` });
+      const [h, p, sig] = jwt.split(".") as [string, string, string];
+      expect((await s.introspect(`${h}.${p}.${sig.replace(/-/g, "+").replace(/_/g, "/")}`)).answer).toMatchObject({ active: false, reason: InactiveReason.MALFORMED, message: "The token is malformed." });
+    });
+
+    it("refuses a signature whose last character carries non-zero spare bits (a second spelling of the same bytes)", async () => {
+      const s = await setup();
+      const [h, p, sig] = (await hs256(rich)).split(".") as [string, string, string];
+      // HS256: 32 bytes → 43 characters, the last holding 4 bits and 2 spare ones.
+      const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+      const last = alphabet.indexOf(sig.at(-1)!);
+      const twin = sig.slice(0, -1) + alphabet[last ^ 1];
+      expect(Buffer.from(twin, "base64url").equals(Buffer.from(sig, "base64url"))).toBe(true);
+      expect((await s.introspect(`${h}.${p}.${twin}`)).answer).toMatchObject({ active: false, reason: InactiveReason.MALFORMED });
+    });
+  });
+
+  it("refuses a JWT issued in the future beyond the clock tolerance", async () => {
+    const s = await setup({ clockToleranceSec: 30 });
+    expect((await s.introspect(await hs256({ ...rich, iat: nowSec + 31, nbf: undefined }))).answer).toMatchObject({ active: false, reason: InactiveReason.INVALID, message: "The token's issue time (iat) is in the future." });
+    expect((await s.introspect(await hs256({ ...rich, iat: nowSec + 30, nbf: undefined }))).answer).toMatchObject({ active: true });
+    expect(s.legacyUsed).toHaveLength(1);
+  });
+
   it("revokes a legacy JWT by value (recording its jti) and then answers REVOKED", async () => {
     const s = await setup();
     const jwt = await hs256(rich);
@@ -210,6 +284,19 @@ describe("legacy JWT introspection", () => {
     const s = await setup();
     const err = await s.client.listTokens({}, { headers: { authorization: `Bearer ${await hs256({ ...rich, user: { ...rich.user, is_admin: true } })}` } }).catch((e: unknown) => ConnectError.from(e));
     expect(err).toMatchObject({ code: Code.Unauthenticated, rawMessage: "caller credential refused: call this service with a token it issued" });
+    // Refused as a credential: not a use of the JWT, so ListLegacyJwtUsage does not count it.
+    expect(s.legacyUsed).toEqual([]);
+  });
+
+  it.each(["Bearer", "Basic"] as const)("does not count a legacy JWT refused as an OAuth client's %s credential in ListLegacyJwtUsage", async (scheme) => {
+    const s = await setup();
+    const jwt = await hs256(rich);
+    const authorization = scheme === "Bearer" ? `Bearer ${jwt}` : `Basic ${Buffer.from(`00000000-0000-4000-8000-000000000000:${jwt}`).toString("base64")}`;
+    await expect(authenticateClient(s.deps, authorization, { method: "POST /oauth2/introspect" })).rejects.toMatchObject({ code: "unauthenticated" });
+    expect(s.legacyUsed).toEqual([]);
+    // The same JWT introspected by a client is counted once.
+    expect((await s.introspect(jwt)).answer.active).toBe(true);
+    expect(s.legacyUsed).toEqual([{ subject: "alice@example.com", at: NOW }]);
   });
 });
 

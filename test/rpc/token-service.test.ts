@@ -109,7 +109,7 @@ describe("TokenService over an in-memory transport", () => {
       const iat = BigInt(Math.floor(s.clock.now().getTime() / 1000));
       expect(res).toMatchObject({
         active: true, scope: "a b", scopes: ["a", "b"], sub: "bob@example.com", username: "bob@example.com", clientId: issued.info!.id, jti: issued.info!.id,
-        tokenType: "api_token", iss: "test-issuer", aud: ["gateway"], iat, nbf: iat, exp: iat + 30n * 86_400n,
+        tokenType: "Bearer", iss: "test-issuer", aud: ["gateway"], iat, nbf: iat, exp: iat + 30n * 86_400n,
         teams: ["red"], isAdmin: false, environment: Environment.DEVELOPMENT, tokenName: "gw", fullName: "Bob", tokenKind: TokenKind.OPAQUE, reason: InactiveReason.UNSPECIFIED, message: "",
       });
     });

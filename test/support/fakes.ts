@@ -189,6 +189,7 @@ export const NO_LEGACY: LegacyJwtPolicy = Object.freeze({
   keys: [],
   audience: [],
   requireJti: false,
+  requireEnv: false,
   releaseAt: new Date("2026-11-01T00:00:00Z"),
   sunsetAt: new Date("2027-01-30T00:00:00Z"),
   migrationUrl: "https://docs.example.com/migrate",

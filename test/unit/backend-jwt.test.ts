@@ -44,7 +44,7 @@ describe("backend JWTs", () => {
     const { clock, keys } = await setup(alg);
     const jwt = await keys.mint(claims(clock), clock.now());
     const { payload, protectedHeader } = await verify(keys, jwt, clock);
-    expect(protectedHeader).toMatchObject({ alg, typ: "JWT", kid: keys.jwks().keys[0]!.kid });
+    expect(protectedHeader).toMatchObject({ alg, typ: "at+jwt", kid: keys.jwks().keys[0]!.kid });
     const now = Math.floor(clock.now().getTime() / 1000);
     expect(payload).toMatchObject({
       iss: "cf-token-service", aud: "backends", sub: "alice@example.com", token_id: "6f1c1d7e-7a55-4c1b-9a43-0f6a1f8b2c11",

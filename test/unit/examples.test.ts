@@ -1,6 +1,6 @@
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { CONFIG_KEYS, loadConfig } from "../../src/config.js";
+import { CONFIG_KEYS, forwardAuthProtected, loadConfig } from "../../src/config.js";
 
 /**
  * The Dockerfile and the Kubernetes example cannot be run here (no container
@@ -130,5 +130,44 @@ describe("the Kubernetes example", () => {
     const service = read(`${dir}service.yaml`);
     expect(service).toMatch(/name: grpc\s+port: 50051\s+targetPort: grpc/);
     expect(service).toMatch(/name: http\s+port: 8080\s+targetPort: http/);
+  });
+});
+
+describe("the gateway examples (forward auth)", () => {
+  const readme = read("README.md");
+  const section = readme.slice(readme.indexOf("## Forward auth"), readme.indexOf("\n## ", readme.indexOf("## Forward auth") + 1));
+  /** The fenced code blocks of the README's forward-auth section in one language. */
+  const blocks = (lang: string) => [...section.matchAll(new RegExp("```" + lang + "\\n([\\s\\S]*?)```", "g"))].map((m) => m[1]!);
+
+  it("the nginx example and the README's nginx snippet add the proxy's secret to the auth request", () => {
+    expect(read("examples/nginx/nginx.conf")).toMatch(/location = \/_auth \{[^}]*proxy_set_header X-Forward-Auth-Secret "\{\{FORWARD_AUTH_SECRET\}\}";/);
+    expect(blocks("nginx")).toHaveLength(1);
+    expect(blocks("nginx")[0]).toMatch(/location = \/_auth \{[^}]*proxy_set_header X-Forward-Auth-Secret /);
+  });
+
+  it("the Traefik snippet adds the secret, forwards it to /auth only, and drops it before the upstream", () => {
+    const traefik = blocks("yaml").find((b) => b.includes("forwardAuth:"));
+    expect(traefik).toBeDefined();
+    expect(traefik).toMatch(/add-auth-secret:\s+headers: \{ customRequestHeaders: \{ X-Forward-Auth-Secret: "[^"]+" \} \}/);
+    expect(traefik).toMatch(/authRequestHeaders: \[[^\]]*X-Forward-Auth-Secret[^\]]*\]/);
+    expect(traefik).toMatch(/drop-auth-secret:\s+headers: \{ customRequestHeaders: \{ X-Forward-Auth-Secret: "" \} \}/);
+    expect(traefik).toContain("middlewares: [add-auth-secret, token-auth, drop-auth-secret]");
+  });
+
+  it("the Caddy and Envoy snippets add the secret to the auth request", () => {
+    expect(blocks("caddy")).toHaveLength(1);
+    expect(blocks("caddy")[0]).toMatch(/forward_auth [^{]+\{[^}]*header_up X-Forward-Auth-Secret \S+/);
+    const envoy = blocks("yaml").find((b) => b.includes("ext_authz"));
+    expect(envoy).toMatch(/authorization_request:\s+headers_to_add: \[\{ key: X-Forward-Auth-Secret, value: "[^"]+" \}\]/);
+  });
+
+  it("the Kubernetes example gives the service FORWARD_AUTH_SECRET from an optional Secret, so /auth is protected in production", () => {
+    const deployment = read("examples/kubernetes/deployment.yaml");
+    expect(manifestEnv(deployment).has("FORWARD_AUTH_SECRET")).toBe(true);
+    expect(deployment).toMatch(/- name: FORWARD_AUTH_SECRET\s+valueFrom:\s+secretKeyRef:\s+name: token-service-forward-auth\s+key: FORWARD_AUTH_SECRET\s+optional: true/);
+    expect(read("examples/kubernetes/secret.example.yaml")).toMatch(/name: token-service-forward-auth[\s\S]*FORWARD_AUTH_SECRET: "[\x21-\x7e]{16,256}"/);
+    const literal = Object.fromEntries([...manifestEnv(deployment)].filter((e): e is [string, string] => e[1] !== undefined));
+    const config = loadConfig({ ...literal, DATABASE_URL: "postgres://x@y/z", FORWARD_AUTH_SECRET: "from-the-secret-0123456789" });
+    expect(forwardAuthProtected(config)).toBe(true);
   });
 });

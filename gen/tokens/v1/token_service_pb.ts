@@ -745,7 +745,9 @@ export type IntrospectTokenResponse = Message<"tokens.v1.IntrospectTokenResponse
   username: string;
 
   /**
-   * The token type (RFC 7662 `token_type`): `api_token`.
+   * The token type (RFC 7662 §2.2 `token_type`), an RFC 6749 §7.1 access
+   * token type: `Bearer`, how every token this service answers for is sent
+   * (RFC 6750). What kind of token it is, is in `token_kind`.
    *
    * @generated from field: string token_type = 6;
    */
@@ -931,7 +933,9 @@ export type IntrospectTokenResponseJson = {
   username?: string;
 
   /**
-   * The token type (RFC 7662 `token_type`): `api_token`.
+   * The token type (RFC 7662 §2.2 `token_type`), an RFC 6749 §7.1 access
+   * token type: `Bearer`, how every token this service answers for is sent
+   * (RFC 6750). What kind of token it is, is in `token_kind`.
    *
    * @generated from field: string token_type = 6;
    */

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
+import { FORWARD_AUTH_FIX, forwardAuthProtected, type Config } from "../../config.js";
 import { introspectToken, metaFields, type IntrospectedClaims } from "../../domain/introspect.js";
-import type { TokenDeps } from "../../domain/ports.js";
+import type { Logger, TokenDeps } from "../../domain/ports.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../../domain/token-format.js";
 import { deprecationHeaders } from "../../rpc/mapping.js";
 import type { HttpRequest, HttpResponse } from "../http-server.js";
@@ -15,6 +16,42 @@ export interface ForwardAuthOptions {
   readonly secret: string | undefined;
   /** Whether an active opaque token's answer carries `X-Auth-Backend-Jwt`. */
   readonly backendJwt: boolean;
+}
+
+/** The configuration {@link forwardAuthOptions} reads. */
+export type ForwardAuthConfig = Pick<
+  Config,
+  "environment" | "forwardAuthEnabled" | "forwardAuthSecret" | "forwardAuthBackendJwt" | "tlsCertFile" | "tlsClientCaFile" | "tlsPorts"
+>;
+
+/**
+ * Whether `/auth` is served, decided once at start-up and said in the log.
+ * `/auth` answers anyone who reaches it about any token (and, with backend
+ * JWTs, hands out signed JWTs), so it must know that the caller is the proxy:
+ * the proxy sends `FORWARD_AUTH_SECRET`, or the HTTP port requires client
+ * certificates (mutual TLS).
+ *
+ * - Protected: served.
+ * - Unprotected in development: served, for convenience, with a warning.
+ * - Unprotected in staging or production: not served (404), with an error
+ *   naming the fix. Only a default lands here: `FORWARD_AUTH_ENABLED=true`
+ *   set explicitly without protection already failed `loadConfig`, because
+ *   an operator who asks for `/auth` should learn at deploy time, not from a
+ *   proxy answering 500. A default does not stop the service: gRPC
+ *   introspection and the rest of the HTTP port keep serving.
+ *
+ * Returns the endpoint's options, or `undefined` when it is not served.
+ */
+export function forwardAuthOptions(config: ForwardAuthConfig, log: Logger): ForwardAuthOptions | undefined {
+  if (!config.forwardAuthEnabled) return undefined;
+  const options = { secret: config.forwardAuthSecret, backendJwt: config.forwardAuthBackendJwt };
+  if (forwardAuthProtected(config)) return options;
+  if (config.environment === "development") {
+    log.warn({ forward_auth: "open" }, `forward auth: /auth is served without FORWARD_AUTH_SECRET or mutual TLS, so anyone who can reach the HTTP port may ask it about any token (tolerated in development only; in staging and production it is not served): ${FORWARD_AUTH_FIX}`);
+    return options;
+  }
+  log.error({ forward_auth: "not_served" }, `forward auth: /auth is NOT served: in ${config.environment} it needs FORWARD_AUTH_SECRET or mutual TLS on the HTTP port: ${FORWARD_AUTH_FIX}`);
+  return undefined;
 }
 
 /** The header a proxy proves itself with, when `FORWARD_AUTH_SECRET` is set. */
@@ -36,7 +73,9 @@ const NO_STORE = { "cache-control": "no-store" } as const;
  *   reason's message; for a credential that is not a Bearer token
  *   `error="invalid_request"` (§3.1 would say 400, but proxies pass on only
  *   2xx, 401 and 403 and turn anything else into a 500);
- * - `403` when `FORWARD_AUTH_SECRET` is set and the proxy did not send it;
+ * - `403` when `FORWARD_AUTH_SECRET` is set and the proxy did not send it
+ *   (when `/auth` is not served at all, see {@link forwardAuthOptions}, the
+ *   router answers 404);
  * - `503` with `Retry-After` when the store does not answer: an outage is
  *   never an authentication failure.
  *

@@ -5,7 +5,9 @@ import type { TokenPolicy } from "../../domain/ports.js";
  * The RFC 7662 §2.2 JSON answer, built from the same domain result as the
  * `IntrospectToken` RPC's answer and saying the same thing field for field:
  * `client_id` and `jti` are the token's id, `username` and `sub` its subject,
- * `token_type` is `api_token` (or `jwt` for a legacy JWT), times are JSON
+ * `token_type` is `Bearer` (RFC 7662 §2.2 wants an RFC 6749 §7.1 type: how the
+ * token is presented, which is RFC 6750 Bearer for both kinds) and what kind
+ * of token it is stays in our own `token_kind` (`opaque` or `legacy_jwt`), times are JSON
  * numbers of seconds. Extension claims are snake_case members beside them
  * (RFC 7662 §2.2 allows them). Members with no value are left out rather
  * than sent empty: a token without expiry has no `exp`.
@@ -36,6 +38,12 @@ export function introspectionJson(result: IntrospectResult, context: ClaimsConte
 
 const seconds = (date: Date): number => Math.floor(date.getTime() / 1000);
 
+/**
+ * RFC 7662 §2.2 `token_type`: an RFC 6749 §7.1 access token type. Every token
+ * this service answers for is sent as `Authorization: Bearer` (RFC 6750).
+ */
+export const TOKEN_TYPE = "Bearer";
+
 function activeJson(c: IntrospectedClaims, context: ClaimsContext): Record<string, unknown> {
   const audience = c.audience ?? context.audience;
   const issuer = c.kind === "opaque" ? context.issuer : (c.issuer ?? "");
@@ -44,7 +52,7 @@ function activeJson(c: IntrospectedClaims, context: ClaimsContext): Record<strin
     scope: c.scopes.join(" "),
     ...(c.id !== "" ? { client_id: c.id } : {}),
     username: c.subject,
-    token_type: c.kind === "opaque" ? "api_token" : "jwt",
+    token_type: TOKEN_TYPE,
     ...(c.expiresAt ? { exp: seconds(c.expiresAt) } : {}),
     iat: seconds(c.issuedAt),
     nbf: seconds(c.notBefore ?? c.issuedAt),
