@@ -16,10 +16,12 @@ import { SecurityEventRecorder } from "../../src/domain/security-events.js";
 import { mintToken } from "../../src/domain/token-format.js";
 import { migrateToLatest, openDatabase } from "../../src/storage/database.js";
 import type { DatabaseOptions, OpenedDatabase } from "../../src/storage/database.js";
+import { translateStoreError } from "../../src/storage/errors.js";
 import { KyselySecurityEventStore } from "../../src/storage/security-event-store.js";
 import { CapturedLog, FixedClock } from "../support/fakes.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { grpcClient, startTestService, type ServiceUnderTest } from "../support/service.js";
+import { startTcpProxy } from "../support/tcp-proxy.js";
 
 const SETUP_TIMEOUT_MS = 60_000;
 const POOL: Omit<DatabaseOptions, "url" | "dataDir"> = { poolMax: 4, connectTimeoutMs: 5_000, statementTimeoutMs: 30_000 };
@@ -231,15 +233,18 @@ describe.each(backends)("security events on $name", (backend) => {
   }, 60_000);
 });
 
-describe("the service under a flood of random bearers from one peer", () => {
-  let db: TestDatabase;
+describe.each([
+  ["PostgreSQL", true],
+  ["PGlite", false],
+] as const)("the service on %s under a flood of random bearers from one peer", (_name, usePostgres) => {
+  let db: TestDatabase | undefined;
   let sut: ServiceUnderTest;
   let grpc: ReturnType<typeof grpcClient>;
   const FLOOD = 10_000;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    sut = await startTestService({ DATABASE_URL: db.url, TOKEN_ENVIRONMENT: "development", LOG_LEVEL: "info" });
+    db = usePostgres ? await createTestDatabase() : undefined;
+    sut = await startTestService({ ...(db ? { DATABASE_URL: db.url } : { DATA_DIR: "memory://" }), TOKEN_ENVIRONMENT: "development", LOG_LEVEL: "info" });
     grpc = grpcClient(TokenService, `127.0.0.1:${sut.service.grpcPort}`);
   }, SETUP_TIMEOUT_MS);
 
@@ -293,4 +298,57 @@ describe("the service under a flood of random bearers from one peer", () => {
     expect(stored.reduce((n, r) => n + Number(r.count), 0)).toBe(FLOOD);
     console.log(`flood of ${FLOOD} random bearers: ${stored.length} rows, ${warned.length} warning lines, distinct hints ${stored.map((r) => r.distinct_token_hints).join("+")}`);
   }, 300_000);
+});
+
+describe("a PostgreSQL outage during a flood", () => {
+  let testDb: TestDatabase;
+  let proxy: Awaited<ReturnType<typeof startTcpProxy>>;
+  let opened: OpenedDatabase;
+
+  beforeAll(async () => {
+    testDb = await createTestDatabase();
+    proxy = await startTcpProxy(5432);
+    const url = new URL(testDb.url);
+    url.port = String(proxy.port);
+    opened = await openDatabase({ url: url.toString(), ...POOL, connectTimeoutMs: 500, statementTimeoutMs: 2_000 });
+    await migrateToLatest(opened.db);
+  }, SETUP_TIMEOUT_MS);
+
+  afterAll(async () => {
+    await opened?.close();
+    await proxy?.close();
+    await testDb?.drop();
+  });
+
+  it("keeps the window's rows while the store is away and stores each exactly once when it is back", async () => {
+    const store = new KyselySecurityEventStore(opened.db);
+    const log = new CapturedLog();
+    const recorder = new SecurityEventRecorder(store, log, new FixedClock(), 60_000);
+    for (let i = 0; i < 3_000; i++) recorder.record(badBearer(`172.16.${i % 3}.1`, i));
+    proxy.cut();
+    await recorder.flush();
+    expect(log.lines.filter((l) => l.message.includes("the store is unavailable"))).toEqual([expect.objectContaining({ level: "warn", fields: expect.objectContaining({ kept_rows: 3, dropped_rows: 0 }) })]);
+    recorder.record(mismatch);
+    proxy.restore();
+    // The pool may hand out a connection the cut killed: that is an outage too, kept again.
+    await expect
+      .poll(async () => {
+        await recorder.flush();
+        return (await store.list({ limit: 100 })).length;
+      }, { timeout: 20_000, interval: 200 })
+      .toBe(4);
+    const rows = await store.list({ limit: 100 });
+    expect(rows.filter((r) => r.type === "authentication_failed").reduce((n, r) => n + r.count, 0)).toBe(3_000);
+    expect(rows.filter((r) => r.type === "environment_mismatch")).toHaveLength(1);
+    expect(log.lines.filter((l) => l.level === "error")).toEqual([]);
+  }, 60_000);
+});
+
+describe("write errors, classified", () => {
+  it("treats 08P01 (too many bind parameters) as a refusal, not an outage", () => {
+    expect(translateStoreError(Object.assign(new Error("bind message has 14464 parameter formats but 0 parameters"), { code: "08P01" })).code).toBe("internal");
+    expect(translateStoreError(Object.assign(new Error("connection failure"), { code: "08006" })).code).toBe("unavailable");
+    expect(translateStoreError(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" })).code).toBe("unavailable");
+    expect(translateStoreError(Object.assign(new Error("duplicate key"), { code: "23505" })).code).toBe("internal");
+  });
 });
