@@ -30,6 +30,9 @@ export interface Config {
   readonly maxActiveTokensPerSubject: number;
   readonly lastUsedFlushMs: number;
   readonly securityEventWindowMs: number;
+  readonly securityEventRowsPerWindow: number;
+  readonly securityEventBufferRows: number;
+  readonly securityEventRetentionMs: number;
   readonly bootstrapAdminSubject: string;
   readonly logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   readonly metricsEnabled: boolean;
@@ -189,6 +192,10 @@ export const CONFIG_KEYS = {
   MAX_ACTIVE_TOKENS_PER_SUBJECT: spec("maxActiveTokensPerSubject", "100", "Most active (unexpired, unrevoked) tokens one subject may hold; IssueToken answers RESOURCE_EXHAUSTED beyond it.", integer(1, 1_000_000)),
   LAST_USED_FLUSH_INTERVAL: spec("lastUsedFlushMs", "5s", "How often batched last-used times are written (and always on shutdown).", duration(10)),
   SECURITY_EVENT_WINDOW: spec("securityEventWindowMs", "10s", "Identical security events within this window are stored as one row with a count.", duration(10)),
+  // Security event bounds under floods (issue 8, item 4).
+  SECURITY_EVENT_ROWS_PER_WINDOW: spec("securityEventRowsPerWindow", "1000", "Most security event rows one replica stores per window for info and warning events (critical ones have as many again); events from further actors fold into one row per type and severity, with their count.", integer(1, 100_000)),
+  SECURITY_EVENT_BUFFER_ROWS: spec("securityEventBufferRows", "10000", "Most security event rows kept in memory while the store is unavailable (a tenth reserved for critical events); beyond it events are dropped and counted in token_service_security_events_dropped_total.", integer(10, 1_000_000)),
+  SECURITY_EVENT_RETENTION: spec("securityEventRetentionMs", "90d", "Security events last seen longer ago than this are deleted, hourly and in batches, by every replica (concurrent pruners skip each other's rows). 0s keeps them forever.", duration(0)),
   BOOTSTRAP_ADMIN_SUBJECT: spec("bootstrapAdminSubject", "admin@localhost", "Subject of the admin token printed on the very first start of a development server with an empty store.", text),
   LOG_LEVEL: spec("logLevel", "info", "Log level: fatal, error, warn, info, debug, trace or silent.", (raw) => {
     const level = raw.trim().toLowerCase();

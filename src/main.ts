@@ -77,7 +77,11 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   }
   const store = new KyselyTokenStore(database.db, database.prepared);
   const securityEvents = new KyselySecurityEventStore(database.db);
-  const events = new SecurityEventRecorder(securityEvents, log, clock, config.securityEventWindowMs, metrics);
+  const events = new SecurityEventRecorder(securityEvents, log, clock, config.securityEventWindowMs, metrics, {
+    maxRowsPerWindow: config.securityEventRowsPerWindow,
+    maxBufferedRows: config.securityEventBufferRows,
+    retentionMs: config.securityEventRetentionMs,
+  });
   const usage = new LastUsedRecorder(store, log, config.lastUsedFlushMs);
   const legacyStore = new KyselyLegacyJwtStore(database.db);
   const legacyUsage = new LegacyUsageRecorder(legacyStore, log, config.lastUsedFlushMs);

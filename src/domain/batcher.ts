@@ -1,6 +1,8 @@
 /**
- * Folds writes that can wait (last-use times, repeated security events) into
- * one batch per interval, so the request path only touches a Map. Entries with
+ * Folds writes that can wait (last-use times, legacy JWT usage) into one
+ * batch per interval, so the request path only touches a Map. Security
+ * events have their own recorder (`security-events.ts`), which also caps
+ * rows per window and tells outages from refusals. Entries with
  * the same key are merged. A failed write is merged back and retried on the
  * next flush; `flush()` on shutdown writes whatever is left.
  */

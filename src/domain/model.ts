@@ -116,10 +116,30 @@ export interface SecurityEvent {
   readonly requestId?: string;
 }
 
-/** A stored security event: one or more identical occurrences. */
+/**
+ * A stored security event: one or more occurrences folded by what identifies
+ * the actor (type, severity, message, peer, caller, method, environments,
+ * token id), not by what the actor presented. `tokenHint` and `userAgent` are
+ * those of the first occurrence; when the folded occurrences presented more
+ * than one, the samples and distinct counts say so.
+ */
 export interface SecurityEventRow extends SecurityEvent {
   readonly id: string;
   readonly firstSeen: Date;
   readonly lastSeen: Date;
   readonly count: number;
+  /** A few of the distinct display hints presented (never tokens), first seen first; set only when there were several. */
+  readonly tokenHintSample?: readonly string[];
+  /** How many distinct display hints were presented: exact up to 64, estimated (±7 %) above. Set with the sample. */
+  readonly distinctTokenHints?: number;
+  /** A few of the distinct user agents, first seen first; set only when there were several. */
+  readonly userAgentSample?: readonly string[];
+  /** How many distinct user agents: exact up to 64, estimated above. Set with the sample. */
+  readonly distinctUserAgents?: number;
+  /**
+   * Set only on an overflow row, which stands for every event of its type and
+   * severity beyond the per-window row cap: how many distinct fold keys
+   * (actors) it folded, exact up to 64, estimated above.
+   */
+  readonly foldedSources?: number;
 }

@@ -66,12 +66,39 @@ export interface SecurityEventQuery {
   readonly after?: { readonly firstSeen: Date; readonly id: string };
 }
 
-/** Persistence of security events. */
+/**
+ * Persistence of security events. Failures are `TokenError`s: `unavailable`
+ * for an outage (worth retrying), anything else for a refusal (not).
+ */
 export interface SecurityEventStore {
-  /** Stores folded events in one write. */
+  /**
+   * Stores folded events, in as many statements as the driver's parameter
+   * limit needs. Idempotent by row id: a batch retried after a partial
+   * failure stores each row once.
+   */
   insertMany(rows: readonly SecurityEventRow[]): Promise<void>;
   /** Events matching the query, newest first. */
   list(query: SecurityEventQuery): Promise<SecurityEventRow[]>;
+  /**
+   * Deletes at most `limit` rows last seen before `cutoff` and returns how
+   * many it deleted. Safe to run from several replicas at once: each skips
+   * rows another is deleting.
+   */
+  pruneBefore(cutoff: Date, limit: number): Promise<number>;
+}
+
+/**
+ * What the security event recorder counts besides each event, for metrics.
+ * Optional members so that a metrics port without them still fits.
+ */
+export interface SecurityEventMetrics extends Pick<DomainMetrics, "securityEvent"> {
+  /** Events folded into a per-window overflow row because the window's row cap was reached. */
+  securityEventsOverflowed?(count: number): void;
+  /**
+   * Events never stored: `buffer_full` when the store was away longer than
+   * the retry buffer lasts, `refused` when the store refused the write.
+   */
+  securityEventsDropped?(reason: "buffer_full" | "refused", count: number): void;
 }
 
 /** Where security events go: a log line at once, a folded row soon after. */

@@ -11,7 +11,10 @@
  *   and, for legacy JWTs presented for introspection,
  *   `token_service_legacy_jwt_introspections_total{outcome}`, through the
  *   domain's `DomainMetrics` port.
- * - per security event: `token_service_security_events_total{type,severity}`.
+ * - per security event: `token_service_security_events_total{type,severity}`;
+ *   events folded into a per-window overflow row,
+ *   `token_service_security_events_overflowed_total`; events never stored,
+ *   `token_service_security_events_dropped_total{reason}`.
  * - per revocation notice: `token_service_revocation_propagation_seconds`.
  * - read at scrape time, no per-call cost: the cache (`TokenCache.stats()`),
  *   the revocation listener (`RevocationChannel.stats()`) and the store's
@@ -24,7 +27,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom
 import type { Logger as PinoLogger } from "pino";
 import type { InactiveReason, IntrospectionUse, TokenKind } from "../domain/introspect.js";
 import type { SecurityEvent } from "../domain/model.js";
-import type { DomainMetrics } from "../domain/ports.js";
+import type { DomainMetrics, SecurityEventMetrics } from "../domain/ports.js";
 import type { CallFacts, CallObserver, CallRecorder, HttpRequestRecorder, ServerName } from "../server/call-observer.js";
 import { peerKey } from "../server/context.js";
 import { requestIdKey } from "../server/request-id.js";
@@ -86,7 +89,7 @@ export interface ServiceInfo {
  * {@link DomainMetrics} port and the transports' {@link CallObserver}; the
  * latter also writes the per-request debug log line.
  */
-export class ServiceMetrics implements DomainMetrics, CallObserver {
+export class ServiceMetrics implements DomainMetrics, SecurityEventMetrics, CallObserver {
   /** The registry `/metrics` serves. */
   readonly registry = new Registry();
   readonly #log: PinoLogger;
@@ -95,6 +98,8 @@ export class ServiceMetrics implements DomainMetrics, CallObserver {
   /** use → kind → outcome → row, rows made on first use. */
   readonly #outcomeRows: Record<IntrospectionUse, Record<TokenKind | "unrecognized", Partial<Record<"active" | InactiveReason, CounterRow>>>>;
   readonly #securityEvents: Counter<"type" | "severity">;
+  readonly #securityEventsOverflowed: Counter;
+  readonly #securityEventsDropped: Counter<"reason">;
   readonly #revocationLag: Histogram;
   /** Whether debug lines are wanted: read per call, so kept current rather than asked of pino each time. */
   #debug: boolean;
@@ -161,6 +166,17 @@ export class ServiceMetrics implements DomainMetrics, CallObserver {
       labelNames: ["type", "severity"],
       registers,
     });
+    this.#securityEventsOverflowed = new Counter({
+      name: `${METRIC_PREFIX}security_events_overflowed_total`,
+      help: "Security events folded into a per-window overflow row (one per type and severity) because the window's row cap was reached.",
+      registers,
+    });
+    this.#securityEventsDropped = new Counter({
+      name: `${METRIC_PREFIX}security_events_dropped_total`,
+      help: "Security events never stored, by reason: buffer_full (the store was away longer than the retry buffer lasts) or refused (the store refused the write; not retried).",
+      labelNames: ["reason"],
+      registers,
+    });
     this.#revocationLag = new Histogram({
       name: `${METRIC_PREFIX}revocation_propagation_seconds`,
       help: "From the revoking statement in the database (its clock) to this replica's eviction of the token (this replica's clock), per revocation notice received.",
@@ -180,6 +196,16 @@ export class ServiceMetrics implements DomainMetrics, CallObserver {
   /** Counts one security event. */
   securityEvent(event: SecurityEvent): void {
     this.#securityEvents.inc({ type: event.type, severity: event.severity });
+  }
+
+  /** Counts security events folded into an overflow row. */
+  securityEventsOverflowed(count: number): void {
+    this.#securityEventsOverflowed.inc(count);
+  }
+
+  /** Counts security events that were never stored. */
+  securityEventsDropped(reason: "buffer_full" | "refused", count: number): void {
+    this.#securityEventsDropped.inc({ reason }, count);
   }
 
   // ------------------------------------------------------------ CallObserver

@@ -18,6 +18,7 @@ import type { Environment } from "../domain/environment.js";
 import type { InactiveReason, IntrospectResult, TokenKind } from "../domain/introspect.js";
 import type { Deprecation } from "../domain/legacy-jwt.js";
 import type { SecurityEventRow, Severity, TokenRecord } from "../domain/model.js";
+import { foldedValues } from "../domain/security-events.js";
 import { tokenState } from "../domain/model.js";
 
 /**
@@ -199,8 +200,9 @@ export function securityEvent(row: SecurityEventRow): MessageInitShape<typeof Se
     callerTokenId: row.callerTokenId ?? "",
     callerSubject: row.callerSubject ?? "",
     peer: row.peer ?? "",
-    userAgent: row.userAgent ?? "",
-    tokenHint: row.tokenHint ?? "",
+    // A row folded from several user agents or tokens shows a sample and how many (no proto field for more).
+    userAgent: foldedValues(row.userAgent, row.userAgentSample, row.distinctUserAgents),
+    tokenHint: foldedValues(row.tokenHint, row.tokenHintSample, row.distinctTokenHints),
     tokenId: row.tokenId ?? "",
     message: row.message,
     method: row.method ?? "",

@@ -43,6 +43,14 @@ const RETRYABLE_SQLSTATES: ReadonlySet<string> = new Set(["57P01", "57P02", "57P
 const RETRYABLE_SQLSTATE_CLASSES: readonly string[] = ["08", "53"];
 
 /**
+ * SQLSTATEs inside those classes that are not outages: 08P01
+ * protocol_violation is what the server answers a statement it cannot take
+ * (e.g. more than 65,535 bind parameters); sending it again fails the same
+ * way, so it must not be retried as if the store were away.
+ */
+const NOT_RETRYABLE_SQLSTATES: ReadonlySet<string> = new Set(["08P01"]);
+
+/**
  * Messages of errors that `pg`, `pg-pool`, Kysely and PGlite raise without a
  * code when a connection is lost, cannot be made in time, or the pool or
  * database has been closed. Matching on text is the only way to tell these
@@ -75,6 +83,7 @@ function isUnavailable(err: unknown, depth: number): boolean {
   const { code, message } = err as { code?: unknown; message?: unknown };
   if (typeof code === "string") {
     if (NETWORK_CODES.has(code) || RETRYABLE_SQLSTATES.has(code)) return true;
+    if (NOT_RETRYABLE_SQLSTATES.has(code)) return false;
     // SQLSTATEs are five characters; a class prefix must not match a Node code such as "08…".
     if (code.length === 5 && RETRYABLE_SQLSTATE_CLASSES.some((cls) => code.startsWith(cls))) return true;
   }
@@ -90,7 +99,7 @@ function isUnavailable(err: unknown, depth: number): boolean {
  *
  * A `TokenError` passes through unchanged. Connection refused, reset or
  * terminated, pool connect timeouts, a closed pool or database, and the
- * SQLSTATEs of outages (classes 08 and 53, 57P01-57P03, 57014 statement
+ * SQLSTATEs of outages (classes 08 and 53 except 08P01, 57P01-57P03, 57014 statement
  * timeout) and of transient conflicts (40001, 40P01, 55P03) become
  * `unavailable`; anything else becomes `internal`. The message is fixed text;
  * the driver error is kept only as `cause`, for logs.

@@ -58,6 +58,16 @@ export interface SecurityEventsTable {
   token_id: string | null;
   method: string | null;
   message: string;
+  /** Migration 0008: a few distinct display hints of a folded row, when it had several. */
+  token_hint_sample: string[] | null;
+  /** Migration 0008: distinct display hints of a folded row (estimated above 64), when it had several. */
+  distinct_token_hints: number | null;
+  /** Migration 0008: a few distinct user agents of a folded row, when it had several. */
+  user_agent_sample: string[] | null;
+  /** Migration 0008: distinct user agents of a folded row, when it had several. */
+  distinct_user_agents: number | null;
+  /** Migration 0008: on an overflow row, how many distinct actors it folded. */
+  folded_sources: number | null;
 }
 
 /** The `legacy_jwt_revocations` table: revoked legacy JWT ids. */

@@ -242,7 +242,9 @@ describe("observability of the service", () => {
     });
 
     it("carries the request id into the security event the call raised", async () => {
-      const foreign = mintToken("production").token; // a fresh hint: the first of its kind, so it is logged
+      // Events fold by actor (peer, method, …), not by token: a new window makes this one the first of its kind, so it is logged.
+      await sut.service.deps.events.flush();
+      const foreign = mintToken("production").token;
       await grpcWithMetadata("introspectToken", { token: foreign }, { ...as(admin), "x-request-id": "sec-grpc-1" });
       expect(debugLines("sec-grpc-1")).toContainEqual(expect.objectContaining({ level: 40, security_event: "environment_mismatch", tokenHint: expect.stringMatching(/^cfprd-…/) }));
 

@@ -107,6 +107,11 @@ export class MemorySecurityEventStore implements SecurityEventStore {
   async list(q: SecurityEventQuery): Promise<SecurityEventRow[]> {
     return this.rows.filter((r) => !q.type || r.type === q.type).slice(0, q.limit);
   }
+  async pruneBefore(cutoff: Date, limit: number): Promise<number> {
+    const old = this.rows.filter((r) => r.lastSeen < cutoff).slice(0, limit);
+    for (const row of old) this.rows.splice(this.rows.indexOf(row), 1);
+    return old.length;
+  }
 }
 
 /** An EventSink that keeps what it is given. */
