@@ -110,7 +110,7 @@ describe("issuing tokens", () => {
       const error = await issueToken(allowing, s.alice, { ...base, metadata: { [secretKey]: "admin", pipeline: "42" } }, meta).catch((e: { code: string; message: string }) => e);
       expect(error).toMatchObject({ code: "permission_denied", message: expect.stringMatching(/^metadata\[1\]: /) });
       expect(JSON.stringify(error)).not.toContain(secretKey);
-      expect((error as Error).message).not.toContain(secretKey);
+      expect((error as { message: string }).message).not.toContain(secretKey);
       expect(s.events.events.at(-1)).toMatchObject({ type: "permission_denied" });
       expect(s.events.events.at(-1)?.message).not.toContain(secretKey);
       expect(s.store.rows.size).toBe(before);
