@@ -1,4 +1,5 @@
 import * as grpcJs from "@grpc/grpc-js";
+import pg from "pg";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -165,6 +166,81 @@ describe("cascading revocation on PostgreSQL, two replicas", () => {
 
   it("refuses to store a child of a revoked issuer", async () => {
     await refusesOrphans(b, a.bootstrapToken!);
+  });
+
+  describe("racing an issue", () => {
+    let side: pg.Client;
+    beforeAll(async () => {
+      side = new pg.Client({ connectionString: db.url });
+      await side.connect();
+    });
+    afterAll(async () => {
+      await side?.end();
+    });
+
+    /** Resolves once some session of the test database waits on a lock: the racer is blocked. */
+    const someoneWaits = () =>
+      expect
+        .poll(async () => (await side.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).rows[0].n, { timeout: 5_000, interval: 10 })
+        .toBeGreaterThan(0);
+
+    const rowUnder = (issuerId: string) => {
+      const now = new Date();
+      const claims = buildClaims({ subject: "race@example.com", name: "racer", environment: "development", issuedAt: now, expiresAt: new Date(now.getTime() + 60_000) });
+      return { row: newTokenRecord(claims, mintToken("development"), "race@example.com", issuerId), now };
+    };
+
+    it("catches a child whose issue committed while the cascade waited for it", async () => {
+      const client = grpcClient(TokenService, `127.0.0.1:${a.service.grpcPort}`);
+      const root = await client.unary<IssueTokenResponse>("issueToken", { name: "race-root", subject: "race@example.com", scopes: CREATOR }, bearer(a.bootstrapToken!));
+      client.close();
+      // Another session issues a child under the root and holds its transaction open.
+      const racer = new pg.Client({ connectionString: db.url });
+      await racer.connect();
+      try {
+        const { row, now } = rowUnder(root.info!.id);
+        await racer.query("BEGIN");
+        await racer.query(
+          "SELECT id FROM insert_token_capped_v2($1, $2, $3, $4, $5, $6, $7::text[], $8::text[], $9::text[], $10, $11::jsonb, $12, $13, $14, $15, $16::uuid, $17, $18)",
+          [row.id, Buffer.from(row.digest), row.displayHint, row.name, row.subject, row.fullName, [], [], [], false, "{}", row.environment, row.createdAt, row.createdBy, row.expiresAt, row.issuedByTokenId, 100, now],
+        );
+        // The cascade starts before the child commits, so its first snapshot cannot see it.
+        const cascade = a.service.deps.store.revokeCascade(root.info!.id, { by: "admin", reason: "race", at: new Date() });
+        await someoneWaits();
+        await racer.query("COMMIT");
+        const outcome = await cascade;
+        expect(outcome?.descendants.map((d) => d.id)).toEqual([row.id]);
+        expect((await a.service.deps.store.findById(row.id))?.revokedAt).not.toBeNull();
+      } finally {
+        await racer.end();
+      }
+    });
+
+    it("refuses a child whose issue waited for the cascade to commit", async () => {
+      const client = grpcClient(TokenService, `127.0.0.1:${a.service.grpcPort}`);
+      const root = await client.unary<IssueTokenResponse>("issueToken", { name: "race-root-2", subject: "race@example.com", scopes: CREATOR }, bearer(a.bootstrapToken!));
+      client.close();
+      // A revocation of the issuer in flight: its row lock is held until commit.
+      await side.query("BEGIN");
+      await side.query("UPDATE tokens SET revoked_at = now(), revoked_by = 'admin', revoke_reason = 'race' WHERE id = $1", [root.info!.id]);
+      const { row, now } = rowUnder(root.info!.id);
+      const issue = a.service.deps.store.insert(row, { maxActivePerSubject: 100, now }).then(
+        () => "stored",
+        (e: { code: string }) => e.code,
+      );
+      const watcher = new pg.Client({ connectionString: db.url });
+      await watcher.connect();
+      try {
+        await expect
+          .poll(async () => (await watcher.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).rows[0].n, { timeout: 5_000, interval: 10 })
+          .toBeGreaterThan(0);
+      } finally {
+        await watcher.end();
+      }
+      await side.query("COMMIT");
+      expect(await issue).toBe("unauthenticated");
+      expect(await a.service.deps.store.findById(row.id)).toBeUndefined();
+    });
   });
 });
 
