@@ -1,4 +1,5 @@
 import * as grpcJs from "@grpc/grpc-js";
+import { PassThrough } from "node:stream";
 import pg from "pg";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -12,6 +13,7 @@ import {
   type ListTokensResponse,
   type RevokeTokenResponse,
 } from "../../gen/tokens/v1/token_service_pb.js";
+import { runApiCommand } from "../../src/cli/api-commands.js";
 import { buildClaims, newTokenRecord } from "../../src/domain/claims.js";
 import { bootstrapAdmin } from "../../src/domain/issue.js";
 import { mintToken } from "../../src/domain/token-format.js";
@@ -261,6 +263,39 @@ describe("cascading revocation on PGlite, one service", () => {
 
   it("refuses to store a child of a revoked issuer", async () => {
     await refusesOrphans(sut, sut.bootstrapToken!);
+  });
+
+  it("tokenctl lists by issuer and revokes with --cascade", async () => {
+    const admin = sut.bootstrapToken!;
+    const tokenctl = async (args: string[]) => {
+      const stdout = new PassThrough();
+      const stderr = new PassThrough();
+      let out = "";
+      let err = "";
+      stdout.setEncoding("utf8").on("data", (c: string) => (out += c));
+      stderr.setEncoding("utf8").on("data", (c: string) => (err += c));
+      const code = await runApiCommand(args[0] as "list", args.slice(1), { TOKENCTL_ADDR: `http://127.0.0.1:${sut.service.httpPort}`, TOKENCTL_TOKEN: admin }, { stdin: new PassThrough(), stdout, stderr });
+      return { code, stdout: out, stderr: err };
+    };
+    const client = grpcClient(TokenService, `127.0.0.1:${sut.service.grpcPort}`);
+    try {
+      const root = await client.unary<IssueTokenResponse>("issueToken", { name: "cli-root", subject: "cli@example.com", scopes: CREATOR }, bearer(admin));
+      const child = await client.unary<IssueTokenResponse>("issueToken", { name: "cli-child", scopes: CREATOR }, bearer(root.token));
+      await client.unary<IssueTokenResponse>("issueToken", { name: "cli-grandchild" }, bearer(child.token));
+
+      const listed = await tokenctl(["list", "--issued-by", root.info!.id, "--json"]);
+      expect(listed.code).toBe(0);
+      expect(listed.stdout.trim().split("\n").map((line) => (JSON.parse(line) as { name: string; issuedByTokenId: string }))).toEqual([
+        expect.objectContaining({ name: "cli-child", issuedByTokenId: root.info!.id }),
+      ]);
+      const revoked = await tokenctl(["revoke", "--id", root.info!.id, "--cascade"]);
+      expect(revoked).toMatchObject({ code: 0, stdout: `revoked ${root.info!.id} (cli-root, ${root.info!.displayHint})\n3 tokens revoked by this call (cascade)\n` });
+      expect(await stateOn(client, admin, child.token)).toBe("REVOKED");
+      const again = await tokenctl(["revoke", "--id", root.info!.id, "--cascade", "--json"]);
+      expect(JSON.parse(again.stdout)).toMatchObject({ alreadyRevoked: true });
+    } finally {
+      client.close();
+    }
   });
 });
 
