@@ -73,9 +73,9 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
     if (record === undefined || record.environment !== deps.policy.environment) return NOTHING_REVOKED;
   } else {
     const id = rules.uuid("token_id", input.tokenId);
-    record = await deps.store.findById(id);
-    const known = record !== undefined && record.environment === deps.policy.environment;
-    if (!known || (!caller.isAdmin && record!.subject !== caller.subject)) {
+    const found = await deps.store.findById(id);
+    const known = found !== undefined && found.environment === deps.policy.environment;
+    if (!known || (!caller.isAdmin && found.subject !== caller.subject)) {
       if (!caller.isAdmin) {
         // The same event for both, so not even the metrics (per type and
         // severity) tell the caller which it was; the message is for admins.
@@ -92,8 +92,8 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
       }
       throw notFound(id);
     }
-    record = record!;
-    hint = record.displayHint;
+    record = found;
+    hint = found.displayHint;
   }
 
   const revocation = { by: caller.subject, reason, at: deps.clock.now() };
