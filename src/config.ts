@@ -72,6 +72,7 @@ export interface Config {
   readonly forwardAuthSecret: string | undefined;
   readonly forwardAuthBackendJwt: boolean;
   readonly workers: number;
+  readonly tokenMetadataAllowedKeys: readonly string[];
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -253,6 +254,12 @@ export const CONFIG_KEYS = {
     return raw;
   }),
   FORWARD_AUTH_BACKEND_JWT: spec("forwardAuthBackendJwt", "false", "When true, /auth adds `X-Auth-Backend-Jwt`, a backend JWT with the token's claims, for the proxy to pass to the upstream.", boolean),
+  // Issuing and revocation (issuer links, cascade, metadata allow-list).
+  TOKEN_METADATA_ALLOWED_KEYS: spec("tokenMetadataAllowedKeys", "", "Comma-separated metadata keys non-admin callers may set when issuing; any other key is PERMISSION_DENIED (admins may set any). Empty: non-admins set no metadata. Gateways may read metadata as claims, so allow only keys none of them trusts.", (raw) => {
+    const keys = list(raw);
+    for (const key of keys) if (!/^[A-Za-z0-9_.-]{1,64}$/.test(key)) throw new Error("each key must be 1 to 64 letters, digits or ._-");
+    return keys;
+  }),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */

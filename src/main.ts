@@ -155,6 +155,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
       maxTtlMs: config.tokenMaxTtlMs,
       requireExpiry: config.tokenRequireExpiry,
       maxActiveTokensPerSubject: config.maxActiveTokensPerSubject,
+      metadataAllowedKeys: config.tokenMetadataAllowedKeys,
     },
   };
   metrics?.watch({ cache, listener: channel, ...(database.poolStats ? { pool: database.poolStats } : {}) });

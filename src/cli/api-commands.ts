@@ -191,6 +191,7 @@ async function list(args: readonly string[], open: Open, _io: CliIo, out: Output
       ...CONNECTION_OPTIONS,
       subject: { type: "string" },
       team: { type: "string" },
+      "issued-by": { type: "string" },
       "include-revoked": { type: "boolean" },
       "include-expired": { type: "boolean" },
       "page-size": { type: "string" },
@@ -204,6 +205,7 @@ async function list(args: readonly string[], open: Open, _io: CliIo, out: Output
   const filters = {
     subject: values.subject ?? "",
     team: values.team ?? "",
+    issuedByTokenId: values["issued-by"] ?? "",
     includeRevoked: values["include-revoked"] ?? false,
     includeExpired: values["include-expired"] ?? false,
     pageSize,
@@ -239,6 +241,7 @@ async function revoke(args: readonly string[], open: Open, io: CliIo, out: Outpu
       ...CONNECTION_OPTIONS,
       id: { type: "string" },
       "legacy-jti": { type: "string" },
+      cascade: { type: "boolean" },
       reason: { type: "string" },
       json: { type: "boolean" },
     },
@@ -260,7 +263,8 @@ async function revoke(args: readonly string[], open: Open, io: CliIo, out: Outpu
     target = { case: "legacyJti", value: values["legacy-jti"]! };
   }
 
-  const answer = await client.revokeToken({ target, reason: values.reason ?? "" });
+  const cascade = values.cascade ?? false;
+  const answer = await client.revokeToken({ target, reason: values.reason ?? "", cascade });
   if (values.json) {
     out.json(RevokeTokenResponseSchema, answer);
   } else {
@@ -268,6 +272,8 @@ async function revoke(args: readonly string[], open: Open, io: CliIo, out: Outpu
     // Without `info` the service either knows no such token (RFC 7009 §2.2
     // answers success anyway) or the caller may not see it: nothing to add.
     out.line(answer.info ? `${verb} ${answer.info.id} (${safe(answer.info.name)}, ${safe(answer.info.displayHint)})` : verb);
+    // With --cascade the count is the news: how many tokens went, the named one included.
+    if (cascade) out.line(`${answer.revokedCount} token${answer.revokedCount === 1 ? "" : "s"} revoked by this call (cascade)`);
   }
   return 0;
 }

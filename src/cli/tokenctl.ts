@@ -19,12 +19,14 @@ Commands that call the running service's API (Connect port):
       commas and sent as typed; the service decides the claims. Warns on
       stderr when the token is an admin token or has any scope that is not a
       read scope (one ending in .read or :read).
-  list [--subject <s>] [--team <t>] [--include-revoked] [--include-expired]
-       [--page-size <n>] [--page-token <t>] [--all] [--json]
+  list [--subject <s>] [--team <t>] [--issued-by <token id>] [--include-revoked]
+       [--include-expired] [--page-size <n>] [--page-token <t>] [--all] [--json]
       List tokens, newest first: a table, or one JSON object per line with
-      --json. --all follows every page.
-  revoke (<token> | - | --id <uuid> | --legacy-jti <jti>) [--reason <r>] [--json]
-      Revoke a token by value, by id, or a legacy JWT by its jti.
+      --json. --issued-by shows only tokens issued by that token. --all
+      follows every page.
+  revoke (<token> | - | --id <uuid> | --legacy-jti <jti>) [--cascade] [--reason <r>] [--json]
+      Revoke a token by value, by id, or a legacy JWT by its jti. --cascade
+      also revokes every token it issued, and theirs, all the way down.
   introspect (<token> | -) [--json]
       Show whether a token is active (or why not) and its claims.
 

@@ -40,8 +40,12 @@ export function buildClaims(params: ClaimsParams): TokenClaims {
   });
 }
 
-/** The row to store for freshly minted claims: the digest and hint, never the token. */
-export function newTokenRecord(claims: TokenClaims, minted: MintedToken, createdBy: string): NewToken {
+/**
+ * The row to store for freshly minted claims: the digest and hint, never the
+ * token. `issuedByTokenId` is the id of the caller's own token (null for
+ * bootstrap), the link a cascading revocation follows.
+ */
+export function newTokenRecord(claims: TokenClaims, minted: MintedToken, createdBy: string, issuedByTokenId: string | null): NewToken {
   return {
     // Every credential carries a jti (RFC 7519 §4.1.7), so it can be revoked by id.
     id: randomUUID(),
@@ -58,6 +62,7 @@ export function newTokenRecord(claims: TokenClaims, minted: MintedToken, created
     environment: claims.environment,
     createdAt: claims.issuedAt,
     createdBy,
+    issuedByTokenId,
     expiresAt: claims.expiresAt,
   };
 }

@@ -58,6 +58,7 @@ export async function issueToken(deps: TokenDeps, caller: Caller, input: IssueIn
     requireSubset(deps, caller, meta, "scopes", scopes, caller.scopes);
     requireSubset(deps, caller, meta, "teams", teams, caller.teams);
     requireSubset(deps, caller, meta, "namespaces", namespaces, caller.namespaces);
+    requireAllowedMetadata(deps, caller, meta, input.metadata);
     const askedForExpiry = input.ttlMs !== undefined || input.expiresAt !== undefined;
     if (caller.expiresAt !== null && (expiresAt === null || expiresAt.getTime() > caller.expiresAt.getTime())) {
       // Unasked, the default lifetime is simply cut to the caller's own.
@@ -82,11 +83,12 @@ export async function issueToken(deps: TokenDeps, caller: Caller, input: IssueIn
     expiresAt,
   });
   const minted = mintToken(policy.environment);
-  const record = await deps.store.insert(newTokenRecord(claims, minted, caller.subject), {
+  // The caller's own token id is recorded, so a leak can be followed to everything it made.
+  const record = await deps.store.insert(newTokenRecord(claims, minted, caller.subject, caller.tokenId), {
     maxActivePerSubject: policy.maxActiveTokensPerSubject,
     now,
   });
-  deps.log.info({ token_id: record.id, token_hint: minted.displayHint, subject, created_by: caller.subject, is_admin: record.isAdmin }, "token issued");
+  deps.log.info({ token_id: record.id, token_hint: minted.displayHint, subject, created_by: caller.subject, issued_by_token_id: caller.tokenId, is_admin: record.isAdmin }, "token issued");
   return { token: minted.token, record };
 }
 
@@ -117,6 +119,24 @@ function requireSubset(deps: TokenDeps, caller: Caller, meta: RequestMeta, field
   if (extra.length > 0) deny(deps, caller, meta, `${field}: you may only grant ${field} you hold yourself; not held: ${extra.join(", ")}`);
 }
 
+/**
+ * Metadata reaches gateways beside the claims (introspection answers, backend
+ * JWTs, forward-auth headers), and a gateway may read a key such as `role`
+ * or `tenant` as a claim. So a non-admin may set only the keys an admin
+ * allowed (`TOKEN_METADATA_ALLOWED_KEYS`). The refusal names the entry by
+ * its index, never by the key the caller sent. A protobuf map has no order
+ * on the wire, so entries are counted in key order (by UTF-16 code unit),
+ * which the caller can reproduce.
+ */
+function requireAllowedMetadata(deps: TokenDeps, caller: Caller, meta: RequestMeta, metadata: Readonly<Record<string, string>>): void {
+  const allowed = deps.policy.metadataAllowedKeys;
+  const keys = Object.keys(metadata).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const index = keys.findIndex((key) => !allowed.includes(key));
+  if (index >= 0) {
+    deny(deps, caller, meta, `metadata[${index}]: this key may be set by admins only; an admin may allow it for everyone (TOKEN_METADATA_ALLOWED_KEYS). Entries are counted in key order`);
+  }
+}
+
 /** Milliseconds as the largest whole unit, e.g. `90d`, `12h`. */
 export function formatDuration(ms: number): string {
   const units: [string, number][] = [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]];
@@ -145,7 +165,7 @@ export async function bootstrapAdmin(deps: TokenDeps, subjectInput: string, sour
   });
   const minted = mintToken(deps.policy.environment);
   // The cap would only block an operator locked out of their own service.
-  const record = await deps.store.insert(newTokenRecord(claims, minted, "bootstrap"), { maxActivePerSubject: Number.MAX_SAFE_INTEGER, now });
+  const record = await deps.store.insert(newTokenRecord(claims, minted, "bootstrap", null), { maxActivePerSubject: Number.MAX_SAFE_INTEGER, now });
   deps.events.record({
     type: "platform_admin_bootstrap",
     severity: "info",

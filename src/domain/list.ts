@@ -23,25 +23,32 @@ export interface ListTokensInput {
   readonly includeExpired: boolean;
   readonly pageSize: number;
   readonly pageToken: string;
+  /** Only tokens issued directly by this token id; empty or absent means any. */
+  readonly issuedByTokenId?: string;
 }
 
 /**
  * Lists token metadata newest first, by keyset (never offset) pagination so
  * pages stay stable while tokens are issued. A non-admin sees only its own
  * subject's tokens; asking for another subject is denied, not silently narrowed.
+ * Only the service's own environment is listed: environments may share a store.
  */
 export async function listTokens(deps: TokenDeps, caller: Caller, input: ListTokensInput, meta: RequestMeta): Promise<Page<TokenRecord>> {
   const requested = rules.optionalText("subject", input.subject, 256);
   const team = rules.optionalLabel("team", input.team);
+  const issuedBy = input.issuedByTokenId === undefined || input.issuedByTokenId === "" ? undefined : rules.uuid("issued_by_token_id", input.issuedByTokenId);
   const limit = rules.pageSize("page_size", input.pageSize, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
   let subject: string | undefined = requested === "" ? undefined : requested;
   if (!caller.isAdmin) {
     if (subject !== undefined && subject !== caller.subject) deny(deps, caller, meta, "only admins may list another subject's tokens");
     subject = caller.subject;
   }
-  const filters = { subject, team, r: input.includeRevoked, e: input.includeExpired };
+  // The issuer joins the filters only when given, so page tokens made without it keep their binding.
+  const filters = { subject, team, r: input.includeRevoked, e: input.includeExpired, ...(issuedBy !== undefined ? { ib: issuedBy } : {}) };
   const cursor = decodePageToken("page_token", input.pageToken, filters);
   const rows = await deps.store.list({
+    environment: deps.policy.environment,
+    ...(issuedBy !== undefined ? { issuedByTokenId: issuedBy } : {}),
     ...(subject !== undefined ? { subject } : {}),
     ...(team !== undefined ? { team } : {}),
     includeRevoked: input.includeRevoked,

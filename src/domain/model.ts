@@ -26,6 +26,12 @@ export interface TokenRecord extends TokenAttributes {
   readonly displayHint: string;
   readonly createdAt: Date;
   readonly createdBy: string;
+  /**
+   * The id of the token whose holder issued this one; null for bootstrap
+   * tokens (and tokens stored before it was recorded). Revocation with
+   * cascade follows this link down.
+   */
+  readonly issuedByTokenId: string | null;
   readonly lastUsedAt: Date | null;
   readonly revokedAt: Date | null;
   readonly revokedBy: string | null;

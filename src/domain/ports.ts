@@ -10,8 +10,12 @@ export type NewToken = Omit<TokenRecord, "lastUsedAt" | "revokedAt" | "revokedBy
 
 /** Filters and keyset position for listing tokens, newest first. */
 export interface TokenListQuery {
+  /** Only tokens of this environment: environments may share one store. */
+  readonly environment: Environment;
   readonly subject?: string;
   readonly team?: string;
+  /** Only tokens issued directly by this token id. */
+  readonly issuedByTokenId?: string;
   readonly includeRevoked: boolean;
   readonly includeExpired: boolean;
   /** The time "expired" is judged against. */
@@ -29,6 +33,14 @@ export interface RevokeOutcome {
   readonly alreadyRevoked: boolean;
 }
 
+/** The outcome of revoking a token and everything issued below it. */
+export interface CascadeOutcome {
+  /** The named token, as for a single revocation. */
+  readonly root: RevokeOutcome;
+  /** Its descendants revoked by this call (not those revoked before), in no particular order. */
+  readonly descendants: readonly TokenRecord[];
+}
+
 /**
  * Token persistence. Implementations translate driver failures into
  * `TokenError("unavailable")` so that an outage is never mistaken for an
@@ -37,7 +49,10 @@ export interface RevokeOutcome {
 export interface TokenStore {
   /**
    * Stores a token, atomically refusing with `TokenError("resource_exhausted")`
-   * when its subject already holds `maxActivePerSubject` active tokens at `now`.
+   * when its subject already holds `maxActivePerSubject` active tokens of the
+   * token's environment at `now`, and with `TokenError("unauthenticated")`
+   * when the issuing token (`issuedByTokenId`) is revoked by the time the
+   * row is written (so a cascade racing an issue cannot leave a live child).
    */
   insert(token: NewToken, limits: { readonly maxActivePerSubject: number; readonly now: Date }): Promise<TokenRecord>;
   /** The token with this SHA-256 digest, if any. */
@@ -46,6 +61,13 @@ export interface TokenStore {
   findById(id: string): Promise<TokenRecord | undefined>;
   /** Marks a token revoked, durably, before resolving. Undefined when no such id. */
   revoke(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOutcome | undefined>;
+  /**
+   * Revokes a token and every token below it through `issuedByTokenId`
+   * (children, grandchildren, …) in one transaction, durably, before
+   * resolving; each revocation is announced like a single one. Undefined
+   * when no such id.
+   */
+  revokeCascade(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<CascadeOutcome | undefined>;
   /** Tokens matching the query, newest first. */
   list(query: TokenListQuery): Promise<TokenRecord[]>;
   /** Records last-use times in one batch; unknown ids are ignored. */
@@ -156,6 +178,11 @@ export interface TokenPolicy {
   readonly requireExpiry: boolean;
   /** Cap on active tokens per subject. */
   readonly maxActiveTokensPerSubject: number;
+  /**
+   * Metadata keys a non-admin caller may set when issuing. Gateways may read
+   * metadata as claims, so any other key needs an admin. Empty: none.
+   */
+  readonly metadataAllowedKeys: readonly string[];
 }
 
 /** Where last-use times go; batched off the request path. */

@@ -1,17 +1,17 @@
-import { deny, requireAdmin } from "./access.js";
+import { requireAdmin } from "./access.js";
 import { verifyLegacyJwt } from "./legacy-jwt.js";
 import { TokenError, invalidArgument } from "./errors.js";
 import { environmentMismatchMessage, metaFields } from "./introspect.js";
 import type { Caller, RequestMeta, TokenRecord } from "./model.js";
-import type { TokenDeps } from "./ports.js";
+import type { RevokeOutcome, TokenDeps } from "./ports.js";
 import { MAX_PRESENTED_TOKEN_LENGTH, classifyToken, digestToken, displayHint, keyOfDigest } from "./token-format.js";
 import * as rules from "./validation.js";
 
-/** What to revoke: a token by value or by id. */
+/** What to revoke: a token by value or by id, or a legacy JWT by `jti`. */
 export type RevokeInput =
-  | { readonly token: string; readonly reason: string }
-  | { readonly tokenId: string; readonly reason: string }
-  | { readonly legacyJti: string; readonly reason: string };
+  | { readonly token: string; readonly reason: string; readonly cascade?: boolean }
+  | { readonly tokenId: string; readonly reason: string; readonly cascade?: boolean }
+  | { readonly legacyJti: string; readonly reason: string; readonly cascade?: boolean };
 
 /** The outcome of a revocation. */
 export interface RevokeResult {
@@ -19,14 +19,24 @@ export interface RevokeResult {
   readonly record?: TokenRecord;
   /** True when it had been revoked before this call. */
   readonly alreadyRevoked: boolean;
+  /** How many tokens this call revoked: the token itself (0 or 1) plus, with cascade, its descendants. */
+  readonly revokedCount: number;
 }
 
 /**
  * Revokes a token, idempotently. By value, possession is authority (RFC 7009
  * §2.1): anyone with `tokens.revoke` who holds a token may kill it, and an
  * unknown or invalid value succeeds without saying so (RFC 7009 §2.2). By id,
- * admins revoke any token and others only their own; an unknown id is
- * `not_found`. The store write is committed before this resolves.
+ * admins revoke any token and others only their own; an unknown id and
+ * another subject's id are the same `not_found`, so ids cannot be probed.
+ *
+ * With `cascade`, every token issued below it (through `issuedByTokenId`) is
+ * revoked in the same transaction. Only the named token's permission is
+ * checked: its descendants were made with its authority, so whoever may
+ * revoke it may revoke them. That reaches other subjects only below an admin
+ * token (a non-admin issues only non-admin tokens for itself), and holding
+ * an admin token, or being its subject, already allows as much.
+ * The store write is committed before this resolves.
  */
 export async function revokeToken(deps: TokenDeps, caller: Caller, input: RevokeInput, meta: RequestMeta): Promise<RevokeResult> {
   const reason = rules.optionalText("reason", input.reason, 512);
@@ -44,7 +54,7 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
     const shape = classifyToken(input.token);
     hint = displayHint(input.token);
     if (shape.shape === "jwt") return revokeLegacyJwt(deps, caller, input.token, reason, meta);
-    if (shape.shape !== "opaque") return { alreadyRevoked: false };
+    if (shape.shape !== "opaque") return NOTHING_REVOKED;
     if (shape.environment !== deps.policy.environment) {
       deps.events.record({
         type: "environment_mismatch",
@@ -57,31 +67,56 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
         callerSubject: caller.subject,
         ...metaFields(meta),
       });
-      return { alreadyRevoked: false };
+      return NOTHING_REVOKED;
     }
     record = await deps.store.findByDigest(digestToken(input.token));
-    if (record === undefined || record.environment !== deps.policy.environment) return { alreadyRevoked: false };
+    if (record === undefined || record.environment !== deps.policy.environment) return NOTHING_REVOKED;
   } else {
     const id = rules.uuid("token_id", input.tokenId);
-    record = await deps.store.findById(id);
-    if (record === undefined || record.environment !== deps.policy.environment) {
-      throw new TokenError("not_found", `no token with id ${id}`);
+    const found = await deps.store.findById(id);
+    const known = found !== undefined && found.environment === deps.policy.environment;
+    if (!known || (!caller.isAdmin && found.subject !== caller.subject)) {
+      if (!caller.isAdmin) {
+        // The same event for both, so not even the metrics (per type and
+        // severity) tell the caller which it was; the message is for admins.
+        deps.events.record({
+          type: "permission_denied",
+          severity: "warning",
+          message: known ? "revoke by id of another subject's token, answered as not found" : "revoke by id of an unknown token",
+          serviceEnvironment: deps.policy.environment,
+          tokenId: id,
+          callerTokenId: caller.tokenId,
+          callerSubject: caller.subject,
+          ...metaFields(meta),
+        });
+      }
+      throw notFound(id);
     }
-    if (!caller.isAdmin && record.subject !== caller.subject) {
-      deny(deps, caller, meta, "only admins may revoke another subject's token by id");
-    }
-    hint = record.displayHint;
+    record = found;
+    hint = found.displayHint;
   }
 
-  const outcome = await deps.store.revoke(record.id, { by: caller.subject, reason, at: deps.clock.now() });
-  if (outcome === undefined) throw new TokenError("not_found", `no token with id ${record.id}`);
-  // This replica forgets it at once; the others hear of it through the store's notice.
+  const revocation = { by: caller.subject, reason, at: deps.clock.now() };
+  let outcome: RevokeOutcome | undefined;
+  let descendants: readonly TokenRecord[] = [];
+  if (input.cascade === true) {
+    const cascade = await deps.store.revokeCascade(record.id, revocation);
+    outcome = cascade?.root;
+    descendants = cascade?.descendants ?? [];
+  } else {
+    outcome = await deps.store.revoke(record.id, revocation);
+  }
+  if (outcome === undefined) throw notFound(record.id);
+  // This replica forgets them at once; the others hear of each through the store's notice.
   deps.cache.evict(keyOfDigest(record.digest));
-  if (!outcome.alreadyRevoked) {
+  for (const descendant of descendants) deps.cache.evict(keyOfDigest(descendant.digest));
+  const revokedCount = (outcome.alreadyRevoked ? 0 : 1) + descendants.length;
+  if (revokedCount > 0) {
+    const what = input.cascade !== true ? "token revoked" : cascadeSummary(outcome.alreadyRevoked, descendants.length);
     deps.events.record({
       type: "token_revoked",
       severity: "info",
-      message: reason === "" ? "token revoked" : `token revoked: ${reason}`,
+      message: reason === "" ? what : `${what}: ${reason}`,
       serviceEnvironment: deps.policy.environment,
       tokenId: record.id,
       tokenHint: hint,
@@ -90,8 +125,25 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
       ...metaFields(meta),
     });
   }
+  if (descendants.length > 0) {
+    deps.log.info({ token_id: record.id, token_hint: hint, revoked_count: revokedCount, by: caller.subject }, "token revoked with its descendants (cascade)");
+  }
   const visible = caller.isAdmin || outcome.record.subject === caller.subject;
-  return visible ? { record: outcome.record, alreadyRevoked: outcome.alreadyRevoked } : { alreadyRevoked: outcome.alreadyRevoked };
+  return visible ? { record: outcome.record, alreadyRevoked: outcome.alreadyRevoked, revokedCount } : { alreadyRevoked: outcome.alreadyRevoked, revokedCount };
+}
+
+/** The answer when nothing was revoked and nothing may be shown. */
+const NOTHING_REVOKED: RevokeResult = Object.freeze({ alreadyRevoked: false, revokedCount: 0 });
+
+/** One message for an unknown id and an id the caller may not revoke: the answers must not differ. */
+function notFound(id: string): TokenError {
+  return new TokenError("not_found", `no token with id ${id}`);
+}
+
+/** The security event's message for a cascade: one event, with the count. */
+function cascadeSummary(rootAlreadyRevoked: boolean, descendants: number): string {
+  const below = `${descendants} descendant${descendants === 1 ? "" : "s"}`;
+  return rootAlreadyRevoked ? `${below} of an already revoked token revoked (cascade)` : `token and ${below} revoked (cascade, ${descendants + 1} in all)`;
 }
 
 /**
@@ -103,11 +155,11 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
 async function revokeLegacyJwt(deps: TokenDeps, caller: Caller, jwt: string, reason: string, meta: RequestMeta): Promise<RevokeResult> {
   const policy = deps.legacy.policy;
   const now = deps.clock.now();
-  if (policy.keys.length === 0 || now.getTime() >= policy.sunsetAt.getTime()) return { alreadyRevoked: false };
+  if (policy.keys.length === 0 || now.getTime() >= policy.sunsetAt.getTime()) return NOTHING_REVOKED;
   const checked = await verifyLegacyJwt(policy, jwt, now);
-  if (!checked.ok) return { alreadyRevoked: false };
+  if (!checked.ok) return NOTHING_REVOKED;
   const { claims } = checked;
-  if (claims.claimedEnvironment !== undefined && claims.claimedEnvironment !== deps.policy.environment) return { alreadyRevoked: false };
+  if (claims.claimedEnvironment !== undefined && claims.claimedEnvironment !== deps.policy.environment) return NOTHING_REVOKED;
   if (claims.jti === undefined) {
     throw new TokenError("failed_precondition", "this legacy JWT has no jti, so it cannot be revoked on its own; rotate the legacy signing secret to revoke all of them");
   }
@@ -134,5 +186,5 @@ async function revokeLegacyJti(
       ...metaFields(meta),
     });
   }
-  return { alreadyRevoked: outcome.alreadyRevoked };
+  return { alreadyRevoked: outcome.alreadyRevoked, revokedCount: outcome.alreadyRevoked ? 0 : 1 };
 }

@@ -94,6 +94,7 @@ export function tokenInfo(record: TokenRecord, now: Date): MessageInitShape<type
     state: state === "active" ? PbTokenState.ACTIVE : state === "expired" ? PbTokenState.EXPIRED : PbTokenState.REVOKED,
     createTime: ts(record.createdAt),
     createdBy: record.createdBy,
+    issuedByTokenId: record.issuedByTokenId ?? "",
     expireTime: ts(record.expiresAt),
     lastUsedTime: ts(record.lastUsedAt),
     revokeTime: ts(record.revokedAt),

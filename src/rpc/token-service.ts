@@ -87,14 +87,15 @@ export class TokenServiceHandler implements Impl {
       const target = req.target;
       const input =
         target.case === "token"
-          ? { token: target.value, reason: req.reason }
+          ? { token: target.value, reason: req.reason, cascade: req.cascade }
           : target.case === "tokenId"
-            ? { tokenId: target.value, reason: req.reason }
-            : { legacyJti: target.value, reason: req.reason };
+            ? { tokenId: target.value, reason: req.reason, cascade: req.cascade }
+            : { legacyJti: target.value, reason: req.reason, cascade: req.cascade };
       const result = await revokeToken(this.deps, caller, input, meta);
       return {
         ...(result.record ? { info: tokenInfo(result.record, this.deps.clock.now()) } : {}),
         alreadyRevoked: result.alreadyRevoked,
+        revokedCount: result.revokedCount,
       };
     });
 

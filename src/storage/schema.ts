@@ -30,6 +30,8 @@ export interface TokensTable {
   /** Always the application's Date, never `now()`, so keyset cursors round-trip exactly. */
   created_at: Date;
   created_by: string;
+  /** The token whose holder issued this one (migration 0006); null for bootstrap tokens and older rows. */
+  issued_by_token_id: ColumnType<string | null, string | null | undefined, string | null>;
   expires_at: Date | null;
   last_used_at: Date | null;
   revoked_at: Date | null;

@@ -6,9 +6,10 @@ import { sql } from "kysely";
 import type { Kysely, Selectable } from "kysely";
 import { TokenError } from "../domain/errors.js";
 import type { TokenRecord } from "../domain/model.js";
-import type { NewToken, RevokeOutcome, TokenListQuery, TokenStore } from "../domain/ports.js";
+import type { CascadeOutcome, NewToken, RevokeOutcome, TokenListQuery, TokenStore } from "../domain/ports.js";
 import { translateStoreError, translatingErrors } from "./errors.js";
 import { CAP_REACHED_SQLSTATE } from "./migrations/0004_capped_insert.js";
+import { ISSUER_REVOKED_SQLSTATE } from "./migrations/0006_issued_by.js";
 import { REVOCATION_CHANNEL, REVOKED_PREFIX } from "./revocation-channel.js";
 import type { Database, TokensTable } from "./schema.js";
 import type { OpenedDatabase } from "./database.js";
@@ -47,7 +48,9 @@ export class KyselyTokenStore implements TokenStore {
   /**
    * Inserts under a per-subject advisory lock held until commit, so two
    * concurrent issues for one subject cannot both pass the count; lock,
-   * count and insert run in one call (see migration 0004).
+   * count and insert run in one call (see migrations 0004 and 0006). The
+   * count covers the token's own environment only, and the issuing token is
+   * re-checked (not revoked) under a row lock in the same call.
    */
   async insert(token: NewToken, limits: { readonly maxActivePerSubject: number; readonly now: Date }): Promise<TokenRecord> {
     try {
@@ -55,12 +58,12 @@ export class KyselyTokenStore implements TokenStore {
         token.id, token.digest, token.displayHint, token.name, token.subject, token.fullName,
         [...token.teams], [...token.scopes], [...token.namespaces], token.isAdmin,
         JSON.stringify(token.metadata), token.environment, token.createdAt, token.createdBy, token.expiresAt,
-        Math.min(limits.maxActivePerSubject, Number.MAX_SAFE_INTEGER), limits.now,
+        token.issuedByTokenId, Math.min(limits.maxActivePerSubject, Number.MAX_SAFE_INTEGER), limits.now,
       ];
-      const text = `SELECT * FROM insert_token_capped($1, $2, $3, $4, $5, $6, $7::text[], $8::text[], $9::text[], $10, $11::jsonb, $12, $13, $14, $15, $16, $17)`;
+      const text = `SELECT * FROM insert_token_capped_v2($1, $2, $3, $4, $5, $6, $7::text[], $8::text[], $9::text[], $10, $11::jsonb, $12, $13, $14, $15, $16::uuid, $17, $18)`;
       const rows = this.prepared
-        ? await this.prepared<Selectable<TokensTable>>("insert_token_capped", text, values)
-        : (await sql<Selectable<TokensTable>>`SELECT * FROM insert_token_capped(${sql.join(values)})`.execute(this.db)).rows;
+        ? await this.prepared<Selectable<TokensTable>>("insert_token_capped_v2", text, values)
+        : (await sql<Selectable<TokensTable>>`SELECT * FROM insert_token_capped_v2(${sql.join(values)})`.execute(this.db)).rows;
       const row = rows[0];
       if (row === undefined) throw new TokenError("internal", "internal error", { cause: new Error("insert_token_capped returned no row") });
       return toRecord(row);
@@ -68,6 +71,10 @@ export class KyselyTokenStore implements TokenStore {
       if ((error as { code?: unknown }).code === CAP_REACHED_SQLSTATE) {
         const held = Number((error as Error).message);
         throw new TokenError("resource_exhausted", `subject already holds ${held} active tokens, the most allowed; revoke some first`);
+      }
+      if ((error as { code?: unknown }).code === ISSUER_REVOKED_SQLSTATE) {
+        // The caller authenticated (perhaps from a replica's cache) just before its token was revoked.
+        throw new TokenError("unauthenticated", "caller credential refused: the token was revoked");
       }
       throw translateStoreError(error);
     }
@@ -155,12 +162,75 @@ export class KyselyTokenStore implements TokenStore {
     });
   }
 
-  /** Keyset pagination on (created_at, id), which the indexes serve in order. */
+  /**
+   * Revokes a token and its descendants in one transaction. Each pass is one
+   * statement: a recursive walk down `issued_by_token_id` from the root
+   * (through tokens revoked before too: what they issued came from the same
+   * authority), row locks on the unrevoked ones taken in id order (so two
+   * overlapping cascades cannot deadlock), the UPDATE, and a `pg_notify` per
+   * revoked row exactly as a single revocation sends it. Passes repeat until
+   * one revokes nothing: a child whose insert committed after a pass's
+   * snapshot but before its locks is caught by the next pass, and a later
+   * insert under a locked (or revoked) issuer is refused by the insert
+   * itself (migration 0006). Notices are delivered at commit, once durable.
+   */
+  revokeCascade(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<CascadeOutcome | undefined> {
+    return translatingErrors(async () => {
+      if (!isUuid(id)) return undefined;
+      return this.db.transaction().execute(async (trx) => {
+        const revoked = new Map<string, TokenRecord>();
+        for (;;) {
+          const { rows } = await sql<Selectable<TokensTable>>`
+            WITH RECURSIVE tree (id, environment) AS (
+              SELECT id, environment FROM tokens WHERE id = ${id}
+              UNION
+              SELECT child.id, child.environment FROM tokens child
+              JOIN tree ON child.issued_by_token_id = tree.id AND child.environment = tree.environment
+            ),
+            locked AS (
+              SELECT tokens.id FROM tokens JOIN tree ON tokens.id = tree.id
+              WHERE tokens.revoked_at IS NULL
+              ORDER BY tokens.id
+              FOR UPDATE OF tokens
+            ),
+            revoked AS (
+              UPDATE tokens SET revoked_at = ${revocation.at}, revoked_by = ${revocation.by}, revoke_reason = ${revocation.reason}
+              FROM locked
+              WHERE tokens.id = locked.id AND tokens.revoked_at IS NULL
+              RETURNING tokens.*
+            )
+            SELECT revoked.*, pg_notify(
+              ${REVOCATION_CHANNEL},
+              ${REVOKED_PREFIX} || encode(revoked.digest, 'base64') || ':' || revoked.id::text
+                || ':' || floor(extract(epoch from clock_timestamp()) * 1000)::bigint::text
+            ) AS notified
+            FROM revoked`.execute(trx);
+          for (const row of rows) revoked.set(row.id, toRecord(row));
+          if (rows.length === 0) break;
+        }
+        const rootRevoked = revoked.get(id);
+        const root = rootRevoked ?? (await trx.selectFrom("tokens").selectAll().where("id", "=", id).executeTakeFirst().then((row) => (row === undefined ? undefined : toRecord(row))));
+        if (root === undefined) return undefined;
+        revoked.delete(id);
+        return { root: { record: root, alreadyRevoked: rootRevoked === undefined }, descendants: [...revoked.values()] };
+      });
+    });
+  }
+
+  /**
+   * Keyset pagination on (created_at, id), which the indexes serve in order.
+   * Always within one environment: environments may share a store.
+   */
   list(query: TokenListQuery): Promise<TokenRecord[]> {
     return translatingErrors(async () => {
       if (query.limit <= 0) return [];
-      let select = this.db.selectFrom("tokens").selectAll();
+      let select = this.db.selectFrom("tokens").selectAll().where("environment", "=", query.environment);
       if (query.subject !== undefined) select = select.where("subject", "=", query.subject);
+      if (query.issuedByTokenId !== undefined) {
+        // Not a UUID: no token can have been issued by it (and the cast would fail).
+        if (!isUuid(query.issuedByTokenId)) return [];
+        select = select.where("issued_by_token_id", "=", query.issuedByTokenId);
+      }
       if (query.team !== undefined) {
         // `@>` rather than `= ANY(teams)` so the GIN index on teams can serve it.
         select = select.where("teams", "@>", sql<string[]>`ARRAY[${query.team}]::text[]`);
@@ -240,6 +310,7 @@ function toRecord(row: Selectable<TokensTable>): TokenRecord {
     environment: row.environment,
     createdAt: row.created_at,
     createdBy: row.created_by,
+    issuedByTokenId: row.issued_by_token_id ?? null,
     expiresAt: row.expires_at,
     lastUsedAt: row.last_used_at,
     revokedAt: row.revoked_at,

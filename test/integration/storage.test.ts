@@ -85,6 +85,7 @@ function newToken(overrides: Partial<NewToken> = {}): NewToken {
     environment: "development",
     createdAt: NOW,
     createdBy: "admin",
+    issuedByTokenId: null,
     expiresAt: minutes(60),
     ...overrides,
   };
@@ -283,7 +284,7 @@ describe.each(backends)("storage on $name", (backend) => {
       const err = await tokenErrorOf(tokens.insert(newToken({ subject }), { maxActivePerSubject: 3, now: NOW }));
       expect(err.code).toBe("resource_exhausted");
       expect(err.message).toBe("subject already holds 3 active tokens, the most allowed; revoke some first");
-      const listed = await tokens.list({ subject, includeRevoked: true, includeExpired: true, now: NOW, limit: 10 });
+      const listed = await tokens.list({ environment: "development", subject, includeRevoked: true, includeExpired: true, now: NOW, limit: 10 });
       expect(listed).toHaveLength(3);
     });
 
@@ -379,7 +380,7 @@ describe.each(backends)("storage on $name", (backend) => {
     }
 
     it("pages through identical created_at values by id, with no duplicates or gaps", async () => {
-      const pages = await allPages({ subject, includeRevoked: true, includeExpired: true, now: NOW, limit: 5 });
+      const pages = await allPages({ environment: "development", subject, includeRevoked: true, includeExpired: true, now: NOW, limit: 5 });
       expect(pages.map((p) => p.length)).toEqual([5, 5, 5, 2]);
       const ids = pages.flat().map((r) => r.id);
       expect(new Set(ids).size).toBe(17);
@@ -390,13 +391,13 @@ describe.each(backends)("storage on $name", (backend) => {
     });
 
     it("ends with an empty page when the last page is full", async () => {
-      const pages = await allPages({ subject, includeRevoked: true, includeExpired: true, now: NOW, limit: 17 });
+      const pages = await allPages({ environment: "development", subject, includeRevoked: true, includeExpired: true, now: NOW, limit: 17 });
       expect(pages.map((p) => p.length)).toEqual([17, 0]);
     });
 
     it("hides revoked and expired tokens unless asked", async () => {
       const ids = async (q: Partial<TokenListQuery>): Promise<string[]> =>
-        (await tokens.list({ subject, includeRevoked: false, includeExpired: false, now: NOW, limit: 100, ...q })).map((r) => r.id);
+        (await tokens.list({ environment: "development", subject, includeRevoked: false, includeExpired: false, now: NOW, limit: 100, ...q })).map((r) => r.id);
       const active = await ids({});
       expect(active).toHaveLength(15);
       expect(active).not.toContain(revokedId);
@@ -410,7 +411,7 @@ describe.each(backends)("storage on $name", (backend) => {
     });
 
     it("filters by team, alone and with the subject", async () => {
-      const base = { includeRevoked: true, includeExpired: true, now: NOW, limit: 100 } as const;
+      const base = { environment: "development", includeRevoked: true, includeExpired: true, now: NOW, limit: 100 } as const;
       const red = await tokens.list({ ...base, subject, team: "red" });
       expect(red).toHaveLength(4);
       for (const r of red) expect(r.teams).toContain("red");
@@ -422,10 +423,15 @@ describe.each(backends)("storage on $name", (backend) => {
     });
 
     it("pages through every token without a filter, strictly descending", async () => {
-      const pages = await allPages({ includeRevoked: true, includeExpired: true, now: NOW, limit: 7 });
+      const pages = await allPages({ environment: "development", includeRevoked: true, includeExpired: true, now: NOW, limit: 7 });
       const rows = pages.flat();
       expect(new Set(rows.map((r) => r.id)).size).toBe(rows.length);
-      expect(rows.length).toBe(await tokens.count());
+      // Listing stays within one environment; the store holds every environment's tokens.
+      const elsewhere = await Promise.all(
+        (["staging", "production"] as const).map((environment) => tokens.list({ environment, includeRevoked: true, includeExpired: true, now: NOW, limit: 1000 })),
+      );
+      expect(elsewhere.flat().every((r) => r.environment !== "development")).toBe(true);
+      expect(rows.length + elsewhere.flat().length).toBe(await tokens.count());
       for (let i = 1; i < rows.length; i++) {
         const [prev, cur] = [rows[i - 1], rows[i]];
         if (prev === undefined || cur === undefined) throw new Error("unreachable");
@@ -434,7 +440,7 @@ describe.each(backends)("storage on $name", (backend) => {
     });
 
     it("returns nothing for a limit of zero", async () => {
-      expect(await tokens.list({ subject, includeRevoked: true, includeExpired: true, now: NOW, limit: 0 })).toEqual([]);
+      expect(await tokens.list({ environment: "development", subject, includeRevoked: true, includeExpired: true, now: NOW, limit: 0 })).toEqual([]);
     });
   });
 

@@ -158,6 +158,43 @@ describe("TokenService over an in-memory transport", () => {
       expect(all.tokens.map((t) => [t.name, t.state])).toEqual([["r", TokenState.REVOKED]]);
     });
 
+    it("cascades down issuer links, shows the issuer in TokenInfo and lists by it", async () => {
+      const parent = await s.client.issueToken({ name: "parent", subject: "p@example.com", scopes: ["tokens.create", "tokens.read", "tokens.revoke"] }, as(admin));
+      const child = await s.client.issueToken({ name: "child", scopes: ["tokens.create"] }, as(parent.token));
+      const grandchild = await s.client.issueToken({ name: "grandchild" }, as(child.token));
+      expect(child.info?.issuedByTokenId).toBe(parent.info!.id);
+      expect(grandchild.info?.issuedByTokenId).toBe(child.info!.id);
+      expect(parent.info?.issuedByTokenId).not.toBe("");
+
+      const listed = await s.client.listTokens({ issuedByTokenId: parent.info!.id }, as(parent.token));
+      expect(listed.tokens.map((t) => t.name)).toEqual(["child"]);
+      expect(await code(s.client.listTokens({ issuedByTokenId: "x" }, as(admin)))).toEqual({ code: Code.InvalidArgument, message: "issued_by_token_id: must be a UUID" });
+
+      const res = await s.client.revokeToken({ target: { case: "token", value: parent.token }, cascade: true, reason: "leaked" }, as(parent.token));
+      expect(res).toMatchObject({ alreadyRevoked: false, revokedCount: 3, info: { id: parent.info!.id, state: TokenState.REVOKED } });
+      for (const t of [child, grandchild]) expect((await s.client.introspectToken({ token: t.token }, as(admin))).reason).toBe(InactiveReason.REVOKED);
+      const plain = await s.client.issueToken({ name: "plain", subject: "p@example.com" }, as(admin));
+      expect((await s.client.revokeToken({ target: { case: "tokenId", value: plain.info!.id } }, as(admin))).revokedCount).toBe(1);
+    });
+
+    it("answers another subject's id exactly like an unknown id", async () => {
+      const mine = await s.client.issueToken({ name: "mine", subject: "m@example.com", scopes: ["tokens.revoke"] }, as(admin));
+      const theirs = await s.client.issueToken({ name: "theirs", subject: "t@example.com" }, as(admin));
+      const unknownId = "00000000-0000-4000-8000-000000000000";
+      const foreign = await code(s.client.revokeToken({ target: { case: "tokenId", value: theirs.info!.id } }, as(mine.token)));
+      const unknown = await code(s.client.revokeToken({ target: { case: "tokenId", value: unknownId } }, as(mine.token)));
+      expect(foreign).toEqual({ code: Code.NotFound, message: `no token with id ${theirs.info!.id}` });
+      expect(unknown).toEqual({ code: Code.NotFound, message: `no token with id ${unknownId}` });
+    });
+
+    it("answers PERMISSION_DENIED for metadata keys a non-admin may not set, by index", async () => {
+      const user = await s.client.issueToken({ name: "u", subject: "u@example.com", scopes: ["tokens.create"] }, as(admin));
+      expect(await code(s.client.issueToken({ name: "x", metadata: { tenant: "acme" } }, as(user.token)))).toEqual({
+        code: Code.PermissionDenied,
+        message: "metadata[0]: this key may be set by admins only; an admin may allow it for everyone (TOKEN_METADATA_ALLOWED_KEYS). Entries are counted in key order",
+      });
+    });
+
     it("lists security events, folded and filtered", async () => {
       for (let i = 0; i < 3; i++) await s.client.introspectToken({ token: mintToken("staging").token }, as(admin));
       const res = await s.client.listSecurityEvents({ minSeverity: Severity.CRITICAL }, as(admin));

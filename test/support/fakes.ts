@@ -7,6 +7,7 @@ import { tokenState } from "../../src/domain/model.js";
 import type {
   Clock,
   BackendJwtMinter,
+  CascadeOutcome,
   EventSink,
   LegacyJwtStore,
   SigningKey,
@@ -44,7 +45,10 @@ export class MemoryTokenStore implements TokenStore {
   }
   async insert(token: NewToken, limits: { maxActivePerSubject: number; now: Date }): Promise<TokenRecord> {
     this.check();
-    const active = [...this.rows.values()].filter((r) => r.subject === token.subject && tokenState(r, limits.now) === "active").length;
+    if (token.issuedByTokenId !== null && this.rows.get(token.issuedByTokenId)?.revokedAt != null) {
+      throw new TokenError("unauthenticated", "caller credential refused: the token was revoked");
+    }
+    const active = [...this.rows.values()].filter((r) => r.subject === token.subject && r.environment === token.environment && tokenState(r, limits.now) === "active").length;
     if (active >= limits.maxActivePerSubject) {
       throw new TokenError("resource_exhausted", `subject already holds ${active} active tokens, the most allowed; revoke some first`);
     }
@@ -70,9 +74,25 @@ export class MemoryTokenStore implements TokenStore {
     this.rows.set(id, record);
     return { record, alreadyRevoked: false };
   }
+  async revokeCascade(id: string, revocation: { by: string; reason: string; at: Date }): Promise<CascadeOutcome | undefined> {
+    this.check();
+    const root = await this.revoke(id, revocation);
+    if (!root) return undefined;
+    const descendants: TokenRecord[] = [];
+    const walk = [id];
+    for (let parent = walk.pop(); parent !== undefined; parent = walk.pop()) {
+      for (const child of [...this.rows.values()].filter((r) => r.issuedByTokenId === parent)) {
+        walk.push(child.id);
+        const outcome = await this.revoke(child.id, revocation);
+        if (outcome && !outcome.alreadyRevoked) descendants.push(outcome.record);
+      }
+    }
+    return { root, descendants };
+  }
   async list(q: TokenListQuery): Promise<TokenRecord[]> {
     this.check();
     return [...this.rows.values()]
+      .filter((r) => r.environment === q.environment && (q.issuedByTokenId === undefined || r.issuedByTokenId === q.issuedByTokenId))
       .filter((r) => (q.subject === undefined || r.subject === q.subject) && (q.team === undefined || r.teams.includes(q.team)))
       .filter((r) => q.includeRevoked || r.revokedAt === null)
       .filter((r) => q.includeExpired || r.expiresAt === null || r.expiresAt > q.now)
@@ -211,6 +231,7 @@ export const TEST_POLICY: TokenPolicy = Object.freeze({
   maxTtlMs: 365 * 86_400_000,
   requireExpiry: true,
   maxActiveTokensPerSubject: 5,
+  metadataAllowedKeys: [],
 });
 
 /** Domain dependencies on fakes, with handles to inspect them. */

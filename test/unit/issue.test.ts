@@ -101,4 +101,36 @@ describe("issuing tokens", () => {
     expect(record).toMatchObject({ isAdmin: true, subject: "root@example.com", createdBy: "bootstrap", scopes: ["tokens.introspect", "tokens.create", "tokens.read", "tokens.revoke"] });
     expect(f.events.events).toEqual([expect.objectContaining({ type: "platform_admin_bootstrap", severity: "info", tokenId: record.id })]);
   });
+  describe("metadata keys non-admins may set", () => {
+    it("refuses a key not on the allow-list as permission_denied, naming the entry by index and never the key", async () => {
+      const s = await setup();
+      const before = s.store.rows.size;
+      const secretKey = "role_zq9";
+      const allowing = { ...s.deps, policy: { ...s.deps.policy, metadataAllowedKeys: ["pipeline"] } };
+      const error = await issueToken(allowing, s.alice, { ...base, metadata: { [secretKey]: "admin", pipeline: "42" } }, meta).catch((e: { code: string; message: string }) => e);
+      expect(error).toMatchObject({ code: "permission_denied", message: expect.stringMatching(/^metadata\[1\]: /) });
+      expect(JSON.stringify(error)).not.toContain(secretKey);
+      expect((error as { message: string }).message).not.toContain(secretKey);
+      expect(s.events.events.at(-1)).toMatchObject({ type: "permission_denied" });
+      expect(s.events.events.at(-1)?.message).not.toContain(secretKey);
+      expect(s.store.rows.size).toBe(before);
+    });
+
+    it("accepts allowed keys from non-admins, and any key from admins", async () => {
+      const s = await setup();
+      const allowing = { ...s.deps, policy: { ...s.deps.policy, metadataAllowedKeys: ["pipeline", "ticket"] } };
+      await expect(issueToken(allowing, s.alice, { ...base, metadata: { pipeline: "42", ticket: "OPS-1" } }, meta)).resolves.toMatchObject({ record: { metadata: { pipeline: "42", ticket: "OPS-1" } } });
+      await expect(issueToken(allowing, s.alice, { ...base, metadata: { pipeline: "42", role: "admin" } }, meta)).rejects.toMatchObject({ code: "permission_denied", message: expect.stringMatching(/^metadata\[1\]: /) });
+      await expect(issueToken(s.deps, s.admin, { ...base, metadata: { role: "admin" } }, meta)).resolves.toMatchObject({ record: { metadata: { role: "admin" } } });
+      // No metadata at all needs no allowance.
+      await expect(issueToken(s.deps, s.alice, base, meta)).resolves.toBeDefined();
+    });
+  });
+
+  it("records the caller's token as the issuer, and none for bootstrap", async () => {
+    const s = await setup();
+    const issued = await issueToken(s.deps, s.alice, base, meta);
+    expect(issued.record.issuedByTokenId).toBe(s.alice.tokenId);
+    expect(s.store.rows.get(s.admin.tokenId)?.issuedByTokenId).toBeNull();
+  });
 });

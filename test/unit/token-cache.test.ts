@@ -9,7 +9,7 @@ import { fakeDeps } from "../support/fakes.js";
 
 const record = (id: string): TokenRecord => ({
   id, digest: new Uint8Array(32), displayHint: "cf-…abcd", name: "n", subject: "s", fullName: "", teams: [], scopes: [], namespaces: [], isAdmin: false,
-  metadata: {}, environment: "development", createdAt: new Date(0), createdBy: "x", expiresAt: null, lastUsedAt: null, revokedAt: null, revokedBy: null, revokeReason: null,
+  metadata: {}, environment: "development", createdAt: new Date(0), createdBy: "x", issuedByTokenId: null, expiresAt: null, lastUsedAt: null, revokedAt: null, revokedBy: null, revokeReason: null,
 });
 
 const cacheOf = (o: Partial<TokenCacheOptions<TokenRecord | null>> = {}) => new TokenCache<TokenRecord | null>({ maxEntries: 3, maxBytes: 1 << 20, stalenessMs: 2000, negativeTtlMs: 500, sizeOf: (key, r) => 400 + key.length + (r?.id.length ?? 0), ...o });
