@@ -68,6 +68,10 @@ export interface Config {
   readonly forwardAuthSecret: string | undefined;
   readonly forwardAuthBackendJwt: boolean;
   readonly workers: number;
+  readonly keyEncryptionKey: string | undefined;
+  readonly keyEncryptionKeyFile: string | undefined;
+  readonly keyEncryptionKeyPrevious: string | undefined;
+  readonly keyEncryptionKeyPreviousFile: string | undefined;
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -140,6 +144,13 @@ function algorithm(family: "hmac" | "public"): Parser<LegacyAlgorithm> {
     if (!allowed.includes(value)) throw new Error(`must be one of ${allowed.join(", ")}`);
     return value;
   };
+}
+
+/** A key-encryption key: exactly 32 bytes in base64 or base64url (padding optional). */
+function kek(raw: string): string {
+  const value = raw.trim();
+  if (!/^[A-Za-z0-9+/_-]{43}=?$/.test(value)) throw new Error("must be 32 random bytes in base64; make one with: openssl rand -base64 32");
+  return value;
 }
 
 function text(raw: string): string {
@@ -233,10 +244,15 @@ export const CONFIG_KEYS = {
     return raw;
   }),
   FORWARD_AUTH_BACKEND_JWT: spec("forwardAuthBackendJwt", "false", "When true, /auth adds `X-Auth-Backend-Jwt`, a backend JWT with the token's claims, for the proxy to pass to the upstream.", boolean),
+  // Keys at rest: the key-encryption key (KEK) that wraps the stored backend JWT signing keys (src/keys/key-wrap.ts).
+  KEY_ENCRYPTION_KEY: spec("keyEncryptionKey", undefined, "Key-encryption key: 32 random bytes in base64 (`openssl rand -base64 32`). Encrypts the stored private signing keys (AES-256-GCM); keep it outside the database and its backups. Required in staging and production (this or KEY_ENCRYPTION_KEY_FILE); development without one keeps a generated one in DATA_DIR/key-encryption-key.", kek),
+  KEY_ENCRYPTION_KEY_FILE: spec("keyEncryptionKeyFile", undefined, "File holding the key-encryption key (base64, as KEY_ENCRYPTION_KEY), e.g. a mounted secret; instead of KEY_ENCRYPTION_KEY.", text),
+  KEY_ENCRYPTION_KEY_PREVIOUS: spec("keyEncryptionKeyPrevious", undefined, "The previous key-encryption key, still accepted for decrypting during a rotation (`tokenctl keys rewrap` moves every key to the current one).", kek),
+  KEY_ENCRYPTION_KEY_PREVIOUS_FILE: spec("keyEncryptionKeyPreviousFile", undefined, "File holding the previous key-encryption key; instead of KEY_ENCRYPTION_KEY_PREVIOUS.", text),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
-const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET"]);
+const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS"]);
 
 /**
  * Reads and validates the configuration. Unset and empty variables take their
@@ -277,6 +293,10 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   }
   if (config.tlsClientCaFile !== undefined && config.tlsCertFile === undefined) {
     problems.push("TLS_CLIENT_CA_FILE: needs TLS_CERT_FILE and TLS_KEY_FILE (mutual TLS runs over TLS)");
+  }
+  // One source per key-encryption key: two would leave it unclear which one wraps.
+  for (const [key, value, file] of [["KEY_ENCRYPTION_KEY", config.keyEncryptionKey, config.keyEncryptionKeyFile], ["KEY_ENCRYPTION_KEY_PREVIOUS", config.keyEncryptionKeyPrevious, config.keyEncryptionKeyPreviousFile]] as const) {
+    if (value !== undefined && file !== undefined) problems.push(`${key}: set either ${key} or ${key}_FILE, not both`);
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
