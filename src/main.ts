@@ -186,7 +186,15 @@ export async function startService(config: Config, options: StartOptions = {}): 
       : undefined;
   const { database, deps, backendJwt, channel, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics);
   startBatches();
-  await backendJwt.start();
+  try {
+    await backendJwt.start();
+  } catch (error) {
+    // A signing key that cannot be unwrapped stops start-up; leave the store closed behind us.
+    backendJwt.stop();
+    await stopBatches();
+    await database.close();
+    throw error;
+  }
   await channel.start();
 
   if (options.bootstrapOnFirstStart !== false) await bootstrapOnFirstStart(config, deps, log, options.showBootstrapToken);
