@@ -113,6 +113,14 @@ describe("tokenctl config check", () => {
     expect(server.stderr).toContain("TLS_KEY_FILE: the key in");
   });
 
+  it("refuses production without a key-encryption key, as the server does, saying how to make one", async () => {
+    const env = { DATA_DIR: "memory://", GRPC_PORT: "0", HTTP_PORT: "0", TOKEN_ENVIRONMENT: "production" };
+    const [cli, server] = await Promise.all([check(env), node(SERVER, [], env)]);
+    expect({ code: cli.code, stdout: cli.stdout }).toEqual({ code: 78, stdout: "" });
+    expect(server.code).toBe(78);
+    for (const stderr of [cli.stderr, server.stderr]) expect(stderr).toContain("KEY_ENCRYPTION_KEY: required in production: the key-encryption key that encrypts the stored signing keys, kept outside the database; make one with `openssl rand -base64 32`");
+  });
+
   it("refuses `config` without the check subcommand (usage, 64)", async () => {
     expect(await node(CLI, ["config"], {})).toMatchObject({ code: 64, stderr: expect.stringContaining("config needs one subcommand: config check") });
     expect(await node(CLI, ["config", "check", "--bogus"], {})).toMatchObject({ code: 64 });
