@@ -47,7 +47,10 @@ export async function describeKeyEncryptionKeys(config: Config, log: Logger): Pr
   const loaded = await resolveKeks(config, log, false);
   if (loaded === undefined) {
     const dir = onDiskDir(config.dataDir);
-    return dir === undefined ? "none configured; development with an in-memory store generates one per process" : `none configured; development uses ${join(dir, DEV_KEK_FILE)} (made on first start)`;
+    if (dir === undefined) return "none configured; development with an in-memory store generates one per process";
+    const path = join(dir, DEV_KEK_FILE);
+    const existing = await readFile(path, "utf8").then(decodeKek, () => undefined);
+    return existing ? `none configured; development uses ${existing.id} from ${path}` : `none configured; development uses ${path} (made on first start)`;
   }
   const previous = loaded.keys.previousIds;
   return `current ${loaded.keys.current.id} from ${loaded.source}${previous.length > 0 ? `, previous ${previous.join(", ")} (decrypt only)` : ""}`;
