@@ -73,6 +73,10 @@ export interface Config {
   readonly forwardAuthBackendJwt: boolean;
   readonly workers: number;
   readonly tokenMetadataAllowedKeys: readonly string[];
+  readonly keyEncryptionKey: string | undefined;
+  readonly keyEncryptionKeyFile: string | undefined;
+  readonly keyEncryptionKeyPrevious: string | undefined;
+  readonly keyEncryptionKeyPreviousFile: string | undefined;
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -155,6 +159,13 @@ function algorithm(family: "hmac" | "public"): Parser<LegacyAlgorithm> {
     if (!allowed.includes(value)) throw new Error(`must be one of ${allowed.join(", ")}`);
     return value;
   };
+}
+
+/** A key-encryption key: exactly 32 bytes in base64 or base64url (padding optional). */
+function kek(raw: string): string {
+  const value = raw.trim();
+  if (!/^[A-Za-z0-9+/_-]{43}=?$/.test(value)) throw new Error("must be 32 random bytes in base64; make one with: openssl rand -base64 32");
+  return value;
 }
 
 function text(raw: string): string {
@@ -260,10 +271,15 @@ export const CONFIG_KEYS = {
     for (const key of keys) if (!/^[A-Za-z0-9_.-]{1,64}$/.test(key)) throw new Error("each key must be 1 to 64 letters, digits or ._-");
     return keys;
   }),
+  // Keys at rest: the key-encryption key (KEK) that wraps the stored backend JWT signing keys (src/keys/key-wrap.ts).
+  KEY_ENCRYPTION_KEY: spec("keyEncryptionKey", undefined, "Key-encryption key: 32 random bytes in base64 (`openssl rand -base64 32`). Encrypts the stored private signing keys (AES-256-GCM); keep it outside the database and its backups. Required in staging and production (this or KEY_ENCRYPTION_KEY_FILE); development without one keeps a generated one in DATA_DIR/key-encryption-key.", kek),
+  KEY_ENCRYPTION_KEY_FILE: spec("keyEncryptionKeyFile", undefined, "File holding the key-encryption key (base64, as KEY_ENCRYPTION_KEY), e.g. a mounted secret; instead of KEY_ENCRYPTION_KEY.", text),
+  KEY_ENCRYPTION_KEY_PREVIOUS: spec("keyEncryptionKeyPrevious", undefined, "The previous key-encryption key, still accepted for decrypting during a rotation (`tokenctl keys rewrap` moves every key to the current one).", kek),
+  KEY_ENCRYPTION_KEY_PREVIOUS_FILE: spec("keyEncryptionKeyPreviousFile", undefined, "File holding the previous key-encryption key; instead of KEY_ENCRYPTION_KEY_PREVIOUS.", text),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
-const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET"]);
+const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS"]);
 
 /**
  * The default of a key in an environment: its one default, or the one for
@@ -324,6 +340,10 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   // there, with an error at start-up: see server/http/forward-auth.ts.)
   if (problems.length === 0 && config.environment !== "development" && isSet("FORWARD_AUTH_ENABLED") && config.forwardAuthEnabled && !forwardAuthProtected(config)) {
     problems.push(`FORWARD_AUTH_ENABLED: /auth must be protected in ${config.environment}: ${FORWARD_AUTH_FIX}`);
+  }
+  // One source per key-encryption key: two would leave it unclear which one wraps.
+  for (const [key, value, file] of [["KEY_ENCRYPTION_KEY", config.keyEncryptionKey, config.keyEncryptionKeyFile], ["KEY_ENCRYPTION_KEY_PREVIOUS", config.keyEncryptionKeyPrevious, config.keyEncryptionKeyPreviousFile]] as const) {
+    if (value !== undefined && file !== undefined) problems.push(`${key}: set either ${key} or ${key}_FILE, not both`);
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

@@ -15,6 +15,7 @@ import { loadLegacyJwtPolicy } from "./keys/legacy-keys.js";
 import { KyselyLegacyJwtStore } from "./storage/legacy-jwt-store.js";
 import { KyselySigningKeyStore } from "./storage/signing-key-store.js";
 import { BackendJwtKeys } from "./keys/backend-jwt.js";
+import { loadKeyEncryptionKeys } from "./keys/kek-config.js";
 import { createIntrospectionCache } from "./domain/introspect.js";
 import { RevocationHub } from "./domain/revocation-hub.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
@@ -61,6 +62,8 @@ export interface StartOptions {
 
 /** Opens the store and builds the domain's dependencies (shared with tokenctl). */
 export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics) {
+  // Before the store: staging and production without a key-encryption key stop here, having touched nothing.
+  const keks = await loadKeyEncryptionKeys(config, log);
   const database = await openDatabase({
     ...(config.databaseUrl ? { url: config.databaseUrl } : { dataDir: config.dataDir }),
     poolMax: config.databasePoolMax,
@@ -94,6 +97,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   }
   const backendJwt = new BackendJwtKeys(
     new KyselySigningKeyStore(database.db),
+    keks.keys,
     {
       alg: config.backendJwtAlgorithm,
       ttlMs: config.backendJwtTtlMs,
@@ -170,7 +174,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await Promise.all([usage.stop(), legacyUsage.stop()]);
     await events.stop();
   };
-  return { database, deps, events, backendJwt, channel, startBatches, stopBatches };
+  return { database, deps, events, backendJwt, keks: keks.keys, channel, startBatches, stopBatches };
 }
 
 /**
@@ -188,7 +192,15 @@ export async function startService(config: Config, options: StartOptions = {}): 
       : undefined;
   const { database, deps, backendJwt, channel, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics);
   startBatches();
-  await backendJwt.start();
+  try {
+    await backendJwt.start();
+  } catch (error) {
+    // A signing key that cannot be unwrapped stops start-up; leave the store closed behind us.
+    backendJwt.stop();
+    await stopBatches();
+    await database.close();
+    throw error;
+  }
   await channel.start();
 
   if (options.bootstrapOnFirstStart !== false) await bootstrapOnFirstStart(config, deps, log, options.showBootstrapToken);

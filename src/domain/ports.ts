@@ -242,14 +242,24 @@ export interface LegacyJwtStore {
 export interface SigningKey {
   readonly kid: string;
   readonly alg: "ES256" | "EdDSA";
-  /** Private JWK (RFC 7517). Stored so every replica signs with the same keys. */
-  readonly privateJwk: Readonly<Record<string, unknown>>;
+  /** The private JWK (RFC 7517) as stored, so every replica signs with the same keys. */
+  readonly privateKey: StoredPrivateKey;
   /** Public JWK, published in the JWKS. */
   readonly publicJwk: Readonly<Record<string, unknown>>;
   readonly createdAt: Date;
   /** Not used for signing before this time, so every replica publishes it first. */
   readonly activatesAt: Date;
 }
+
+/**
+ * A private key at rest: wrapped (encrypted and authenticated) under the
+ * key-encryption key named by `kekId`, or, only in rows written before keys
+ * were encrypted (or by a replica of that older version during an upgrade),
+ * the plaintext JWK, which the next replica holding a key-encryption key wraps.
+ */
+export type StoredPrivateKey =
+  | { readonly kekId: string; readonly wrapped: Uint8Array }
+  | { readonly kekId?: undefined; readonly plaintextJwk: Readonly<Record<string, unknown>> };
 
 /** Persistence of backend JWT signing keys. */
 export interface SigningKeyStore {
@@ -259,6 +269,13 @@ export interface SigningKeyStore {
   insert(key: SigningKey): Promise<void>;
   /** Deletes keys created before this time that are no longer published. */
   prune(kids: readonly string[]): Promise<void>;
+  /**
+   * Offers every stored key to `reseal`, all of them locked in one
+   * transaction, and stores the new private key it answers for a key
+   * (`undefined`: leave it). All or nothing: when `reseal` throws, nothing
+   * changes. Returns how many keys changed.
+   */
+  reseal(reseal: (key: SigningKey) => StoredPrivateKey | undefined): Promise<number>;
 }
 
 /** Mints short-lived JWTs carrying an opaque token's claims, for backends. */

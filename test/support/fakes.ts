@@ -12,6 +12,7 @@ import type {
   LegacyJwtStore,
   SigningKey,
   SigningKeyStore,
+  StoredPrivateKey,
   LegacyUsage,
   Logger,
   NewToken,
@@ -194,6 +195,11 @@ export class MemorySigningKeyStore implements SigningKeyStore {
   }
   async prune(kids: readonly string[]): Promise<void> {
     this.keys = this.keys.filter((k) => !kids.includes(k.kid));
+  }
+  async reseal(reseal: (key: SigningKey) => StoredPrivateKey | undefined): Promise<number> {
+    const next = this.keys.map((k) => ({ key: k, privateKey: reseal(k) })); // all or nothing, as the real store
+    this.keys = next.map(({ key, privateKey }) => (privateKey ? { ...key, privateKey } : key));
+    return next.filter((n) => n.privateKey !== undefined).length;
   }
 }
 
