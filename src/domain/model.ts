@@ -90,7 +90,9 @@ export type SecurityEventType =
   | "authentication_failed"
   | "platform_admin_bootstrap"
   | "token_revoked"
-  | "legacy_jwt_without_jti";
+  | "legacy_jwt_without_jti"
+  /** A caller or an address went past a rate limit (see `domain/rate-limit.ts`). */
+  | "rate_limit_exceeded";
 
 /** A security event as raised. Identical events are folded into one stored row with a count. */
 export interface SecurityEvent {
