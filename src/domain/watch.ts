@@ -85,7 +85,18 @@ export async function* watchRevocations(
     );
   };
   const recheckTimer = owner === undefined ? undefined : setInterval(recheck, owner.recheckMs);
-  const onAbort = () => wake?.();
+  const stop = () => {
+    clearInterval(timer);
+    if (recheckTimer !== undefined) clearInterval(recheckTimer);
+    signal.removeEventListener("abort", onAbort);
+    unsubscribe();
+  };
+  // Stops the timers and the subscription at once, even if the consumer
+  // never resumes this generator (it may be suspended at a yield).
+  const onAbort = () => {
+    stop();
+    wake?.();
+  };
   signal.addEventListener("abort", onAbort);
   heartbeat();
   try {
@@ -101,10 +112,7 @@ export async function* watchRevocations(
       for (const event of batch) yield event;
     }
   } finally {
-    clearInterval(timer);
-    if (recheckTimer !== undefined) clearInterval(recheckTimer);
-    signal.removeEventListener("abort", onAbort);
-    unsubscribe();
+    stop();
   }
 }
 

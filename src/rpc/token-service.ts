@@ -166,6 +166,9 @@ export class TokenServiceHandler implements Impl {
       const credential = callerCredential(ctx);
       const { caller, meta } = await this.caller(ctx, SCOPES.introspect, "list");
       const release = this.streams.acquire(caller.tokenId);
+      // Also on abort: a transport may leave a generator suspended at a yield
+      // when its client goes away, and the slot must not wait for it.
+      ctx.signal.addEventListener("abort", release, { once: true });
       try {
         ctx.responseHeader.set("x-heartbeat-interval-ms", String(heartbeatMs));
         // The stream lives as long as its caller may: a revocation notice naming
@@ -183,6 +186,7 @@ export class TokenServiceHandler implements Impl {
           yield watchResponse(event);
         }
       } finally {
+        ctx.signal.removeEventListener("abort", release);
         release();
       }
     } catch (error) {
