@@ -17,7 +17,7 @@ import { KyselySigningKeyStore } from "./storage/signing-key-store.js";
 import { BackendJwtKeys } from "./keys/backend-jwt.js";
 import { createIntrospectionCache } from "./domain/introspect.js";
 import { RevocationHub } from "./domain/revocation-hub.js";
-import { RateLimits } from "./domain/rate-limit.js";
+import { RateLimits, isLimited } from "./domain/rate-limit.js";
 import { GatedTokenStore } from "./domain/write-gate.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
@@ -197,6 +197,9 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
  */
 export async function startService(config: Config, options: StartOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger(config.logLevel);
+  if (config.environment !== "development" && !isLimited(config.rateLimitFailedAuth)) {
+    log.warn({ environment: config.environment }, "RATE_LIMIT_FAILED_AUTH=off: credential guessing is not slowed down on this replica");
+  }
   // Before the store: a bad certificate should fail start-up at once, named.
   const tls = await loadTlsMaterial(config, log);
   // Calls are observed for metrics and, at debug, for the per-request log line.

@@ -86,18 +86,16 @@ async function withFailureBudget<T>(deps: TokenDeps, meta: RequestMeta, presente
   const nowMs = deps.clock.now().getTime();
   const wait = limits.authenticationWait(meta, nowMs);
   if (wait > 0 && !cachedActive(deps, presented(), nowMs)) limits.refuseAuthentication(meta, wait);
-  try {
-    return await work();
-  } catch (error) {
+  return work().catch((error: unknown) => {
     if (error instanceof TokenError && error.code === "unauthenticated") limits.authenticationFailed(meta, nowMs);
     throw error;
-  }
+  });
 }
 
 /** Whether the cache holds `token` as an active token now (no store read). */
 function cachedActive(deps: TokenDeps, token: string | undefined, nowMs: number): boolean {
   if (token === undefined || token.length > MAX_PRESENTED_TOKEN_LENGTH) return false;
-  const record = deps.cache.get(digestKey(token), nowMs)?.record;
+  const record = deps.cache.peek(digestKey(token), nowMs);
   return record !== undefined && record !== null && !record.revoked && record.expiresAtMs > nowMs;
 }
 

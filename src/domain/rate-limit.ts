@@ -321,7 +321,10 @@ export class RateLimits {
    * may (its failed-authentication budget is spent). Takes nothing.
    */
   authenticationWait(meta: RequestMeta, nowMs: number): number {
-    return this.failedAuth === undefined ? 0 : this.failedAuth.peek(peerOf(meta), nowMs);
+    // No address has failed lately: nothing to look up, and the peer address
+    // (parsed lazily by the transports) is not even read on the hot path.
+    if (this.failedAuth === undefined || this.failedAuth.size === 0) return 0;
+    return this.failedAuth.peek(peerOf(meta), nowMs);
   }
 
   /** Refuses a peer whose failed-authentication budget is spent. */

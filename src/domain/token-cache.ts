@@ -100,6 +100,15 @@ export class TokenCache<V> {
     return undefined;
   }
 
+  /** The value `get` would serve at `nowMs`, without counting a hit or a miss or marking it used. */
+  peek(key: string, nowMs: number): V | undefined {
+    const entry = this.entries.get(key) ?? this.negatives.get(key);
+    if (entry === undefined) return undefined;
+    const confirmed = entry.fetchedAt > this.channelVerifiedAt ? entry.fetchedAt : this.channelVerifiedAt;
+    const fresh = entry.negative ? nowMs - entry.fetchedAt <= this.options.negativeTtlMs : nowMs - confirmed <= this.options.stalenessMs;
+    return fresh ? entry.record : undefined;
+  }
+
   /** The generation to hand back to `put` after reading the store. */
   fence(): number {
     return this.generation;
