@@ -51,8 +51,8 @@ interface Bucket {
 }
 
 /**
- * Token buckets by key (RFC-free, the classic algorithm: `rate` tokens a
- * second up to `burst`; a request takes one). Memory is bounded two ways:
+ * Token buckets by key: each key's bucket gains `ratePerSecond` tokens a
+ * second up to `burst`, and a request takes one. Memory is bounded two ways:
  *
  * - A bucket that has refilled to its burst says nothing a fresh bucket would
  *   not, so it is dropped: idle keys cost nothing. A sweep runs at most every
@@ -82,7 +82,7 @@ export class TokenBuckets {
    * @returns 0 when admitted, else how many ms until a token is there
    */
   take(key: string, nowMs: number): number {
-    const bucket = this.bucketFor(key, nowMs, true)!;
+    const bucket = this.bucketFor(key, nowMs);
     this.refill(bucket, nowMs);
     if (bucket.tokens >= 1) {
       bucket.tokens -= 1;
@@ -104,9 +104,9 @@ export class TokenBuckets {
     return this.buckets.size;
   }
 
-  private bucketFor(key: string, nowMs: number, create: boolean): Bucket | undefined {
+  private bucketFor(key: string, nowMs: number): Bucket {
     const known = this.buckets.get(key);
-    if (known !== undefined || !create) return known;
+    if (known !== undefined) return known;
     if (nowMs - this.lastSweepMs >= (this.options.sweepMs ?? 10_000) || this.buckets.size >= this.options.maxKeys) this.sweep(nowMs);
     if (this.buckets.size >= this.options.maxKeys) return this.overflow;
     const bucket = { tokens: this.spec.burst, atMs: nowMs };

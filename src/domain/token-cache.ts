@@ -1,9 +1,9 @@
 
 /** Cache limits and freshness rules. */
 export interface TokenCacheOptions<V> {
-  /** Most entries held; beyond it the least recently used go first. */
+  /** Most positive entries held; beyond it the least recently used go first. */
   readonly maxEntries: number;
-  /** Most estimated bytes held (records vary: metadata and lists are bounded but not tiny). */
+  /** Most estimated bytes of positive entries held (records vary: metadata and lists are bounded but not tiny). */
   readonly maxBytes: number;
   /**
    * How old an answer may be when nothing has confirmed it since: an entry is
