@@ -369,3 +369,26 @@ describe("revocation streams follow their caller", () => {
     expect(() => quota.acquire("c")).toThrow(TokenError);
   });
 });
+
+describe("configuration of the limits", () => {
+  it("reads `<per second>,<burst>` or off, and refuses anything else naming the key", async () => {
+    const { loadConfig } = await import("../../src/config.js");
+    const config = loadConfig({ RATE_LIMIT_ISSUE: "2.5,10", RATE_LIMIT_LIST: "off" });
+    expect(config.rateLimitIssue).toEqual({ ratePerSecond: 2.5, burst: 10 });
+    expect(config.rateLimitList).toEqual({ ratePerSecond: 0, burst: 0 });
+    expect(config.rateLimitFailedAuth).toEqual({ ratePerSecond: 2, burst: 10 });
+    for (const bad of ["10", "0,5", "5,0", "a,b", "-1,5"]) expect(() => loadConfig({ RATE_LIMIT_REVOKE: bad })).toThrow(/RATE_LIMIT_REVOKE=/);
+  });
+
+  it("refuses a write concurrency that could hold the whole pool", async () => {
+    const { loadConfig } = await import("../../src/config.js");
+    expect(() => loadConfig({ DATABASE_URL: "postgres://x@h/db", DATABASE_POOL_MAX: "4", DATABASE_WRITE_CONCURRENCY: "4" })).toThrow("DATABASE_WRITE_CONCURRENCY: must be below DATABASE_POOL_MAX");
+    expect(loadConfig({ DATABASE_URL: "postgres://x@h/db", DATABASE_POOL_MAX: "4", DATABASE_WRITE_CONCURRENCY: "3" }).databaseWriteConcurrency).toBe(3);
+  });
+
+  it("takes a heartbeat floor only within the documented 100ms-60s", async () => {
+    const { loadConfig } = await import("../../src/config.js");
+    expect(loadConfig({}).watchMinHeartbeatMs).toBe(500);
+    expect(() => loadConfig({ WATCH_MIN_HEARTBEAT: "50ms" })).toThrow(/WATCH_MIN_HEARTBEAT/);
+  });
+});
