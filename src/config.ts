@@ -1,5 +1,6 @@
 import { parseEnvironment, type Environment } from "./domain/environment.js";
 import { LEGACY_ALGORITHMS, type LegacyAlgorithm } from "./domain/legacy-jwt.js";
+import type { BucketSpec } from "./domain/rate-limit.js";
 
 /**
  * Configuration: the only reader of `process.env`. Every key is declared once
@@ -77,6 +78,20 @@ export interface Config {
   readonly keyEncryptionKeyFile: string | undefined;
   readonly keyEncryptionKeyPrevious: string | undefined;
   readonly keyEncryptionKeyPreviousFile: string | undefined;
+  // Rate limits and resource caps (issue 8, items 3 and 7).
+  readonly rateLimitIntrospect: BucketSpec;
+  readonly rateLimitIssue: BucketSpec;
+  readonly rateLimitRevoke: BucketSpec;
+  readonly rateLimitList: BucketSpec;
+  readonly rateLimitFailedAuth: BucketSpec;
+  readonly rateLimitMaxKeys: number;
+  readonly lookupsInFlightPerCaller: number;
+  readonly lookupsQueuedPerCaller: number;
+  readonly databaseWriteConcurrency: number;
+  readonly databaseWriteQueue: number;
+  readonly cacheNegativeMaxEntries: number;
+  readonly watchMaxStreamsPerCaller: number;
+  readonly watchMinHeartbeatMs: number;
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -132,6 +147,17 @@ function duration(minMs: number): Parser<number> {
     if (ms < minMs) throw new Error(`must be at least ${minMs}ms`);
     return ms;
   };
+}
+
+/** `<per second>,<burst>` (e.g. `50,100`), or `off`: a token bucket. */
+function bucket(raw: string): BucketSpec {
+  const value = raw.trim().toLowerCase();
+  if (value === "off") return Object.freeze({ ratePerSecond: 0, burst: 0 });
+  const match = /^(\d+(?:\.\d+)?)\s*,\s*(\d+)$/.exec(value);
+  const rate = match ? Number(match[1]) : NaN;
+  const burst = match ? Number(match[2]) : NaN;
+  if (!(rate > 0 && rate <= 10_000_000) || !(burst >= 1 && burst <= 100_000_000)) throw new Error("must be `<requests per second>,<burst>` (e.g. 50,100; rate above 0, burst at least 1) or off");
+  return Object.freeze({ ratePerSecond: rate, burst });
 }
 
 function boolean(raw: string): boolean {
@@ -276,6 +302,24 @@ export const CONFIG_KEYS = {
   KEY_ENCRYPTION_KEY_FILE: spec("keyEncryptionKeyFile", undefined, "File holding the key-encryption key (base64, as KEY_ENCRYPTION_KEY), e.g. a mounted secret; instead of KEY_ENCRYPTION_KEY.", text),
   KEY_ENCRYPTION_KEY_PREVIOUS: spec("keyEncryptionKeyPrevious", undefined, "The previous key-encryption key, still accepted for decrypting during a rotation (`tokenctl keys rewrap` moves every key to the current one).", kek),
   KEY_ENCRYPTION_KEY_PREVIOUS_FILE: spec("keyEncryptionKeyPreviousFile", undefined, "File holding the previous key-encryption key; instead of KEY_ENCRYPTION_KEY_PREVIOUS.", text),
+  // ---- Rate limits and resource caps (issue 8, items 3 and 7). All per replica (per process).
+  RATE_LIMIT_INTROSPECT: spec("rateLimitIntrospect", "50000,100000", "Per caller (token id), per replica: IntrospectToken calls and POST /oauth2/introspect, as `<per second>,<burst>`, or off. Gateways introspect tens of thousands of times a second with one credential; unknown tokens they relay are bounded by LOOKUPS_IN_FLIGHT_PER_CALLER instead.", bucket),
+  RATE_LIMIT_ISSUE: spec("rateLimitIssue", "50,100", "Per caller, per replica: IssueToken calls, as `<per second>,<burst>`, or off.", bucket),
+  RATE_LIMIT_REVOKE: spec("rateLimitRevoke", "50,100", "Per caller, per replica: RevokeToken calls and POST /oauth2/revoke, as `<per second>,<burst>`, or off.", bucket),
+  RATE_LIMIT_LIST: spec("rateLimitList", "20,50", "Per caller, per replica: ListTokens, ListSecurityEvents, ListLegacyJwtUsage, GetJwks and opening WatchRevocations, as `<per second>,<burst>`, or off.", bucket),
+  RATE_LIMIT_FAILED_AUTH: spec("rateLimitFailedAuth", "2,10", "Per peer address (IPv6: per /64), per replica: failed caller authentications (and wrong /auth proxy secrets), as `<per second>,<burst>`, or off. Past it, calls from that address are refused with RESOURCE_EXHAUSTED / 429 before any work, unless their credential is already cached as active.", bucket),
+  RATE_LIMIT_MAX_KEYS: spec("rateLimitMaxKeys", "50000", "Most callers (per method class) and addresses tracked by the rate limits; idle ones are dropped, and beyond this newcomers share one bucket.", integer(100, 10_000_000)),
+  LOOKUPS_IN_FLIGHT_PER_CALLER: spec("lookupsInFlightPerCaller", "64", "Store lookups (cache misses) one caller, or one address for credentials and /auth, may have in flight; identical misses share one.", integer(1, 100_000)),
+  LOOKUPS_QUEUED_PER_CALLER: spec("lookupsQueuedPerCaller", "1024", "More lookups that may wait for one caller; beyond, RESOURCE_EXHAUSTED (429 on HTTP) with retry-after 1s.", integer(0, 1_000_000)),
+  DATABASE_WRITE_CONCURRENCY: spec("databaseWriteConcurrency", "0", "Store operations other than token lookups (issue, revoke, list, last-used writes) running at once, so they never hold the whole pool; the rest wait. 0: half of DATABASE_POOL_MAX, at least 1. Must be below DATABASE_POOL_MAX.", integer(0, 1000)),
+  DATABASE_WRITE_QUEUE: spec("databaseWriteQueue", "1000", "More such operations that may wait; beyond, RESOURCE_EXHAUSTED with retry-after 1s.", integer(0, 1_000_000)),
+  CACHE_NEGATIVE_MAX_ENTRIES: spec("cacheNegativeMaxEntries", "20000", "Most unknown tokens remembered, in a segment of their own: a flood of unknown tokens evicts only other unknown tokens, never a known one.", integer(1, 10_000_000)),
+  WATCH_MAX_STREAMS_PER_CALLER: spec("watchMaxStreamsPerCaller", "32", "Most WatchRevocations streams one caller may hold open on a replica; beyond, RESOURCE_EXHAUSTED.", integer(1, 100_000)),
+  WATCH_MIN_HEARTBEAT: spec("watchMinHeartbeatMs", "500ms", "Shortest WatchRevocations heartbeat interval served (100ms to 60s); a shorter ask within the documented 100ms-60s range is raised to it (sent back in `x-heartbeat-interval-ms`).", (raw) => {
+    const ms = parseDuration(raw);
+    if (ms < 100 || ms > 60_000) throw new Error("must be from 100ms to 60s");
+    return ms;
+  }),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
@@ -326,6 +370,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   }
   if (problems.length === 0 && config.revocationHeartbeatMs >= config.cacheStalenessMs) {
     problems.push("REVOCATION_HEARTBEAT: must be shorter than CACHE_STALENESS, or cached answers expire between heartbeats");
+  }
+  if (problems.length === 0 && config.databaseUrl !== undefined && config.databaseWriteConcurrency >= config.databasePoolMax) {
+    problems.push("DATABASE_WRITE_CONCURRENCY: must be below DATABASE_POOL_MAX, or writes can hold every connection and starve token lookups");
   }
   // TLS needs a certificate and its key together; mutual TLS needs TLS.
   if ((config.tlsCertFile === undefined) !== (config.tlsKeyFile === undefined)) {

@@ -18,6 +18,8 @@ import { BackendJwtKeys } from "./keys/backend-jwt.js";
 import { loadKeyEncryptionKeys } from "./keys/kek-config.js";
 import { createIntrospectionCache } from "./domain/introspect.js";
 import { RevocationHub } from "./domain/revocation-hub.js";
+import { RateLimits, isLimited } from "./domain/rate-limit.js";
+import { GatedTokenStore } from "./domain/write-gate.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
 import { forwardAuthOptions } from "./server/http/forward-auth.js";
@@ -78,7 +80,13 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await database.close();
     throw error;
   }
-  const store = new KyselyTokenStore(database.db, database.prepared);
+  // Writes and other slow operations get part of the pool, never all of it: the
+  // hot path's lookups keep the rest (see domain/write-gate.ts).
+  const store = new GatedTokenStore(new KyselyTokenStore(database.db, database.prepared), {
+    maxConcurrent: config.databaseWriteConcurrency > 0 ? config.databaseWriteConcurrency : Math.max(1, Math.floor(config.databasePoolMax / 2)),
+    maxQueued: config.databaseWriteQueue,
+    ...(metrics ? { onRefused: (limit: Parameters<ServiceMetrics["rateLimited"]>[0]) => metrics.rateLimited(limit) } : {}),
+  });
   const securityEvents = new KyselySecurityEventStore(database.db);
   const events = new SecurityEventRecorder(securityEvents, log, clock, config.securityEventWindowMs, metrics, {
     maxRowsPerWindow: config.securityEventRowsPerWindow,
@@ -114,7 +122,21 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     maxBytes: config.cacheMaxMegabytes * 1024 * 1024,
     stalenessMs: config.cacheStalenessMs,
     negativeTtlMs: config.cacheNegativeTtlMs,
+    negativeMaxEntries: config.cacheNegativeMaxEntries,
   });
+  // Per replica: see domain/rate-limit.ts.
+  const limits = new RateLimits(
+    {
+      perCaller: { introspect: config.rateLimitIntrospect, issue: config.rateLimitIssue, revoke: config.rateLimitRevoke, list: config.rateLimitList },
+      failedAuthPerPeer: config.rateLimitFailedAuth,
+      maxKeys: config.rateLimitMaxKeys,
+      lookupsInFlightPerCaller: config.lookupsInFlightPerCaller,
+      lookupsQueuedPerCaller: config.lookupsQueuedPerCaller,
+    },
+    config.environment,
+    events,
+    metrics,
+  );
   // One fan-out for revocation notices: this replica's cache and every WatchRevocations stream.
   const revocations = new RevocationHub();
   revocations.subscribe({
@@ -151,6 +173,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     clock,
     log,
     ...(metrics ? { metrics } : {}),
+    limits,
     policy: {
       environment: config.environment,
       issuer: config.tokenIssuer,
@@ -163,6 +186,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     },
   };
   metrics?.watch({ cache, listener: channel, ...(database.poolStats ? { pool: database.poolStats } : {}) });
+  metrics?.watchLimits({ limits, writes: store, cache });
   /** Starts the periodic writers of batched bookkeeping. */
   const startBatches = () => {
     events.start();
@@ -183,6 +207,9 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
  */
 export async function startService(config: Config, options: StartOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger(config.logLevel);
+  if (config.environment !== "development" && !isLimited(config.rateLimitFailedAuth)) {
+    log.warn({ environment: config.environment }, "RATE_LIMIT_FAILED_AUTH=off: credential guessing is not slowed down on this replica");
+  }
   // Before the store: a bad certificate should fail start-up at once, named.
   const tls = await loadTlsMaterial(config, log);
   // Calls are observed for metrics and, at debug, for the per-request log line.
@@ -205,7 +232,13 @@ export async function startService(config: Config, options: StartOptions = {}): 
 
   if (options.bootstrapOnFirstStart !== false) await bootstrapOnFirstStart(config, deps, log, options.showBootstrapToken);
 
-  const handler = new TokenServiceHandler(deps);
+  const handler = new TokenServiceHandler(deps, {
+    maxStreamsPerCaller: config.watchMaxStreamsPerCaller,
+    minHeartbeatMs: config.watchMinHeartbeatMs,
+    // Re-checked twice per staleness bound: a revocation missed while the
+    // channel was down ends the stream soon after the cached answer ages out.
+    streamRecheckMs: Math.max(50, Math.floor(config.cacheStalenessMs / 2)),
+  });
   const health = createHealthService({
     services: [TokenService.typeName],
     check: () => deps.store.ping().then(() => true, () => false),

@@ -1,6 +1,7 @@
 import { authenticate } from "./access.js";
 import { TokenError } from "./errors.js";
 import { metaFields } from "./introspect.js";
+import { digestKey } from "./token-format.js";
 import type { Caller, RequestMeta } from "./model.js";
 import type { TokenDeps } from "./ports.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "./token-format.js";
@@ -48,12 +49,74 @@ const BASIC = /^Basic +([A-Za-z0-9+/]+={0,2})\s*$/i;
  * raised by `authenticate`, or here for a client id mismatch); a store outage
  * is `unavailable`, never a refusal.
  */
-export async function authenticateClient(deps: TokenDeps, authorization: string | undefined, meta: RequestMeta): Promise<AuthenticatedClient> {
-  if (clientAuthScheme(authorization) !== "basic") {
-    const caller = await authenticate(deps, authorization, meta);
-    return { caller, clientId: caller.tokenId };
+export function authenticateClient(deps: TokenDeps, authorization: string | undefined, meta: RequestMeta): Promise<AuthenticatedClient> {
+  const basic = clientAuthScheme(authorization) === "basic";
+  const presented = () => (basic ? tryParseBasic(authorization!)?.secret : bearerToken(authorization));
+  return withFailureBudget(deps, meta, presented, async () => {
+    if (!basic) {
+      const caller = await authenticate(deps, authorization, meta);
+      return { caller, clientId: caller.tokenId };
+    }
+    return authenticateBasic(deps, authorization!, meta);
+  });
+}
+
+/**
+ * `authenticate` for the RPCs, behind the same per-address budget of failed
+ * authentications as the OAuth endpoints (see {@link withFailureBudget}).
+ */
+export function authenticateCaller(deps: TokenDeps, authorization: string | undefined, meta: RequestMeta): Promise<Caller> {
+  return withFailureBudget(deps, meta, () => bearerToken(authorization), () => authenticate(deps, authorization, meta));
+}
+
+/**
+ * Runs an authentication under the peer's budget of failures
+ * (`deps.limits`): each `unauthenticated` outcome is charged to the request's
+ * address, and an address that has spent its budget is refused with
+ * RESOURCE_EXHAUSTED before any work, so guessing credentials costs no store
+ * queries and no events beyond one aggregated `rate_limit_exceeded`.
+ *
+ * One exception keeps a shared address (a NAT, a proxy) usable while someone
+ * behind it guesses: a credential this replica already holds as active in its
+ * cache is let through, as it costs nothing to check.
+ */
+async function withFailureBudget<T>(deps: TokenDeps, meta: RequestMeta, presented: () => string | undefined, work: () => Promise<T>): Promise<T> {
+  const limits = deps.limits;
+  if (limits === undefined) return work();
+  const nowMs = deps.clock.now().getTime();
+  const wait = limits.authenticationWait(meta, nowMs);
+  if (wait > 0 && !cachedActive(deps, presented(), nowMs)) limits.refuseAuthentication(meta, wait);
+  return work().catch((error: unknown) => {
+    if (error instanceof TokenError && error.code === "unauthenticated") limits.authenticationFailed(meta, nowMs);
+    throw error;
+  });
+}
+
+/** Whether the cache holds `token` as an active token now (no store read). */
+function cachedActive(deps: TokenDeps, token: string | undefined, nowMs: number): boolean {
+  if (token === undefined || token.length > MAX_PRESENTED_TOKEN_LENGTH) return false;
+  const record = deps.cache.peek(digestKey(token), nowMs);
+  return record !== undefined && record !== null && !record.revoked && record.expiresAtMs > nowMs;
+}
+
+const BEARER = /^Bearer +(\S+)\s*$/i;
+
+/** The token of an `Authorization: Bearer` header, if it is one. */
+function bearerToken(authorization: string | undefined): string | undefined {
+  if (authorization === undefined || authorization.length > MAX_PRESENTED_TOKEN_LENGTH + 16) return undefined;
+  return BEARER.exec(authorization)?.[1];
+}
+
+function tryParseBasic(authorization: string): { clientId: string; secret: string } | undefined {
+  try {
+    return parseBasic(authorization);
+  } catch {
+    return undefined;
   }
-  const credentials = parseBasic(authorization!);
+}
+
+async function authenticateBasic(deps: TokenDeps, authorization: string, meta: RequestMeta): Promise<AuthenticatedClient> {
+  const credentials = parseBasic(authorization);
   const caller = await authenticate(deps, `Bearer ${credentials.secret}`, meta);
   if (caller.tokenId !== credentials.clientId) {
     deps.events.record({

@@ -1,6 +1,7 @@
 import type { Environment } from "./environment.js";
 import type { InactiveReason, IntrospectedClaims, IntrospectionUse, TokenKind, IntrospectionCache } from "./introspect.js";
 
+import type { RateLimits } from "./rate-limit.js";
 import type { RevocationHub } from "./revocation-hub.js";
 import type { LegacyJwtPolicy } from "./legacy-jwt.js";
 import type { SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
@@ -216,6 +217,8 @@ export interface TokenDeps {
   readonly log: Logger;
   /** Where outcomes are counted; absent in tests and tools that do not export metrics. */
   readonly metrics?: DomainMetrics;
+  /** The replica's rate limits and lookup caps; absent: nothing is limited (tools, most tests). */
+  readonly limits?: RateLimits;
 }
 
 /** Use of legacy JWTs by one subject, so operators know who still has to migrate. */

@@ -38,7 +38,10 @@ export const TEST_KEK = Buffer.alloc(32, 7).toString("base64");
 
 /** Starts the whole service as `npm start` would, with test overrides. */
 export async function startTestService(env: Record<string, string>): Promise<ServiceUnderTest> {
-  const config = loadConfig({ LISTEN_HOST: "127.0.0.1", GRPC_PORT: "0", HTTP_PORT: "0", LOG_LEVEL: "debug", SHUTDOWN_GRACE: "1s", ...env });
+  // Every test client is 127.0.0.1 and many tests send bad credentials on
+  // purpose: the per-address budget of failed authentications is off unless a
+  // test (of the limit itself) sets it.
+  const config = loadConfig({ LISTEN_HOST: "127.0.0.1", GRPC_PORT: "0", HTTP_PORT: "0", LOG_LEVEL: "debug", SHUTDOWN_GRACE: "1s", RATE_LIMIT_FAILED_AUTH: "off", ...env });
   const logs = new LogCapture();
   let bootstrapToken: string | undefined;
   const service = await startService(config, {

@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { FORWARD_AUTH_FIX, forwardAuthProtected, type Config } from "../../config.js";
 import { introspectToken, metaFields, type IntrospectedClaims } from "../../domain/introspect.js";
 import type { Logger, TokenDeps } from "../../domain/ports.js";
+import { RateLimitedError, retryAfterSeconds } from "../../domain/rate-limit.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../../domain/token-format.js";
 import { deprecationHeaders } from "../../rpc/mapping.js";
 import type { HttpRequest, HttpResponse } from "../http-server.js";
@@ -89,6 +90,11 @@ export async function forwardAuthEndpoint(deps: TokenDeps, options: ForwardAuthO
   try {
     const meta = requestMeta(req, route);
     if (options.secret !== undefined && !secretMatches(header(req, FORWARD_AUTH_SECRET_HEADER), options.secret)) {
+      // A wrong proxy secret is a failed authentication: past its address's budget, 429.
+      const nowMs = deps.clock.now().getTime();
+      const wait = deps.limits?.authenticationWait(meta, nowMs) ?? 0;
+      if (wait > 0) deps.limits!.refuseAuthentication(meta, wait);
+      deps.limits?.authenticationFailed(meta, nowMs);
       deps.events.record({
         type: "authentication_failed",
         severity: "warning",
@@ -114,6 +120,9 @@ export async function forwardAuthEndpoint(deps: TokenDeps, options: ForwardAuthO
     send(req, res, 200, "", headers);
   } catch (error) {
     if (res.headersSent || res.writableEnded) return;
+    if (error instanceof RateLimitedError) {
+      return sendJson(req, res, 429, { error: "temporarily_unavailable", error_description: error.message }, { ...NO_STORE, "retry-after": String(retryAfterSeconds(error.retryAfterMs)) });
+    }
     const e = httpError(error, deps.log, route);
     // Only an outage is a 503; anything else unexpected stays a 500.
     const status = e.status === 503 ? 503 : 500;

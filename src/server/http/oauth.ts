@@ -4,6 +4,7 @@ import { invalidArgument } from "../../domain/errors.js";
 import { introspectToken } from "../../domain/introspect.js";
 import { SCOPES, type ServiceScope } from "../../domain/model.js";
 import type { TokenDeps } from "../../domain/ports.js";
+import { RateLimitedError, retryAfterSeconds } from "../../domain/rate-limit.js";
 import { revokeToken } from "../../domain/revoke.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../../domain/token-format.js";
 import { deprecationHeaders } from "../../rpc/mapping.js";
@@ -44,7 +45,7 @@ export async function introspectEndpoint(o: OAuthEndpointsDeps, req: HttpRequest
     const request = await authorizedTokenRequest(o, req, res, route, authorization, SCOPES.introspect);
     if (request === undefined) return;
     const { token, meta, clientId } = request;
-    const result = await introspectToken(o.deps, token, meta);
+    const result = await introspectToken(o.deps, token, meta, { lookupOwner: clientId });
     const answer = introspectionJson(result, o.deps.policy);
     const headers: Headers = { ...NO_STORE, ...(result.active && result.deprecation ? Object.fromEntries(deprecationHeaders(result.deprecation)) : {}) };
     if (!acceptsIntrospectionJwt(header(req, "accept"))) return sendJson(req, res, 200, answer.text, headers);
@@ -105,6 +106,7 @@ async function authorizedTokenRequest(
   const token = tokenParameter(form.fields, form.repeated);
   const meta = requestMeta(req, route);
   const { caller, clientId } = await authenticateClient(o.deps, authorization, meta);
+  o.deps.limits?.admit(caller, scope === SCOPES.revoke ? "revoke" : "introspect", meta, o.deps.clock.now().getTime());
   requireScope(o.deps, caller, scope, meta);
   return { token, meta, caller, clientId };
 }
@@ -152,6 +154,9 @@ function refuse(o: OAuthEndpointsDeps, req: HttpRequest, res: HttpResponse, rout
     if (clientAuthScheme(authorization) === "bearer") headers["www-authenticate"] = `Bearer realm="${REALM}", error="insufficient_scope", scope="${scope}"`;
   } else if (e.status === 503) {
     Object.assign(headers, RETRY_AFTER);
+  } else if (error instanceof RateLimitedError) {
+    // RFC 6585 §4: 429 may say how long to wait.
+    headers["retry-after"] = String(retryAfterSeconds(error.retryAfterMs));
   }
   sendJson(req, res, e.status, { error: e.error, error_description: e.description }, headers);
 }
