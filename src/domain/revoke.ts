@@ -65,7 +65,7 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
     const id = rules.uuid("token_id", input.tokenId);
     record = await deps.store.findById(id);
     if (record === undefined || record.environment !== deps.policy.environment) {
-      throw new TokenError("not_found", `no token with id ${id}`);
+      throw new TokenError("not_found", "token_id: no such token");
     }
     if (!caller.isAdmin && record.subject !== caller.subject) {
       deny(deps, caller, meta, "only admins may revoke another subject's token by id");
@@ -74,7 +74,7 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
   }
 
   const outcome = await deps.store.revoke(record.id, { by: caller.subject, reason, at: deps.clock.now() });
-  if (outcome === undefined) throw new TokenError("not_found", `no token with id ${record.id}`);
+  if (outcome === undefined) throw new TokenError("not_found", "token_id: no such token");
   // This replica forgets it at once; the others hear of it through the store's notice.
   deps.cache.evict(keyOfDigest(record.digest));
   if (!outcome.alreadyRevoked) {

@@ -7,6 +7,7 @@ import * as m0001 from "./0001_initial.js";
 import * as m0002 from "./0002_legacy_jwt.js";
 import * as m0003 from "./0003_signing_keys.js";
 import * as m0004 from "./0004_capped_insert.js";
+import * as m0007 from "./0007_server_secrets.js";
 
 /**
  * The migrations by name. Kysely applies them in name order and refuses to
@@ -17,6 +18,7 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0002_legacy_jwt": m0002,
   "0003_signing_keys": m0003,
   "0004_capped_insert": m0004,
+  "0007_server_secrets": m0007,
 });
 
 /** A Kysely `MigrationProvider` serving {@link MIGRATIONS}. */
