@@ -51,9 +51,11 @@ export class PageTokens implements PageTokenCodec {
     const dot = token.indexOf(".");
     if (dot <= 0) throw invalidArgument(field, NOT_OURS);
     const body = token.slice(0, dot);
-    const presented = Buffer.from(token.slice(dot + 1), "base64url");
-    const expected = this.#mac(body);
-    // Compared in constant time: the mac is the secret's only witness.
+    // Compared as text, so no other spelling of the same bytes (base64url's
+    // unused low bits) passes; and in constant time, as the mac is the only
+    // witness of the key.
+    const presented = Buffer.from(token.slice(dot + 1), "utf8");
+    const expected = Buffer.from(this.#mac(body).toString("base64url"), "utf8");
     if (presented.length !== expected.length || !timingSafeEqual(presented, expected)) throw invalidArgument(field, NOT_OURS);
     let parsed: unknown;
     try {

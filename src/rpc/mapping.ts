@@ -1,5 +1,6 @@
 import { durationFromMs, timestampFromDate, timestampFromMs, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { WatchEvent } from "../domain/watch.js";
+import { invalidArgument } from "../domain/errors.js";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   Environment as PbEnvironment,
@@ -52,9 +53,15 @@ const PB_SEVERITY: Readonly<Record<Severity, PbSeverity>> = Object.freeze({
   critical: PbSeverity.CRITICAL,
 });
 
-/** Protobuf severity → domain; undefined for UNSPECIFIED (no filter). */
+/**
+ * Protobuf severity → domain; undefined for UNSPECIFIED (no filter). Proto3
+ * enums are open, so any int32 can arrive: a value the contract does not
+ * define is refused rather than read as "no filter".
+ */
 export function severityFromPb(value: PbSeverity): Severity | undefined {
   switch (value) {
+    case PbSeverity.UNSPECIFIED:
+      return undefined;
     case PbSeverity.INFO:
       return "info";
     case PbSeverity.WARNING:
@@ -62,7 +69,7 @@ export function severityFromPb(value: PbSeverity): Severity | undefined {
     case PbSeverity.CRITICAL:
       return "critical";
     default:
-      return undefined;
+      throw invalidArgument("min_severity", "must be SEVERITY_INFO, SEVERITY_WARNING, SEVERITY_CRITICAL or unset");
   }
 }
 
