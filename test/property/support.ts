@@ -163,7 +163,7 @@ export function expectCleanRefusal(
 
 /** A short, safe description of a failing case (fast-check prints the full counterexample too). */
 export function preview(value: unknown): string {
-  const text = JSON.stringify(value, (_k, v: unknown) => (typeof v === "bigint" ? `${v}n` : v instanceof Uint8Array ? `<${v.length} bytes>` : v));
+  const text = JSON.stringify(value, (_k, v: unknown) => (typeof v === "bigint" ? `${v}n` : v instanceof Uint8Array ? `<${v.length} bytes>` : v)) ?? String(value);
   return text.length > 300 ? `${text.slice(0, 300)}…` : text;
 }
 
