@@ -161,11 +161,11 @@ describe("page tokens", () => {
   it("refuse a real token with any one character changed, added or removed", () => {
     fc.assert(
       fc.property(cursorTime, uuid, fc.nat(), fc.constantFrom("replace", "insert", "delete"), fc.stringMatching(/^[A-Za-z0-9_.=+/-]$/), (at, id, where, how, char) => {
-        counted();
         const token = pages.encode({ at, id }, {});
         const i = where % token.length;
         const changed = how === "replace" ? token.slice(0, i) + char + token.slice(i + 1) : how === "insert" ? token.slice(0, i) + char + token.slice(i) : token.slice(0, i) + token.slice(i + 1);
         fc.pre(changed !== token);
+        counted();
         expect(refusal(() => pages.decode("page_token", changed, {}))).toBe("page_token: is not a page token from this service");
       }),
       params(5_000),
@@ -176,8 +176,8 @@ describe("page tokens", () => {
     const other = new PageTokens(randomBytes(32));
     fc.assert(
       fc.property(cursorTime, uuid, filters, filters, (at, id, f, g) => {
-        counted();
         fc.pre(JSON.stringify(f) !== JSON.stringify(g));
+        counted();
         expect(refusal(() => pages.decode("page_token", pages.encode({ at, id }, f), g))).toMatch(/^page_token: was made for other filters/);
         expect(refusal(() => pages.decode("page_token", other.encode({ at, id }, f), f))).toBe("page_token: is not a page token from this service");
       }),

@@ -13,6 +13,7 @@ import { bootstrapAdmin } from "../../src/domain/issue.js";
 import { TokenServiceHandler } from "../../src/rpc/token-service.js";
 import { fakeDeps } from "../support/fakes.js";
 import { LEGACY_POLICY, NOW, jwtish } from "./jwt-arbitraries.js";
+import { anyIssue, pageToken } from "./requests.js";
 import {
   counted,
   expectCleanRefusal,
@@ -148,21 +149,6 @@ const issueMutation: fc.Arbitrary<Mutation> = fc.oneof(
   fc.oneof(fc.constant("s".repeat(257)), withControl).map((v): Mutation => ({ field: "subject", apply: (r) => void (r.subject = v) })),
   fc.oneof(fc.constant("f".repeat(257)), withControl).map((v): Mutation => ({ field: "full_name", apply: (r) => void (r.fullName = v) })),
 );
-
-/** Anything at all in every IssueToken field. */
-const anyIssue = fc.record({
-  name: nastyString,
-  scopes: fc.array(fc.oneof(scope, nastyString), { maxLength: 6 }),
-  teams: fc.array(fc.oneof(label, nastyString), { maxLength: 6 }),
-  namespaces: fc.array(fc.oneof(label, nastyString), { maxLength: 6 }),
-  metadata: fc.dictionary(fc.oneof(metaKey, nastyString), nastyString, { maxKeys: 5 }),
-  subject: nastyString,
-  fullName: nastyString,
-  isAdmin: fc.boolean(),
-  expiry: fc.oneof(fc.constant({ case: undefined }), secondsAndNanos.map((value) => ({ case: "ttl" as const, value })), secondsAndNanos.map((value) => ({ case: "expireTime" as const, value }))),
-});
-
-const pageToken = fc.oneof({ weight: 3, arbitrary: fc.constant("") }, { weight: 2, arbitrary: nastyString }, { weight: 1, arbitrary: fc.base64String().map((s) => s.replace(/=/g, "")) });
 
 // ------------------------------------------------------------------ properties
 
