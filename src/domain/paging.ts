@@ -9,8 +9,12 @@ export const PAGE_TOKEN_KEY_BYTES = 32;
 /** Where the page-token key is kept in the server's secret store. */
 export const PAGE_TOKEN_SECRET_NAME = "page_token_hmac";
 
-/** The longest page token looked at: ours are about 150 characters. */
-const MAX_PAGE_TOKEN_LENGTH = 512;
+/**
+ * The longest page token looked at. Most are about 150 characters, but a
+ * legacy-usage cursor holds a subject of up to 256 characters, which JSON
+ * may escape to six bytes each and base64url grows by a third: about 2,200.
+ */
+const MAX_PAGE_TOKEN_LENGTH = 4096;
 
 const NOT_OURS = "is not a page token from this service";
 

@@ -130,11 +130,14 @@ function refusal(run: () => unknown): string | undefined {
 }
 
 describe("page tokens", () => {
-  it("round-trip any cursor under the same filters", () => {
+  it("round-trip any cursor under the same filters, ids and legacy subjects alike", () => {
+    // Legacy usage pages by subject: any string of 1 to 256 characters (the list's own check).
+    const subject = fc.string({ unit: fc.oneof(fc.constantFrom("\u0000", "\"", "中", "\uD800"), fc.string({ unit: "binary", minLength: 1, maxLength: 1 })), minLength: 1, maxLength: 256, size: "max" });
+    const isSubject = (id: string) => id.length > 0 && id.length <= 256;
     fc.assert(
-      fc.property(cursorTime, uuid, filters, (at, id, f) => {
+      fc.property(cursorTime, fc.oneof(uuid, subject), filters, (at, id, f) => {
         counted();
-        expect(pages.decode("page_token", pages.encode({ at, id }, f), f)).toEqual({ at, id });
+        expect(pages.decode("page_token", pages.encode({ at, id }, f), f, isSubject)).toEqual({ at, id });
       }),
       params(5_000),
     );
