@@ -1,7 +1,7 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { invalidArgument } from "./errors.js";
 import type { Cursor, PageTokenCodec, ServerSecretStore } from "./ports.js";
-import { EARLIEST_TIME, LATEST_TIME, UUID_PATTERN } from "./validation.js";
+import { EARLIEST_TIME_MS, LATEST_TIME_MS, UUID_PATTERN } from "./validation.js";
 
 /** Bytes of the page-token key (the HMAC-SHA256 block is 64; RFC 2104 §3 asks for at least the output length, 32). */
 export const PAGE_TOKEN_KEY_BYTES = 32;
@@ -70,7 +70,7 @@ export class PageTokens implements PageTokenCodec {
     const { v, t, i, f } = (parsed !== null && typeof parsed === "object" ? parsed : {}) as Record<string, unknown>;
     // Authenticated, so made by us; checked anyway, so a bug or a key leak
     // cannot turn into an invalid Date reaching the store.
-    if (v !== 2 || !Number.isSafeInteger(t) || (t as number) < EARLIEST_TIME.getTime() || (t as number) > LATEST_TIME.getTime() || typeof i !== "string" || !isId(i) || typeof f !== "string") {
+    if (v !== 2 || !Number.isSafeInteger(t) || (t as number) < EARLIEST_TIME_MS || (t as number) > LATEST_TIME_MS || typeof i !== "string" || !isId(i) || typeof f !== "string") {
       throw invalidArgument(field, NOT_OURS);
     }
     if (f !== filterHash(filters)) throw invalidArgument(field, "was made for other filters; repeat the request with the same filters or start without a page token");

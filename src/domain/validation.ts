@@ -125,9 +125,9 @@ export function durationWithin(field: string, ms: number, minMs: number, maxMs: 
  * timestamp.proto: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z);
  * both JavaScript's Date and PostgreSQL's timestamptz hold it whole.
  */
-export const EARLIEST_TIME = new Date("0001-01-01T00:00:00.000Z");
-/** See {@link EARLIEST_TIME}. */
-export const LATEST_TIME = new Date("9999-12-31T23:59:59.999Z");
+export const EARLIEST_TIME_MS = Date.parse("0001-01-01T00:00:00.000Z");
+/** See {@link EARLIEST_TIME_MS}. */
+export const LATEST_TIME_MS = Date.parse("9999-12-31T23:59:59.999Z");
 
 /**
  * An instant within protobuf's Timestamp range. An invalid Date (what the
@@ -135,7 +135,7 @@ export const LATEST_TIME = new Date("9999-12-31T23:59:59.999Z");
  */
 export function time(field: string, at: Date): Date {
   const ms = at.getTime();
-  if (!(ms >= EARLIEST_TIME.getTime() && ms <= LATEST_TIME.getTime())) {
+  if (!(ms >= EARLIEST_TIME_MS && ms <= LATEST_TIME_MS)) {
     throw invalidArgument(field, "must be a valid time between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z");
   }
   return at;

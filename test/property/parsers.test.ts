@@ -5,7 +5,7 @@ import { TokenError } from "../../src/domain/errors.js";
 import { verifyLegacyJwt } from "../../src/domain/legacy-jwt.js";
 import { PageTokens } from "../../src/domain/paging.js";
 import { classifyToken, digestKey, digestToken, displayHint, keyOfDigest, mintToken } from "../../src/domain/token-format.js";
-import { EARLIEST_TIME, LATEST_TIME } from "../../src/domain/validation.js";
+import { EARLIEST_TIME_MS, LATEST_TIME_MS } from "../../src/domain/validation.js";
 import { LEGACY_POLICY as POLICY, NOW, b64, jwtish } from "./jwt-arbitraries.js";
 import { VOCABULARY, counted, echoIn, nastyString, params, reportCases, timeout } from "./support.js";
 
@@ -82,7 +82,7 @@ describe("opaque token format", () => {
 
 // ------------------------------------------------------------------ legacy JWT
 
-const VALID_DATE = (d: Date | undefined) => d === undefined || (Number.isFinite(d.getTime()) && d >= EARLIEST_TIME && d <= LATEST_TIME);
+const VALID_DATE = (d: Date | undefined) => d === undefined || (Number.isFinite(d.getTime()) && d.getTime() >= EARLIEST_TIME_MS && d.getTime() <= LATEST_TIME_MS);
 
 describe("legacy JWT verifier", () => {
   it("never throws, and either yields claims of the right types and valid dates or refuses without repeating the JWT", async () => {
@@ -114,7 +114,7 @@ describe("legacy JWT verifier", () => {
 
 const pages = new PageTokens(randomBytes(32));
 const uuid = fc.uuid();
-const cursorTime = fc.integer({ min: EARLIEST_TIME.getTime(), max: LATEST_TIME.getTime() }).map((ms) => new Date(ms));
+const cursorTime = fc.integer({ min: EARLIEST_TIME_MS, max: LATEST_TIME_MS }).map((ms) => new Date(ms));
 const filters = fc.jsonValue({ maxDepth: 2 });
 
 function refusal(run: () => unknown): string | undefined {
