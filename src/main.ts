@@ -14,6 +14,8 @@ import { LastUsedRecorder, LegacyUsageRecorder } from "./domain/usage.js";
 import { loadLegacyJwtPolicy } from "./keys/legacy-keys.js";
 import { KyselyLegacyJwtStore } from "./storage/legacy-jwt-store.js";
 import { KyselySigningKeyStore } from "./storage/signing-key-store.js";
+import { KyselyServerSecretStore } from "./storage/server-secret-store.js";
+import { loadPageTokens } from "./domain/paging.js";
 import { BackendJwtKeys } from "./keys/backend-jwt.js";
 import { loadKeyEncryptionKeys } from "./keys/kek-config.js";
 import { createIntrospectionCache } from "./domain/introspect.js";
@@ -76,6 +78,14 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   try {
     const applied = await migrateToLatest(database.db);
     log.info({ store: database.kind, applied }, applied.length > 0 ? "migrations applied" : "schema up to date");
+  } catch (error) {
+    await database.close();
+    throw error;
+  }
+  let pageTokens;
+  try {
+    // Shared by every replica through the store, so a page continues anywhere.
+    pageTokens = await loadPageTokens(new KyselyServerSecretStore(database.db));
   } catch (error) {
     await database.close();
     throw error;
@@ -172,6 +182,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     usage,
     clock,
     log,
+    pageTokens,
     ...(metrics ? { metrics } : {}),
     limits,
     policy: {

@@ -200,6 +200,39 @@ export interface LegacyDeps {
   readonly usage: { note(subject: string, at: Date): void };
 }
 
+/** A keyset position in a list: the sort time and the id that breaks ties. */
+export interface Cursor {
+  readonly at: Date;
+  readonly id: string;
+}
+
+/**
+ * Makes and reads the page tokens of every list. They are authenticated with
+ * a key all replicas share (`domain/paging.ts`), so a page from one replica
+ * continues on another and a forged token is refused.
+ */
+export interface PageTokenCodec {
+  /** The token for the page after `cursor`, bound to these filters. */
+  encode(cursor: Cursor, filters: unknown): string;
+  /**
+   * The cursor in a token made by `encode` for the same filters; undefined for
+   * "" (the first page). Anything else throws `invalid_argument` naming `field`.
+   */
+  decode(field: string, token: string, filters: unknown, isId?: (id: string) => boolean): Cursor | undefined;
+}
+
+/**
+ * Small secrets the service keeps for itself and every replica must share
+ * (the page-token key). Stored in the database, never in configuration.
+ */
+export interface ServerSecretStore {
+  /**
+   * The secret stored under `name`; when there is none, `candidate` is stored
+   * first. Race-safe: replicas calling this together all get the same bytes.
+   */
+  getOrCreate(name: string, candidate: Uint8Array): Promise<Uint8Array>;
+}
+
 /** Everything the use cases need, built once in main.ts. */
 export interface TokenDeps {
   /** Introspection answers by token digest; see `TokenCache`. */
@@ -215,6 +248,8 @@ export interface TokenDeps {
   readonly clock: Clock;
   readonly policy: TokenPolicy;
   readonly log: Logger;
+  /** Page tokens of every list, under the key all replicas share. */
+  readonly pageTokens: PageTokenCodec;
   /** Where outcomes are counted; absent in tests and tools that do not export metrics. */
   readonly metrics?: DomainMetrics;
   /** The replica's rate limits and lookup caps; absent: nothing is limited (tools, most tests). */

@@ -13,10 +13,11 @@ import { listLegacyJwtUsage, listSecurityEvents, listTokens } from "../domain/li
 import { SCOPES, type Caller, type RequestMeta, type ServiceScope } from "../domain/model.js";
 import type { TokenDeps } from "../domain/ports.js";
 import { revokeToken } from "../domain/revoke.js";
+import { durationWithin } from "../domain/validation.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 import { callerCredential, requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
-import { dateFromPb, deprecationHeaders, introspectAnswer, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
+import { dateFromPb, deprecationHeaders, durationMsFromPb, introspectAnswer, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
 
 type Impl = ServiceImpl<typeof TokenService>;
 
@@ -94,7 +95,7 @@ export class TokenServiceHandler implements Impl {
           subject: req.subject,
           fullName: req.fullName,
           isAdmin: req.isAdmin,
-          ...(req.expiry.case === "ttl" ? { ttlMs: durationMs("ttl", req.expiry.value) } : {}),
+          ...(req.expiry.case === "ttl" ? { ttlMs: durationMsFromPb(req.expiry.value) } : {}),
           ...(req.expiry.case === "expireTime" ? { expiresAt: dateFromPb(req.expiry.value)! } : {}),
         },
         meta,
@@ -161,8 +162,7 @@ export class TokenServiceHandler implements Impl {
 
   private async *watch(interval: Duration | undefined, ctx: HandlerContext): AsyncGenerator<MessageInitShape<typeof WatchRevocationsResponseSchema>> {
     try {
-      const asked = interval === undefined ? 1000 : durationMs("heartbeat_interval", interval);
-      if (asked < HEARTBEAT_RANGE_MS.min || asked > HEARTBEAT_RANGE_MS.max) throw invalidArgument("heartbeat_interval", "must be between 100ms and 60s");
+      const asked = interval === undefined ? 1000 : durationWithin("heartbeat_interval", durationMsFromPb(interval), HEARTBEAT_RANGE_MS.min, HEARTBEAT_RANGE_MS.max);
       const heartbeatMs = Math.max(asked, this.minHeartbeatMs);
       const credential = callerCredential(ctx);
       const { caller, meta } = await this.caller(ctx, SCOPES.introspect, "list");
@@ -211,11 +211,4 @@ export class TokenServiceHandler implements Impl {
         nextPageToken: page.nextPageToken,
       };
     });
-}
-
-/** A protobuf Duration → milliseconds, refusing negative or mixed-sign values. */
-function durationMs(field: string, value: Duration): number {
-  const ms = Number(value.seconds) * 1000 + Math.trunc(value.nanos / 1_000_000);
-  if (value.seconds < 0n || value.nanos < 0 || ms <= 0) throw invalidArgument(field, "must be positive");
-  return ms;
 }

@@ -106,6 +106,13 @@ export interface SigningKeysTable {
   activates_at: Date;
 }
 
+/** The `server_secrets` table: secrets every replica shares (the page-token key). */
+export interface ServerSecretsTable {
+  name: string;
+  secret: Uint8Array;
+  created_at: ColumnType<Date, never, never>;
+}
+
 /** Every table the service owns (Kysely's migration tables are Kysely's). */
 export interface Database {
   tokens: TokensTable;
@@ -113,4 +120,5 @@ export interface Database {
   legacy_jwt_revocations: LegacyJwtRevocationsTable;
   legacy_jwt_usage: LegacyJwtUsageTable;
   signing_keys: SigningKeysTable;
+  server_secrets: ServerSecretsTable;
 }

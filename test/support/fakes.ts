@@ -1,4 +1,6 @@
+import { randomBytes } from "node:crypto";
 import { TokenError } from "../../src/domain/errors.js";
+import { PageTokens } from "../../src/domain/paging.js";
 import type { LegacyJwtPolicy } from "../../src/domain/legacy-jwt.js";
 import { createIntrospectionCache } from "../../src/domain/introspect.js";
 import { RevocationHub } from "../../src/domain/revocation-hub.js";
@@ -264,6 +266,7 @@ export function fakeDeps(policy: Partial<TokenPolicy> = {}, legacyPolicy: Legacy
     clock,
     log,
     usage: { note: (id, at) => void used.set(id, at) },
+    pageTokens: new PageTokens(randomBytes(32)),
     policy: { ...TEST_POLICY, ...policy },
   };
   return { deps, store, securityEvents, events, clock, log, used, legacyStore, legacyUsed, minter, cache, revocations };

@@ -9,6 +9,7 @@ import * as m0003 from "./0003_signing_keys.js";
 import * as m0004 from "./0004_capped_insert.js";
 import * as m0005 from "./0005_wrapped_signing_keys.js";
 import * as m0006 from "./0006_issued_by.js";
+import * as m0007 from "./0007_server_secrets.js";
 import * as m0008 from "./0008_security_event_folding.js";
 
 /**
@@ -22,6 +23,7 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0004_capped_insert": m0004,
   "0005_wrapped_signing_keys": m0005,
   "0006_issued_by": m0006,
+  "0007_server_secrets": m0007,
   "0008_security_event_folding": m0008,
 });
 
