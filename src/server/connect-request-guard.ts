@@ -21,6 +21,8 @@ export interface RequestGuardOptions {
   readonly maxTimeoutMs: number;
   /** Told when a body took too long, so the transport can drop the connection once the answer is out. */
   readonly onSlowBody?: () => void;
+  /** The compressions the server accepts (connect's `acceptCompression`), to decode compressed messages too. */
+  readonly compressions?: readonly Compression[];
 }
 
 /** The message every undecodable request gets on both ports (see grpc-adapter.ts). */
@@ -32,7 +34,7 @@ const UNDECODABLE = "request could not be decoded";
  * - Enveloped protocols (gRPC, gRPC-Web, Connect streaming): the framing
  *   rules of {@link EnvelopeCheck}, answered INTERNAL as the gRPC
  *   specification prescribes.
- * - Every protocol: each uncompressed message is decoded here first, so one
+ * - Every protocol: each message (decompressed if need be) is decoded here first, so one
  *   that does not decode is answered INVALID_ARGUMENT (the caller's fault,
  *   as on the gRPC port) with a message that names the field and the
  *   expected type but never the value. The decode is repeated by connect;
@@ -49,16 +51,30 @@ export function guardRequest(req: UniversalServerRequest, input: DescMessage, op
   const kind = bodyKind(contentType);
   if (kind === undefined) return req; // connect answers 415
   const json = contentType.includes("json");
-  const decode = (bytes: Uint8Array): void => decodeOrRefuse(input, bytes, json);
+  const max = options.maxMessageBytes;
+  // Messages waiting for the decode check: whole, and whether compressed.
+  const pending: [Uint8Array, boolean][] = [];
   let check: EnvelopeCheck | undefined;
   let whole: WholeBody | undefined;
+  let compression: Compression | undefined;
   if (kind === "unary") {
-    // Connect unary: the body is the message; compressed bodies are left to connect.
-    if (!declaresCompression(req.header.get("content-encoding"))) whole = new WholeBody(options.maxMessageBytes);
+    // Connect unary: the body is the message, compressed as Content-Encoding says.
+    const encoding = req.header.get("content-encoding");
+    compression = declaresCompression(encoding) ? options.compressions?.find((c) => c.name === encoding) : undefined;
+    // An encoding the server does not know is connect's to refuse (UNIMPLEMENTED).
+    if (!declaresCompression(encoding) || compression !== undefined) whole = new WholeBody(max);
   } else {
     const encoding = req.header.get(kind === "grpc" ? "grpc-encoding" : "connect-content-encoding");
-    check = new EnvelopeCheck(declaresCompression(encoding), decode, options.maxMessageBytes);
+    compression = declaresCompression(encoding) ? options.compressions?.find((c) => c.name === encoding) : undefined;
+    check = new EnvelopeCheck(declaresCompression(encoding), (message, compressed) => pending.push([message, compressed]), max);
   }
+  const decodePending = async (): Promise<void> => {
+    for (const [message, compressed] of pending.splice(0)) {
+      if (!compressed) decodeOrRefuse(input, message, json);
+      // Unknown encodings are left to the protocol handler (UNIMPLEMENTED).
+      else if (compression !== undefined) decodeOrRefuse(input, await decompressOrRefuse(compression, message, max), json);
+    }
+  };
   const limitMs = bodyTimeLimit(req.header, kind, options);
   const deadline = limitMs === undefined ? Infinity : Date.now() + limitMs;
   const source = body as AsyncIterable<Uint8Array>;
@@ -72,12 +88,14 @@ export function guardRequest(req: UniversalServerRequest, input: DescMessage, op
             const problem = check?.end();
             if (problem !== undefined) throw new ConnectError(problem, Code.Internal);
             const bytes = whole?.bytes();
-            if (bytes !== undefined) decode(bytes);
+            if (bytes !== undefined) pending.push([bytes, kind === "unary" && compression !== undefined]);
+            await decodePending();
             return result;
           }
           const problem = check?.write(result.value);
           if (problem !== undefined) throw new ConnectError(problem, Code.Internal);
           whole?.add(result.value);
+          await decodePending();
           return result;
         },
         return(value?: unknown) {
@@ -160,6 +178,11 @@ class WholeBody {
 
 const TEXT = new TextDecoder();
 
+/** Decompresses a message for the decode check, with the errors {@link internalOnBadCompression} gives. */
+async function decompressOrRefuse(compression: Compression, bytes: Uint8Array, max: number): Promise<Uint8Array> {
+  return internalOnBadCompression(compression).decompress(bytes, max);
+}
+
 /** Decodes a request as connect will, refusing one that does not decode with INVALID_ARGUMENT. */
 function decodeOrRefuse(input: DescMessage, bytes: Uint8Array, json: boolean): void {
   try {
@@ -185,7 +208,7 @@ export function jsonProblem(input: DescMessage, err: unknown): string {
   }
   const message = err instanceof Error ? err.message : "";
   if (message.includes("is unknown")) return `${UNDECODABLE}: a JSON key is not a field of ${input.typeName}`;
-  if (err instanceof SyntaxError) return `${UNDECODABLE}: the body is not valid JSON`;
+  if (cause instanceof SyntaxError) return `${UNDECODABLE}: the body is not valid JSON`;
   return `${UNDECODABLE}: not a valid ${input.typeName} in JSON`;
 }
 

@@ -30,8 +30,8 @@ export const FRAME_PROBLEMS = Object.freeze({
 /**
  * An incremental parser of 5-byte envelope headers: feed it every chunk of the
  * body in order, then call {@link end}. It copies nothing unless asked to
- * collect whole uncompressed messages (`onMessage`), which the HTTP port uses
- * to decode requests itself.
+ * collect whole messages (`onMessage`), which the HTTP port uses to decode
+ * requests itself.
  */
 export class EnvelopeCheck {
   /** Bytes of the current 5-byte header seen so far (0: at a frame boundary, or inside a message). */
@@ -44,12 +44,12 @@ export class EnvelopeCheck {
 
   /**
    * @param compressionDeclared whether the request declared a message encoding other than identity
-   * @param onMessage given each complete uncompressed message (only when set); may throw to refuse it
+   * @param onMessage given each complete message and whether it is compressed (only when set)
    * @param collectMaxBytes messages declared longer than this are not collected (the server refuses them anyway)
    */
   constructor(
     private readonly compressionDeclared: boolean,
-    private readonly onMessage?: (message: Buffer) => void,
+    private readonly onMessage?: (message: Buffer, compressed: boolean) => void,
     private readonly collectMaxBytes = Infinity,
   ) {}
 
@@ -82,7 +82,7 @@ export class EnvelopeCheck {
       if (this.#headerPos === 5) {
         this.#headerPos = 0;
         this.#remaining = this.#length;
-        this.#parts = this.onMessage !== undefined && this.#flag === 0 && this.#length <= this.collectMaxBytes ? [] : undefined;
+        this.#parts = this.onMessage !== undefined && this.#length <= this.collectMaxBytes ? [] : undefined;
         if (this.#remaining === 0) this.#messageDone();
       }
     }
@@ -98,7 +98,7 @@ export class EnvelopeCheck {
     const parts = this.#parts;
     if (parts === undefined) return;
     this.#parts = undefined;
-    this.onMessage!(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+    this.onMessage!(parts.length === 1 ? parts[0]! : Buffer.concat(parts), this.#flag === 1);
   }
 }
 

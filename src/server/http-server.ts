@@ -112,14 +112,15 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
     options.onInternalError ??
     ((err: unknown, procedure: string) => console.error(`internal error in ${procedure}`, err));
   const shutdown = new AbortController();
+  // connect-node's defaults, answering INTERNAL for a body that does not decompress.
+  const compressions = [internalOnBadCompression(compressionGzip), internalOnBadCompression(compressionBrotli)];
   const router = createConnectRouter({
     readMaxBytes: options.maxMessageBytes,
     ...(options.maxResponseBytes !== undefined ? { writeMaxBytes: options.maxResponseBytes } : {}),
     maxTimeoutMs: options.maxTimeoutMs,
     shutdownSignal: shutdown.signal,
     interceptors: [...(options.observer ? [observeCalls(options.observer)] : []), reportInternalErrors(onInternalError)],
-    // connect-node's defaults, answering INTERNAL for a body that does not decompress.
-    acceptCompression: [internalOnBadCompression(compressionGzip), internalOnBadCompression(compressionBrotli)],
+    acceptCompression: compressions,
   });
   options.routes(router);
   const handlers = new Map<string, UniversalHandler>();
@@ -138,6 +139,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
       maxMessageBytes: options.maxMessageBytes,
       requestBodyTimeoutMs: options.requestBodyTimeoutMs,
       maxTimeoutMs: options.maxTimeoutMs,
+      compressions,
       // A body that stalls would hold the connection after the answer: cut it then.
       onSlowBody: () => {
         if (res.writableFinished) req.destroy();

@@ -2,8 +2,9 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { gzipSync } from "node:zlib";
+import { toBinary, create } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TokenService, type GetJwksResponse } from "../../gen/tokens/v1/token_service_pb.js";
+import { IssueTokenRequestSchema, TokenService, type GetJwksResponse } from "../../gen/tokens/v1/token_service_pb.js";
 import { envelope, rawCall, type RawAnswer } from "../support/raw-h2.js";
 import { grpcClient, startTestService, type ServiceUnderTest } from "../support/service.js";
 
@@ -132,4 +133,75 @@ describe("malformed gRPC frames", () => {
       });
     }
   }
+
+  describe("requests that do not decode, on the HTTP port", () => {
+    /** Looks like a production token: it must never come back in an answer. */
+    const SECRET = "cfprd-Q7vXk2LmN9pRt4WyZ1aBcD";
+    /** No run of 8 characters of the secret may appear (a display hint is 4). */
+    const expectNoEcho = (text: string) => {
+      for (let i = 0; i + 8 <= SECRET.length; i++) expect(text).not.toContain(SECRET.slice(i, i + 8));
+    };
+    const post = async (method: string, body: Uint8Array | string, headers: Record<string, string>) => {
+      const res = await fetch(`http://127.0.0.1:${sut.service.httpPort}/tokens.v1.TokenService/${method}`, {
+        method: "POST",
+        headers: { "connect-protocol-version": "1", ...as(), ...headers },
+        body,
+      });
+      return { status: res.status, text: await res.text() };
+    };
+    const json = { "content-type": "application/json" };
+
+    const wrongTypes: [string, string, string, string][] = [
+      ["a token-like string in a list field", "IssueToken", JSON.stringify({ name: "ci", teams: SECRET }), "tokens.v1.IssueTokenRequest.teams: expected Array"],
+      ["a token-like string in a map field", "IssueToken", JSON.stringify({ name: "ci", metadata: SECRET }), "tokens.v1.IssueTokenRequest.metadata: expected object"],
+      ["a token-like string in an integer field", "ListTokens", JSON.stringify({ pageSize: SECRET }), "tokens.v1.ListTokensRequest.page_size"],
+      ["a token-like string in a list item", "IssueToken", JSON.stringify({ name: "ci", scopes: [{ [SECRET]: 1 }] }), "tokens.v1.IssueTokenRequest.scopes"],
+      ["a token-like string as a Duration", "IssueToken", JSON.stringify({ name: "ci", ttl: SECRET }), "request could not be decoded"],
+      ["a body that is not JSON", "IssueToken", SECRET, "not valid JSON"],
+    ];
+    for (const [name, method, body, says] of wrongTypes) {
+      it(`answers INVALID_ARGUMENT naming the problem, never the value, to Connect JSON with ${name}`, async () => {
+        const answer = await post(method, body, json);
+        expect(answer.status).toBe(400);
+        const error = JSON.parse(answer.text) as { code: string; message: string };
+        expect(error.code).toBe("invalid_argument");
+        expect(error.message).toContain(says);
+        expectNoEcho(answer.text);
+      });
+    }
+
+    it("does the same for gzip-compressed Connect JSON", async () => {
+      const answer = await post("IssueToken", gzipSync(JSON.stringify({ name: "ci", teams: SECRET })), { ...json, "content-encoding": "gzip" });
+      expect(JSON.parse(answer.text)).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("teams") as unknown });
+      expectNoEcho(answer.text);
+    });
+
+    it("answers INVALID_ARGUMENT to Connect binary that is not protobuf", async () => {
+      const answer = await post("IssueToken", GARBAGE_PROTO, { "content-type": "application/proto" });
+      expect(JSON.parse(answer.text)).toMatchObject({ code: "invalid_argument" });
+    });
+
+    it("answers INVALID_ARGUMENT, without the value, to gRPC-Web JSON with a wrong type", async () => {
+      const answer = await rawCall(sut.service.httpPort, "/tokens.v1.TokenService/IssueToken", {
+        headers: { "content-type": "application/grpc-web+json", ...as() },
+        body: envelope(0, Buffer.from(JSON.stringify({ name: "ci", teams: SECRET }))),
+      });
+      expect(answer.grpcStatus).toBe(GrpcStatus.INVALID_ARGUMENT);
+      expect(answer.grpcMessage).toContain("teams");
+      expectNoEcho(answer.grpcMessage);
+    });
+
+    for (const port of ["grpc", "http"] as const) {
+      it(`answers INVALID_ARGUMENT to gzip-compressed garbage protobuf over gRPC on the ${port} port, and OK to a good compressed request`, async () => {
+        const call = (message: Uint8Array) =>
+          rawCall(port === "grpc" ? sut.service.grpcPort : sut.service.httpPort, "/tokens.v1.TokenService/IssueToken", {
+            headers: { "content-type": "application/grpc", te: "trailers", "grpc-encoding": "gzip", ...as() },
+            body: envelope(1, gzipSync(message)),
+          });
+        expect((await call(GARBAGE_PROTO)).grpcStatus).toBe(GrpcStatus.INVALID_ARGUMENT);
+        const good = await call(toBinary(IssueTokenRequestSchema, create(IssueTokenRequestSchema, { name: "compressed", scopes: ["orders.read"] })));
+        expect(good.grpcStatus, good.grpcMessage).toBe(GrpcStatus.OK);
+      });
+    }
+  });
 });
