@@ -1,5 +1,5 @@
 import { fromBinary, fromJsonString } from "@bufbuild/protobuf";
-import type { DescField, DescMessage, DescOneof } from "@bufbuild/protobuf";
+import type { DescField, DescMessage, DescMethod, DescOneof } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Compression, UniversalServerRequest } from "@connectrpc/connect/protocol";
 import { EnvelopeCheck, declaresCompression } from "./envelope-check.js";
@@ -15,7 +15,11 @@ import { EnvelopeCheck, declaresCompression } from "./envelope-check.js";
 export interface RequestGuardOptions {
   /** Largest request message (connect's `readMaxBytes`): larger bodies are left for connect to refuse. */
   readonly maxMessageBytes: number;
-  /** How long the whole body may take to arrive; undefined: only the call's deadline bounds it. */
+  /**
+   * How long the whole body may take to arrive; undefined: only the call's
+   * deadline bounds it. Not applied to methods whose requests are streams
+   * (reflection), which may legitimately stay open.
+   */
   readonly requestBodyTimeoutMs: number | undefined;
   /** Longest deadline a caller may ask for (connect's `maxTimeoutMs`). */
   readonly maxTimeoutMs: number;
@@ -44,7 +48,9 @@ const UNDECODABLE = "request could not be decoded";
  *   call's own deadline (`grpc-timeout` or `Connect-Timeout-Ms`, capped at
  *   `maxTimeoutMs`), else DEADLINE_EXCEEDED.
  */
-export function guardRequest(req: UniversalServerRequest, input: DescMessage, options: RequestGuardOptions): UniversalServerRequest {
+export function guardRequest(req: UniversalServerRequest, method: DescMethod, options: RequestGuardOptions): UniversalServerRequest {
+  const input = method.input;
+  const streamingRequest = method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming";
   const body = req.body;
   if (req.method !== "POST" || body === null || typeof body !== "object" || !(Symbol.asyncIterator in body)) return req;
   const contentType = (req.header.get("content-type") ?? "").toLowerCase();
@@ -75,7 +81,7 @@ export function guardRequest(req: UniversalServerRequest, input: DescMessage, op
       else if (compression !== undefined) decodeOrRefuse(input, await decompressOrRefuse(compression, message, max), json);
     }
   };
-  const limitMs = bodyTimeLimit(req.header, kind, options);
+  const limitMs = bodyTimeLimit(req.header, kind, streamingRequest ? undefined : options.requestBodyTimeoutMs, options.maxTimeoutMs);
   const deadline = limitMs === undefined ? Infinity : Date.now() + limitMs;
   const source = body as AsyncIterable<Uint8Array>;
   const guarded: AsyncIterable<Uint8Array> = {
@@ -124,7 +130,7 @@ function bodyKind(contentType: string): BodyKind | undefined {
  * at most 8 digits, then a unit) and the Connect protocol (Connect-Timeout-Ms:
  * at most 10 digits); a malformed one is left for connect to refuse.
  */
-function bodyTimeLimit(header: Headers, kind: BodyKind, options: RequestGuardOptions): number | undefined {
+function bodyTimeLimit(header: Headers, kind: BodyKind, bodyTimeoutMs: number | undefined, maxTimeoutMs: number): number | undefined {
   let deadlineMs: number | undefined;
   if (kind === "grpc") {
     const match = /^(\d{1,8})([HMSmun])$/.exec(header.get("grpc-timeout") ?? "");
@@ -133,9 +139,9 @@ function bodyTimeLimit(header: Headers, kind: BodyKind, options: RequestGuardOpt
     const raw = header.get("connect-timeout-ms");
     if (raw !== null && /^\d{1,10}$/.test(raw)) deadlineMs = Number(raw);
   }
-  if (deadlineMs !== undefined) deadlineMs = Math.min(deadlineMs, options.maxTimeoutMs);
-  if (options.requestBodyTimeoutMs === undefined) return deadlineMs;
-  return deadlineMs === undefined ? options.requestBodyTimeoutMs : Math.min(deadlineMs, options.requestBodyTimeoutMs);
+  if (deadlineMs !== undefined) deadlineMs = Math.min(deadlineMs, maxTimeoutMs);
+  if (bodyTimeoutMs === undefined) return deadlineMs;
+  return deadlineMs === undefined ? bodyTimeoutMs : Math.min(deadlineMs, bodyTimeoutMs);
 }
 
 const GRPC_TIMEOUT_UNITS: Readonly<Record<string, number>> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000_001 };

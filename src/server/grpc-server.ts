@@ -190,20 +190,26 @@ function guardStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHtt
     refused = true;
     clearTimeout(timer);
     if (stream.destroyed || stream.closed) return;
-    if (!stream.headersSent) {
-      // Trailers-Only (PROTOCOL-HTTP2.md "Responses"), then RST_STREAM
-      // NO_ERROR as its "Early Server Closure" asks, since the client may
-      // still be sending. Closing marks the stream closed at once, so
-      // grpc-js treats its call as cancelled and never runs the handler.
-      stream.respond(
-        { ":status": 200, "content-type": "application/grpc+proto", "grpc-status": String(code), "grpc-message": encodeURIComponent(message) },
-        { endStream: true },
-      );
-      stream.close(http2.constants.NGHTTP2_NO_ERROR);
-    } else {
-      // Headers are out, trailers belong to grpc-js: reset the stream; the
-      // client maps PROTOCOL_ERROR to INTERNAL (PROTOCOL-HTTP2.md, "Errors").
-      stream.close(http2.constants.NGHTTP2_PROTOCOL_ERROR);
+    try {
+      if (!stream.headersSent) {
+        // Trailers-Only (PROTOCOL-HTTP2.md "Responses"), then RST_STREAM
+        // NO_ERROR as its "Early Server Closure" asks, since the client may
+        // still be sending. Closing marks the stream closed at once, so
+        // grpc-js treats its call as cancelled and never runs the handler.
+        stream.respond(
+          { ":status": 200, "content-type": "application/grpc+proto", "grpc-status": String(code), "grpc-message": encodeURIComponent(message) },
+          { endStream: true },
+        );
+        stream.close(http2.constants.NGHTTP2_NO_ERROR);
+      } else {
+        // Headers are out, trailers belong to grpc-js: reset the stream; the
+        // client maps PROTOCOL_ERROR to INTERNAL (PROTOCOL-HTTP2.md, "Errors").
+        stream.close(http2.constants.NGHTTP2_PROTOCOL_ERROR);
+      }
+    } catch {
+      // The session went away under us (this runs from a timer too, where a
+      // throw would end the process): nothing left to answer.
+      stream.destroy();
     }
   };
   const path = headers[":path"];

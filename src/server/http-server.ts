@@ -135,7 +135,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
       return;
     }
     const values = createContextValues().set(peerKey, req.socket?.remoteAddress).set(requestIdKey, httpRequestId(req));
-    const uReq = guardRequest(universalRequestFromNodeRequest(req, res, undefined, values), handler.method.input, {
+    const uReq = guardRequest(universalRequestFromNodeRequest(req, res, undefined, values), handler.method, {
       maxMessageBytes: options.maxMessageBytes,
       requestBodyTimeoutMs: options.requestBodyTimeoutMs,
       maxTimeoutMs: options.maxTimeoutMs,

@@ -6,6 +6,8 @@ import { Code, ConnectError, createClient, type Client } from "@connectrpc/conne
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { ServerReflectionRequestSchema, ServerReflectionResponseSchema } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { TokenService, type ListSecurityEventsResponse } from "../../gen/tokens/v1/token_service_pb.js";
 import type { SecurityEventRow } from "../../src/domain/model.js";
 import { MAX_PAGE_SIZE } from "../../src/domain/list.js";
@@ -104,6 +106,29 @@ describe("transport limits", () => {
           endStream: false,
         });
         expect(answer.grpcStatus, JSON.stringify({ ...answer, body: undefined })).toBe(GrpcStatus.DEADLINE_EXCEEDED);
+      });
+    }
+
+    for (const port of ["grpc", "http"] as const) {
+      it(`leaves streaming requests (reflection) on the ${port} port open past REQUEST_BODY_TIMEOUT`, async () => {
+        const session = http2.connect(`http://127.0.0.1:${port === "grpc" ? sut.service.grpcPort : sut.service.httpPort}`);
+        session.on("error", () => {});
+        const stream = session.request(
+          { ":method": "POST", ":path": "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "content-type": "application/grpc", te: "trailers" },
+          { endStream: false },
+        );
+        stream.on("error", () => {});
+        const trailers = eventually<http2.IncomingHttpHeaders>((done) => stream.once("trailers", done), 15_000, "trailers");
+        // Quiet for longer than REQUEST_BODY_TIMEOUT (1 s), then ask.
+        await new Promise((r) => setTimeout(r, 1500));
+        const ask = create(ServerReflectionRequestSchema, { messageRequest: { case: "listServices", value: "" } });
+        const data = eventually<Buffer>((done) => stream.once("data", done), 15_000, "an answer");
+        stream.write(envelope(0, toBinary(ServerReflectionRequestSchema, ask)));
+        const answer = fromBinary(ServerReflectionResponseSchema, (await data).subarray(5));
+        expect(answer.messageResponse.case).toBe("listServicesResponse");
+        stream.end();
+        expect((await trailers)["grpc-status"]).toBe("0");
+        session.destroy();
       });
     }
   });
