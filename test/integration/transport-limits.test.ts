@@ -157,6 +157,16 @@ describe("transport limits", () => {
       await eventually<void>((done) => socket.once("close", () => done()), 15_000, "close");
     });
 
+    it("drops an HTTP/1.1 connection whose headers never finish (Node's headersTimeout = REQUEST_BODY_TIMEOUT)", async () => {
+      const socket = net.connect(sut.service.httpPort, "127.0.0.1");
+      socket.on("error", () => {});
+      let answer = "";
+      socket.on("data", (c: Buffer) => (answer += c.toString("latin1")));
+      socket.write("POST /tokens.v1.TokenService/GetJwks HTTP/1.1\r\nHost: x\r\n"); // and no blank line, ever
+      await eventually<void>((done) => socket.once("close", () => done()), 15_000, "close");
+      expect(answer).toMatch(/^(HTTP\/1\.1 408|$)/);
+    });
+
     it("still answers normal calls on both ports", async () => {
       const grpc = grpcClient(TokenService, `127.0.0.1:${sut.service.grpcPort}`);
       try {
@@ -170,7 +180,7 @@ describe("transport limits", () => {
   });
 });
 
-describe("connection age and keepalive on the gRPC port", () => {
+describe("connection age and keepalive", () => {
   let sut: ServiceUnderTest;
   let admin: string;
   const as = () => ({ authorization: `Bearer ${admin}` });
@@ -183,6 +193,7 @@ describe("connection age and keepalive on the gRPC port", () => {
       GRPC_MAX_CONNECTION_AGE_GRACE: "500ms",
       GRPC_KEEPALIVE_TIME: "1s",
       GRPC_KEEPALIVE_TIMEOUT: "1s",
+      REQUEST_BODY_TIMEOUT: "500ms",
     });
     admin = sut.bootstrapToken!;
   });
@@ -204,7 +215,22 @@ describe("connection age and keepalive on the gRPC port", () => {
     session.destroy();
   });
 
-  it("pings each connection, so peers that vanished without closing are found", async () => {
+  it("keeps an idle HTTP/1.1 keep-alive connection past REQUEST_BODY_TIMEOUT (which bounds requests, not the wait between them)", async () => {
+    const socket = net.connect(sut.service.httpPort, "127.0.0.1");
+    socket.on("error", () => {});
+    const get = () => {
+      const answer = eventually<string>((done) => socket.once("data", (c: Buffer) => done(c.toString("latin1"))), 5000, "response");
+      socket.write("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+      return answer;
+    };
+    expect(await get()).toMatch(/^HTTP\/1\.1 200/);
+    await new Promise((r) => setTimeout(r, 2500)); // > REQUEST_BODY_TIMEOUT and Node's 1 s check interval
+    expect(socket.destroyed).toBe(false);
+    expect(await get()).toMatch(/^HTTP\/1\.1 200/);
+    socket.destroy();
+  });
+
+  it("pings each gRPC connection, so peers that vanished without closing are found", async () => {
     const session = http2.connect(`http://127.0.0.1:${sut.service.grpcPort}`);
     session.on("error", () => {});
     // Node answers pings itself; the 'ping' event says one arrived.
