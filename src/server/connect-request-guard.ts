@@ -113,6 +113,44 @@ export function guardRequest(req: UniversalServerRequest, method: DescMethod, op
   return { ...req, body: guarded };
 }
 
+/**
+ * The decode check for a Connect GET request (methods marked free of side
+ * effects), whose message travels in the query: `message`, `encoding`
+ * (json or proto), `base64=1`, `compression` (Connect protocol, "Unary-Get
+ * Request"). Resolves to the error to answer with, or undefined to let
+ * connect serve it (including every malformed query connect refuses itself).
+ */
+export async function checkGetRequest(url: string, method: DescMethod, options: Pick<RequestGuardOptions, "maxMessageBytes" | "compressions">): Promise<ConnectError | undefined> {
+  let query: URLSearchParams;
+  try {
+    query = new URL(url, "http://localhost").searchParams;
+  } catch {
+    return undefined;
+  }
+  const message = query.get("message");
+  const encoding = query.get("encoding");
+  if (message === null || (encoding !== "json" && encoding !== "proto")) return undefined;
+  let bytes: Uint8Array;
+  if (query.get("base64") === "1") {
+    // Connect allows either base64 alphabet, padded or not (RFC 4648 §4, §5).
+    bytes = Buffer.from(message.replace(/-/g, "+").replace(/_/g, "/"), "base64");
+  } else {
+    bytes = Buffer.from(message, "utf8");
+  }
+  const name = query.get("compression");
+  try {
+    if (declaresCompression(name)) {
+      const compression = options.compressions?.find((c) => c.name === name);
+      if (compression === undefined) return undefined; // connect answers UNIMPLEMENTED
+      bytes = await decompressOrRefuse(compression, bytes, options.maxMessageBytes);
+    }
+    decodeOrRefuse(method.input, bytes, encoding === "json");
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  return undefined;
+}
+
 type BodyKind = "unary" | "grpc" | "connect-stream";
 
 /** Which framing a content type implies; undefined for types connect will refuse. */

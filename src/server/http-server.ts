@@ -6,7 +6,8 @@ import { Code, ConnectError, createConnectRouter, createContextValues } from "@c
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
-import { guardRequest, internalOnBadCompression } from "./connect-request-guard.js";
+import { errorToJsonBytes, codeToHttpStatus } from "@connectrpc/connect/protocol-connect";
+import { checkGetRequest, guardRequest, internalOnBadCompression } from "./connect-request-guard.js";
 import { observeCalls, type CallObserver } from "./call-observer.js";
 import { peerKey } from "./context.js";
 import { assignHttpRequestId, requestIdKey, httpRequestId } from "./request-id.js";
@@ -146,12 +147,27 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
         else res.once("finish", () => req.destroy());
       },
     });
-    handler(uReq)
-      .then((uRes) => universalResponseToNodeResponse(uRes, res))
-      .catch((reason: unknown) => {
-        if (ConnectError.from(reason).code === Code.Aborted) return; // the client went away
-        onInternalError(reason, procedureOf(handler.method));
-      });
+    const serve = (): void => {
+      handler(uReq)
+        .then((uRes) => universalResponseToNodeResponse(uRes, res))
+        .catch((reason: unknown) => {
+          if (ConnectError.from(reason).code === Code.Aborted) return; // the client went away
+          onInternalError(reason, procedureOf(handler.method));
+        });
+    };
+    if (req.method !== "GET") {
+      serve();
+      return;
+    }
+    // A Connect GET carries its message in the query, which guardRequest does not see.
+    void checkGetRequest(req.url ?? "", handler.method, { maxMessageBytes: options.maxMessageBytes, compressions }).then((refusal) => {
+      if (refusal === undefined) {
+        serve();
+      } else if (!res.headersSent) {
+        res.writeHead(codeToHttpStatus(refusal.code), { "content-type": "application/json" });
+        res.end(errorToJsonBytes(refusal, {}));
+      }
+    }, (err: unknown) => onInternalError(err, procedureOf(handler.method)));
   };
 
   let closing = false;

@@ -170,6 +170,15 @@ describe("malformed gRPC frames", () => {
       });
     }
 
+    it("does the same for a Connect GET request (JSON in the query)", async () => {
+      const message = encodeURIComponent(JSON.stringify({ pageSize: SECRET }));
+      const res = await fetch(`http://127.0.0.1:${sut.service.httpPort}/tokens.v1.TokenService/ListTokens?connect=v1&encoding=json&message=${message}`, { headers: as() });
+      const text = await res.text();
+      expect(res.status).toBe(400);
+      expect(JSON.parse(text)).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("page_size") as unknown });
+      expectNoEcho(text);
+    });
+
     it("does the same for gzip-compressed Connect JSON", async () => {
       const answer = await post("IssueToken", gzipSync(JSON.stringify({ name: "ci", teams: SECRET })), { ...json, "content-encoding": "gzip" });
       expect(JSON.parse(answer.text)).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("teams") as unknown });
