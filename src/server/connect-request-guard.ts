@@ -243,7 +243,7 @@ function decodeOrRefuse(input: DescMessage, bytes: Uint8Array, json: boolean): v
  * it (`expected Array, got "cfprd-…"`), and a key it does not know is the
  * caller's text too. Keeps the field's name and the expected type.
  */
-export function jsonProblem(input: DescMessage, err: unknown): string {
+function jsonProblem(input: DescMessage, err: unknown): string {
   const cause = err instanceof Error && err.cause instanceof Error ? err.cause : err;
   const field = fieldOf(cause);
   if (field !== undefined) {
