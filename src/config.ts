@@ -92,6 +92,14 @@ export interface Config {
   readonly cacheNegativeMaxEntries: number;
   readonly watchMaxStreamsPerCaller: number;
   readonly watchMinHeartbeatMs: number;
+  // Transport limits (issue 8)
+  readonly maxResponseBytes: number;
+  readonly requestBodyTimeoutMs: number;
+  readonly connectionIdleTimeoutMs: number;
+  readonly grpcMaxConnectionAgeMs: number;
+  readonly grpcMaxConnectionAgeGraceMs: number;
+  readonly grpcKeepaliveTimeMs: number;
+  readonly grpcKeepaliveTimeoutMs: number;
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -320,6 +328,14 @@ export const CONFIG_KEYS = {
     if (ms < 100 || ms > 60_000) throw new Error("must be from 100ms to 60s");
     return ms;
   }),
+  // Transport limits (issue 8): what a client can hold or make the service send. See README "Transport limits".
+  MAX_RESPONSE_BYTES: spec("maxResponseBytes", "33554432", "Largest response message on either port (32 MiB: a full 500-row page of rows each as large as the largest request). A larger answer fails with RESOURCE_EXHAUSTED. At least MAX_MESSAGE_BYTES.", integer(1024, 1024 * 1024 * 1024)),
+  REQUEST_BODY_TIMEOUT: spec("requestBodyTimeoutMs", "10s", "How long the body of a request may take to arrive completely, on both ports (never longer than the call's own deadline); past it the call is answered DEADLINE_EXCEEDED. Also Node's HTTP/1.1 header timeout on the HTTP port. Streaming requests (reflection) are exempt.", duration(100)),
+  CONNECTION_IDLE_TIMEOUT: spec("connectionIdleTimeoutMs", "5m", "A connection without calls for this long is closed (GOAWAY) on both ports: grpc.max_connection_idle_ms on the gRPC port; HTTP/2 session idle and HTTP/1.1 keep-alive on the HTTP port. Keep it above a proxy's upstream keep-alive.", duration(100)),
+  GRPC_MAX_CONNECTION_AGE: spec("grpcMaxConnectionAgeMs", "30m", "A gRPC-port connection this old is sent GOAWAY (grpc.max_connection_age_ms), so clients reconnect and spread over replicas.", duration(1000)),
+  GRPC_MAX_CONNECTION_AGE_GRACE: spec("grpcMaxConnectionAgeGraceMs", "1m", "How long calls may still run on a connection past GRPC_MAX_CONNECTION_AGE before it is cut (long streams such as WatchRevocations then reconnect).", duration(0)),
+  GRPC_KEEPALIVE_TIME: spec("grpcKeepaliveTimeMs", "2m", "How often the gRPC port pings each connection (HTTP/2 PING) to find peers that vanished without closing it.", duration(1000)),
+  GRPC_KEEPALIVE_TIMEOUT: spec("grpcKeepaliveTimeoutMs", "20s", "A ping unanswered for this long drops the connection.", duration(100)),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
@@ -373,6 +389,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   }
   if (problems.length === 0 && config.databaseUrl !== undefined && config.databaseWriteConcurrency >= config.databasePoolMax) {
     problems.push("DATABASE_WRITE_CONCURRENCY: must be below DATABASE_POOL_MAX, or writes can hold every connection and starve token lookups");
+  }
+  if (problems.length === 0 && config.maxResponseBytes < config.maxMessageBytes) {
+    problems.push("MAX_RESPONSE_BYTES: must be at least MAX_MESSAGE_BYTES");
   }
   // TLS needs a certificate and its key together; mutual TLS needs TLS.
   if ((config.tlsCertFile === undefined) !== (config.tlsKeyFile === undefined)) {
