@@ -13,14 +13,17 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TokenService } from "../../gen/tokens/v1/token_service_pb.js";
 import { bootstrapAdmin } from "../../src/domain/issue.js";
 import { mintToken } from "../../src/domain/token-format.js";
+import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { startTestService, TEST_KEK, type ServiceUnderTest } from "../support/service.js";
+import { startTcpProxy } from "../support/tcp-proxy.js";
 
 /**
  * The shipped Caddy example (examples/caddy/Caddyfile), used unchanged (it
  * reads its addresses and the secret from environment variables) and run by
  * a real Caddy (Debian's package; `npm test` installs it) in front of a tiny
  * application that echoes what it receives, with the token service's /auth
- * deciding. The service runs in staging, where /auth is served only to a
+ * deciding. The service runs in staging on PostgreSQL behind a TCP proxy the
+ * test can cut (a store outage), where /auth is served only to a
  * proxy that sends FORWARD_AUTH_SECRET: the example must send it. Caddy's
  * data and config directories point into a temporary directory, and the
  * example turns off the admin API and automatic HTTPS. Like the nginx test,
@@ -63,6 +66,8 @@ interface Seen {
 
 describe("the Caddy forward_auth example, against a real Caddy", () => {
   let sut: ServiceUnderTest;
+  let db: TestDatabase;
+  let storeProxy: Awaited<ReturnType<typeof startTcpProxy>>;
   let connect: Client<typeof TokenService>;
   let admin: string;
   let dir: string;
@@ -74,8 +79,14 @@ describe("the Caddy forward_auth example, against a real Caddy", () => {
 
   beforeAll(async () => {
     const binary = findCaddy();
+    db = await createTestDatabase();
+    storeProxy = await startTcpProxy(5432);
+    const databaseUrl = new URL(db.url);
+    databaseUrl.port = String(storeProxy.port);
     sut = await startTestService({
-      DATA_DIR: "memory://",
+      DATABASE_URL: databaseUrl.toString(),
+      DATABASE_CONNECT_TIMEOUT: "500ms",
+      DATABASE_STATEMENT_TIMEOUT: "1s",
       TOKEN_ENVIRONMENT: "staging",
       KEY_ENCRYPTION_KEY: TEST_KEK,
       LEGACY_JWT_HMAC_SECRET: LEGACY_SECRET,
@@ -133,6 +144,8 @@ describe("the Caddy forward_auth example, against a real Caddy", () => {
     }
     await new Promise<void>((resolve) => (app ? app.close(() => resolve()) : resolve()));
     await sut?.service.stop();
+    await storeProxy?.close();
+    await db?.drop();
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
@@ -238,6 +251,22 @@ describe("the Caddy forward_auth example, against a real Caddy", () => {
     expect(caddyOutput).not.toContain(token);
     expect(caddyOutput).not.toContain(PROXY_SECRET);
     expect(sut.logs.raw.join("\n")).not.toContain(token);
+  });
+
+  it("passes on the service's 503 with Retry-After, not a 401, while its store is away", async () => {
+    const before = seen.length;
+    storeProxy.cut();
+    try {
+      // A token the cache has never seen must go to the store.
+      const unseen = mintToken("staging").token;
+      const res = await get("/", { authorization: `Bearer ${unseen}` });
+      expect(res.status).toBe(503);
+      expect(res.headers.get("retry-after")).toBe("1");
+      expect(res.headers.get("www-authenticate")).toBeNull();
+      expect(seen.length).toBe(before);
+    } finally {
+      storeProxy.restore();
+    }
   });
 
   it("answers 503 with Retry-After, not 401, when the token service is away", async () => {
