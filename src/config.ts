@@ -333,7 +333,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     try {
       out[keySpec.field] = keySpec.parse(raw);
     } catch (error) {
-      const shown = SECRET_KEYS.has(key) ? "(secret)" : JSON.stringify(key === "DATABASE_URL" ? redactUrl(raw) : raw);
+      const shown = SECRET_KEYS.has(key) ? "(secret)" : JSON.stringify(key === "DATABASE_URL" || key === "PUBLIC_BASE_URL" ? redactUrl(raw) : raw);
       problems.push(`${key}=${shown}: ${(error as Error).message}`);
     }
   }

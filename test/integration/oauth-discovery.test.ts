@@ -360,6 +360,7 @@ describe("PUBLIC_BASE_URL validation", () => {
     for (const bad of ["https://tokens.example.com/?a=1", "https://tokens.example.com/#x", "https://user:pw@tokens.example.com", "ftp://tokens.example.com", "tokens.example.com"]) {
       expect(() => loadConfig({ PUBLIC_BASE_URL: bad }), bad).toThrow(/PUBLIC_BASE_URL/);
     }
+    expect(() => loadConfig({ PUBLIC_BASE_URL: "https://user:hunter2@tokens.example.com" })).toThrow(/^(?![\s\S]*hunter2)/);
     expect(() => loadConfig({ TOKEN_ENVIRONMENT: "production", KEY_ENCRYPTION_KEY: TEST_KEK, PUBLIC_BASE_URL: "http://tokens.example.com" })).toThrow(/PUBLIC_BASE_URL: must be an https URL in production/);
     expect(loadConfig({ TOKEN_ENVIRONMENT: "production", KEY_ENCRYPTION_KEY: TEST_KEK, PUBLIC_BASE_URL: "https://tokens.example.com" }).publicBaseUrl).toBe("https://tokens.example.com");
   });
