@@ -100,6 +100,7 @@ export interface Config {
   readonly grpcMaxConnectionAgeGraceMs: number;
   readonly grpcKeepaliveTimeMs: number;
   readonly grpcKeepaliveTimeoutMs: number;
+  readonly publicBaseUrl: string | undefined;
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -199,6 +200,26 @@ function algorithm(family: "hmac" | "public"): Parser<LegacyAlgorithm> {
 function kek(raw: string): string {
   const value = raw.trim();
   if (!/^[A-Za-z0-9+/_-]{43}=?$/.test(value)) throw new Error("must be 32 random bytes in base64; make one with: openssl rand -base64 32");
+  return value;
+}
+
+/**
+ * An absolute http(s) URL without credentials, query or fragment (RFC 8414
+ * §2: the issuer has none), its trailing slash dropped (RFC 8414 §3.1 drops
+ * it before inserting the well-known path). The rest is kept as written:
+ * clients compare the issuer they were given with the one they discover.
+ */
+function publicBaseUrl(raw: string): string {
+  const value = raw.trim().replace(/\/+$/, "");
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new Error("must be an absolute URL such as https://tokens.example.com");
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") throw new Error("must be an http or https URL");
+  if (url.username !== "" || url.password !== "") throw new Error("must not contain credentials");
+  if (url.search !== "" || value.includes("?") || value.includes("#")) throw new Error("must have no query or fragment (RFC 8414 §2)");
   return value;
 }
 
@@ -336,6 +357,8 @@ export const CONFIG_KEYS = {
   GRPC_MAX_CONNECTION_AGE_GRACE: spec("grpcMaxConnectionAgeGraceMs", "1m", "How long calls may still run on a connection past GRPC_MAX_CONNECTION_AGE before it is cut (long streams such as WatchRevocations then reconnect).", duration(0)),
   GRPC_KEEPALIVE_TIME: spec("grpcKeepaliveTimeMs", "2m", "How often the gRPC port pings each connection (HTTP/2 PING) to find peers that vanished without closing it.", duration(1000)),
   GRPC_KEEPALIVE_TIMEOUT: spec("grpcKeepaliveTimeoutMs", "20s", "A ping unanswered for this long drops the connection.", duration(100)),
+  // OAuth discovery: RFC 8414 metadata (src/server/http/metadata.ts).
+  PUBLIC_BASE_URL: spec("publicBaseUrl", undefined, "The service's HTTP port as clients reach it (e.g. https://tokens.example.com), without query or fragment; a trailing slash is dropped. It is the OAuth issuer identifier: /.well-known/oauth-authorization-server (RFC 8414) names it as `issuer`, builds its endpoint URLs from it, and RFC 9701 signed introspection answers carry it as `iss`. Must be https in production. Unset: development serves the metadata for the listen address (http(s)://LISTEN_HOST:port, 127.0.0.1 for 0.0.0.0); staging and production do not serve it (404). Never taken from the request's Host header.", publicBaseUrl),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
@@ -370,7 +393,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     try {
       out[keySpec.field] = keySpec.parse(raw);
     } catch (error) {
-      const shown = SECRET_KEYS.has(key) ? "(secret)" : JSON.stringify(key === "DATABASE_URL" ? redactUrl(raw) : raw);
+      const shown = SECRET_KEYS.has(key) ? "(secret)" : JSON.stringify(key === "DATABASE_URL" || key === "PUBLIC_BASE_URL" ? redactUrl(raw) : raw);
       problems.push(`${key}=${shown}: ${(error as Error).message}`);
     }
   }
@@ -406,6 +429,10 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   // there, with an error at start-up: see server/http/forward-auth.ts.)
   if (problems.length === 0 && config.environment !== "development" && isSet("FORWARD_AUTH_ENABLED") && config.forwardAuthEnabled && !forwardAuthProtected(config)) {
     problems.push(`FORWARD_AUTH_ENABLED: /auth must be protected in ${config.environment}: ${FORWARD_AUTH_FIX}`);
+  }
+  // RFC 8414 §2: the issuer identifier is an https URL; clients such as openid-client refuse anything else.
+  if (config.environment === "production" && config.publicBaseUrl !== undefined && !/^https:/i.test(config.publicBaseUrl)) {
+    problems.push("PUBLIC_BASE_URL: must be an https URL in production (RFC 8414 §2)");
   }
   // One source per key-encryption key: two would leave it unclear which one wraps.
   for (const [key, value, file] of [["KEY_ENCRYPTION_KEY", config.keyEncryptionKey, config.keyEncryptionKeyFile], ["KEY_ENCRYPTION_KEY_PREVIOUS", config.keyEncryptionKeyPrevious, config.keyEncryptionKeyPreviousFile]] as const) {

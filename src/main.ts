@@ -24,6 +24,7 @@ import { RateLimits, isLimited } from "./domain/rate-limit.js";
 import { GatedTokenStore } from "./domain/write-gate.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
+import { oauthMetadataOptions } from "./server/http/metadata.js";
 import { forwardAuthOptions } from "./server/http/forward-auth.js";
 import { createLogger } from "./logger.js";
 import { ServiceMetrics } from "./observability/metrics.js";
@@ -298,6 +299,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
       jwks: () => backendJwt.jwks(),
       tokens: deps,
       introspectionIssuer: config.backendJwtIssuer ?? config.tokenIssuer,
+      oauthMetadata: oauthMetadataOptions(config, log, httpTlsOptions(tls) !== undefined),
       signIntrospection: (payload) => backendJwt.signPayload(payload, "token-introspection+jwt"),
       forwardAuth: forwardAuthOptions(config, log),
       readiness: { store: () => deps.store.ping(), revocationChannel: () => channel.up },
