@@ -373,7 +373,8 @@ async function main(): Promise<void> {
     results.legacy.jwtChars = jwt.length;
     // Production serves ext_authz Check only to a caller proving itself: the bench plays Envoy with the secret.
     const extAuthzSecret = randomBytes(16).toString("hex");
-    const serviceEnv = { TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl, LEGACY_JWT_HMAC_SECRET: legacySecret, EXT_AUTHZ_SECRET: extAuthzSecret };
+    // Production refuses to start without a key-encryption key for the stored signing keys; one per run.
+    const serviceEnv = { TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl, LEGACY_JWT_HMAC_SECRET: legacySecret, EXT_AUTHZ_SECRET: extAuthzSecret, KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64") };
 
     const userTokensFile = writeTmp("user-token.json", JSON.stringify([userToken]));
     const jwtTokensFile = writeTmp("jwt-token.json", JSON.stringify([jwt]));
