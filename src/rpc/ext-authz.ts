@@ -11,7 +11,7 @@ import type { Logger, TokenDeps } from "../domain/ports.js";
 import { requestHeaderValue } from "../server/context.js";
 import { requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
-import { bearerChallenge, bearerToken, claimHeaders, headerSafe, secretMatches } from "./gateway-auth.js";
+import { bearerChallenge, bearerToken, claimHeaders, headerSafe, secretMatcher } from "./gateway-auth.js";
 import { deprecationHeaders } from "./mapping.js";
 
 /**
@@ -51,6 +51,8 @@ import { deprecationHeaders } from "./mapping.js";
  */
 export class ExtAuthzHandler implements ServiceImpl<typeof Authorization> {
   private readonly answers: FixedAnswers;
+  /** Whether a call carries the secret; undefined when none is configured. */
+  private readonly fromEnvoy: ((presented: string | undefined) => boolean) | undefined;
   /** Allowed answers of hot tokens (see {@link allowed}). */
   private readonly hot = new Map<IntrospectedClaims, CheckResponse>();
   /** Denials per inactive result: the common ones are shared frozen objects, so this allocates nothing per call. */
@@ -61,13 +63,14 @@ export class ExtAuthzHandler implements ServiceImpl<typeof Authorization> {
     private readonly options: ExtAuthzOptions,
   ) {
     this.answers = fixedAnswers();
+    this.fromEnvoy = options.secret === undefined ? undefined : secretMatcher(options.secret);
   }
 
   check: ServiceImpl<typeof Authorization>["check"] = async (req, ctx) => {
     const http = req.attributes?.request?.http;
     const meta = checkMeta(ctx, http);
     try {
-      if (this.options.secret !== undefined && !secretMatches(requestHeaderValue(ctx, EXT_AUTHZ_SECRET_METADATA), this.options.secret)) {
+      if (this.fromEnvoy !== undefined && !this.fromEnvoy(requestHeaderValue(ctx, EXT_AUTHZ_SECRET_METADATA))) {
         this.deps.events.record({
           type: "authentication_failed",
           severity: "warning",

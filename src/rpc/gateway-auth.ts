@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from "node:crypto";
+import { createHash, hash, timingSafeEqual } from "node:crypto";
 import type { IntrospectedClaims } from "../domain/introspect.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 
@@ -85,4 +85,14 @@ export function secretMatches(presented: string | undefined, expected: string): 
   const a = createHash("sha256").update(presented).digest();
   const b = createHash("sha256").update(expected).digest();
   return timingSafeEqual(a, b);
+}
+
+/**
+ * {@link secretMatches} for a secret fixed at start-up, its digest computed
+ * once: per call, one one-shot SHA-256 of what was presented (a hot path:
+ * Envoy sends the secret with every Check).
+ */
+export function secretMatcher(expected: string): (presented: string | undefined) => boolean {
+  const want = hash("sha256", expected, "buffer");
+  return (presented) => presented !== undefined && timingSafeEqual(hash("sha256", presented, "buffer"), want);
 }
