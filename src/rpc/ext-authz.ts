@@ -46,8 +46,10 @@ import { deprecationHeaders } from "./mapping.js";
  * `CheckResponse.error_response`, which is treated as an error and so
  * honours `failure_mode_allow`: deliberately not used.)
  *
- * Only bytes that are not a CheckRequest at all get a gRPC error (the
- * adapter's INVALID_ARGUMENT): Envoy never sends those.
+ * That is also why a malformed request is not INVALID_ARGUMENT here: a
+ * CheckRequest without HTTP attributes (Envoy's network filter) or without a
+ * usable credential is a 401 denial. Only bytes that are not a CheckRequest
+ * at all get a gRPC error (the adapter's INVALID_ARGUMENT): Envoy never sends those.
  */
 export class ExtAuthzHandler implements ServiceImpl<typeof Authorization> {
   private readonly answers: FixedAnswers;

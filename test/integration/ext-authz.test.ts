@@ -256,6 +256,12 @@ describe("Check in development (open, with backend JWTs and the credential remov
     });
   });
 
+  it("counts Check calls and the tokens they resolved in the same metrics as every other path", async () => {
+    const metrics = await (await fetch(`http://127.0.0.1:${sut.service.httpPort}/metrics`)).text();
+    expect(metrics).toMatch(/token_service_rpc_handled_total\{[^}]*service="envoy\.service\.auth\.v3\.Authorization",method="Check",code="OK"\} [1-9]/);
+    expect(metrics).toMatch(/token_service_introspections_total\{[^}]*outcome="environment_mismatch"[^}]*\} [1-9]/);
+  });
+
   it("is served on the gRPC port only", async () => {
     const res = await fetch(`http://127.0.0.1:${sut.service.httpPort}${CHECK_METHOD}`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
     expect(res.status).toBe(404);
