@@ -63,6 +63,8 @@ export interface BenchResults {
   };
   floor: LoadRow[];
   grpcHit: LoadRow[];
+  /** Envoy ext_authz `Check` cache hits, measured in turns with IntrospectToken hits on the same token (phase `extauthz`). */
+  extAuthz?: { introspect: LoadRow[]; check: LoadRow[] };
   connectProto: LoadRow[];
   connectJson: LoadRow[];
   legacy: { jwtChars: number; jwtGrpc: LoadRow[]; joseLocalUsPerVerify: number };
@@ -142,6 +144,10 @@ export function renderTable(r: BenchResults): string {
   add("IntrospectToken hit, Connect proto h2c (h2load)", r.connectProto, true);
   add("IntrospectToken hit, Connect JSON HTTP/1.1 (wrk)", r.connectJson, true);
   add(`legacy HS256 JWT (${r.legacy.jwtChars} chars), gRPC (h2load)`, r.legacy.jwtGrpc, true);
+  if (r.extAuthz) {
+    add("IntrospectToken hit beside Check, gRPC (h2load)", r.extAuthz.introspect, false);
+    add("ext_authz Check hit, gRPC (h2load)", r.extAuthz.check, false);
+  }
   const m = r.miss;
   loadRows.push(["IntrospectToken miss, PostgreSQL (h2 loader, 32 in flight)", fmt(m.postgres.rate), fmt(m.postgres.p50Ms), fmt(m.postgres.p99Ms), fmt(m.postgres.cpuUsPerCall), "", String(m.postgres.failures)]);
   loadRows.push(["IntrospectToken miss, PGlite in-process (h2 loader, 32 in flight)", fmt(m.pglite.rate), fmt(m.pglite.p50Ms), fmt(m.pglite.p99Ms), fmt(m.pglite.cpuUsPerCall), "", String(m.pglite.failures)]);

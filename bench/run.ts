@@ -14,8 +14,8 @@
  * Options:
  *   --profile         also profile the service (node --cpu-prof) under the
  *                     gRPC cache-hit load and summarise where its CPU goes
- *   --only=a,b        run only some phases (hits, legacy, issue, revocation,
- *                     miss, pglite, jose, profile); results then go to
+ *   --only=a,b        run only some phases (hits, legacy, extauthz, issue,
+ *                     revocation, miss, pglite, jose, profile); results then go to
  *                     bench/results/tmp/partial.json, not latest.*
  *
  * Writes bench/results/latest.json and latest.svg, prints the table.
@@ -31,11 +31,12 @@ import { SignJWT, jwtVerify } from "jose";
 import { sql } from "kysely";
 import { Client } from "pg";
 import { IntrospectTokenRequestSchema, IntrospectTokenResponseSchema } from "../gen/tokens/v1/token_service_pb.js";
+import { CheckRequestSchema } from "../gen/envoy/service/auth/v3/external_auth_pb.js";
 import type { Environment } from "../src/domain/environment.js";
 import { migrateToLatest, openDatabase } from "../src/storage/database.js";
 import type { ClientBenchContext, ClientBenchModule } from "./client-bench-api.js";
 import { DIST_BENCH, RESULTS_DIR, ROOT, TMP_DIR, cpuMicros, localTcpPorts, quantile, round, rssKiB, runBounded, runLoadScript, sleep, sortedCopy } from "./common.js";
-import { tokenClient } from "./grpc-client.js";
+import { checkOnce, tokenClient } from "./grpc-client.js";
 import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
 import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
 import { startEchoServer, startTokenService, type ServerProcess } from "./processes.js";
@@ -69,6 +70,7 @@ const CUT_ROUNDS = 20;
 const STALENESS_MS = 2_000;
 const ENVIRONMENT: Environment = "production";
 const SERVICE_PATH = "/tokens.v1.TokenService/IntrospectToken";
+const CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check";
 const LISTENER_APPLICATION_NAME = "token-introspection-service/listener";
 
 const argv = process.argv.slice(2);
@@ -308,6 +310,7 @@ async function main(): Promise<void> {
     },
     floor: [],
     grpcHit: [],
+    ...(wants("extauthz") ? { extAuthz: { introspect: [], check: [] } } : {}),
     connectProto: [],
     connectJson: [],
     legacy: { jwtChars: 0, jwtGrpc: [], joseLocalUsPerVerify: Number.NaN },
@@ -368,7 +371,10 @@ async function main(): Promise<void> {
     const legacyKeyBytes = new TextEncoder().encode(legacySecret);
     const jwt = await legacyJwt(legacyKeyBytes, 700);
     results.legacy.jwtChars = jwt.length;
-    const serviceEnv = { TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl, LEGACY_JWT_HMAC_SECRET: legacySecret };
+    // Production serves ext_authz Check only to a caller proving itself: the bench plays Envoy with the secret.
+    const extAuthzSecret = randomBytes(16).toString("hex");
+    // Production refuses to start without a key-encryption key for the stored signing keys; one per run.
+    const serviceEnv = { TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl, LEGACY_JWT_HMAC_SECRET: legacySecret, EXT_AUTHZ_SECRET: extAuthzSecret, KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64") };
 
     const userTokensFile = writeTmp("user-token.json", JSON.stringify([userToken]));
     const jwtTokensFile = writeTmp("jwt-token.json", JSON.stringify([jwt]));
@@ -427,6 +433,47 @@ async function main(): Promise<void> {
       if (!legacyAnswer.active) throw new Error(`the legacy JWT is not active before loading: ${legacyAnswer.reason} ${legacyAnswer.message}`);
       results.legacy.jwtGrpc = await h2loadSeries("legacy JWT", a, `http://${grpcA}${SERVICE_PATH}`, jwtBodyFile, grpcHeaders, [16]);
       await statusSample("legacy JWT", grpcA, gatewayToken, jwtTokensFile, 500);
+    }
+
+    if (wants("extauthz") && results.extAuthz) {
+      // Envoy's ext_authz Check for the same token, with the request headers
+      // Envoy's HTTP filter sends (pseudo-headers included), measured in turns
+      // with IntrospectToken at each concurrency so drift hits both alike.
+      const checkRequest = create(CheckRequestSchema, {
+        attributes: {
+          request: {
+            http: {
+              id: "0b7c3f0e-bench",
+              method: "GET",
+              path: "/orders/42",
+              host: "api.example.com",
+              headers: {
+                ":authority": "api.example.com",
+                ":method": "GET",
+                ":path": "/orders/42",
+                ":scheme": "https",
+                accept: "application/json",
+                "user-agent": "curl/8.5.0",
+                "x-forwarded-proto": "https",
+                "x-request-id": "0b7c3f0e-bench",
+                authorization: `Bearer ${userToken}`,
+              },
+            },
+          },
+        },
+      });
+      const checkBodyFile = writeTmp("check.grpc", frame(toBinary(CheckRequestSchema, checkRequest)));
+      const checkHeaders = ["content-type: application/grpc", "te: trailers", `x-ext-authz-secret: ${extAuthzSecret}`];
+      // h2load counts every gRPC answer as a success, and a denial is a gRPC OK too: check the answer itself before and after.
+      const allowed = async () => (await checkOnce(grpcA, extAuthzSecret, checkRequest)).httpResponse.case === "okResponse";
+      if (!(await allowed())) throw new Error("ext_authz Check does not allow the user token before loading");
+      const grpcUrl = `http://${grpcA}${SERVICE_PATH}`;
+      const checkUrl = `http://${grpcA}${CHECK_PATH}`;
+      for (const [index, concurrency] of CONCURRENCIES.entries()) {
+        results.extAuthz.introspect.push(await h2loadPoint("gRPC hit (beside Check)", a, grpcUrl, grpcBodyFile, grpcHeaders, concurrency, index === 0));
+        results.extAuthz.check.push(await h2loadPoint("Check hit", a, checkUrl, checkBodyFile, checkHeaders, concurrency, index === 0));
+      }
+      if (!(await allowed())) checks.push("ext_authz Check no longer allows the user token after the load");
     }
 
     // The service must still answer, with a real client, after all that.

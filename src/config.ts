@@ -101,6 +101,12 @@ export interface Config {
   readonly grpcKeepaliveTimeMs: number;
   readonly grpcKeepaliveTimeoutMs: number;
   readonly publicBaseUrl: string | undefined;
+  // Envoy ext_authz over gRPC (issue 12).
+  readonly extAuthzEnabled: boolean;
+  readonly extAuthzSecret: string | undefined;
+  readonly extAuthzHeader: string;
+  readonly extAuthzBackendJwt: boolean;
+  readonly extAuthzRemoveHeader: boolean;
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -359,10 +365,23 @@ export const CONFIG_KEYS = {
   GRPC_KEEPALIVE_TIMEOUT: spec("grpcKeepaliveTimeoutMs", "20s", "A ping unanswered for this long drops the connection.", duration(100)),
   // OAuth discovery: RFC 8414 metadata (src/server/http/metadata.ts).
   PUBLIC_BASE_URL: spec("publicBaseUrl", undefined, "The service's HTTP port as clients reach it (e.g. https://tokens.example.com), without query or fragment; a trailing slash is dropped. It is the OAuth issuer identifier: /.well-known/oauth-authorization-server (RFC 8414) names it as `issuer`, builds its endpoint URLs from it, and RFC 9701 signed introspection answers carry it as `iss`. Must be https in production. Unset: development serves the metadata for the listen address (http(s)://LISTEN_HOST:port, 127.0.0.1 for 0.0.0.0); staging and production do not serve it (404). Never taken from the request's Host header.", publicBaseUrl),
+  // Envoy ext_authz over gRPC (issue 12): envoy.service.auth.v3.Authorization/Check on the gRPC port (src/rpc/ext-authz.ts).
+  EXT_AUTHZ_ENABLED: spec("extAuthzEnabled", "true", "Serve Envoy's external authorization API (`envoy.service.auth.v3.Authorization/Check`) on the gRPC port, for Envoy, Istio and Envoy Gateway. It needs no caller token, so Envoy must prove itself: in staging and production it is served only with EXT_AUTHZ_SECRET or mutual TLS on the gRPC port (unset: not served, with an error at start-up; `true` explicitly: start-up fails). Development serves it open with a warning.", boolean),
+  EXT_AUTHZ_SECRET: spec("extAuthzSecret", undefined, "When set, Check answers only calls carrying the gRPC metadata `x-ext-authz-secret` with this value (Envoy's `grpc_service.initial_metadata`; 16 to 256 printable ASCII characters, no spaces); others are denied with 403.", (raw) => {
+    if (!/^[\x21-\x7e]{16,256}$/.test(raw)) throw new Error("must be 16 to 256 printable ASCII characters without spaces");
+    return raw;
+  }),
+  EXT_AUTHZ_HEADER: spec("extAuthzHeader", "authorization", "The request header Check reads the `Bearer` credential from (lower-case, as Envoy sends header names).", (raw) => {
+    const name = raw.trim().toLowerCase();
+    if (!/^[a-z0-9!#$%&'*+.^_`|~-]{1,64}$/.test(name)) throw new Error("must be an HTTP header name (RFC 9110 §5.1) of at most 64 characters");
+    return name;
+  }),
+  EXT_AUTHZ_BACKEND_JWT: spec("extAuthzBackendJwt", "false", "When true, an allowed request also gets `X-Auth-Backend-Jwt`, a backend JWT with the token's claims (API tokens only).", boolean),
+  EXT_AUTHZ_REMOVE_HEADER: spec("extAuthzRemoveHeader", "false", "When true, Check tells Envoy to remove the credential header (EXT_AUTHZ_HEADER) from an allowed request, so the upstream never sees the bearer token.", boolean),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
-const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS"]);
+const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "EXT_AUTHZ_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS"]);
 
 /**
  * The default of a key in an environment: its one default, or the one for
@@ -434,6 +453,10 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   if (config.environment === "production" && config.publicBaseUrl !== undefined && !/^https:/i.test(config.publicBaseUrl)) {
     problems.push("PUBLIC_BASE_URL: must be an https URL in production (RFC 8414 §2)");
   }
+  // The same rule for Envoy's ext_authz on the gRPC port (src/rpc/ext-authz.ts).
+  if (problems.length === 0 && config.environment !== "development" && isSet("EXT_AUTHZ_ENABLED") && config.extAuthzEnabled && !extAuthzProtected(config)) {
+    problems.push(`EXT_AUTHZ_ENABLED: Check must be protected in ${config.environment}: ${EXT_AUTHZ_FIX}`);
+  }
   // One source per key-encryption key: two would leave it unclear which one wraps.
   for (const [key, value, file] of [["KEY_ENCRYPTION_KEY", config.keyEncryptionKey, config.keyEncryptionKeyFile], ["KEY_ENCRYPTION_KEY_PREVIOUS", config.keyEncryptionKeyPrevious, config.keyEncryptionKeyPreviousFile]] as const) {
     if (value !== undefined && file !== undefined) problems.push(`${key}: set either ${key} or ${key}_FILE, not both`);
@@ -453,6 +476,19 @@ export function forwardAuthProtected(config: Pick<Config, "forwardAuthSecret" | 
 /** How to protect `/auth`, for the start-up error and log lines. */
 export const FORWARD_AUTH_FIX =
   "set FORWARD_AUTH_SECRET and have the proxy send it as X-Forward-Auth-Secret, or require client certificates on the HTTP port (TLS_CLIENT_CA_FILE with TLS_PORTS=both or http), or set FORWARD_AUTH_ENABLED=false if no proxy uses /auth";
+
+/**
+ * Whether only Envoy can call `Authorization/Check`: it must send
+ * `EXT_AUTHZ_SECRET` as gRPC metadata, or the gRPC port requires client
+ * certificates (mutual TLS).
+ */
+export function extAuthzProtected(config: Pick<Config, "extAuthzSecret" | "tlsCertFile" | "tlsClientCaFile" | "tlsPorts">): boolean {
+  return config.extAuthzSecret !== undefined || (config.tlsCertFile !== undefined && config.tlsClientCaFile !== undefined && config.tlsPorts !== "http");
+}
+
+/** How to protect `Authorization/Check`, for the start-up error and log lines. */
+export const EXT_AUTHZ_FIX =
+  "set EXT_AUTHZ_SECRET and have Envoy send it as the gRPC metadata x-ext-authz-secret (grpc_service.initial_metadata), or require client certificates on the gRPC port (TLS_CLIENT_CA_FILE with TLS_PORTS=both or grpc), or set EXT_AUTHZ_ENABLED=false if no Envoy uses it";
 
 /** A connection URL without its password, for messages and logs. */
 export function redactUrl(url: string): string {

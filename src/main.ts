@@ -31,6 +31,8 @@ import { ServiceMetrics } from "./observability/metrics.js";
 import { metricsRoute, withRoute } from "./observability/metrics-route.js";
 import { clusterMetricsSource } from "./observability/cluster-metrics.js";
 import { TokenServiceHandler } from "./rpc/token-service.js";
+import { ExtAuthzHandler, extAuthzOptions } from "./rpc/ext-authz.js";
+import { Authorization } from "../gen/envoy/service/auth/v3/external_auth_pb.js";
 import { startGrpcServer } from "./server/grpc-server.js";
 import { createHealthService } from "./server/health.js";
 import { startHttpServer } from "./server/http-server.js";
@@ -261,11 +263,14 @@ export async function startService(config: Config, options: StartOptions = {}): 
     ...createReflectionServices([file_tokens_v1_token_service, file_health_v1_health, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection]),
   ];
   const onInternalError = (err: unknown, method: string) => log.error({ err, method }, "unexpected failure in transport");
+  // Envoy's ext_authz is a gRPC API: mounted on the gRPC port only, and only when protected (or in development).
+  const extAuthz = extAuthzOptions(config, log);
+  const grpcServices = extAuthz ? [...services, { service: Authorization, impl: new ExtAuthzHandler(deps, extAuthz) }] : services;
 
   const grpc = await startGrpcServer({
     host: config.listenHost,
     port: config.grpcPort,
-    services,
+    services: grpcServices,
     maxMessageBytes: config.maxMessageBytes,
     limits: {
       maxResponseBytes: config.maxResponseBytes,
