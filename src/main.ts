@@ -25,6 +25,7 @@ import { createLogger } from "./logger.js";
 import { ServiceMetrics } from "./observability/metrics.js";
 import { metricsRoute, withRoute } from "./observability/metrics-route.js";
 import { clusterMetricsSource } from "./observability/cluster-metrics.js";
+import { Tracing } from "./observability/tracing.js";
 import { TokenServiceHandler } from "./rpc/token-service.js";
 import { startGrpcServer } from "./server/grpc-server.js";
 import { createHealthService } from "./server/health.js";
@@ -46,6 +47,8 @@ export interface RunningService {
   readonly channel: RevocationChannel;
   /** The metrics (`/metrics`), unless METRICS_ENABLED=false and the log level is above debug. */
   readonly metrics: ServiceMetrics | undefined;
+  /** OpenTelemetry tracing, when on (OTEL_TRACES_EXPORTER=otlp). */
+  readonly tracing: Tracing | undefined;
   /** Graceful shutdown: stop accepting, finish in-flight calls, flush batched writes, close the store. */
   stop(): Promise<void>;
 }
@@ -61,7 +64,7 @@ export interface StartOptions {
 }
 
 /** Opens the store and builds the domain's dependencies (shared with tokenctl). */
-export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics) {
+export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics, tracing?: Tracing) {
   // Before the store: staging and production without a key-encryption key stop here, having touched nothing.
   const keks = await loadKeyEncryptionKeys(config, log);
   const database = await openDatabase({
@@ -78,7 +81,9 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await database.close();
     throw error;
   }
-  const store = new KyselyTokenStore(database.db, database.prepared);
+  const kyselyStore = new KyselyTokenStore(database.db, database.prepared);
+  // Traced: each store query inside a traced call gets a child span.
+  const store = tracing ? tracing.traceStore(kyselyStore) : kyselyStore;
   const securityEvents = new KyselySecurityEventStore(database.db);
   const events = new SecurityEventRecorder(securityEvents, log, clock, config.securityEventWindowMs, metrics, {
     maxRowsPerWindow: config.securityEventRowsPerWindow,
@@ -151,6 +156,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     clock,
     log,
     ...(metrics ? { metrics } : {}),
+    ...(tracing ? { tracing: tracing.domain } : {}),
     policy: {
       environment: config.environment,
       issuer: config.tokenIssuer,
@@ -190,7 +196,12 @@ export async function startService(config: Config, options: StartOptions = {}): 
     config.metricsEnabled || log.isLevelEnabled("debug")
       ? new ServiceMetrics(log, { environment: config.environment, store: config.databaseUrl ? "postgres" : "pglite" })
       : undefined;
-  const { database, deps, backendJwt, channel, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics);
+  // Off (the default): undefined, and nothing below wraps anything.
+  const tracing = Tracing.fromConfig(config, log);
+  const { database, deps, backendJwt, channel, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics, tracing).catch(async (error: unknown) => {
+    await tracing?.shutdown();
+    throw error;
+  });
   startBatches();
   try {
     await backendJwt.start();
@@ -199,6 +210,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
     backendJwt.stop();
     await stopBatches();
     await database.close();
+    await tracing?.shutdown();
     throw error;
   }
   await channel.start();
@@ -225,6 +237,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
     onInternalError,
     credentials: grpcServerCredentials(tls),
     ...(metrics ? { observer: metrics } : {}),
+    ...(tracing ? { tracing: tracing.grpc } : {}),
   });
   // Under WORKERS, /metrics answers for the whole cluster (observability/cluster-metrics.ts).
   const metricsSource = metrics && cluster.isWorker ? clusterMetricsSource(metrics.registry) : metrics;
@@ -238,14 +251,15 @@ export async function startService(config: Config, options: StartOptions = {}): 
     onInternalError,
     tls: httpTlsOptions(tls),
     ...(metrics ? { observer: metrics } : {}),
-    extraHandler: withRoute(metricsEndpoint, httpRoutes({
+    ...(tracing ? { interceptors: [tracing.connectInterceptor()] } : {}),
+    extraHandler: withRoute(metricsEndpoint, traced(tracing, httpRoutes({
       jwks: () => backendJwt.jwks(),
       tokens: deps,
       introspectionIssuer: config.backendJwtIssuer ?? config.tokenIssuer,
       signIntrospection: (payload) => backendJwt.signPayload(payload, "token-introspection+jwt"),
       forwardAuth: forwardAuthOptions(config, log),
       readiness: { store: () => deps.store.ping(), revocationChannel: () => channel.up },
-    })),
+    }))),
   }).catch(async (error: unknown) => {
     await grpc.close(0);
     throw error;
@@ -270,11 +284,18 @@ export async function startService(config: Config, options: StartOptions = {}): 
       backendJwt.stop();
       await channel.stop();
       await stopBatches();
+      // After the servers: every call's span has ended; this exports them.
+      await tracing?.shutdown();
       await database.close();
       log.info({}, "token service stopped");
     })());
 
-  return { grpcPort: grpc.port, httpPort: http.port, deps, database, channel, metrics, stop };
+  return { grpcPort: grpc.port, httpPort: http.port, deps, database, channel, metrics, tracing, stop };
+}
+
+/** The plain HTTP routes, traced when tracing is on. */
+function traced<H extends Parameters<Tracing["httpRoutes"]>[0]>(tracing: Tracing | undefined, routes: H): H | ReturnType<Tracing["httpRoutes"]> {
+  return tracing ? tracing.httpRoutes(routes) : routes;
 }
 
 /**

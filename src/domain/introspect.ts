@@ -122,6 +122,7 @@ export async function introspectToken(
     token = record === undefined ? null : new CachedToken(record);
     deps.cache.put(key, token, fence, nowMs);
   }
+  deps.tracing?.cacheOutcome(hit === undefined ? "miss" : hit.record === null ? "negative" : "hit", options.use ?? "introspect");
   // A row from another environment can only exist in a store shared across
   // environments; the prefix check above already makes this unreachable, but
   // the record's own environment is the authority.

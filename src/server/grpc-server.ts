@@ -3,6 +3,7 @@ import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { grpcServiceDefinition } from "./grpc-adapter.js";
 import type { ServiceRegistration } from "./context.js";
 import type { CallObserver } from "./call-observer.js";
+import type { GrpcCallTracing } from "./grpc-adapter.js";
 
 /** Options for {@link startGrpcServer}. */
 export interface GrpcServerOptions {
@@ -18,6 +19,8 @@ export interface GrpcServerOptions {
   readonly onInternalError: (err: unknown, procedure: string) => void;
   /** Told about every finished call (metrics, the debug request log); see {@link CallObserver}. */
   readonly observer?: CallObserver;
+  /** Traces every call; see {@link GrpcCallTracing}. Absent: tracing is off. */
+  readonly tracing?: GrpcCallTracing;
   /**
    * Transport security. Defaults to cleartext HTTP/2 (`createInsecure()`), for
    * a service behind a mesh or on a private network; pass
@@ -55,6 +58,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       onInternalError: options.onInternalError,
       shutdownSignal: shutdown.signal,
       ...(options.observer ? { observer: options.observer } : {}),
+      ...(options.tracing ? { tracing: options.tracing } : {}),
     });
     server.addService(definition, implementation);
   }

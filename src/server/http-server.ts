@@ -55,6 +55,11 @@ export interface HttpServerOptions {
    * this port; cleartext when absent. See {@link startHttpServer}.
    */
   readonly tls?: HttpTlsOptions;
+  /**
+   * Interceptors run before all others on the RPCs, e.g. tracing's (which
+   * must see the code the client gets). Absent: none.
+   */
+  readonly interceptors?: readonly Interceptor[];
 }
 
 /** The first bytes of every HTTP/2 connection (RFC 9113 §3.4). */
@@ -99,7 +104,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
     readMaxBytes: options.maxMessageBytes,
     maxTimeoutMs: options.maxTimeoutMs,
     shutdownSignal: shutdown.signal,
-    interceptors: [...(options.observer ? [observeCalls(options.observer)] : []), reportInternalErrors(onInternalError)],
+    interceptors: [...(options.interceptors ?? []), ...(options.observer ? [observeCalls(options.observer)] : []), reportInternalErrors(onInternalError)],
     contextValues: (req) => createContextValues().set(peerKey, req.socket.remoteAddress).set(requestIdKey, httpRequestId(req)),
   });
 
