@@ -401,7 +401,8 @@ async function main(): Promise<void> {
     const legacyKeyBytes = new TextEncoder().encode(legacySecret);
     const jwt = await legacyJwt(legacyKeyBytes, 700);
     results.legacy.jwtChars = jwt.length;
-    const serviceEnv = { TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl, LEGACY_JWT_HMAC_SECRET: legacySecret };
+    // Production refuses to start without a key-encryption key; every replica shares this one.
+    const serviceEnv = { TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl, LEGACY_JWT_HMAC_SECRET: legacySecret, KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64") };
 
     const userTokensFile = writeTmp("user-token.json", JSON.stringify([userToken]));
     const jwtTokensFile = writeTmp("jwt-token.json", JSON.stringify([jwt]));
@@ -733,7 +734,7 @@ async function main(): Promise<void> {
       if (seeded.code !== 0) throw new Error(`PGlite seeding failed: ${seeded.stderr.slice(-2000)}`);
       const { gateway, tokens } = JSON.parse(readFileSync(pgliteTokensFile, "utf8")) as { gateway: string; tokens: string[] };
       const tokensFile = writeTmp("pglite-tokens.json", JSON.stringify(tokens));
-      const p = await startTokenService("service-pglite", { TOKEN_ENVIRONMENT: ENVIRONMENT, DATA_DIR: pgliteDir });
+      const p = await startTokenService("service-pglite", { TOKEN_ENVIRONMENT: ENVIRONMENT, DATA_DIR: pgliteDir, KEY_ENCRYPTION_KEY: serviceEnv.KEY_ENCRYPTION_KEY });
       servers.push(p);
       const base = { address: `127.0.0.1:${p.grpcPort}`, callerToken: gateway, tokensFile, concurrency: MISS_IN_FLIGHT, connections: 4 };
       await h2loader({ ...base, first: 0, maxCalls: 500, maxSeconds: 20 });
