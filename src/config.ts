@@ -85,7 +85,7 @@ export interface Config {
   readonly otelExporterOtlpEndpoint: string;
   readonly otelExporterOtlpTracesEndpoint: string | undefined;
   readonly otelExporterOtlpProtocol: "http/protobuf" | "http/json";
-  readonly otelExporterOtlpHeaders: Readonly<Record<string, string>>;
+  readonly otelExporterOtlpHeaders: Readonly<Record<string, string>> | undefined;
   readonly otelExporterOtlpTimeoutMs: number;
   readonly otelTracesSampler: TraceSampler;
   readonly otelTracesSamplerArg: number | undefined;
@@ -340,7 +340,7 @@ export const CONFIG_KEYS = {
     if (value !== "http/protobuf" && value !== "http/json") throw new Error("must be http/protobuf or http/json");
     return value;
   }),
-  OTEL_EXPORTER_OTLP_HEADERS: spec("otelExporterOtlpHeaders", "", "Headers sent with every export, `key=value,key=value` (values percent-encoded), e.g. a collector's API key. Secret: never echoed.", keyValueList),
+  OTEL_EXPORTER_OTLP_HEADERS: spec("otelExporterOtlpHeaders", undefined, "Headers sent with every export, `key=value,key=value` (values percent-encoded), e.g. a collector's API key. Secret: never echoed.", keyValueList),
   OTEL_EXPORTER_OTLP_TIMEOUT: spec("otelExporterOtlpTimeoutMs", "10000", "Longest one export request may take, in milliseconds.", integer(1, 600_000)),
   OTEL_TRACES_SAMPLER: spec("otelTracesSampler", "parentbased_always_on", `Which calls are traced: ${TRACE_SAMPLERS.join(", ")}. The parentbased_ ones follow the caller's sampled flag in \`traceparent\`.`, (raw) => {
     const value = raw.trim().toLowerCase();

@@ -11,7 +11,7 @@ describe("tracing configuration", () => {
       otelExporterOtlpEndpoint: "http://localhost:4318",
       otelExporterOtlpTracesEndpoint: undefined,
       otelExporterOtlpProtocol: "http/protobuf",
-      otelExporterOtlpHeaders: {},
+      otelExporterOtlpHeaders: undefined,
       otelTracesSampler: "parentbased_always_on",
       otelTracesSamplerArg: undefined,
       otelBspScheduleDelayMs: 5000,
@@ -42,5 +42,20 @@ describe("tracing configuration", () => {
     }
     expect(message).toContain("OTEL_EXPORTER_OTLP_HEADERS=(secret)");
     expect(message).not.toContain("super-secret");
+  });
+});
+
+describe("tokenctl config check with tracing keys", () => {
+  it("prints the exporter headers redacted, like every secret", async () => {
+    const { configCommand } = await import("../../src/cli/config-check.js");
+    const { PassThrough } = await import("node:stream");
+    const stdout = new PassThrough();
+    const stderr = new PassThrough();
+    const code = await configCommand(["check"], { DATA_DIR: "memory://", OTEL_TRACES_EXPORTER: "otlp", OTEL_EXPORTER_OTLP_HEADERS: "api-key=collector-key-123" }, { stdout, stderr });
+    const out = String(stdout.read() ?? "");
+    expect(code).toBe(0);
+    expect(out).toMatch(/^OTEL_EXPORTER_OTLP_HEADERS +\(set, redacted\) +env$/m);
+    expect(out).toMatch(/^OTEL_TRACES_EXPORTER +otlp +env$/m);
+    expect(out).not.toContain("collector-key-123");
   });
 });
