@@ -43,8 +43,8 @@ import type { HttpRequest, HttpResponse } from "../server/http-server.js";
  * OpenTelemetry tracing, instrumented by hand (no auto-instrumentation: it
  * would patch http, http2 and pg for every request, on the hot path too).
  *
- * - A SERVER span per call on both ports and per request to the plain HTTP
- *   endpoints that do work (`/oauth2/*`, `/auth`), child of the caller's W3C
+ * - A SERVER span per call on both ports (health and reflection excepted)
+ *   and per request to the plain HTTP endpoints that do work (`/oauth2/*`, `/auth`), child of the caller's W3C
  *   `traceparent`/`tracestate` (W3C Trace Context, gRPC metadata or HTTP
  *   headers), named and attributed after the stable RPC and HTTP semantic
  *   conventions, its status from the gRPC code (or the HTTP status).
@@ -142,6 +142,7 @@ export class Tracing {
   readonly grpc = {
     method: (procedure: string) => {
       const name = procedure.slice(1); // "/pkg.Service/Method" → "pkg.Service/Method", the span name and rpc.method
+      if (UNTRACED_SERVICES.has(name.slice(0, name.indexOf("/")))) return undefined;
       const attributes: Attributes = { [ATTR_RPC_SYSTEM_NAME]: RPC_SYSTEM_NAME_VALUE_GRPC, [ATTR_RPC_METHOD]: name };
       return {
         handler: (handler: UntypedHandleCall): UntypedHandleCall => {
@@ -172,6 +173,7 @@ export class Tracing {
    */
   connectInterceptor(): Interceptor {
     return (next) => (req) => {
+      if (UNTRACED_SERVICES.has(req.service.typeName)) return next(req);
       const parent = this.#propagator.extract(ROOT_CONTEXT, req.header, HEADERS_GETTER);
       const name = `${req.service.typeName}/${req.method.name}`;
       const system = (req.header.get("content-type") ?? "").startsWith("application/grpc") ? RPC_SYSTEM_NAME_VALUE_GRPC : RPC_SYSTEM_NAME_VALUE_CONNECTRPC;
@@ -304,6 +306,13 @@ export type TracingConfig = Pick<Config, "environment" | Extract<keyof Config, `
 export const ATTR_CACHE_RESULT = "tokens.cache.result";
 /** `tokens.caller_cache.result`: the same for the caller's own credential. */
 export const ATTR_CALLER_CACHE_RESULT = "tokens.caller_cache.result";
+
+/**
+ * Services whose calls get no span: health checks (probes every few seconds,
+ * from every kubelet and load balancer) and reflection (tooling) would bury
+ * the traffic worth tracing.
+ */
+const UNTRACED_SERVICES: ReadonlySet<string> = new Set(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
 
 /** `rpc.system.name` of Connect (incubating in the semantic conventions, so spelled here). */
 const RPC_SYSTEM_NAME_VALUE_CONNECTRPC = "connectrpc";

@@ -50,10 +50,13 @@ export interface GrpcAdapterOptions {
  * ends the span with the call's status code before passing it on.
  */
 export interface GrpcCallTracing {
-  method(procedure: string): {
-    handler(handler: UntypedHandleCall): UntypedHandleCall;
-    recorder(next: CallRecorder | undefined): CallRecorder;
-  };
+  /** The wrappers of one method; undefined when it is not traced (e.g. health probes). */
+  method(procedure: string):
+    | {
+        handler(handler: UntypedHandleCall): UntypedHandleCall;
+        recorder(next: CallRecorder | undefined): CallRecorder;
+      }
+    | undefined;
 }
 
 /** What {@link grpcServiceDefinition} returns: the two halves `grpc.Server.addService` wants. */

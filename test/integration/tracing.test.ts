@@ -4,6 +4,7 @@ import type { AddressInfo } from "node:net";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Health } from "../../gen/health/v1/health_pb.js";
 import { TokenService, type IntrospectTokenResponse } from "../../gen/tokens/v1/token_service_pb.js";
 import { mintToken } from "../../src/domain/token-format.js";
 import { grpcClient, startTestService, type ServiceUnderTest } from "../support/service.js";
@@ -262,6 +263,19 @@ describe("tracing on (OTEL_TRACES_EXPORTER=otlp, http/json)", () => {
     expect(fresh).toHaveLength(1);
     expect(fresh[0]!.parentSpanId).toBe("");
     expect(fresh[0]!.traceId).toMatch(/^[0-9a-f]{32}$/);
+  });
+
+  it("leaves health checks untraced on both ports (probes would bury the traffic)", async () => {
+    const t = traceContext();
+    const health = grpcClient(Health, `127.0.0.1:${sut.service.grpcPort}`);
+    try {
+      await health.unary("check", { service: "" }, { traceparent: t.traceparent });
+    } finally {
+      health.close();
+    }
+    const overConnect = createClient(Health, createConnectTransport({ baseUrl: base, httpVersion: "1.1" }));
+    await overConnect.check({ service: "" }, { headers: { traceparent: t.traceparent } });
+    expect(await traceOf(t.traceId)).toEqual([]);
   });
 
   it("exports no token, digest, Authorization value or exporter header anywhere", async () => {
