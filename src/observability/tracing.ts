@@ -100,6 +100,9 @@ export class Tracing {
       { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true },
     );
     const url = config.otelExporterOtlpTracesEndpoint ?? `${config.otelExporterOtlpEndpoint.replace(/\/+$/, "")}/v1/traces`;
+    if (config.otelExporterOtlpHeaders !== undefined && /^http:\/\/(?!(localhost|127\.0\.0\.1|\[::1\])[:/])/.test(url)) {
+      log.warn({ endpoint: url }, "tracing: OTEL_EXPORTER_OTLP_HEADERS go to the collector over cleartext HTTP; use an https:// endpoint or a collector on this host");
+    }
     const exporterOptions = { url, headers: { ...config.otelExporterOtlpHeaders }, timeoutMillis: config.otelExporterOtlpTimeoutMs };
     const exporter = config.otelExporterOtlpProtocol === "http/json" ? new OtlpJsonExporter(exporterOptions) : new OtlpProtobufExporter(exporterOptions);
     const provider = new TracerProvider({
@@ -248,18 +251,26 @@ export class Tracing {
    * outside any call (batched last-used writes, heartbeats) are not traced.
    */
   traceStore(store: TokenStore): TokenStore {
-    const q = <T>(method: string, operation: string, run: () => Promise<T>): Promise<T> => this.#storeQuery(method, operation, run);
-    return {
-      insert: (token, limits) => q("insert", "INSERT", () => store.insert(token, limits)),
-      findByDigest: (digest) => q("findByDigest", "SELECT", () => store.findByDigest(digest)),
-      findById: (id) => q("findById", "SELECT", () => store.findById(id)),
-      revoke: (id, revocation) => q("revoke", "UPDATE", () => store.revoke(id, revocation)),
-      revokeCascade: (id, revocation) => q("revokeCascade", "UPDATE", () => store.revokeCascade(id, revocation)),
-      list: (query) => q("list", "SELECT", () => store.list(query)),
-      touchLastUsed: (entries) => store.touchLastUsed(entries),
-      count: () => q("count", "SELECT", () => store.count()),
-      ping: () => store.ping(),
-    };
+    // A proxy rather than a class listing every method: a method added to the
+    // port later passes straight through (untraced) instead of breaking this.
+    const wrapped = new Map<PropertyKey, unknown>();
+    return new Proxy(store, {
+      get: (target, property) => {
+        const known = wrapped.get(property);
+        if (known !== undefined) return known;
+        const value: unknown = Reflect.get(target, property, target);
+        if (typeof value !== "function") return value;
+        const method = value as (...args: unknown[]) => Promise<unknown>;
+        const operation = typeof property === "string" ? STORE_OPERATIONS[property] : undefined;
+        const name = String(property);
+        const bound =
+          operation === undefined
+            ? method.bind(target)
+            : (...args: unknown[]) => this.#storeQuery(name, operation, () => method.apply(target, args));
+        wrapped.set(property, bound);
+        return bound;
+      },
+    });
   }
 
   #storeQuery<T>(method: string, operation: string, run: () => Promise<T>): Promise<T> {
@@ -313,6 +324,21 @@ export const ATTR_CALLER_CACHE_RESULT = "tokens.caller_cache.result";
  * the traffic worth tracing.
  */
 const UNTRACED_SERVICES: ReadonlySet<string> = new Set(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
+
+/**
+ * The token store's methods traced as queries, with their SQL operation.
+ * Batched bookkeeping (`touchLastUsed`) and `ping` are left out: they run
+ * outside calls (and readiness probes would bury the traffic).
+ */
+const STORE_OPERATIONS: Readonly<Record<string, "SELECT" | "INSERT" | "UPDATE">> = {
+  insert: "INSERT",
+  findByDigest: "SELECT",
+  findById: "SELECT",
+  revoke: "UPDATE",
+  revokeCascade: "UPDATE",
+  list: "SELECT",
+  count: "SELECT",
+};
 
 /** `rpc.system.name` of Connect (incubating in the semantic conventions, so spelled here). */
 const RPC_SYSTEM_NAME_VALUE_CONNECTRPC = "connectrpc";

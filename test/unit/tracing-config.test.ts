@@ -59,3 +59,46 @@ describe("tokenctl config check with tracing keys", () => {
     expect(out).not.toContain("collector-key-123");
   });
 });
+
+describe("Tracing.fromConfig", () => {
+  const capture = () => {
+    const lines: { level: string; message: string }[] = [];
+    const at = (level: string) => (_fields: object, message: string) => void lines.push({ level, message });
+    return { lines, log: { debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") } };
+  };
+
+  it("builds nothing when off", async () => {
+    const { Tracing } = await import("../../src/observability/tracing.js");
+    expect(Tracing.fromConfig(loadConfig({}), capture().log)).toBeUndefined();
+    expect(Tracing.fromConfig(loadConfig({ OTEL_TRACES_EXPORTER: "otlp", OTEL_SDK_DISABLED: "true" }), capture().log)).toBeUndefined();
+  });
+
+  it("warns when exporter headers would cross the network in cleartext", async () => {
+    const { Tracing } = await import("../../src/observability/tracing.js");
+    for (const [endpoint, warned] of [
+      ["http://collector.example:4318", true],
+      ["https://collector.example:4318", false],
+      ["http://localhost:4318", false],
+      ["http://127.0.0.1:4318", false],
+    ] as const) {
+      const c = capture();
+      const tracing = Tracing.fromConfig(loadConfig({ OTEL_TRACES_EXPORTER: "otlp", OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_EXPORTER_OTLP_HEADERS: "api-key=k" }), c.log);
+      expect(c.lines.some((l) => l.level === "warn" && l.message.includes("cleartext")), endpoint).toBe(warned);
+      await tracing?.shutdown();
+    }
+  });
+
+  it("traces the store's queries and passes any other method straight through", async () => {
+    const { Tracing } = await import("../../src/observability/tracing.js");
+    const tracing = Tracing.fromConfig(loadConfig({ OTEL_TRACES_EXPORTER: "otlp" }), capture().log)!;
+    try {
+      const store = { findByDigest: async (d: Uint8Array) => d.length, extra(this: { n: number }) { return this.n; }, n: 7 };
+      const traced = tracing.traceStore(store as never) as unknown as typeof store;
+      expect(await traced.findByDigest(new Uint8Array(3))).toBe(3);
+      expect(traced.extra()).toBe(7);
+      expect(traced.n).toBe(7);
+    } finally {
+      await tracing.shutdown();
+    }
+  });
+});
