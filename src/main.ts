@@ -29,7 +29,7 @@ import { Tracing } from "./observability/tracing.js";
 import { TokenServiceHandler } from "./rpc/token-service.js";
 import { startGrpcServer } from "./server/grpc-server.js";
 import { createHealthService } from "./server/health.js";
-import { startHttpServer } from "./server/http-server.js";
+import { startHttpServer, type HttpRequest, type HttpResponse } from "./server/http-server.js";
 import { grpcServerCredentials, httpTlsOptions, loadTlsMaterial } from "./server/tls.js";
 import { createReflectionServices } from "./server/reflection.js";
 import { routeServices } from "./server/http-server.js";
@@ -294,7 +294,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
 }
 
 /** The plain HTTP routes, traced when tracing is on. */
-function traced<H extends Parameters<Tracing["httpRoutes"]>[0]>(tracing: Tracing | undefined, routes: H): H | ReturnType<Tracing["httpRoutes"]> {
+function traced(tracing: Tracing | undefined, routes: (req: HttpRequest, res: HttpResponse) => boolean): (req: HttpRequest, res: HttpResponse) => boolean {
   return tracing ? tracing.httpRoutes(routes) : routes;
 }
 

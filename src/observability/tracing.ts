@@ -36,8 +36,6 @@ import type { Metadata, UntypedHandleCall } from "@grpc/grpc-js";
 import type { Config } from "../config.js";
 import type { CacheOutcome, DomainTracing, Logger, TokenStore } from "../domain/ports.js";
 import type { IntrospectionUse } from "../domain/introspect.js";
-import type { CallRecorder } from "../server/call-observer.js";
-import type { HttpRequest, HttpResponse } from "../server/http-server.js";
 
 /**
  * OpenTelemetry tracing, instrumented by hand (no auto-instrumentation: it
@@ -157,8 +155,8 @@ export class Tracing {
           return traced as UntypedHandleCall;
         },
         recorder:
-          (next: CallRecorder | undefined): CallRecorder =>
-          (code, start, facts) => {
+          <F>(next: ((code: number, startMs: number, facts: F) => void) | undefined) =>
+          (code: number, start: number, facts: F): void => {
             // The recorder runs in the call's own context (the adapter calls it
             // in the handler's finally), so the active span is the call's.
             const span = trace.getSpan(this.#contexts.active());
@@ -219,7 +217,7 @@ export class Tracing {
    * `/auth/…`), ended when the response is done. Other paths (probes, JWKS,
    * metrics, and the RPCs, traced by the interceptor) pass straight through.
    */
-  httpRoutes(inner: (req: HttpRequest, res: HttpResponse) => boolean): (req: HttpRequest, res: HttpResponse) => boolean {
+  httpRoutes<Req extends TracedRequest, Res extends TracedResponse>(inner: (req: Req, res: Res) => boolean): (req: Req, res: Res) => boolean {
     return (req, res) => {
       const route = tracedRoute(req.url ?? "");
       if (route === undefined) return inner(req, res);
@@ -308,6 +306,25 @@ export class Tracing {
   #cacheOutcome(outcome: CacheOutcome, use: IntrospectionUse): void {
     trace.getSpan(this.#contexts.active())?.setAttribute(use === "authenticate" ? ATTR_CALLER_CACHE_RESULT : ATTR_CACHE_RESULT, outcome);
   }
+}
+
+/**
+ * What tracing reads of a plain HTTP request and response (Node's HTTP/1.1
+ * and HTTP/2 compatibility objects both fit), so this module needs no
+ * server types.
+ */
+export interface TracedRequest {
+  readonly url?: string | undefined;
+  readonly method?: string | undefined;
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
+  readonly socket?: { readonly remoteAddress?: string | undefined } | null | undefined;
+}
+
+/** See {@link TracedRequest}. */
+export interface TracedResponse {
+  readonly statusCode: number;
+  readonly writableFinished: boolean;
+  once(event: "close", listener: () => void): unknown;
 }
 
 /** The configuration tracing reads: the OTEL_* keys and the environment. */
@@ -425,7 +442,7 @@ const HEADERS_GETTER: TextMapGetter<Headers> = {
 };
 
 /** Reads W3C trace context from Node's incoming headers (lower-cased names). */
-const NODE_HEADERS_GETTER: TextMapGetter<HttpRequest["headers"]> = {
+const NODE_HEADERS_GETTER: TextMapGetter<TracedRequest["headers"]> = {
   get: (carrier, key) => {
     const value = carrier[key];
     return Array.isArray(value) ? value[0] : value;
