@@ -33,7 +33,7 @@ import {
 } from "@opentelemetry/semantic-conventions";
 import { ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { Metadata, UntypedHandleCall } from "@grpc/grpc-js";
-import type { Config } from "../config.js";
+import { redactUrl, type Config } from "../config.js";
 import type { CacheOutcome, DomainTracing, Logger, TokenStore } from "../domain/ports.js";
 import type { IntrospectionUse } from "../domain/introspect.js";
 
@@ -99,7 +99,7 @@ export class Tracing {
     );
     const url = config.otelExporterOtlpTracesEndpoint ?? `${config.otelExporterOtlpEndpoint.replace(/\/+$/, "")}/v1/traces`;
     if (config.otelExporterOtlpHeaders !== undefined && /^http:\/\/(?!(localhost|127\.0\.0\.1|\[::1\])[:/])/.test(url)) {
-      log.warn({ endpoint: url }, "tracing: OTEL_EXPORTER_OTLP_HEADERS go to the collector over cleartext HTTP; use an https:// endpoint or a collector on this host");
+      log.warn({ endpoint: redactUrl(url) }, "tracing: OTEL_EXPORTER_OTLP_HEADERS go to the collector over cleartext HTTP; use an https:// endpoint or a collector on this host");
     }
     const exporterOptions = { url, headers: { ...config.otelExporterOtlpHeaders }, timeoutMillis: config.otelExporterOtlpTimeoutMs };
     const exporter = config.otelExporterOtlpProtocol === "http/json" ? new OtlpJsonExporter(exporterOptions) : new OtlpProtobufExporter(exporterOptions);
@@ -120,7 +120,7 @@ export class Tracing {
         }),
       ],
     });
-    log.info({ exporter: "otlp", protocol: config.otelExporterOtlpProtocol, endpoint: url, sampler: config.otelTracesSampler }, "tracing on");
+    log.info({ exporter: "otlp", protocol: config.otelExporterOtlpProtocol, endpoint: redactUrl(url), sampler: config.otelTracesSampler }, "tracing on");
     return new Tracing(provider);
   }
 
