@@ -93,6 +93,12 @@ export interface BenchResults {
     externalKiBPerToken: number;
   };
   issue: { calls: number; rate: number; p50Ms: number; p99Ms: number; errors: number; cpuUsPerCall: number };
+  /**
+   * gRPC cache hits with OpenTelemetry tracing off (replica A) and on (a
+   * replica exporting OTLP/protobuf to a sink in the runner), in turns at
+   * each concurrency, every request carrying a sampled `traceparent`.
+   */
+  tracing?: { off: LoadRow[]; on: LoadRow[]; exportRequests: number; exportedKiB: number; spansExported: number; callsTraced: number };
   client: Record<string, number> | null;
   checks: string[];
   notes: string[];
@@ -148,6 +154,10 @@ export function renderTable(r: BenchResults): string {
     add("IntrospectToken hit beside Check, gRPC (h2load)", r.extAuthz.introspect, false);
     add("ext_authz Check hit, gRPC (h2load)", r.extAuthz.check, false);
   }
+  if (r.tracing) {
+    add("IntrospectToken hit, gRPC, tracing off, traceparent sent (h2load)", r.tracing.off, true);
+    add("IntrospectToken hit, gRPC, tracing on, OTLP/protobuf export (h2load)", r.tracing.on, true);
+  }
   const m = r.miss;
   loadRows.push(["IntrospectToken miss, PostgreSQL (h2 loader, 32 in flight)", fmt(m.postgres.rate), fmt(m.postgres.p50Ms), fmt(m.postgres.p99Ms), fmt(m.postgres.cpuUsPerCall), "", String(m.postgres.failures)]);
   loadRows.push(["IntrospectToken miss, PGlite in-process (h2 loader, 32 in flight)", fmt(m.pglite.rate), fmt(m.pglite.p50Ms), fmt(m.pglite.p99Ms), fmt(m.pglite.cpuUsPerCall), "", String(m.pglite.failures)]);
@@ -171,6 +181,13 @@ export function renderTable(r: BenchResults): string {
     ["… RSS as found, without forcing a GC", `${fmt(r.memory.raw.kibPerToken)} KiB (${fmt(r.memory.raw.baselineKiB / 1024)} → ${fmt(r.memory.raw.afterKiB / 1024)} MiB)`],
     ["… JS heap used / V8 heap committed / ArrayBuffers and external, per token", `${fmt(r.memory.heapKiBPerToken)} / ${fmt(r.memory.heapCommittedKiBPerToken)} / ${fmt(r.memory.externalKiBPerToken)} KiB`],
   ];
+  if (r.tracing) {
+    for (const on of r.tracing.on) {
+      const off = r.tracing.off.find((x) => x.concurrency === on.concurrency);
+      if (off) other.push([`tracing on ÷ off, gRPC hit c=${on.concurrency}: req/s / server CPU per call`, `${fmt(on.rate / off.rate)}× / ${fmt(on.cpuUsPerCall / off.cpuUsPerCall)}× (+${fmt(on.cpuUsPerCall - off.cpuUsPerCall)} µs)`]);
+    }
+    other.push(["tracing on: spans exported / calls traced (OTLP requests, KiB)", `${r.tracing.spansExported.toLocaleString("en-US")} / ${r.tracing.callsTraced.toLocaleString("en-US")} (${r.tracing.exportRequests} requests, ${fmt(r.tracing.exportedKiB)} KiB)`]);
+  }
   if (r.client) for (const [key, value] of Object.entries(r.client)) other.push([`client library: ${key}`, fmt(value)]);
   else other.push(["client library (bench/client-bench.ts)", "not present"]);
   out.push(table(["measure", "value"], other));

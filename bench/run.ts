@@ -14,13 +14,15 @@
  * Options:
  *   --profile         also profile the service (node --cpu-prof) under the
  *                     gRPC cache-hit load and summarise where its CPU goes
- *   --only=a,b        run only some phases (hits, legacy, extauthz, issue,
+ *   --only=a,b        run only some phases (hits, legacy, extauthz, tracing, issue,
  *                     revocation, miss, pglite, jose, profile); results then go to
  *                     bench/results/tmp/partial.json, not latest.*
  *
  * Writes bench/results/latest.json and latest.svg, prints the table.
  */
 import { randomBytes, webcrypto } from "node:crypto";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
@@ -55,6 +57,8 @@ const RUNNER_BUDGET_S = 265;
 const CONCURRENCIES = [1, 16, 64] as const;
 /** Connect JSON over HTTP/1.1 (wrk) at one point only, to keep within five minutes; Connect proto over h2c covers all three. */
 const JSON_CONCURRENCIES = [16] as const;
+/** Tracing off and on, in turns, at these concurrencies (two, to keep within five minutes). */
+const TRACING_CONCURRENCIES = [16, 64] as const;
 /** Distinct tokens introspected once each by the miss and memory phase. */
 const MEMORY_TOKENS = 100_000;
 /** Of those: unmeasured warm-up, then the measured miss window. */
@@ -182,6 +186,35 @@ async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: number; gc:
   await sleep(300);
   const usage = (JSON.parse(last) as { benchGc: NodeJS.MemoryUsage }).benchGc;
   return { rawRssKiB, gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, heapTotalKiB: usage.heapTotal / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 } };
+}
+
+/**
+ * An OTLP/HTTP sink in the runner for the traced replica: takes every export,
+ * answers success, keeps only counts. Spans are counted by their name, which
+ * each IntrospectToken span carries twice in OTLP protobuf (its name and
+ * `rpc.method`).
+ */
+async function startOtlpSink() {
+  const marker = Buffer.from(SERVICE_PATH.slice(1));
+  const counts = { requests: 0, bytes: 0, names: 0 };
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => {
+      const body = Buffer.concat(chunks);
+      counts.requests++;
+      counts.bytes += body.length;
+      for (let at = body.indexOf(marker); at >= 0; at = body.indexOf(marker, at + marker.length)) counts.names++;
+      res.writeHead(200, { "content-type": "application/x-protobuf" });
+      res.end();
+    });
+  });
+  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`,
+    counts,
+    close: () => new Promise<void>((done) => server.close(() => done())),
+  };
 }
 
 const EMPTY_ROW: LoadRow = { concurrency: 0, requests: 0, rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, cpuUsPerCall: Number.NaN, failures: 0 };
@@ -475,6 +508,40 @@ async function main(): Promise<void> {
       }
       if (!(await allowed())) checks.push("ext_authz Check no longer allows the user token after the load");
     }
+    if (wants("tracing")) {
+      // Tracing's cost: replica A (tracing off, the default) and a replica with
+      // OTEL_TRACES_EXPORTER=otlp, in turns at each concurrency as the floor and
+      // the hit path are. Every request carries a sampled traceparent, as from a
+      // traced gateway, so every call on the traced replica makes and exports a span.
+      const sink = await startOtlpSink();
+      const traced = await startTokenService("service-traced", { ...serviceEnv, OTEL_TRACES_EXPORTER: "otlp", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: sink.url });
+      servers.push(traced);
+      const tracedAddress = `127.0.0.1:${traced.grpcPort}`;
+      const probe = tokenClient(tracedAddress, gatewayToken);
+      const tracedFirst = await probe.introspect(userToken);
+      probe.close();
+      if (!tracedFirst.active) throw new Error(`the traced replica answers inactive for the user token: ${tracedFirst.reason}`);
+      const traceHeaders = [...grpcHeaders, `traceparent: 00-${randomBytes(16).toString("hex")}-${randomBytes(8).toString("hex")}-01`];
+      const off: LoadRow[] = [];
+      const on: LoadRow[] = [];
+      for (const [index, concurrency] of TRACING_CONCURRENCIES.entries()) {
+        off.push(await h2loadPoint("gRPC hit, tracing off", a, `http://${grpcA}${SERVICE_PATH}`, grpcBodyFile, traceHeaders, concurrency, index === 0));
+        on.push(await h2loadPoint("gRPC hit, tracing on", traced, `http://${tracedAddress}${SERVICE_PATH}`, grpcBodyFile, traceHeaders, concurrency, index === 0));
+      }
+      await statusSample("gRPC hit, tracing on", tracedAddress, gatewayToken, userTokensFile, 500);
+      await traced.stop(); // SIGTERM: the replica flushes its last spans before it exits
+      results.tracing = {
+        off,
+        on,
+        exportRequests: sink.counts.requests,
+        exportedKiB: round(sink.counts.bytes / 1024),
+        spansExported: Math.floor(sink.counts.names / 2),
+        // The measured points only (not their warm-ups, the probe or the status sample): a lower bound.
+        callsTraced: on.reduce((sum, row) => sum + row.requests, 0),
+      };
+      await sink.close();
+      log(`tracing: ${results.tracing.spansExported} spans exported in ${sink.counts.requests} OTLP requests`);
+    }
 
     // The service must still answer, with a real client, after all that.
     const after = await gatewayA.introspect(userToken);
@@ -712,7 +779,7 @@ async function main(): Promise<void> {
       if (seeded.code !== 0) throw new Error(`PGlite seeding failed: ${seeded.stderr.slice(-2000)}`);
       const { gateway, tokens } = JSON.parse(readFileSync(pgliteTokensFile, "utf8")) as { gateway: string; tokens: string[] };
       const tokensFile = writeTmp("pglite-tokens.json", JSON.stringify(tokens));
-      const p = await startTokenService("service-pglite", { TOKEN_ENVIRONMENT: ENVIRONMENT, DATA_DIR: pgliteDir });
+      const p = await startTokenService("service-pglite", { TOKEN_ENVIRONMENT: ENVIRONMENT, DATA_DIR: pgliteDir, KEY_ENCRYPTION_KEY: serviceEnv.KEY_ENCRYPTION_KEY });
       servers.push(p);
       const base = { address: `127.0.0.1:${p.grpcPort}`, callerToken: gateway, tokensFile, concurrency: MISS_IN_FLIGHT, connections: 4 };
       await h2loader({ ...base, first: 0, maxCalls: 500, maxSeconds: 20 });

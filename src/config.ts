@@ -107,7 +107,28 @@ export interface Config {
   readonly extAuthzHeader: string;
   readonly extAuthzBackendJwt: boolean;
   readonly extAuthzRemoveHeader: boolean;
+  // OpenTelemetry tracing (issue 12, item 4): the standard OTEL_* variables, read here and handed to the SDK explicitly.
+  readonly otelTracesExporter: "none" | "otlp";
+  readonly otelSdkDisabled: boolean;
+  readonly otelServiceName: string;
+  readonly otelResourceAttributes: Readonly<Record<string, string>>;
+  readonly otelExporterOtlpEndpoint: string;
+  readonly otelExporterOtlpTracesEndpoint: string | undefined;
+  readonly otelExporterOtlpProtocol: "http/protobuf" | "http/json";
+  readonly otelExporterOtlpHeaders: Readonly<Record<string, string>> | undefined;
+  readonly otelExporterOtlpTimeoutMs: number;
+  readonly otelTracesSampler: TraceSampler;
+  readonly otelTracesSamplerArg: number | undefined;
+  readonly otelBspScheduleDelayMs: number;
+  readonly otelBspMaxQueueSize: number;
+  readonly otelBspMaxExportBatchSize: number;
+  readonly otelBspExportTimeoutMs: number;
 }
+
+/** The samplers `OTEL_TRACES_SAMPLER` names (OpenTelemetry SDK environment variable specification). */
+export const TRACE_SAMPLERS = ["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"] as const;
+/** One of {@link TRACE_SAMPLERS}. */
+export type TraceSampler = (typeof TRACE_SAMPLERS)[number];
 
 /** Thrown by `loadConfig` with one line per bad key. */
 export class ConfigError extends Error {
@@ -226,6 +247,32 @@ function publicBaseUrl(raw: string): string {
   if (url.protocol !== "https:" && url.protocol !== "http:") throw new Error("must be an http or https URL");
   if (url.username !== "" || url.password !== "") throw new Error("must not contain credentials");
   if (url.search !== "" || value.includes("?") || value.includes("#")) throw new Error("must have no query or fragment (RFC 8414 §2)");
+  return value;
+}
+
+/**
+ * A W3C Baggage-style list, `key1=value1,key2=value2`, values percent-decoded:
+ * the format of `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_EXPORTER_OTLP_HEADERS`.
+ */
+function keyValueList(raw: string): Readonly<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const item of raw.split(",")) {
+    if (item.trim() === "") continue;
+    const eq = item.indexOf("=");
+    const key = eq < 0 ? "" : item.slice(0, eq).trim();
+    if (!/^[\x21-\x7e]+$/.test(key)) throw new Error("must be a comma-separated list of key=value");
+    try {
+      out[key] = decodeURIComponent(item.slice(eq + 1).trim());
+    } catch {
+      throw new Error("must be a comma-separated list of key=value, values percent-encoded");
+    }
+  }
+  return Object.freeze(out);
+}
+
+function httpUrl(raw: string): string {
+  const value = raw.trim();
+  if (!/^https?:\/\/\S+$/.test(value)) throw new Error("must be an http(s) URL");
   return value;
 }
 
@@ -378,10 +425,43 @@ export const CONFIG_KEYS = {
   }),
   EXT_AUTHZ_BACKEND_JWT: spec("extAuthzBackendJwt", "false", "When true, an allowed request also gets `X-Auth-Backend-Jwt`, a backend JWT with the token's claims (API tokens only).", boolean),
   EXT_AUTHZ_REMOVE_HEADER: spec("extAuthzRemoveHeader", "false", "When true, Check tells Envoy to remove the credential header (EXT_AUTHZ_HEADER) from an allowed request, so the upstream never sees the bearer token.", boolean),
+  // OpenTelemetry tracing (issue 12, item 4): the standard OTEL_* variables (OpenTelemetry SDK environment
+  // variable specification), read here like every other key and handed to the SDK explicitly. Off by default.
+  OTEL_TRACES_EXPORTER: spec("otelTracesExporter", "none", "Tracing: `otlp` sends a span per call to an OpenTelemetry collector (OTLP over HTTP); `none` (the default, unlike the OpenTelemetry SDKs' `otlp`) traces nothing and costs nothing.", (raw) => {
+    const value = raw.trim().toLowerCase();
+    if (value !== "none" && value !== "otlp") throw new Error("must be otlp or none (console, zipkin and the rest are not offered)");
+    return value;
+  }),
+  OTEL_SDK_DISABLED: spec("otelSdkDisabled", "false", "true turns tracing off whatever OTEL_TRACES_EXPORTER says.", boolean),
+  OTEL_SERVICE_NAME: spec("otelServiceName", "token-service", "`service.name` of the spans.", text),
+  OTEL_RESOURCE_ATTRIBUTES: spec("otelResourceAttributes", "", "More resource attributes, `key=value,key=value` (values percent-encoded), e.g. `service.namespace=auth,k8s.pod.name=…`. `deployment.environment.name` is TOKEN_ENVIRONMENT unless set here.", keyValueList),
+  OTEL_EXPORTER_OTLP_ENDPOINT: spec("otelExporterOtlpEndpoint", "http://localhost:4318", "Base URL of the OTLP/HTTP collector; spans go to its `/v1/traces`.", httpUrl),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: spec("otelExporterOtlpTracesEndpoint", undefined, "Full URL spans are posted to, used as it is (instead of OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces).", httpUrl),
+  OTEL_EXPORTER_OTLP_PROTOCOL: spec("otelExporterOtlpProtocol", "http/protobuf", "OTLP encoding: http/protobuf or http/json (OTLP over gRPC is not offered).", (raw) => {
+    const value = raw.trim().toLowerCase();
+    if (value !== "http/protobuf" && value !== "http/json") throw new Error("must be http/protobuf or http/json");
+    return value;
+  }),
+  OTEL_EXPORTER_OTLP_HEADERS: spec("otelExporterOtlpHeaders", undefined, "Headers sent with every export, `key=value,key=value` (values percent-encoded), e.g. a collector's API key. Secret: never echoed.", keyValueList),
+  OTEL_EXPORTER_OTLP_TIMEOUT: spec("otelExporterOtlpTimeoutMs", "10000", "Longest one export request may take, in milliseconds.", integer(1, 600_000)),
+  OTEL_TRACES_SAMPLER: spec("otelTracesSampler", "parentbased_always_on", `Which calls are traced: ${TRACE_SAMPLERS.join(", ")}. The parentbased_ ones follow the caller's sampled flag in \`traceparent\`.`, (raw) => {
+    const value = raw.trim().toLowerCase();
+    if (!(TRACE_SAMPLERS as readonly string[]).includes(value)) throw new Error(`must be one of ${TRACE_SAMPLERS.join(", ")}`);
+    return value as TraceSampler;
+  }),
+  OTEL_TRACES_SAMPLER_ARG: spec("otelTracesSamplerArg", undefined, "Fraction of root traces kept by traceidratio and parentbased_traceidratio, from 0 to 1 (default 1).", (raw) => {
+    const value = Number(raw.trim());
+    if (raw.trim() === "" || !Number.isFinite(value) || value < 0 || value > 1) throw new Error("must be a number from 0 to 1");
+    return value;
+  }),
+  OTEL_BSP_SCHEDULE_DELAY: spec("otelBspScheduleDelayMs", "5000", "Milliseconds between exports of finished spans (and always on shutdown).", integer(1, 600_000)),
+  OTEL_BSP_MAX_QUEUE_SIZE: spec("otelBspMaxQueueSize", "2048", "Most finished spans waiting for export; beyond it new ones are dropped.", integer(1, 1_000_000)),
+  OTEL_BSP_MAX_EXPORT_BATCH_SIZE: spec("otelBspMaxExportBatchSize", "512", "Most spans in one export request (at most OTEL_BSP_MAX_QUEUE_SIZE).", integer(1, 1_000_000)),
+  OTEL_BSP_EXPORT_TIMEOUT: spec("otelBspExportTimeoutMs", "30000", "Longest one export may take before it is given up, in milliseconds.", integer(1, 600_000)),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
-const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "EXT_AUTHZ_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS"]);
+const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS", "EXT_AUTHZ_SECRET", "OTEL_EXPORTER_OTLP_HEADERS"]);
 
 /**
  * The default of a key in an environment: its one default, or the one for
@@ -460,6 +540,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   // One source per key-encryption key: two would leave it unclear which one wraps.
   for (const [key, value, file] of [["KEY_ENCRYPTION_KEY", config.keyEncryptionKey, config.keyEncryptionKeyFile], ["KEY_ENCRYPTION_KEY_PREVIOUS", config.keyEncryptionKeyPrevious, config.keyEncryptionKeyPreviousFile]] as const) {
     if (value !== undefined && file !== undefined) problems.push(`${key}: set either ${key} or ${key}_FILE, not both`);
+  }
+  if (problems.length === 0 && config.otelBspMaxExportBatchSize > config.otelBspMaxQueueSize) {
+    problems.push("OTEL_BSP_MAX_EXPORT_BATCH_SIZE: must not be larger than OTEL_BSP_MAX_QUEUE_SIZE");
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

@@ -5,6 +5,7 @@ import { EnvelopeCheck, declaresCompression } from "./envelope-check.js";
 import { grpcServiceDefinition } from "./grpc-adapter.js";
 import type { ServiceRegistration } from "./context.js";
 import type { CallObserver } from "./call-observer.js";
+import type { GrpcCallTracing } from "./grpc-adapter.js";
 
 /** Options for {@link startGrpcServer}. */
 export interface GrpcServerOptions {
@@ -22,6 +23,8 @@ export interface GrpcServerOptions {
   readonly onInternalError: (err: unknown, procedure: string) => void;
   /** Told about every finished call (metrics, the debug request log); see {@link CallObserver}. */
   readonly observer?: CallObserver;
+  /** Traces every call; see {@link GrpcCallTracing}. Absent: tracing is off. */
+  readonly tracing?: GrpcCallTracing;
   /**
    * Transport security. Defaults to cleartext HTTP/2 (`createInsecure()`), for
    * a service behind a mesh or on a private network; pass
@@ -94,6 +97,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       onInternalError: options.onInternalError,
       shutdownSignal: shutdown.signal,
       ...(options.observer ? { observer: options.observer } : {}),
+      ...(options.tracing ? { tracing: options.tracing } : {}),
     });
     server.addService(definition, implementation);
     for (const method of service.methods) {

@@ -74,6 +74,11 @@ export interface HttpServerOptions {
    * this port; cleartext when absent. See {@link startHttpServer}.
    */
   readonly tls?: HttpTlsOptions;
+  /**
+   * Interceptors run before all others on the RPCs, e.g. tracing's (which
+   * must see the code the client gets). Absent: none.
+   */
+  readonly interceptors?: readonly Interceptor[];
 }
 
 /** The first bytes of every HTTP/2 connection (RFC 9113 §3.4). */
@@ -120,7 +125,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
     ...(options.maxResponseBytes !== undefined ? { writeMaxBytes: options.maxResponseBytes } : {}),
     maxTimeoutMs: options.maxTimeoutMs,
     shutdownSignal: shutdown.signal,
-    interceptors: [...(options.observer ? [observeCalls(options.observer)] : []), reportInternalErrors(onInternalError)],
+    interceptors: [...(options.interceptors ?? []), ...(options.observer ? [observeCalls(options.observer)] : []), reportInternalErrors(onInternalError)],
     acceptCompression: compressions,
   });
   options.routes(router);
