@@ -3,8 +3,8 @@
  * CPU and event-loop lag never delay the runner's revocation checks).
  *
  * Two modes:
- * - `capacity`: closed loop, cache-hit introspections spread over every
- *   replica, `concurrency` calls in flight, for `seconds`; prints one
+ * - `capacity`: closed loop, the same mix spread over every replica,
+ *   `concurrency` calls in flight, for `seconds`; prints one
  *   `{"capacity": …}` line.
  * - `soak`: open loop at `rate` calls/s for `seconds`, a weighted mix of
  *   operations spread over the replicas and credentials; prints one
@@ -54,7 +54,7 @@ export interface SoakLoadInput {
   /** JSON file: array of seeded, active tokens (the cache-hit working set). */
   readonly hotTokensFile: string;
   readonly seconds: number;
-  /** capacity: calls in flight in total. */
+  /** capacity: calls in flight in total (closed loop). */
   readonly concurrency: number;
   /** soak: calls started per second, in total. */
   readonly rate: number;
@@ -113,14 +113,15 @@ export interface DoneReport {
   readonly ops: Record<Operation, OperationFigures>;
 }
 
-/** Closed-loop capacity figures. */
+/** Closed-loop capacity figures: the same mix, back to back. */
 export interface CapacityReport {
   readonly calls: number;
   readonly seconds: number;
   readonly rate: number;
-  readonly p99Ms: number;
   readonly errors: number;
   readonly exhausted: number;
+  readonly staleAccepted: number;
+  readonly ops: Record<Operation, OperationFigures>;
   readonly loaderCpuPercent: number;
   readonly samples: readonly string[];
 }
@@ -371,43 +372,6 @@ async function main(): Promise<void> {
   const started = performance.now();
   const stopAt = started + input.seconds * 1000;
 
-  if (input.mode === "capacity") {
-    const recorder = new Recorder();
-    let calls = 0;
-    let hot = 0;
-    const worker = async () => {
-      while (performance.now() < stopAt) {
-        const t0 = performance.now();
-        const outcome = await replicas.call(nextReplica(), "IntrospectToken", gateway(), hotBodies[hot++ % hotBodies.length]!);
-        recorder.add(performance.now() - t0);
-        calls++;
-        if (outcome.status === STATUS_RESOURCE_EXHAUSTED) recorder.exhausted++;
-        else if (outcome.status !== STATUS_OK || !isActive(outcome.body)) {
-          recorder.errors++;
-          sample(`introspect_hit: status ${outcome.status} ${outcome.message}`);
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: input.concurrency }, worker));
-    const seconds = (performance.now() - started) / 1000;
-    const cpu = process.cpuUsage(cpuAtStart);
-    const figures = recorder.take();
-    const report: CapacityReport = {
-      calls,
-      seconds,
-      rate: calls / seconds,
-      p99Ms: figures.p99Ms,
-      errors: figures.errors,
-      exhausted: figures.exhausted,
-      loaderCpuPercent: Math.round((cpu.user + cpu.system) / 10_000 / seconds),
-      samples,
-    };
-    emit({ capacity: report });
-    replicas.close();
-    return;
-  }
-
-  // ---------------------------------------------------------------- soak (open loop)
   const recorders = Object.fromEntries(OPERATIONS.map((op) => [op, new Recorder()])) as Record<Operation, Recorder>;
   const weights = OPERATIONS.map((op) => Math.max(0, input.mix[op] ?? 0));
   const totalWeight = weights.reduce((a, b) => a + b, 0);
@@ -510,6 +474,34 @@ async function main(): Promise<void> {
     }
   };
 
+  if (input.mode === "capacity") {
+    // Closed loop: each of `concurrency` workers runs the mix back to back.
+    const worker = async () => {
+      while (performance.now() < stopAt) await run(pick(), performance.now());
+    };
+    await Promise.all(Array.from({ length: input.concurrency }, worker));
+    const seconds = (performance.now() - started) / 1000;
+    const cpu = process.cpuUsage(cpuAtStart);
+    for (const op of OPERATIONS) recorders[op].take();
+    const ops = Object.fromEntries(OPERATIONS.map((op) => [op, recorders[op].whole()])) as Record<Operation, OperationFigures>;
+    const calls = OPERATIONS.reduce((sum, op) => sum + ops[op].n, 0);
+    const report: CapacityReport = {
+      calls,
+      seconds,
+      rate: calls / seconds,
+      errors: OPERATIONS.reduce((sum, op) => sum + ops[op].errors, 0),
+      exhausted: OPERATIONS.reduce((sum, op) => sum + ops[op].exhausted, 0),
+      staleAccepted,
+      ops,
+      loaderCpuPercent: Math.round((cpu.user + cpu.system) / 10_000 / seconds),
+      samples,
+    };
+    emit({ capacity: report });
+    replicas.close();
+    return;
+  }
+
+  // ---------------------------------------------------------------- soak (open loop)
   const intervalMs = input.intervalSeconds * 1000;
   let intervalStart = started;
   let cpuAtInterval = process.cpuUsage();
@@ -579,7 +571,10 @@ async function main(): Promise<void> {
   replicas.close();
 }
 
-main().catch((error: unknown) => {
-  process.stderr.write(`soak-load failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
-  process.exit(1);
-});
+// Only as a process of its own: bench/soak.ts imports this module for its types and OPERATIONS.
+if (process.argv[1]?.endsWith("/soak-load.js")) {
+  main().catch((error: unknown) => {
+    process.stderr.write(`soak-load failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(1);
+  });
+}
