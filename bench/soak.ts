@@ -112,6 +112,11 @@ const startedAt = Date.now();
 const log = (line: string) => process.stdout.write(`[soak ${((Date.now() - startedAt) / 1000).toFixed(0).padStart(4)}s] ${line}\n`);
 const servers: ServerProcess[] = [];
 let loadChild: ChildProcess | undefined;
+let interrupted = false;
+/** Ends the run (through main's clean-up) once SIGINT has arrived. */
+function checkInterrupted(): void {
+  if (interrupted) throw new Error("interrupted");
+}
 
 // ---------------------------------------------------------------- the load child
 
@@ -208,11 +213,17 @@ function git(args: string[]): string {
 }
 
 /** Service configuration keys set in this environment, for the replicas. */
-function passThroughEnv(): Record<string, string> {
+function passThroughEnv(warnings: string[]): Record<string, string> {
   const env: Record<string, string> = {};
   for (const key of Object.keys(CONFIG_KEYS)) {
     const value = process.env[key];
-    if (value !== undefined && !CONTROLLED_KEYS.has(key)) env[key] = value;
+    if (value === undefined || CONTROLLED_KEYS.has(key)) continue;
+    // The runner finds each replica's ports in its "listening" line, logged at info.
+    if (key === "LOG_LEVEL" && !["info", "debug", "trace"].includes(value.trim())) {
+      warnings.push(`LOG_LEVEL=${value.slice(0, 10)} not passed on: the replicas must log at info or finer for the soak to find their ports`);
+      continue;
+    }
+    env[key] = value;
   }
   return env;
 }
@@ -265,9 +276,9 @@ async function main(): Promise<void> {
   await admin.connect();
   await admin.query(`CREATE DATABASE ${database}`);
   const dbUrl = databaseUrl(adminUrl, database);
-  const passThrough = passThroughEnv();
   const failures: string[] = [];
   const warnings: string[] = [];
+  const passThrough = passThroughEnv(warnings);
   /** Each interval of the load, with every replica's RSS at its end and CPU (% of one core) over it. */
   const intervals: (IntervalReport & { rssMiB: number[]; cpuPercent: number[] })[] = [];
   const rssSamples: RssSample[] = [];
@@ -306,8 +317,13 @@ async function main(): Promise<void> {
     log(`seeded ${SETTINGS.hotTokens} tokens, ${SETTINGS.gateways} gateway and ${SETTINGS.admins + 1} admin credentials`);
 
     // ------------------------------------------------------------ replicas
+    checkInterrupted();
     const serviceEnv = { ...passThrough, TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl };
-    for (let i = 0; i < SETTINGS.replicas; i++) servers.push(await startTokenService(`soak-replica-${i + 1}`, serviceEnv, [], false));
+    for (let i = 0; i < SETTINGS.replicas; i++) {
+      checkInterrupted();
+      servers.push(await startTokenService(`soak-replica-${i + 1}`, serviceEnv, [], false));
+    }
+    checkInterrupted();
     const grpcPorts = servers.map((s) => s.grpcPort);
     const checkerAdmins = servers.map((s) => tokenClient(`127.0.0.1:${s.grpcPort}`, checkerToken));
     const checkerGateways = servers.map((s) => tokenClient(`127.0.0.1:${s.grpcPort}`, gatewayTokens[0]!));
@@ -360,6 +376,7 @@ async function main(): Promise<void> {
     }
 
     // ------------------------------------------------------------ soak
+    checkInterrupted();
     let soakStart: number | undefined;
     let stop = false;
     const elapsed = () => (soakStart === undefined ? 0 : (performance.now() - soakStart) / 1000);
@@ -551,7 +568,6 @@ async function main(): Promise<void> {
   if (failures.length > 0) process.exitCode = 1;
 }
 
-let interrupted = false;
 process.on("SIGINT", () => {
   if (interrupted) process.exit(130);
   interrupted = true;
@@ -563,5 +579,5 @@ process.on("SIGINT", () => {
 main().catch(async (error: unknown) => {
   process.stderr.write(`soak failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
   for (const server of servers) await server.stop(2_000).catch(() => undefined);
-  process.exit(1);
+  process.exit(interrupted ? 130 : 1);
 });
