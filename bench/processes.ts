@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
-import { ROOT, SERVER_CPU, TMP_DIR, sleep } from "./common.js";
+import { ROOT, SERVER_CPU, TMP_DIR, rssKiB, sleep } from "./common.js";
 
 /** A running server child. */
 export interface ServerProcess {
@@ -129,4 +129,22 @@ export function startEchoServer(responseBytes: number): Promise<ServerProcess> {
       return match ? { grpcPort: Number(match[1]), httpPort: 0 } : undefined;
     },
   });
+}
+
+/**
+ * RSS now, then RSS and heap after a full GC: the server must have been
+ * started with `--expose-gc` and bench/gc-signal.js preloaded, whose SIGUSR2
+ * hook collects and prints `{"benchGc": process.memoryUsage()}`.
+ */
+export async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: number; gc: { rssKiB: number; heapUsedKiB: number; heapTotalKiB: number; externalKiB: number } }> {
+  const rawRssKiB = rssKiB(server.pid);
+  const lines = () => readFileSync(server.logFile, "utf8").split("\n").filter((line) => line.startsWith('{"benchGc"'));
+  const seen = lines().length;
+  process.kill(server.pid, "SIGUSR2");
+  for (let i = 0; i < 100 && lines().length === seen; i++) await sleep(50);
+  const last = lines()[seen];
+  if (last === undefined) throw new Error(`${server.name} did not answer SIGUSR2 with a GC report`);
+  await sleep(300);
+  const usage = (JSON.parse(last) as { benchGc: NodeJS.MemoryUsage }).benchGc;
+  return { rawRssKiB, gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, heapTotalKiB: usage.heapTotal / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 } };
 }

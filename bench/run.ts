@@ -39,7 +39,7 @@ import { tokenClient } from "./grpc-client.js";
 import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
 import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
 import { adminDatabaseUrl, databaseUrl, dropDatabase, ensurePostgres } from "./postgres.js";
-import { startEchoServer, startTokenService, type ServerProcess } from "./processes.js";
+import { memoryOf, startEchoServer, startTokenService, type ServerProcess } from "./processes.js";
 import { summarizeProfile } from "./profile.js";
 import { renderSvg, renderTable, target, type BenchResults, type LoadRow, type TimingStats } from "./report.js";
 import { insertRows, mintCaller, mintTokens, type PgliteSeedInput } from "./seed.js";
@@ -167,20 +167,6 @@ async function statusSample(label: string, address: string, callerToken: string,
 function timing(values: readonly number[]): TimingStats {
   const sorted = sortedCopy(values);
   return { n: sorted.length, p50Ms: round(quantile(sorted, 0.5)), p99Ms: round(quantile(sorted, 0.99)), maxMs: round(sorted.length > 0 ? sorted[sorted.length - 1]! : Number.NaN) };
-}
-
-/** RSS now, then RSS and heap after a full GC (the SIGUSR2 hook of bench/gc-signal.ts). */
-async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: number; gc: { rssKiB: number; heapUsedKiB: number; heapTotalKiB: number; externalKiB: number } }> {
-  const rawRssKiB = rssKiB(server.pid);
-  const lines = () => readFileSync(server.logFile, "utf8").split("\n").filter((line) => line.startsWith('{"benchGc"'));
-  const seen = lines().length;
-  process.kill(server.pid, "SIGUSR2");
-  for (let i = 0; i < 100 && lines().length === seen; i++) await sleep(50);
-  const last = lines()[seen];
-  if (last === undefined) throw new Error(`${server.name} did not answer SIGUSR2 with a GC report`);
-  await sleep(300);
-  const usage = (JSON.parse(last) as { benchGc: NodeJS.MemoryUsage }).benchGc;
-  return { rawRssKiB, gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, heapTotalKiB: usage.heapTotal / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 } };
 }
 
 const EMPTY_ROW: LoadRow = { concurrency: 0, requests: 0, rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, cpuUsPerCall: Number.NaN, failures: 0 };

@@ -35,6 +35,7 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { createInterface } from "node:readline";
 import { sql } from "kysely";
 import { Client } from "pg";
@@ -44,7 +45,7 @@ import { migrateToLatest, openDatabase } from "../src/storage/database.js";
 import { DIST_BENCH, RESULTS_DIR, ROOT, TMP_DIR, cpuMicros, quantile, rssKiB, sleep, sortedCopy } from "./common.js";
 import { tokenClient, type TokenClient } from "./grpc-client.js";
 import { adminDatabaseUrl, databaseUrl, dropDatabase, ensurePostgres } from "./postgres.js";
-import { startTokenService, type ServerProcess } from "./processes.js";
+import { memoryOf, startTokenService, type ServerProcess } from "./processes.js";
 import { fmt, table } from "./report.js";
 import { insertRows, mintCaller, mintTokens } from "./seed.js";
 import { OPERATIONS, type CapacityReport, type DoneReport, type IntervalReport, type Operation, type SoakLoadInput } from "./soak-load.js";
@@ -86,8 +87,8 @@ const SETTINGS = {
   capacitySeconds: numberSetting("SOAK_CAPACITY_SECONDS", 15, 3, 300),
   /** Calls in flight while measuring capacity; 0: 32 per replica. */
   capacityConcurrency: numberSetting("SOAK_CAPACITY_CONCURRENCY", 0, 0, 4096),
-  /** RSS at the end of warm-up is the baseline of the growth check: a fifth of the run, from 30 s to 120 s. */
-  warmupSeconds: numberSetting("SOAK_WARMUP_SECONDS", Math.round(Math.min(120, Math.max(30, SOAK_SECONDS / 5))), 5, 86_400),
+  /** RSS at the end of warm-up is the baseline of the growth check: a fifth of the run, from 60 s to 120 s (less than the run). */
+  warmupSeconds: numberSetting("SOAK_WARMUP_SECONDS", Math.round(Math.min(120, Math.max(60, SOAK_SECONDS / 5), SOAK_SECONDS * 0.8)), 5, 86_400),
   /** See the README's "Soak test" for why 32 MiB. */
   rssGrowthLimitMiB: numberSetting("SOAK_RSS_GROWTH_LIMIT_MIB", 32, 1, 1_000_000),
   intervalSeconds: numberSetting("SOAK_INTERVAL_SECONDS", Math.max(10, Math.round(SOAK_SECONDS / 20)), 1, 3_600),
@@ -286,6 +287,20 @@ async function main(): Promise<void> {
   let checkErrors = 0;
   let capacity: CapacityReport | undefined;
   let capacityCpuPercent: number[] = [];
+  type Memory = Awaited<ReturnType<typeof memoryOf>>;
+  /** Memory after a full GC, per replica: at the end of warm-up, and after the load. */
+  let gcWarm: (Memory | undefined)[] = [];
+  let gcEnd: (Memory | undefined)[] = [];
+  const warm = Math.min(SETTINGS.warmupSeconds, SETTINGS.seconds - RSS_WINDOW_S);
+  const gcAll = async (when: string) =>
+    Promise.all(
+      servers.map((server, i) =>
+        memoryOf(server).catch((error: unknown) => {
+          failures.push(`replica ${i + 1}: no memory report after a full GC ${when} (${describe(error)})`);
+          return undefined;
+        }),
+      ),
+    );
   let done: DoneReport | undefined;
   let rate = 0;
   const commit = `${git(["rev-parse", "--short", "HEAD"])}${git(["status", "--porcelain", "--", "src", "gen", "bench"]) === "" ? "" : " (+ uncommitted changes)"}`;
@@ -321,7 +336,10 @@ async function main(): Promise<void> {
     const serviceEnv = { ...passThrough, TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl };
     for (let i = 0; i < SETTINGS.replicas; i++) {
       checkInterrupted();
-      servers.push(await startTokenService(`soak-replica-${i + 1}`, serviceEnv, [], false));
+      // --expose-gc and bench/gc-signal.js add only a SIGUSR2 hook that runs a full GC and reports memory:
+      // RSS after a full GC at the end of warm-up and at the end is what the growth check compares.
+      const gcHook = ["--expose-gc", `--import=${pathToFileURL(resolve(DIST_BENCH, "gc-signal.js")).href}`];
+      servers.push(await startTokenService(`soak-replica-${i + 1}`, serviceEnv, gcHook, false));
     }
     checkInterrupted();
     const grpcPorts = servers.map((s) => s.grpcPort);
@@ -393,10 +411,18 @@ async function main(): Promise<void> {
     };
     let sampler: NodeJS.Timeout | undefined;
     let checker: Promise<void> | undefined;
+    let warmGc: Promise<void> | undefined;
+    let warmTimer: NodeJS.Timeout | undefined;
     const startBackground = () => {
       soakStart = performance.now();
       sampleRss();
       sampler = setInterval(sampleRss, 1000);
+      warmTimer = setTimeout(() => {
+        warmGc = gcAll("at the end of warm-up").then((m) => {
+          gcWarm = m;
+          log(`end of warm-up, after a full GC: RSS ${m.map((x) => (x ? fmt(mib(x.gc.rssKiB)) : "?")).join(", ")} MiB`);
+        });
+      }, warm * 1000);
       checker = (async () => {
         for (let i = 0; !stop; i++) {
           const at = Math.round(elapsed() * 10) / 10;
@@ -446,7 +472,10 @@ async function main(): Promise<void> {
       }
     });
     stop = true;
+    clearTimeout(warmTimer);
     await checker;
+    await warmGc;
+    gcEnd = await gcAll("at the end");
     if (sampler) clearInterval(sampler);
     for (const gateway of [...checkerAdmins, ...checkerGateways]) gateway.close();
     for (const [i, server] of servers.entries()) {
@@ -478,17 +507,33 @@ async function main(): Promise<void> {
   if (calls < 0.95 * done.scheduled) warnings.push(`only ${calls} of ${done.scheduled} scheduled calls were answered`);
 
   const end = SETTINGS.seconds;
-  const warm = Math.min(SETTINGS.warmupSeconds, end - RSS_WINDOW_S);
   const memory = servers.map((server, i) => {
+    const gcWarmMiB = mib(gcWarm[i]?.gc.rssKiB ?? Number.NaN);
+    const gcEndMiB = mib(gcEnd[i]?.gc.rssKiB ?? Number.NaN);
+    const heapWarmMiB = mib(gcWarm[i]?.gc.heapUsedKiB ?? Number.NaN);
+    const heapEndMiB = mib(gcEnd[i]?.gc.heapUsedKiB ?? Number.NaN);
     const warmMiB = mib(medianRss(rssSamples, i, warm - RSS_WINDOW_S, warm));
     const endMiB = mib(medianRss(rssSamples, i, end - RSS_WINDOW_S, end + 60));
     const maxMiB = mib(Math.max(...rssSamples.filter((s) => s.t >= warm).map((s) => s.kib[i]!).filter(Number.isFinite)));
-    return { replica: i + 1, pid: server.pid, warmMiB, endMiB, growthMiB: endMiB - warmMiB, maxMiB, slopeMiBPerMin: rssSlope(rssSamples, i, warm) };
+    return {
+      replica: i + 1,
+      pid: server.pid,
+      gcWarmMiB,
+      gcEndMiB,
+      gcGrowthMiB: gcEndMiB - gcWarmMiB,
+      heapWarmMiB,
+      heapEndMiB,
+      warmMiB,
+      endMiB,
+      growthMiB: endMiB - warmMiB,
+      maxMiB,
+      slopeMiBPerMin: rssSlope(rssSamples, i, warm),
+    };
   });
   for (const m of memory) {
-    if (!Number.isFinite(m.growthMiB)) failures.push(`replica ${m.replica}: no RSS figures`);
-    else if (m.growthMiB > SETTINGS.rssGrowthLimitMiB) {
-      failures.push(`replica ${m.replica}: RSS grew ${fmt(m.growthMiB)} MiB after warm-up (${fmt(m.warmMiB)} → ${fmt(m.endMiB)} MiB), limit ${SETTINGS.rssGrowthLimitMiB} MiB`);
+    if (!Number.isFinite(m.gcGrowthMiB)) failures.push(`replica ${m.replica}: no RSS figures after a full GC`);
+    else if (m.gcGrowthMiB > SETTINGS.rssGrowthLimitMiB) {
+      failures.push(`replica ${m.replica}: RSS after a full GC grew ${fmt(m.gcGrowthMiB)} MiB after warm-up (${fmt(m.gcWarmMiB)} → ${fmt(m.gcEndMiB)} MiB), limit ${SETTINGS.rssGrowthLimitMiB} MiB`);
     }
   }
   const inactiveAfter = sortedCopy(checks.flatMap((c) => c.inactiveAfterMs).filter(Number.isFinite));
@@ -504,7 +549,16 @@ async function main(): Promise<void> {
     const e = OPERATIONS.reduce((a, op) => a + iv.ops[op].errors, 0) + iv.shed;
     return [fmt(iv.t), fmt(n / iv.seconds), String(e), ...OPERATIONS.map((op) => fmt(iv.ops[op].p99Ms)), ...iv.rssMiB.map(String), ...iv.cpuPercent.map(String)];
   });
-  const memoryRows = memory.map((m) => [String(m.replica), fmt(m.warmMiB), fmt(m.endMiB), fmt(m.growthMiB), fmt(m.maxMiB), fmt(m.slopeMiBPerMin)]);
+  const memoryRows = memory.map((m) => [
+    String(m.replica),
+    fmt(m.gcWarmMiB),
+    fmt(m.gcEndMiB),
+    fmt(m.gcGrowthMiB),
+    `${fmt(m.heapWarmMiB)} → ${fmt(m.heapEndMiB)}`,
+    `${fmt(m.warmMiB)} → ${fmt(m.endMiB)}`,
+    fmt(m.maxMiB),
+    fmt(m.slopeMiBPerMin),
+  ]);
   const text = [
     `Soak: ${SETTINGS.replicas} replicas, ${SETTINGS.seconds} s at ${rate} calls/s` +
       (capacity ? ` (${Math.round(SETTINGS.loadFraction * 100)} % of a measured ${Math.round(capacity.rate)} calls/s closed-loop capacity of the same mix)` : " (SOAK_RATE)") +
@@ -518,9 +572,10 @@ async function main(): Promise<void> {
     "",
     table(["operation", "calls", "errors", "RESOURCE_EXHAUSTED", "p50", "p99", "max"], opRows),
     "",
-    `RSS (median of ${RSS_WINDOW_S} s of samples; warm-up ends at ${warm} s; limit +${SETTINGS.rssGrowthLimitMiB} MiB):`,
+    `Memory per replica: RSS after a full GC at the end of warm-up (${warm} s) and after the load, growth limit +${SETTINGS.rssGrowthLimitMiB} MiB; ` +
+      `JS heap used after those GCs; RSS as sampled (median of ${RSS_WINDOW_S} s), its maximum and slope after warm-up:`,
     "",
-    table(["replica", "warm-up MiB", "end MiB", "growth MiB", "max MiB", "slope MiB/min"], memoryRows),
+    table(["replica", "RSS warm-up MiB", "RSS end MiB", "growth MiB", "heap used MiB", "RSS sampled MiB", "max MiB", "slope MiB/min"], memoryRows),
     "",
     `Revocation checks: ${checks.length - failedChecks.length} of ${checks.length} passed (every replica inactive within ${STALENESS_MS} ms of RevokeToken's answer; ` +
       `p50 ${fmt(quantile(inactiveAfter, 0.5))} ms, p99 ${fmt(quantile(inactiveAfter, 0.99))} ms, max ${fmt(inactiveAfter.length > 0 ? inactiveAfter[inactiveAfter.length - 1]! : Number.NaN)} ms); ` +
