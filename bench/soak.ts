@@ -291,6 +291,8 @@ async function main(): Promise<void> {
   /** Memory after a full GC, per replica: at the end of warm-up, and after the load. */
   let gcWarm: (Memory | undefined)[] = [];
   let gcEnd: (Memory | undefined)[] = [];
+  /** Seconds into the soak when the warm-up GCs were asked for: that interval's latencies include their pause. */
+  let warmGcAt = Number.NaN;
   const warm = Math.min(SETTINGS.warmupSeconds, SETTINGS.seconds - RSS_WINDOW_S);
   const gcAll = async (when: string) =>
     Promise.all(
@@ -418,6 +420,7 @@ async function main(): Promise<void> {
       sampleRss();
       sampler = setInterval(sampleRss, 1000);
       warmTimer = setTimeout(() => {
+        warmGcAt = elapsed();
         warmGc = gcAll("at the end of warm-up").then((m) => {
           gcWarm = m;
           log(`end of warm-up, after a full GC: RSS ${m.map((x) => (x ? fmt(mib(x.gc.rssKiB)) : "?")).join(", ")} MiB`);
@@ -547,7 +550,8 @@ async function main(): Promise<void> {
   const intervalRows = intervals.map((iv) => {
     const n = OPERATIONS.reduce((a, op) => a + iv.ops[op].n, 0);
     const e = OPERATIONS.reduce((a, op) => a + iv.ops[op].errors, 0) + iv.shed;
-    return [fmt(iv.t), fmt(n / iv.seconds), String(e), ...OPERATIONS.map((op) => fmt(iv.ops[op].p99Ms)), ...iv.rssMiB.map(String), ...iv.cpuPercent.map(String)];
+    const gcHere = warmGcAt > iv.t - iv.seconds && warmGcAt <= iv.t;
+    return [`${fmt(iv.t)}${gcHere ? " (GC)" : ""}`, fmt(n / iv.seconds), String(e), ...OPERATIONS.map((op) => fmt(iv.ops[op].p99Ms)), ...iv.rssMiB.map(String), ...iv.cpuPercent.map(String)];
   });
   const memoryRows = memory.map((m) => [
     String(m.replica),
@@ -564,7 +568,7 @@ async function main(): Promise<void> {
       (capacity ? ` (${Math.round(SETTINGS.loadFraction * 100)} % of a measured ${Math.round(capacity.rate)} calls/s closed-loop capacity of the same mix)` : " (SOAK_RATE)") +
       `, commit ${commit}, ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`,
     "",
-    "Per interval (p99 in ms; RSS at the interval's end; replica CPU over it, % of one core):",
+    "Per interval (p99 in ms; RSS at the interval's end; replica CPU over it, % of one core; (GC): the forced full GCs at the end of warm-up, pause included):",
     "",
     table(["t s", "calls/s", "errors", ...OPERATIONS.map((op) => `${op} p99`), ...servers.map((_, i) => `RSS ${i + 1} MiB`), ...servers.map((_, i) => `CPU ${i + 1} %`)], intervalRows),
     "",
@@ -601,6 +605,7 @@ async function main(): Promise<void> {
     capacity: capacity ? { ...capacity, replicaCpuPercent: capacityCpuPercent } : null,
     rate,
     totals: { calls, errors, exhausted, shed, staleAccepted, ops: totals, scheduled: done.scheduled, loaderCpuPercent: done.loaderCpuPercent },
+    warmUp: { seconds: warm, fullGcAtS: warmGcAt },
     memory,
     revocation: {
       checks: checks.length,
