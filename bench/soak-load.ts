@@ -9,6 +9,8 @@
  * - `soak`: open loop at `rate` calls/s for `seconds`, a weighted mix of
  *   operations spread over the replicas and credentials; prints one
  *   `{"interval": …}` line every `intervalSeconds` and a `{"done": …}` line.
+ *   It pauses on a `pause` line on stdin (answering `{"paused": true}` once
+ *   nothing is in flight) and carries on at `resume`.
  *
  * Open loop means calls are started on a fixed schedule whatever the answers
  * do, and each call's latency is counted from when it was due, not from when
@@ -23,6 +25,7 @@
 import { readFileSync } from "node:fs";
 import * as http2 from "node:http2";
 import * as net from "node:net";
+import { createInterface } from "node:readline";
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import {
   IntrospectTokenRequestSchema,
@@ -529,6 +532,22 @@ async function main(): Promise<void> {
   const periodMs = 1000 / input.rate;
   let scheduled = 0;
   const pending = new Set<Promise<void>>();
+  // "pause" on stdin: start nothing more, report {"paused"} once nothing is in flight (the runner
+  // then forces a GC on idle replicas, so its pause is no call's latency); "resume": carry on, with
+  // the schedule moved on by the pause (no backlog of calls that were due meanwhile).
+  let pausedAt: number | undefined;
+  let pausedReported = false;
+  let origin = started;
+  const commands = createInterface({ input: process.stdin });
+  commands.on("line", (line) => {
+    if (line === "pause" && pausedAt === undefined) {
+      pausedAt = performance.now();
+      pausedReported = false;
+    } else if (line === "resume" && pausedAt !== undefined) {
+      origin += performance.now() - pausedAt;
+      pausedAt = undefined;
+    }
+  });
   await new Promise<void>((finished) => {
     const tick = () => {
       const now = performance.now();
@@ -536,26 +555,36 @@ async function main(): Promise<void> {
         finished();
         return;
       }
-      // Every call due by now starts now, timed from when it was due.
-      while (started + scheduled * periodMs <= now) {
-        const due = started + scheduled * periodMs;
-        scheduled++;
-        if (inFlight >= input.maxInFlight) {
-          shed++;
-          continue;
+      if (pausedAt !== undefined) {
+        if (!pausedReported && inFlight === 0) {
+          pausedReported = true;
+          emit({ paused: true });
         }
-        inFlight++;
-        const promise = run(pick(), due).finally(() => {
-          inFlight--;
-          pending.delete(promise);
-        });
-        pending.add(promise);
+      } else {
+        // Every call due by now starts now, timed from when it was due.
+        while (origin + scheduled * periodMs <= now) {
+          const due = origin + scheduled * periodMs;
+          scheduled++;
+          if (inFlight >= input.maxInFlight) {
+            shed++;
+            continue;
+          }
+          inFlight++;
+          const promise = run(pick(), due).finally(() => {
+            inFlight--;
+            pending.delete(promise);
+          });
+          pending.add(promise);
+        }
       }
       if (now - intervalStart >= intervalMs) report(now);
       setTimeout(tick, 1);
     };
     tick();
   });
+  // Reading stdin would keep this process alive.
+  commands.close();
+  process.stdin.destroy();
   // Calls still in flight are waited for (each is bounded by its deadline) and go into the last interval.
   await Promise.all(pending);
   report(performance.now());

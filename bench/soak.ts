@@ -124,6 +124,7 @@ function checkInterrupted(): void {
 interface LoadLines {
   capacity?: CapacityReport;
   started?: true;
+  paused?: true;
   interval?: IntervalReport;
   done?: DoneReport;
 }
@@ -131,8 +132,10 @@ interface LoadLines {
 /** Runs bench/soak-load.js with `input`, calling `onLine` for every JSON line it prints; resolves when it exits (rejects on failure). */
 function runLoad(input: SoakLoadInput, onLine: (line: LoadLines) => void): Promise<void> {
   return new Promise((done, fail) => {
-    const child = spawn(process.execPath, ["--enable-source-maps", resolve(DIST_BENCH, "soak-load.js"), JSON.stringify(input)], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["--enable-source-maps", resolve(DIST_BENCH, "soak-load.js"), JSON.stringify(input)], { stdio: ["pipe", "pipe", "pipe"] });
     loadChild = child;
+    // The child may be gone when the runner writes to it; that is seen on "close".
+    child.stdin.on("error", () => undefined);
     const err: string[] = [];
     child.stderr.on("data", (chunk: Buffer) => err.push(chunk.toString("utf8")));
     createInterface({ input: child.stdout }).on("line", (line) => {
@@ -291,7 +294,7 @@ async function main(): Promise<void> {
   /** Memory after a full GC, per replica: at the end of warm-up, and after the load. */
   let gcWarm: (Memory | undefined)[] = [];
   let gcEnd: (Memory | undefined)[] = [];
-  /** Seconds into the soak when the warm-up GCs were asked for: that interval's latencies include their pause. */
+  /** Seconds into the soak when the load paused for the warm-up GCs (that interval has fewer calls). */
   let warmGcAt = Number.NaN;
   const warm = Math.min(SETTINGS.warmupSeconds, SETTINGS.seconds - RSS_WINDOW_S);
   const gcAll = async (when: string) =>
@@ -415,16 +418,23 @@ async function main(): Promise<void> {
     let checker: Promise<void> | undefined;
     let warmGc: Promise<void> | undefined;
     let warmTimer: NodeJS.Timeout | undefined;
+    let onPaused: (() => void) | undefined;
     const startBackground = () => {
       soakStart = performance.now();
       sampleRss();
       sampler = setInterval(sampleRss, 1000);
       warmTimer = setTimeout(() => {
         warmGcAt = elapsed();
-        warmGc = gcAll("at the end of warm-up").then((m) => {
-          gcWarm = m;
-          log(`end of warm-up, after a full GC: RSS ${m.map((x) => (x ? fmt(mib(x.gc.rssKiB)) : "?")).join(", ")} MiB`);
-        });
+        // The load pauses while the replicas are collected, so the GC's pause is not in any call's latency.
+        warmGc = (async () => {
+          const pausedAt = performance.now();
+          const paused = new Promise<void>((done) => (onPaused = done));
+          loadChild?.stdin?.write("pause\n");
+          await Promise.race([paused, sleep(15_000)]);
+          gcWarm = await gcAll("at the end of warm-up");
+          loadChild?.stdin?.write("resume\n");
+          log(`end of warm-up: load paused ${fmt((performance.now() - pausedAt) / 1000)} s for a full GC; RSS after it ${gcWarm.map((x) => (x ? fmt(mib(x.gc.rssKiB)) : "?")).join(", ")} MiB`);
+        })();
       }, warm * 1000);
       checker = (async () => {
         for (let i = 0; !stop; i++) {
@@ -451,6 +461,7 @@ async function main(): Promise<void> {
     log(`columns: ${header.join(" | ")}`);
     await runLoad({ ...baseInput, mode: "soak", seconds: SETTINGS.seconds, rate }, (line) => {
       if (line.started) startBackground();
+      if (line.paused) onPaused?.();
       if (line.done) done = line.done;
       if (line.interval) {
         const interval = line.interval;
@@ -568,7 +579,7 @@ async function main(): Promise<void> {
       (capacity ? ` (${Math.round(SETTINGS.loadFraction * 100)} % of a measured ${Math.round(capacity.rate)} calls/s closed-loop capacity of the same mix)` : " (SOAK_RATE)") +
       `, commit ${commit}, ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`,
     "",
-    "Per interval (p99 in ms; RSS at the interval's end; replica CPU over it, % of one core; (GC): the forced full GCs at the end of warm-up, pause included):",
+    "Per interval (p99 in ms; RSS at the interval's end; replica CPU over it, % of one core; (GC): the load paused in it for the full GCs at the end of warm-up):",
     "",
     table(["t s", "calls/s", "errors", ...OPERATIONS.map((op) => `${op} p99`), ...servers.map((_, i) => `RSS ${i + 1} MiB`), ...servers.map((_, i) => `CPU ${i + 1} %`)], intervalRows),
     "",
