@@ -12,21 +12,25 @@
  *    dist/src/main.js`, unpinned), each on its own free ports on 127.0.0.1,
  *    with `DATABASE_URL` pointing at that database, `TOKEN_ENVIRONMENT=
  *    development`, and every service configuration key set in this
- *    environment passed through (CACHE_STALENESS, rate limits, …).
+ *    environment passed through (CACHE_STALENESS, rate limits, …); the only
+ *    addition is bench/gc-signal.js (a SIGUSR2 hook that runs a full GC).
  * 3. Measures capacity: the same mix in a closed loop over all replicas
  *    (SOAK_CAPACITY_SECONDS), after every replica has cached the working set.
  * 4. Soaks: open loop at SOAK_LOAD_FRACTION of that capacity for SOAK_SECONDS,
  *    a mix of introspections (cache hits, unknown tokens, freshly issued and
  *    recently revoked tokens), issues, revocations and lists, spread over the
  *    replicas and credentials (bench/soak-load.ts, a child process). Meanwhile
- *    the runner samples every replica's RSS each second and, every
+ *    the runner samples every replica's RSS each second, reads its memory
+ *    after a full GC at the end of warm-up (the load pauses meanwhile) and,
+ *    every
  *    SOAK_CHECK_EVERY seconds, issues a token, caches it on every replica,
  *    revokes it on one and checks that every replica answers it inactive
  *    within CACHE_STALENESS of the revocation's acknowledgement.
  * 5. Prints a table per interval and a summary, writes
  *    bench/results/soak-latest.json, drops the database, and exits 1 on any
- *    error, any revoked token accepted past the bound, or RSS growth after
- *    warm-up beyond SOAK_RSS_GROWTH_LIMIT_MIB on any replica.
+ *    error, any revoked token accepted past the bound, or growth of RSS after
+ *    a full GC, from the end of warm-up to the end, beyond
+ *    SOAK_RSS_GROWTH_LIMIT_MIB on any replica.
  *
  * Settings (environment): see SETTINGS below and the README's "Soak test".
  */
