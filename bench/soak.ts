@@ -22,10 +22,9 @@
  *    replicas and credentials (bench/soak-load.ts, a child process). Meanwhile
  *    the runner samples every replica's RSS each second, reads its memory
  *    after a full GC at the end of warm-up (the load pauses meanwhile) and,
- *    every
- *    SOAK_CHECK_EVERY seconds, issues a token, caches it on every replica,
- *    revokes it on one and checks that every replica answers it inactive
- *    within CACHE_STALENESS of the revocation's acknowledgement.
+ *    every SOAK_CHECK_EVERY seconds, issues a token, caches it on every
+ *    replica, revokes it on one and checks that every replica answers it
+ *    inactive within CACHE_STALENESS of the revocation's acknowledgement.
  * 5. Prints a table per interval and a summary, writes
  *    bench/results/soak-latest.json, drops the database, and exits 1 on any
  *    error, any revoked token accepted past the bound, or growth of RSS after
