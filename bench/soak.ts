@@ -93,7 +93,7 @@ const SETTINGS = {
   /** RSS at the end of warm-up is the baseline of the growth check: a fifth of the run, from 60 s to 120 s (less than the run). */
   warmupSeconds: numberSetting("SOAK_WARMUP_SECONDS", Math.round(Math.min(120, Math.max(60, SOAK_SECONDS / 5), SOAK_SECONDS * 0.8)), 5, 86_400),
   /** See the README's "Soak test" for why 32 MiB. */
-  rssGrowthLimitMiB: numberSetting("SOAK_RSS_GROWTH_LIMIT_MIB", 32, 1, 1_000_000),
+  rssGrowthLimitMiB: numberSetting("SOAK_RSS_GROWTH_LIMIT_MIB", 32, 0, 1_000_000),
   intervalSeconds: numberSetting("SOAK_INTERVAL_SECONDS", Math.max(10, Math.round(SOAK_SECONDS / 20)), 1, 3_600),
   /** Seconds between revocation checks across every replica. */
   checkEverySeconds: numberSetting("SOAK_CHECK_EVERY", 5, 0.5, 3_600),
