@@ -112,7 +112,8 @@ export function target(name: string, measured: number, kind: "max" | "min", boun
   return { name, measured: round(measured), bound, unit, kind, pass, ratio: round(measured / bound), ...(note ? { note } : {}) };
 }
 
-function fmt(value: number, digits = 3): string {
+/** A figure for a table: n/a, 3 significant digits, whole numbers from 100, thousands separated. */
+export function fmt(value: number, digits = 3): string {
   if (!Number.isFinite(value)) return "n/a";
   if (Math.abs(value) < 0.005) return "0";
   if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString("en-US");
@@ -120,7 +121,8 @@ function fmt(value: number, digits = 3): string {
   return String(Number(value.toPrecision(digits)));
 }
 
-function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
+/** A Markdown table, first column left-aligned, the others right-aligned. */
+export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
   const line = (cells: readonly string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ")} |`;
   const rule = `|${widths.map((w, i) => (i === 0 ? `:${"-".repeat(w + 1)}` : `${"-".repeat(w + 1)}:`)).join("|")}|`;

@@ -41,7 +41,8 @@ import { DIST_BENCH, RESULTS_DIR, ROOT, TMP_DIR, cpuMicros, localTcpPorts, quant
 import { checkOnce, tokenClient } from "./grpc-client.js";
 import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
 import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
-import { startEchoServer, startTokenService, type ServerProcess } from "./processes.js";
+import { adminDatabaseUrl, databaseUrl, dropDatabase, ensurePostgres } from "./postgres.js";
+import { memoryOf, startEchoServer, startTokenService, type ServerProcess } from "./processes.js";
 import { summarizeProfile } from "./profile.js";
 import { renderSvg, renderTable, target, type BenchResults, type LoadRow, type TimingStats } from "./report.js";
 import { insertRows, mintCaller, mintTokens, type PgliteSeedInput } from "./seed.js";
@@ -174,20 +175,6 @@ function timing(values: readonly number[]): TimingStats {
   return { n: sorted.length, p50Ms: round(quantile(sorted, 0.5)), p99Ms: round(quantile(sorted, 0.99)), maxMs: round(sorted.length > 0 ? sorted[sorted.length - 1]! : Number.NaN) };
 }
 
-/** RSS now, then RSS and heap after a full GC (the SIGUSR2 hook of bench/gc-signal.ts). */
-async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: number; gc: { rssKiB: number; heapUsedKiB: number; heapTotalKiB: number; externalKiB: number } }> {
-  const rawRssKiB = rssKiB(server.pid);
-  const lines = () => readFileSync(server.logFile, "utf8").split("\n").filter((line) => line.startsWith('{"benchGc"'));
-  const seen = lines().length;
-  process.kill(server.pid, "SIGUSR2");
-  for (let i = 0; i < 100 && lines().length === seen; i++) await sleep(50);
-  const last = lines()[seen];
-  if (last === undefined) throw new Error(`${server.name} did not answer SIGUSR2 with a GC report`);
-  await sleep(300);
-  const usage = (JSON.parse(last) as { benchGc: NodeJS.MemoryUsage }).benchGc;
-  return { rawRssKiB, gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, heapTotalKiB: usage.heapTotal / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 } };
-}
-
 /**
  * An OTLP/HTTP sink in the runner for the traced replica: takes every export,
  * answers success, keeps only counts. Spans are counted by their name, which
@@ -263,33 +250,6 @@ function git(args: string[]): string {
   return out.status === 0 ? out.stdout.trim() : "unknown";
 }
 
-async function ensurePostgres(adminUrl: string): Promise<string> {
-  const tryConnect = async () => {
-    const client = new Client({ connectionString: adminUrl, connectionTimeoutMillis: 3_000 });
-    await client.connect();
-    const { rows } = await client.query<{ server_version: string }>("SHOW server_version");
-    await client.end();
-    return rows[0]!.server_version;
-  };
-  try {
-    return await tryConnect();
-  } catch {
-    // As .ci/run does: start the local cluster if there is one.
-    if (existsSync("/etc/postgresql")) {
-      const version = spawnSync("sh", ["-c", "ls /etc/postgresql | head -n1"], { encoding: "utf8" }).stdout.trim();
-      spawnSync("pg_ctlcluster", ["--skip-systemctl-redirect", version, "main", "start"], { stdio: "inherit", timeout: 60_000 });
-      for (let i = 0; i < 30; i++) {
-        try {
-          return await tryConnect();
-        } catch {
-          await sleep(1_000);
-        }
-      }
-    }
-    throw new Error(`PostgreSQL is not reachable at ${adminUrl.replace(/:[^:@/]*@/, ":***@")}; set BENCH_DATABASE_URL`);
-  }
-}
-
 /**
  * The backend pid of a replica's LISTEN connection. Every replica's listener
  * has the same application_name, so the one whose client port is among the
@@ -312,17 +272,13 @@ async function main(): Promise<void> {
   ensureTools(log);
   const load = loadavg()[0] ?? 0;
   if (load > 1.5) log(`note: load average ${load.toFixed(2)} before the run: other work is using this 2-core machine, figures will be noisier`);
-  const adminUrl = process.env["BENCH_DATABASE_URL"] ?? process.env["TEST_DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/test";
+  const adminUrl = adminDatabaseUrl();
   const pgVersion = await ensurePostgres(adminUrl);
   const database = `tis_bench_${process.pid}_${randomBytes(3).toString("hex")}`;
   const admin = new Client({ connectionString: adminUrl, application_name: "tis-bench/runner" });
   await admin.connect();
   await admin.query(`CREATE DATABASE ${database}`);
-  const dbUrl = (() => {
-    const url = new URL(adminUrl);
-    url.pathname = `/${database}`;
-    return url.toString();
-  })();
+  const dbUrl = databaseUrl(adminUrl, database);
   const pgliteDir = resolve(TMP_DIR, "pglite");
   rmSync(pgliteDir, { recursive: true, force: true });
 
@@ -829,10 +785,7 @@ async function main(): Promise<void> {
     }
   } finally {
     for (const server of servers) await server.stop(5_000).catch(() => undefined);
-    await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch(async () => {
-      await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [database]);
-      await admin.query(`DROP DATABASE IF EXISTS ${database}`);
-    });
+    await dropDatabase(admin, database);
     await admin.end();
   }
 
