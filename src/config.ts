@@ -73,6 +73,10 @@ export interface Config {
   readonly forwardAuthBackendJwt: boolean;
   readonly workers: number;
   readonly tokenMetadataAllowedKeys: readonly string[];
+  // Revocation log and transports (issue 10).
+  readonly revocationTransport: "notify" | "poll";
+  readonly revocationPollIntervalMs: number;
+  readonly revocationLogRetentionMs: number;
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -260,6 +264,13 @@ export const CONFIG_KEYS = {
     for (const key of keys) if (!/^[A-Za-z0-9_.-]{1,64}$/.test(key)) throw new Error("each key must be 1 to 64 letters, digits or ._-");
     return keys;
   }),
+  // Revocation log and transports (issue 10).
+  REVOCATION_TRANSPORT: spec("revocationTransport", "notify", "How replicas learn of revocations: `notify` (PostgreSQL LISTEN/NOTIFY, pushed within milliseconds, with the revocation log to catch up after a blip) or `poll` (read the revocation log every REVOCATION_POLL_INTERVAL; for stores without LISTEN/NOTIFY).", (raw) => {
+    if (raw !== "notify" && raw !== "poll") throw new Error("must be notify or poll");
+    return raw;
+  }),
+  REVOCATION_POLL_INTERVAL: spec("revocationPollIntervalMs", "250ms", "With REVOCATION_TRANSPORT=poll, how often each replica reads the revocation log (must be well under CACHE_STALENESS: each successful poll is what keeps cached answers fresh).", duration(10)),
+  REVOCATION_LOG_RETENTION: spec("revocationLogRetentionMs", "24h", "How long revocation log entries are kept: a replica or gateway away for less than this catches up on just what it missed; one away longer drops its whole cache.", duration(60_000)),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
@@ -310,6 +321,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   }
   if (problems.length === 0 && config.revocationHeartbeatMs >= config.cacheStalenessMs) {
     problems.push("REVOCATION_HEARTBEAT: must be shorter than CACHE_STALENESS, or cached answers expire between heartbeats");
+  }
+  if (problems.length === 0 && config.revocationTransport === "poll" && config.revocationPollIntervalMs * 2 > config.cacheStalenessMs) {
+    problems.push("REVOCATION_POLL_INTERVAL: must be at most half of CACHE_STALENESS, or cached answers expire between polls");
   }
   // TLS needs a certificate and its key together; mutual TLS needs TLS.
   if ((config.tlsCertFile === undefined) !== (config.tlsKeyFile === undefined)) {

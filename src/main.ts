@@ -18,6 +18,8 @@ import { BackendJwtKeys } from "./keys/backend-jwt.js";
 import { createIntrospectionCache } from "./domain/introspect.js";
 import { RevocationHub } from "./domain/revocation-hub.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
+import { KyselyRevocationLog } from "./storage/revocation-log.js";
+import { RevocationLogPruner, RevocationPoller } from "./domain/revocation-tasks.js";
 import { httpRoutes } from "./server/http-routes.js";
 import { forwardAuthOptions } from "./server/http/forward-auth.js";
 import { createLogger } from "./logger.js";
@@ -41,16 +43,21 @@ export interface RunningService {
   readonly httpPort: number;
   readonly deps: TokenDeps;
   readonly database: OpenedDatabase;
-  /** The revocation channel, for its state (tests, diagnostics). */
-  readonly channel: RevocationChannel;
+  /** The revocation transport (the LISTEN channel, or the log poller), for its state (tests, diagnostics). */
+  readonly channel: RevocationTransport;
   /** The metrics (`/metrics`), unless METRICS_ENABLED=false and the log level is above debug. */
   readonly metrics: ServiceMetrics | undefined;
   /** Graceful shutdown: stop accepting, finish in-flight calls, flush batched writes, close the store. */
   stop(): Promise<void>;
 }
 
+/** How a replica hears of revocations: `REVOCATION_TRANSPORT`. */
+export type RevocationTransport = RevocationChannel | RevocationPoller;
+
 /** Options beyond configuration, for tests and embedding. */
 export interface StartOptions {
+  /** Tests only: delay every revocation notice this long on this replica (a lagging replica). */
+  readonly revocationNoticeDelayMs?: number;
   readonly log?: PinoLogger;
   readonly clock?: Clock;
   /** Where the first-start bootstrap token is shown; stdout by default. */
@@ -60,7 +67,7 @@ export interface StartOptions {
 }
 
 /** Opens the store and builds the domain's dependencies (shared with tokenctl). */
-export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics) {
+export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics, noticeDelayMs = 0) {
   const database = await openDatabase({
     ...(config.databaseUrl ? { url: config.databaseUrl } : { dataDir: config.dataDir }),
     poolMax: config.databasePoolMax,
@@ -111,8 +118,11 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     stalenessMs: config.cacheStalenessMs,
     negativeTtlMs: config.cacheNegativeTtlMs,
   });
-  // One fan-out for revocation notices: this replica's cache and every WatchRevocations stream.
-  const revocations = new RevocationHub();
+  // One fan-out for revocation notices: this replica's cache and every
+  // WatchRevocations stream. It keeps the replica's place in the revocation
+  // log and catches up from it after a blip instead of flushing the cache.
+  const revocationLog = new KyselyRevocationLog(database.db);
+  const revocations = new RevocationHub(revocationLog, log);
   revocations.subscribe({
     revoked: (key, tokenId) => {
       cache.evict(key);
@@ -121,20 +131,25 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     confirmed: (atMs) => cache.confirmUntil(atMs),
     reset: () => cache.clear(),
   });
-  const channel = new RevocationChannel(
-    database.listen,
-    {
-      revoked: (key, tokenId, committedAtMs) => {
-        revocations.revoked(key, tokenId);
-        metrics?.revocationApplied(committedAtMs); // evicted by now: the hub is synchronous
-      },
-      confirmed: (atMs) => revocations.confirm(atMs),
-      restored: () => revocations.reset(),
-      lost: () => undefined, // cached answers age out within the staleness bound; the channel logs it
-    },
-    { heartbeatMs: config.revocationHeartbeatMs, timeoutMs: config.revocationHeartbeatTimeoutMs, maxBackoffMs: 5_000 },
-    log,
-  );
+  const channel: RevocationTransport =
+    config.revocationTransport === "poll"
+      ? new RevocationPoller(revocations, config.revocationPollIntervalMs, log)
+      : new RevocationChannel(
+          database.listen,
+          {
+            revoked: (key, tokenId, committedAtMs, position) => {
+              revocations.revoked(key, tokenId, position);
+              metrics?.revocationApplied(committedAtMs); // evicted by now: the hub is synchronous
+            },
+            noticed: (position) => revocations.noticed(position),
+            confirmed: (atMs) => revocations.confirm(atMs),
+            restored: () => revocations.restored(),
+            lost: () => undefined, // cached answers age out within the staleness bound; the channel logs it
+          },
+          { heartbeatMs: config.revocationHeartbeatMs, timeoutMs: config.revocationHeartbeatTimeoutMs, maxBackoffMs: 5_000, noticeDelayMs },
+          log,
+        );
+  const pruner = new RevocationLogPruner(revocationLog, config.revocationLogRetentionMs, log);
   const deps: TokenDeps = {
     cache,
     revocations,
@@ -170,7 +185,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await Promise.all([usage.stop(), legacyUsage.stop()]);
     await events.stop();
   };
-  return { database, deps, events, backendJwt, channel, startBatches, stopBatches };
+  return { database, deps, events, backendJwt, channel, pruner, startBatches, stopBatches };
 }
 
 /**
@@ -186,10 +201,11 @@ export async function startService(config: Config, options: StartOptions = {}): 
     config.metricsEnabled || log.isLevelEnabled("debug")
       ? new ServiceMetrics(log, { environment: config.environment, store: config.databaseUrl ? "postgres" : "pglite" })
       : undefined;
-  const { database, deps, backendJwt, channel, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics);
+  const { database, deps, backendJwt, channel, pruner, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics, options.revocationNoticeDelayMs);
   startBatches();
   await backendJwt.start();
   await channel.start();
+  pruner.start();
 
   if (options.bootstrapOnFirstStart !== false) await bootstrapOnFirstStart(config, deps, log, options.showBootstrapToken);
 
@@ -256,6 +272,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
       health.setShuttingDown();
       await Promise.all([grpc.close(config.shutdownGraceMs), http.close(config.shutdownGraceMs)]);
       backendJwt.stop();
+      pruner.stop();
       await channel.stop();
       await stopBatches();
       await database.close();

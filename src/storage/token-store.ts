@@ -10,9 +10,21 @@ import type { CascadeOutcome, NewToken, RevokeOutcome, TokenListQuery, TokenStor
 import { translateStoreError, translatingErrors } from "./errors.js";
 import { CAP_REACHED_SQLSTATE } from "./migrations/0004_capped_insert.js";
 import { ISSUER_REVOKED_SQLSTATE } from "./migrations/0006_issued_by.js";
-import { REVOCATION_CHANNEL, REVOKED_PREFIX } from "./revocation-channel.js";
+import { REVOCATION_CHANNEL } from "./revocation-channel.js";
 import type { Database, TokensTable } from "./schema.js";
 import type { OpenedDatabase } from "./database.js";
+
+/**
+ * The tail of a revoking statement's WITH list: the rows of `revoked` get
+ * consecutive revocation log positions (in id order) and one NOTIFY each,
+ * carrying the position, in the same statement (migration 0009). The cross
+ * join makes the statement read `logged`, so the function runs; with no row
+ * revoked it logs nothing.
+ */
+const LOGGED = sql`, logged AS (
+  SELECT log_revocations('token', array_agg(revoked.id::text ORDER BY revoked.id), array_agg(revoked.digest ORDER BY revoked.id), ${REVOCATION_CHANNEL}) AS last_position
+  FROM revoked
+)`;
 
 /** Most digests looked up in one query. */
 const MAX_LOOKUP_BATCH = 128;
@@ -137,23 +149,18 @@ export class KyselyTokenStore implements TokenStore {
   revoke(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOutcome | undefined> {
     return translatingErrors(async () => {
       if (!isUuid(id)) return undefined;
-      // One statement, so one transaction: the revocation and its notice to
-      // every replica (LISTEN/NOTIFY) commit together or not at all, and the
-      // notice is delivered only once the revocation is durable.
+      // One statement, so one transaction: the revocation, its entry in the
+      // revocation log and its notice to every replica (LISTEN/NOTIFY) commit
+      // together or not at all, and the notice is delivered only once the
+      // revocation is durable.
       const { rows } = await sql<Selectable<TokensTable>>`
         WITH revoked AS (
           UPDATE tokens SET revoked_at = ${revocation.at}, revoked_by = ${revocation.by}, revoke_reason = ${revocation.reason}
           WHERE id = ${id} AND revoked_at IS NULL
           RETURNING *
         )
-        SELECT revoked.*, pg_notify(
-          ${REVOCATION_CHANNEL},
-          ${REVOKED_PREFIX} || encode(revoked.digest, 'base64') || ':' || revoked.id::text
-            -- The database's clock as the statement ends, in epoch ms: receivers
-            -- measure propagation lag from it (the commit follows within the statement).
-            || ':' || floor(extract(epoch from clock_timestamp()) * 1000)::bigint::text
-        ) AS notified
-        FROM revoked`.execute(this.db);
+        ${LOGGED}
+        SELECT revoked.*, logged.last_position FROM revoked CROSS JOIN logged`.execute(this.db);
       const row = rows[0];
       if (row !== undefined) return { record: toRecord(row), alreadyRevoked: false };
       // No unrevoked row: either no such id, or revoked before (revocation is never undone).
@@ -168,7 +175,8 @@ export class KyselyTokenStore implements TokenStore {
    * (through tokens revoked before too: what they issued came from the same
    * authority), row locks on the unrevoked ones taken in id order (so two
    * overlapping cascades cannot deadlock), the UPDATE, and a `pg_notify` per
-   * revoked row exactly as a single revocation sends it. Passes repeat until
+   * revoked row exactly as a single revocation sends it, each with its own
+   * revocation log position (migration 0009). Passes repeat until
    * one revokes nothing: a child whose insert committed after a pass's
    * snapshot but before its locks is caught by the next pass, and a later
    * insert under a locked (or revoked) issuer is refused by the insert
@@ -199,12 +207,8 @@ export class KyselyTokenStore implements TokenStore {
               WHERE tokens.id = locked.id AND tokens.revoked_at IS NULL
               RETURNING tokens.*
             )
-            SELECT revoked.*, pg_notify(
-              ${REVOCATION_CHANNEL},
-              ${REVOKED_PREFIX} || encode(revoked.digest, 'base64') || ':' || revoked.id::text
-                || ':' || floor(extract(epoch from clock_timestamp()) * 1000)::bigint::text
-            ) AS notified
-            FROM revoked`.execute(trx);
+            ${LOGGED}
+            SELECT revoked.*, logged.last_position FROM revoked CROSS JOIN logged`.execute(trx);
           for (const row of rows) revoked.set(row.id, toRecord(row));
           if (rows.length === 0) break;
         }

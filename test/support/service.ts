@@ -30,11 +30,12 @@ export interface ServiceUnderTest {
 }
 
 /** Starts the whole service as `npm start` would, with test overrides. */
-export async function startTestService(env: Record<string, string>): Promise<ServiceUnderTest> {
+export async function startTestService(env: Record<string, string>, options: { readonly revocationNoticeDelayMs?: number } = {}): Promise<ServiceUnderTest> {
   const config = loadConfig({ LISTEN_HOST: "127.0.0.1", GRPC_PORT: "0", HTTP_PORT: "0", LOG_LEVEL: "debug", SHUTDOWN_GRACE: "1s", ...env });
   const logs = new LogCapture();
   let bootstrapToken: string | undefined;
   const service = await startService(config, {
+    ...options,
     log: createLogger(config.logLevel, logs),
     showBootstrapToken: (token) => {
       bootstrapToken = token;

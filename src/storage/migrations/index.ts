@@ -9,6 +9,7 @@ import * as m0003 from "./0003_signing_keys.js";
 import * as m0004 from "./0004_capped_insert.js";
 import * as m0006 from "./0006_issued_by.js";
 import * as m0008 from "./0008_security_event_folding.js";
+import * as m0009 from "./0009_revocation_log.js";
 
 /**
  * The migrations by name. Kysely applies them in name order and refuses to
@@ -21,6 +22,7 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0004_capped_insert": m0004,
   "0006_issued_by": m0006,
   "0008_security_event_folding": m0008,
+  "0009_revocation_log": m0009,
 });
 
 /** A Kysely `MigrationProvider` serving {@link MIGRATIONS}. */
