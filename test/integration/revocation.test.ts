@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InactiveReason, TokenService, type IntrospectTokenResponse, type IssueTokenResponse } from "../../gen/tokens/v1/token_service_pb.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { grpcClient, startTestService, type ServiceUnderTest } from "../support/service.js";
+import { KyselyRevocationLog } from "../../src/storage/revocation-log.js";
 
 /**
  * Two replicas on one PostgreSQL: a revocation on one reaches the other's
@@ -49,21 +50,33 @@ describe("revocation across replicas", () => {
     }
   });
 
-  it("when B's LISTEN connection is killed, B reconnects, forgets what it cached, and sees revocations again", async () => {
+  it("when B's LISTEN connection is killed, B reconnects, catches up from the revocation log (evicting just what was revoked meanwhile) and sees revocations again", async () => {
     const { token } = await issue();
+    const kept = await issue();
     expect(await state(clientB, token)).toBe("active");
+    expect(await state(clientB, kept.token)).toBe("active"); // both cached on B now
     const pid = b.service.channel.backendPid;
     expect(pid).toBeTypeOf("number");
     const admin = new pg.Client({ connectionString: db.url });
     await admin.connect();
     await admin.query("SELECT pg_terminate_backend($1)", [pid]);
-    // Revoke while B is (possibly) deaf: the notice may be lost on B.
+    // Revoke once B's session is gone, so B cannot hear the notice (it reconnects only after a back-off).
+    await expect.poll(async () => (await admin.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1", [pid])).rows[0].n, { timeout: 5_000, interval: 2 }).toBe(0);
     await clientA.unary("revokeToken", { target: { case: "token", value: token } }, auth());
     await admin.end();
-    // B notices the loss (heartbeat), reconnects, clears its cache, and reads the revocation from the store.
+    // B notices the loss, reconnects, reads the log from its position and evicts just the revoked token.
     await expect.poll(() => state(clientB, token), { timeout: 10_000, interval: 50 }).toBe("REVOKED");
     await expect.poll(() => b.service.channel.backendPid !== undefined && b.service.channel.backendPid !== pid, { timeout: 10_000 }).toBe(true);
     expect(b.logs.lines.some((l) => l.msg === "revocation channel lost; cached answers age out, reconnecting")).toBe(true);
+    await expect.poll(() => b.logs.lines.some((l) => l.msg === "caught up from the revocation log"), { timeout: 5_000 }).toBe(true);
+    expect(b.logs.lines.some((l) => typeof l.msg === "string" && l.msg.includes("resetting caches"))).toBe(false);
+    // The other token was not forgotten: B answers it from its cache, without the store.
+    const misses = b.service.deps.cache.stats().misses;
+    expect(await state(clientB, kept.token)).toBe("active");
+    expect(b.service.deps.cache.stats().misses).toBe(misses);
+    // And B's position has moved past the revocation.
+    const head = (await new KyselyRevocationLog(b.service.database.db).readAfter(Number.MAX_SAFE_INTEGER, 1)).head;
+    await expect.poll(() => b.service.deps.revocations.position, { timeout: 5_000 }).toBe(head);
 
     // And pushes work again after the reconnect.
     const next = await issue();

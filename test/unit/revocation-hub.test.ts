@@ -1,0 +1,127 @@
+import { describe, expect, it } from "vitest";
+import { RevocationHub, type RevocationLog, type RevocationLogEntry } from "../../src/domain/revocation-hub.js";
+
+/** An in-memory revocation log. */
+function fakeLog() {
+  const entries: RevocationLogEntry[] = [];
+  let prunedThrough = 0;
+  let failing = false;
+  const log: RevocationLog = {
+    async readAfter(position, limit) {
+      if (failing) throw new Error("store down");
+      return { entries: entries.filter((e) => e.position > position).slice(0, limit), head: entries.at(-1)?.position ?? prunedThrough, prunedThrough };
+    },
+    async prune() {
+      return 0;
+    },
+  };
+  return {
+    log,
+    append(key: string) {
+      const position = (entries.at(-1)?.position ?? prunedThrough) + 1;
+      entries.push({ position, kind: "token", id: `id-${key}`, key });
+      return position;
+    },
+    pruneAll() {
+      prunedThrough = entries.at(-1)?.position ?? prunedThrough;
+      entries.length = 0;
+    },
+    fail(on: boolean) {
+      failing = on;
+    },
+  };
+}
+
+function recorder(hub: RevocationHub) {
+  const events: string[] = [];
+  hub.subscribe({ revoked: (key) => events.push(`revoked ${key}`), confirmed: (at) => events.push(`confirmed ${at}`), reset: () => events.push("reset") });
+  return events;
+}
+
+describe("the revocation hub's place in the log", () => {
+  it("starts at the log's head without evicting anything, then follows contiguous notices", async () => {
+    const store = fakeLog();
+    store.append("a");
+    store.append("b");
+    const hub = new RevocationHub(store.log);
+    const events = recorder(hub);
+    hub.restored();
+    await hub.catchUp();
+    expect(hub.position).toBe(2);
+    expect(events).toEqual([]);
+    hub.revoked("c", "id-c", store.append("c"));
+    expect(hub.position).toBe(3);
+    hub.confirm(100);
+    expect(events).toEqual(["revoked c", "confirmed 100"]);
+  });
+
+  it("after a blip, evicts just what it missed and holds confirmations back until caught up", async () => {
+    const store = fakeLog();
+    const hub = new RevocationHub(store.log);
+    hub.restored();
+    await hub.catchUp();
+    const events = recorder(hub);
+    store.append("x"); // missed while deaf
+    store.append("y");
+    store.fail(true);
+    hub.restored();
+    hub.confirm(500); // heard on the new session, but the catch-up has not succeeded
+    await hub.catchUp();
+    expect(events).toEqual([]);
+    expect(hub.confirmedAt).toBe(0);
+    store.fail(false);
+    hub.confirm(600); // the next heartbeat tries again
+    await hub.catchUp();
+    expect(events).toEqual(["revoked x", "revoked y", "confirmed 600"]);
+    expect(hub.position).toBe(2);
+  });
+
+  it("resets only when its position is older than the log keeps", async () => {
+    const store = fakeLog();
+    const hub = new RevocationHub(store.log);
+    hub.restored();
+    await hub.catchUp();
+    const events = recorder(hub);
+    store.append("x");
+    store.pruneAll();
+    store.append("y");
+    hub.restored();
+    await hub.catchUp();
+    expect(events[0]).toBe("reset");
+    expect(hub.position).toBe(2);
+  });
+
+  it("reads the log when a notice skips a position", async () => {
+    const store = fakeLog();
+    const hub = new RevocationHub(store.log);
+    hub.restored();
+    await hub.catchUp();
+    const events = recorder(hub);
+    store.append("lost");
+    const p = store.append("heard");
+    hub.revoked("heard", "id-heard", p);
+    await hub.catchUp();
+    expect(events).toContain("revoked lost");
+    expect(hub.position).toBe(2);
+  });
+
+  it("polls: each successful read confirms what committed before it began", async () => {
+    const store = fakeLog();
+    const hub = new RevocationHub(store.log);
+    const events = recorder(hub);
+    expect(await hub.poll(10)).toBe(true);
+    store.append("z");
+    expect(await hub.poll(20)).toBe(true);
+    store.fail(true);
+    expect(await hub.poll(30)).toBe(false);
+    expect(events).toEqual(["confirmed 10", "revoked z", "confirmed 20"]);
+    expect(hub.mark()).toEqual({ position: 1, confirmedAt: 20 });
+  });
+
+  it("without a log, a blip resets every listener as before", () => {
+    const hub = new RevocationHub();
+    const events = recorder(hub);
+    hub.restored();
+    expect(events).toEqual(["reset"]);
+  });
+});
