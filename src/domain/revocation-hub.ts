@@ -195,6 +195,26 @@ export class RevocationHub {
     return ok;
   }
 
+  /**
+   * Every revocation after `position`, read from the log, for a watcher
+   * resuming its stream; undefined when they cannot all be given (no log,
+   * the log no longer reaches back that far, a position the log never had,
+   * or more than `max` of them): the watcher must reset instead.
+   */
+  async since(position: number, max: number): Promise<RevocationLogEntry[] | undefined> {
+    if (this.log === undefined) return undefined;
+    const out: RevocationLogEntry[] = [];
+    let after = position;
+    for (;;) {
+      const page = await this.log.readAfter(after, PAGE);
+      if (position < page.prunedThrough || position > page.head) return undefined;
+      out.push(...page.entries);
+      if (out.length > max) return undefined;
+      if (page.entries.length < PAGE) return out;
+      after = page.entries[page.entries.length - 1]!.position;
+    }
+  }
+
   private async readLog(log: RevocationLog): Promise<boolean> {
     try {
       if (!this.placed) {

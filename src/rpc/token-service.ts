@@ -14,7 +14,7 @@ import { revokeToken } from "../domain/revoke.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 import { callerCredential, requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
-import { dateFromPb, deprecationHeaders, introspectAnswer, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
+import { dateFromPb, deprecationHeaders, introspectAnswer, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo, withRevocationMark } from "./mapping.js";
 
 type Impl = ServiceImpl<typeof TokenService>;
 
@@ -73,11 +73,13 @@ export class TokenServiceHandler implements Impl {
       if (req.token.length > MAX_PRESENTED_TOKEN_LENGTH) throw invalidArgument("token", `must be at most ${MAX_PRESENTED_TOKEN_LENGTH} characters`);
       if (req.tokenTypeHint.length > 64) throw invalidArgument("token_type_hint", "must be at most 64 characters");
       const { meta } = await this.caller(ctx, SCOPES.introspect);
+      // Before the lookup: the answer reflects at least every revocation up to this mark.
+      const mark = this.deps.revocations.mark();
       const result = await introspectToken(this.deps, req.token, meta, { backendJwt: req.includeBackendJwt });
       if (result.active && result.deprecation) {
         for (const [name, value] of deprecationHeaders(result.deprecation)) ctx.responseHeader.set(name, value);
       }
-      return introspectAnswer(result, this.deps.policy);
+      return withRevocationMark(introspectAnswer(result, this.deps.policy), mark);
     });
 
   revokeToken: Impl["revokeToken"] = (req, ctx) =>
@@ -121,14 +123,15 @@ export class TokenServiceHandler implements Impl {
       return { events: page.items.map(securityEvent), nextPageToken: page.nextPageToken };
     });
 
-  watchRevocations: Impl["watchRevocations"] = (req, ctx) => this.watch(req.heartbeatInterval, ctx);
+  watchRevocations: Impl["watchRevocations"] = (req, ctx) => this.watch(req.heartbeatInterval, ctx, req.resumeAfterPosition);
 
-  private async *watch(interval: Duration | undefined, ctx: HandlerContext): AsyncGenerator<MessageInitShape<typeof WatchRevocationsResponseSchema>> {
+  private async *watch(interval: Duration | undefined, ctx: HandlerContext, resumeAfter?: bigint): AsyncGenerator<MessageInitShape<typeof WatchRevocationsResponseSchema>> {
     try {
       const heartbeatMs = interval === undefined ? 1000 : durationMs("heartbeat_interval", interval);
       if (heartbeatMs < 100 || heartbeatMs > 60_000) throw invalidArgument("heartbeat_interval", "must be between 100ms and 60s");
+      if (resumeAfter !== undefined && resumeAfter > BigInt(Number.MAX_SAFE_INTEGER)) throw invalidArgument("resume_after_position", "is beyond any position this service hands out");
       await this.caller(ctx, SCOPES.introspect);
-      for await (const event of watchRevocations(this.deps.revocations, heartbeatMs, ctx.signal)) {
+      for await (const event of watchRevocations(this.deps.revocations, heartbeatMs, ctx.signal, undefined, resumeAfter === undefined ? undefined : Number(resumeAfter))) {
         yield watchResponse(event);
       }
     } catch (error) {
