@@ -6,7 +6,8 @@ import { grpcClient, startTestService, type ServiceUnderTest } from "../support/
 import { startTcpProxy } from "../support/tcp-proxy.js";
 
 /** The gateway client library against the real service on PostgreSQL. */
-describe("the introspection client library", () => {
+/** Every case runs with both transports: pushed (LISTEN/NOTIFY) and polled (the revocation log). */
+describe.each(["notify", "poll"] as const)("the introspection client library (REVOCATION_TRANSPORT=%s)", (transport) => {
   let db: TestDatabase;
   let sut: ServiceUnderTest;
   let admin: ReturnType<typeof grpcClient>;
@@ -15,7 +16,7 @@ describe("the introspection client library", () => {
 
   beforeAll(async () => {
     db = await createTestDatabase();
-    sut = await startTestService({ DATABASE_URL: db.url, REVOCATION_HEARTBEAT: "200ms" });
+    sut = await startTestService({ DATABASE_URL: db.url, REVOCATION_HEARTBEAT: "200ms", REVOCATION_TRANSPORT: transport });
     adminToken = sut.bootstrapToken!;
     admin = grpcClient(TokenService, `127.0.0.1:${sut.service.grpcPort}`);
   });

@@ -11,7 +11,10 @@ import { KyselyRevocationLog } from "../../src/storage/revocation-log.js";
  * the push can explain a prompt answer), and losing the channel degrades to
  * the staleness bound, then recovers by itself.
  */
-describe("revocation across replicas", () => {
+/** Every propagation case runs with both transports: pushed (LISTEN/NOTIFY) and polled (the revocation log). */
+const TRANSPORTS = ["notify", "poll"] as const;
+
+describe.each(TRANSPORTS)("revocation across replicas (REVOCATION_TRANSPORT=%s)", (transport) => {
   let db: TestDatabase;
   let a: ServiceUnderTest;
   let b: ServiceUnderTest;
@@ -24,7 +27,7 @@ describe("revocation across replicas", () => {
 
   beforeAll(async () => {
     db = await createTestDatabase();
-    const env = { DATABASE_URL: db.url, CACHE_STALENESS: "10m", REVOCATION_HEARTBEAT: "200ms", REVOCATION_HEARTBEAT_TIMEOUT: "600ms" };
+    const env = { DATABASE_URL: db.url, CACHE_STALENESS: "10m", REVOCATION_HEARTBEAT: "200ms", REVOCATION_HEARTBEAT_TIMEOUT: "600ms", REVOCATION_TRANSPORT: transport };
     a = await startTestService(env);
     b = await startTestService(env);
     admin = a.bootstrapToken!;
@@ -50,7 +53,8 @@ describe("revocation across replicas", () => {
     }
   });
 
-  it("when B's LISTEN connection is killed, B reconnects, catches up from the revocation log (evicting just what was revoked meanwhile) and sees revocations again", async () => {
+  // LISTEN only: the poller has no session to kill.
+  it.runIf(transport === "notify")("when B's LISTEN connection is killed, B reconnects, catches up from the revocation log (evicting just what was revoked meanwhile) and sees revocations again", async () => {
     const { token } = await issue();
     const kept = await issue();
     expect(await state(clientB, token)).toBe("active");
@@ -86,11 +90,11 @@ describe("revocation across replicas", () => {
   });
 });
 
-describe("the staleness bound with the channel cut", () => {
+describe.each(TRANSPORTS)("the staleness bound with the channel cut (REVOCATION_TRANSPORT=%s)", (transport) => {
   it("stops serving a revoked token within CACHE_STALENESS even if no notice arrives", async () => {
     const db = await createTestDatabase();
     // The heartbeat timeout is far out, so B does not notice the loss by itself: only the bound helps.
-    const env = { DATABASE_URL: db.url, CACHE_STALENESS: "1500ms", REVOCATION_HEARTBEAT: "200ms", REVOCATION_HEARTBEAT_TIMEOUT: "10m" };
+    const env = { DATABASE_URL: db.url, CACHE_STALENESS: "1500ms", REVOCATION_HEARTBEAT: "200ms", REVOCATION_HEARTBEAT_TIMEOUT: "10m", REVOCATION_TRANSPORT: transport };
     const a = await startTestService(env);
     const b = await startTestService(env);
     const clientA = grpcClient(TokenService, `127.0.0.1:${a.service.grpcPort}`);
@@ -100,7 +104,7 @@ describe("the staleness bound with the channel cut", () => {
     try {
       const { token } = await clientA.unary<IssueTokenResponse>("issueToken", { name: "s", subject: "s@example.com" }, auth);
       expect((await clientB.unary<IntrospectTokenResponse>("introspectToken", { token }, auth)).active).toBe(true);
-      // Make B deaf without killing its connection: stop its listener from hearing anything.
+      // Make B deaf without killing its connection: stop its listener (or poller) from hearing anything.
       await b.service.channel.stop();
       await clientA.unary("revokeToken", { target: { case: "token", value: token } }, auth);
       await expect.poll(async () => (await clientB.unary<IntrospectTokenResponse>("introspectToken", { token }, auth)).reason, { timeout: 10_000, interval: 100 }).toBe(InactiveReason.REVOKED);

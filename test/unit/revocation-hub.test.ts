@@ -125,3 +125,15 @@ describe("the revocation hub's place in the log", () => {
     expect(events).toEqual(["reset"]);
   });
 });
+
+describe("revocation transport configuration", () => {
+  it("defaults to notify, polls every 250ms when asked, and keeps the log 24h", async () => {
+    const { loadConfig } = await import("../../src/config.js");
+    expect(loadConfig({})).toMatchObject({ revocationTransport: "notify", revocationPollIntervalMs: 250, revocationLogRetentionMs: 86_400_000 });
+    expect(loadConfig({ REVOCATION_TRANSPORT: "poll" }).revocationTransport).toBe("poll");
+    expect(() => loadConfig({ REVOCATION_TRANSPORT: "kafka" })).toThrow(/REVOCATION_TRANSPORT/);
+    // A poll interval that would let cached answers expire between polls is refused.
+    expect(() => loadConfig({ REVOCATION_TRANSPORT: "poll", REVOCATION_POLL_INTERVAL: "1500ms", CACHE_STALENESS: "2s" })).toThrow(/REVOCATION_POLL_INTERVAL/);
+    expect(() => loadConfig({ REVOCATION_LOG_RETENTION: "10s" })).toThrow(/REVOCATION_LOG_RETENTION/);
+  });
+});
