@@ -241,6 +241,8 @@ export class IntrospectionClient {
           // What was missed is unknown: drop every answer, and check none against the past until the next heartbeat.
           this.cache.clear();
           this.knownAfter = Number.POSITIVE_INFINITY;
+          // The service could not resume from our position (too old, or not its log): take its next one.
+          this.position = undefined;
           break;
       }
     });

@@ -106,10 +106,18 @@ export class RevocationHub {
     return this.applied;
   }
 
-  /** Position and freshness together, read before answering from the cache or the store. */
+  /**
+   * Position and freshness together, read before answering from the cache or
+   * the store. The same frozen object until either changes, so answers
+   * stamped with it can be reused (and their encoding with them).
+   */
   mark(): RevocationMark {
-    return { position: this.applied, confirmedAt: this.confirmed };
+    const current = this.currentMark;
+    if (current.position === this.applied && current.confirmedAt === this.confirmed) return current;
+    return (this.currentMark = Object.freeze({ position: this.applied, confirmedAt: this.confirmed }));
   }
+
+  private currentMark: RevocationMark = Object.freeze({ position: 0, confirmedAt: 0 });
 
   /** Adds a listener; returns the function that removes it. */
   subscribe(listener: RevocationListener): () => void {

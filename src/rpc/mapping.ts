@@ -178,12 +178,27 @@ export function introspectAnswer(result: IntrospectResult, claimsContext: { read
  * answer reflects at least that much). A copy: answers may be shared, frozen.
  */
 export function withRevocationMark(answer: IntrospectTokenResponse, mark: { readonly position: number; readonly confirmedAt: number }): IntrospectTokenResponse {
-  return {
+  if (!Object.isFrozen(answer)) {
+    // Built for this call alone: stamp it in place.
+    answer.revocationPosition = BigInt(mark.position);
+    if (mark.confirmedAt > 0) answer.revocationConfirmedAt = timestampFromMs(mark.confirmedAt);
+    return answer;
+  }
+  // A shared hot answer: one frozen stamped copy per mark (the hub hands out
+  // the same mark object until it changes), so its encoding is reused too.
+  const known = STAMPED.get(answer);
+  if (known !== undefined && known.mark === mark) return known.stamped;
+  const stamped = Object.freeze({
     ...answer,
     revocationPosition: BigInt(mark.position),
     ...(mark.confirmedAt > 0 ? { revocationConfirmedAt: timestampFromMs(mark.confirmedAt) } : {}),
-  };
+  });
+  STAMPED.set(answer, { mark, stamped });
+  return stamped;
 }
+
+/** Hot answers stamped with the latest mark they were sent with. */
+const STAMPED = new WeakMap<IntrospectTokenResponse, { readonly mark: object; readonly stamped: IntrospectTokenResponse }>();
 
 /**
  * The response headers for a legacy JWT answer, so a gateway can pass the
