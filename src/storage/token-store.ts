@@ -174,13 +174,13 @@ export class KyselyTokenStore implements TokenStore {
    * statement: a recursive walk down `issued_by_token_id` from the root
    * (through tokens revoked before too: what they issued came from the same
    * authority), row locks on the unrevoked ones taken in id order (so two
-   * overlapping cascades cannot deadlock), the UPDATE, and a `pg_notify` per
-   * revoked row exactly as a single revocation sends it, each with its own
-   * revocation log position (migration 0009). Passes repeat until
+   * overlapping cascades cannot deadlock) and the UPDATE. Passes repeat until
    * one revokes nothing: a child whose insert committed after a pass's
    * snapshot but before its locks is caught by the next pass, and a later
    * insert under a locked (or revoked) issuer is refused by the insert
-   * itself (migration 0006). Notices are delivered at commit, once durable.
+   * itself (migration 0006). Then every revoked row gets its revocation log
+   * position and its `pg_notify`, exactly as a single revocation sends it
+   * (migration 0009); notices are delivered at commit, once durable.
    */
   revokeCascade(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<CascadeOutcome | undefined> {
     return translatingErrors(async () => {
@@ -207,10 +207,18 @@ export class KyselyTokenStore implements TokenStore {
               WHERE tokens.id = locked.id AND tokens.revoked_at IS NULL
               RETURNING tokens.*
             )
-            ${LOGGED}
-            SELECT revoked.*, logged.last_position FROM revoked CROSS JOIN logged`.execute(trx);
+            SELECT revoked.* FROM revoked`.execute(trx);
           for (const row of rows) revoked.set(row.id, toRecord(row));
           if (rows.length === 0) break;
+        }
+        if (revoked.size > 0) {
+          // Logged (and notified) once, after every pass: the counter row's
+          // lock is then taken after the token row locks, as a single
+          // revocation takes them, so the two can never deadlock; and it is
+          // held only from here to commit.
+          await sql`
+            SELECT log_revocations('token', array_agg(id::text ORDER BY id), array_agg(digest ORDER BY id), ${REVOCATION_CHANNEL})
+            FROM tokens WHERE id = ANY(${[...revoked.keys()]}::uuid[])`.execute(trx);
         }
         const rootRevoked = revoked.get(id);
         const root = rootRevoked ?? (await trx.selectFrom("tokens").selectAll().where("id", "=", id).executeTakeFirst().then((row) => (row === undefined ? undefined : toRecord(row))));
