@@ -137,3 +137,27 @@ describe("revocation transport configuration", () => {
     expect(() => loadConfig({ REVOCATION_LOG_RETENTION: "10s" })).toThrow(/REVOCATION_LOG_RETENTION/);
   });
 });
+
+describe("pruning the revocation log", () => {
+  it("deletes in bounded batches, stops at the first short one, and keeps going after a failure", async () => {
+    const { RevocationLogPruner } = await import("../../src/domain/revocation-tasks.js");
+    const quiet = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined } as never;
+    let left = 2500;
+    const cutoffs: Date[] = [];
+    const store: RevocationLog = {
+      readAfter: async () => ({ entries: [], head: 0, prunedThrough: 0 }),
+      prune: async (cutoff, limit) => {
+        cutoffs.push(cutoff);
+        const n = Math.min(left, limit);
+        left -= n;
+        return n;
+      },
+    };
+    const pruner = new RevocationLogPruner(store, 3_600_000, quiet, 60_000, () => 10_000_000);
+    expect(await pruner.run()).toBe(2500);
+    expect(cutoffs).toHaveLength(3); // 1000, 1000, 500
+    expect(cutoffs[0]!.getTime()).toBe(10_000_000 - 3_600_000);
+    const failing = new RevocationLogPruner({ ...store, prune: async () => Promise.reject(new Error("down")) }, 1, quiet);
+    expect(await failing.run()).toBe(0);
+  });
+});
