@@ -5,7 +5,6 @@ import { sql } from "kysely";
 import type { Kysely } from "kysely";
 import type { LegacyJwtStore, LegacyUsage } from "../domain/ports.js";
 import { translatingErrors } from "./errors.js";
-import { REVOCATION_CHANNEL } from "./revocation-channel.js";
 import type { Database } from "./schema.js";
 
 /** Legacy JWT persistence. Every failure surfaces as a `TokenError`. */
@@ -24,19 +23,15 @@ export class KyselyLegacyJwtStore implements LegacyJwtStore {
   /** Records a revoked `jti`; a second revocation keeps the first record. */
   revoke(jti: string, r: { by: string; reason: string; at: Date; expiresAt: Date | null }): Promise<{ alreadyRevoked: boolean }> {
     return translatingErrors(async () => {
-      // One statement: the revocation and its revocation log entry (migration
-      // 0009) commit together; a repeat revocation logs nothing.
-      const { rows } = await sql<{ jti: string }>`
-        WITH inserted AS (
-          INSERT INTO legacy_jwt_revocations (jti, revoked_at, revoked_by, revoke_reason, expires_at)
-          VALUES (${jti}, ${r.at}, ${r.by}, ${r.reason}, ${r.expiresAt})
-          ON CONFLICT (jti) DO NOTHING
-          RETURNING jti
-        ), logged AS (
-          SELECT log_revocations('legacy_jti', array_agg(inserted.jti), ARRAY[]::bytea[], ${REVOCATION_CHANNEL}) AS last_position FROM inserted
-        )
-        SELECT inserted.jti FROM inserted CROSS JOIN logged`.execute(this.db);
-      return { alreadyRevoked: rows.length === 0 };
+      // The row trigger of migration 0009 logs (and notifies) it in the same
+      // statement; a repeat inserts nothing and logs nothing.
+      const inserted = await this.db
+        .insertInto("legacy_jwt_revocations")
+        .values({ jti, revoked_at: r.at, revoked_by: r.by, revoke_reason: r.reason, expires_at: r.expiresAt })
+        .onConflict((oc) => oc.column("jti").doNothing())
+        .returning("jti")
+        .executeTakeFirst();
+      return { alreadyRevoked: inserted === undefined };
     });
   }
 

@@ -10,21 +10,8 @@ import type { CascadeOutcome, NewToken, RevokeOutcome, TokenListQuery, TokenStor
 import { translateStoreError, translatingErrors } from "./errors.js";
 import { CAP_REACHED_SQLSTATE } from "./migrations/0004_capped_insert.js";
 import { ISSUER_REVOKED_SQLSTATE } from "./migrations/0006_issued_by.js";
-import { REVOCATION_CHANNEL } from "./revocation-channel.js";
 import type { Database, TokensTable } from "./schema.js";
 import type { OpenedDatabase } from "./database.js";
-
-/**
- * The tail of a revoking statement's WITH list: the rows of `revoked` get
- * consecutive revocation log positions (in id order) and one NOTIFY each,
- * carrying the position, in the same statement (migration 0009). The cross
- * join makes the statement read `logged`, so the function runs; with no row
- * revoked it logs nothing.
- */
-const LOGGED = sql`, logged AS (
-  SELECT log_revocations('token', array_agg(revoked.id::text ORDER BY revoked.id), array_agg(revoked.digest ORDER BY revoked.id), ${REVOCATION_CHANNEL}) AS last_position
-  FROM revoked
-)`;
 
 /** Most digests looked up in one query. */
 const MAX_LOOKUP_BATCH = 128;
@@ -150,17 +137,13 @@ export class KyselyTokenStore implements TokenStore {
     return translatingErrors(async () => {
       if (!isUuid(id)) return undefined;
       // One statement, so one transaction: the revocation, its entry in the
-      // revocation log and its notice to every replica (LISTEN/NOTIFY) commit
-      // together or not at all, and the notice is delivered only once the
-      // revocation is durable.
+      // revocation log and its notice to every replica (LISTEN/NOTIFY), both
+      // written by the row trigger of migration 0009, commit together or not
+      // at all, and the notice is delivered only once the revocation is durable.
       const { rows } = await sql<Selectable<TokensTable>>`
-        WITH revoked AS (
-          UPDATE tokens SET revoked_at = ${revocation.at}, revoked_by = ${revocation.by}, revoke_reason = ${revocation.reason}
-          WHERE id = ${id} AND revoked_at IS NULL
-          RETURNING *
-        )
-        ${LOGGED}
-        SELECT revoked.*, logged.last_position FROM revoked CROSS JOIN logged`.execute(this.db);
+        UPDATE tokens SET revoked_at = ${revocation.at}, revoked_by = ${revocation.by}, revoke_reason = ${revocation.reason}
+        WHERE id = ${id} AND revoked_at IS NULL
+        RETURNING *`.execute(this.db);
       const row = rows[0];
       if (row !== undefined) return { record: toRecord(row), alreadyRevoked: false };
       // No unrevoked row: either no such id, or revoked before (revocation is never undone).
@@ -178,9 +161,14 @@ export class KyselyTokenStore implements TokenStore {
    * one revokes nothing: a child whose insert committed after a pass's
    * snapshot but before its locks is caught by the next pass, and a later
    * insert under a locked (or revoked) issuer is refused by the insert
-   * itself (migration 0006). Then every revoked row gets its revocation log
-   * position and its `pg_notify`, exactly as a single revocation sends it
-   * (migration 0009); notices are delivered at commit, once durable.
+   * itself (migration 0006). Each revoked row gets its revocation log
+   * position and its `pg_notify` from the row trigger, exactly as a single
+   * revocation does (migration 0009); notices are delivered at commit, once
+   * durable. (The trigger takes the log's counter lock in the first pass; a
+   * later pass that must wait for a row a concurrent single revocation holds
+   * while that one waits for the counter is a deadlock PostgreSQL detects and
+   * breaks. It needs a child inserted in the instant between a pass's
+   * snapshot and its locks, revoked alone at that same instant.)
    */
   revokeCascade(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<CascadeOutcome | undefined> {
     return translatingErrors(async () => {
@@ -210,15 +198,6 @@ export class KyselyTokenStore implements TokenStore {
             SELECT revoked.* FROM revoked`.execute(trx);
           for (const row of rows) revoked.set(row.id, toRecord(row));
           if (rows.length === 0) break;
-        }
-        if (revoked.size > 0) {
-          // Logged (and notified) once, after every pass: the counter row's
-          // lock is then taken after the token row locks, as a single
-          // revocation takes them, so the two can never deadlock; and it is
-          // held only from here to commit.
-          await sql`
-            SELECT log_revocations('token', array_agg(id::text ORDER BY id), array_agg(digest ORDER BY id), ${REVOCATION_CHANNEL})
-            FROM tokens WHERE id = ANY(${[...revoked.keys()]}::uuid[])`.execute(trx);
         }
         const rootRevoked = revoked.get(id);
         const root = rootRevoked ?? (await trx.selectFrom("tokens").selectAll().where("id", "=", id).executeTakeFirst().then((row) => (row === undefined ? undefined : toRecord(row))));

@@ -20,6 +20,16 @@
  * them on one row costs nothing measurable; everything else (issue,
  * introspection) never touches the row.
  *
+ * Entries are written by triggers, not by the revoking statements: an
+ * AFTER UPDATE row trigger on `tokens` for each row whose `revoked_at` goes
+ * from NULL to a time, and an AFTER INSERT row trigger on
+ * `legacy_jwt_revocations`. Row triggers run inside the revoking statement,
+ * so the entry commits with the revocation or not at all, and every path is
+ * covered the same way: `RevokeToken`, each row of a cascade, a legacy jti,
+ * a replica of the previous release during a rolling upgrade (whose own
+ * position-less NOTIFY is merely redundant), an operator's manual UPDATE.
+ * The trigger also sends the NOTIFY with the position, in position order.
+ *
  * `pruned_through` on the counter row is the highest position the pruning
  * has removed: a replica whose applied position is below it cannot catch up
  * from the log and resets its cache instead. It moves in the same
@@ -81,6 +91,31 @@ const UP = [
     END
     $fn$`,
   sql`
+    CREATE FUNCTION log_token_revocation() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+      -- 'token_revocations' is REVOCATION_CHANNEL (storage/revocation-channel.ts).
+      PERFORM log_revocations('token', ARRAY[NEW.id::text], ARRAY[NEW.digest], 'token_revocations');
+      RETURN NULL;
+    END
+    $fn$`,
+  // Only the NULL → time transition: revocation is never undone, and other
+  // updates (last-used times, the hot bookkeeping write) never fire it.
+  sql`
+    CREATE TRIGGER tokens_revocation_logged AFTER UPDATE OF revoked_at ON tokens
+    FOR EACH ROW WHEN (OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL)
+    EXECUTE FUNCTION log_token_revocation()`,
+  sql`
+    CREATE FUNCTION log_legacy_revocation() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+      PERFORM log_revocations('legacy_jti', ARRAY[NEW.jti], ARRAY[]::bytea[], 'token_revocations');
+      RETURN NULL;
+    END
+    $fn$`,
+  // ON CONFLICT DO NOTHING inserts nothing for a repeat, and fires nothing.
+  sql`
+    CREATE TRIGGER legacy_revocation_logged AFTER INSERT ON legacy_jwt_revocations
+    FOR EACH ROW EXECUTE FUNCTION log_legacy_revocation()`,
+  sql`
     CREATE FUNCTION prune_revocation_log(p_cutoff timestamptz, p_limit integer)
     RETURNS integer LANGUAGE plpgsql VOLATILE AS $fn$
     DECLARE
@@ -103,6 +138,10 @@ const UP = [
 ];
 
 const DOWN = [
+  sql`DROP TRIGGER legacy_revocation_logged ON legacy_jwt_revocations`,
+  sql`DROP TRIGGER tokens_revocation_logged ON tokens`,
+  sql`DROP FUNCTION log_legacy_revocation`,
+  sql`DROP FUNCTION log_token_revocation`,
   sql`DROP FUNCTION prune_revocation_log`,
   sql`DROP FUNCTION log_revocations`,
   sql`DROP TABLE revocation_log`,
