@@ -173,7 +173,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
       metadataAllowedKeys: config.tokenMetadataAllowedKeys,
     },
   };
-  metrics?.watch({ cache, listener: channel, ...(database.poolStats ? { pool: database.poolStats } : {}) });
+  metrics?.watch({ cache, listener: channel, revocations, ...(database.poolStats ? { pool: database.poolStats } : {}) });
   /** Starts the periodic writers of batched bookkeeping. */
   const startBatches = () => {
     events.start();

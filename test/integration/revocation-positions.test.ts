@@ -61,6 +61,10 @@ describe("revocation positions on answers and streams", () => {
     const after = await introspect(token);
     expect(after.active).toBe(false);
     expect(Number(after.revocationPosition)).toBe(sut.service.deps.revocations.position);
+    // Operators see it too.
+    const metrics = await (await fetch(`http://127.0.0.1:${sut.service.httpPort}/metrics`)).text();
+    expect(metrics).toMatch(new RegExp(`^token_service_revocation_log_position ${after.revocationPosition}$`, "m"));
+    expect(metrics).toMatch(/^token_service_revocation_confirmed_age_seconds \d/m);
   });
 
   it("streams positions on revocations and heartbeats, and resumes after a position without a reset", async () => {
