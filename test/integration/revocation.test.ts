@@ -4,6 +4,7 @@ import { InactiveReason, TokenService, type IntrospectTokenResponse, type IssueT
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { grpcClient, startTestService, type ServiceUnderTest } from "../support/service.js";
 import { KyselyRevocationLog } from "../../src/storage/revocation-log.js";
+import { startTcpProxy } from "../support/tcp-proxy.js";
 
 /**
  * Two replicas on one PostgreSQL: a revocation on one reaches the other's
@@ -112,6 +113,44 @@ describe.each(TRANSPORTS)("the staleness bound with the channel cut (REVOCATION_
       clientA.close();
       clientB.close();
       await Promise.all([a.service.stop(), b.service.stop()]);
+      await db.drop();
+    }
+  });
+});
+
+describe.each(TRANSPORTS)("a replica cut off from the store (REVOCATION_TRANSPORT=%s)", (transport) => {
+  it("catches up from the log when the store is back: evicts what was revoked meanwhile, keeps the rest", async () => {
+    const db = await createTestDatabase();
+    const url = new URL(db.url);
+    const proxy = await startTcpProxy(Number(url.port || 5432), url.hostname);
+    const viaProxy = new URL(db.url);
+    viaProxy.port = String(proxy.port);
+    const env = { CACHE_STALENESS: "10m", REVOCATION_HEARTBEAT: "200ms", REVOCATION_HEARTBEAT_TIMEOUT: "600ms", REVOCATION_TRANSPORT: transport, DATABASE_CONNECT_TIMEOUT: "500ms" };
+    const a = await startTestService({ ...env, DATABASE_URL: db.url });
+    const b = await startTestService({ ...env, DATABASE_URL: viaProxy.toString() });
+    const clientA = grpcClient(TokenService, `127.0.0.1:${a.service.grpcPort}`);
+    const clientB = grpcClient(TokenService, `127.0.0.1:${b.service.grpcPort}`);
+    const auth = { authorization: `Bearer ${a.bootstrapToken!}` };
+    try {
+      const revoked = await clientA.unary<IssueTokenResponse>("issueToken", { name: "x", subject: "x@example.com" }, auth);
+      const kept = await clientA.unary<IssueTokenResponse>("issueToken", { name: "y", subject: "y@example.com" }, auth);
+      for (const t of [revoked, kept]) expect((await clientB.unary<IntrospectTokenResponse>("introspectToken", { token: t.token }, auth)).active).toBe(true);
+      proxy.cut();
+      await clientA.unary("revokeToken", { target: { case: "token", value: revoked.token } }, auth);
+      const head = (await new KyselyRevocationLog(a.service.database.db).readAfter(Number.MAX_SAFE_INTEGER, 1)).head;
+      // B cannot have heard it: its position stays behind while cut.
+      expect(b.service.deps.revocations.position).toBeLessThan(head);
+      proxy.restore();
+      await expect.poll(() => b.service.deps.revocations.position, { timeout: 15_000, interval: 50 }).toBe(head);
+      expect((await clientB.unary<IntrospectTokenResponse>("introspectToken", { token: revoked.token }, auth)).reason).toBe(InactiveReason.REVOKED);
+      const misses = b.service.deps.cache.stats().misses;
+      expect((await clientB.unary<IntrospectTokenResponse>("introspectToken", { token: kept.token }, auth)).active).toBe(true);
+      expect(b.service.deps.cache.stats().misses).toBe(misses); // still cached: not flushed
+    } finally {
+      clientA.close();
+      clientB.close();
+      await Promise.all([a.service.stop(), b.service.stop()]);
+      await proxy.close();
       await db.drop();
     }
   });
