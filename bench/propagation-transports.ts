@@ -35,7 +35,8 @@ async function run(transport: "notify" | "poll") {
     await a.deps.store.revoke(row.id, { by: "bench", reason: "propagation", at: new Date() });
     while (!heard.has(row.id)) await sleep(1);
     lags.push(heard.get(row.id)! - started);
-    await sleep(options.gapMs);
+    // A random gap, so revocations do not fall at one phase of the poll.
+    await sleep(options.gapMs * (0.5 + 2 * Math.random()));
   }
   await Promise.all([a.stop(), b.stop()]);
   await testDb.drop();
