@@ -86,6 +86,8 @@ export class RevocationHub {
   private noticedDuringSync = 0;
   /** Highest confirmation held back while behind. */
   private heldConfirmation = 0;
+  /** The last read of the log failed (logged once per streak). */
+  private failing = false;
 
   /**
    * @param log the store's revocation log; without one (tests with fakes, old
@@ -259,12 +261,15 @@ export class RevocationHub {
       }
       this.noticedDuringSync = 0;
       this.behind = false;
+      this.failing = false;
       const held = this.heldConfirmation;
       this.heldConfirmation = 0;
       if (held > 0) this.release(held);
       return true;
     } catch (error) {
-      this.logger?.warn({ err: error }, "reading the revocation log failed; confirmations held back until it succeeds");
+      // Once per failing streak: polls and heartbeats retry every few hundred milliseconds.
+      if (!this.failing) this.logger?.warn({ err: error }, "reading the revocation log failed; confirmations held back until it succeeds");
+      this.failing = true;
       return false;
     }
   }
