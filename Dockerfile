@@ -7,7 +7,10 @@
 #   docker run --rm -p 50051:50051 -p 8080:8080 token-service
 #   # production, on PostgreSQL:
 #   docker run --rm -e TOKEN_ENVIRONMENT=production -e DATABASE_URL=postgres://… \
+#     -e KEY_ENCRYPTION_KEY_FILE=/run/secrets/kek -v "$PWD/kek:/run/secrets/kek:ro" \
 #     -p 50051:50051 -p 8080:8080 token-service
+#   # (make the key once, kept in your secret store: openssl rand -base64 32 > kek;
+#   #  readable by the container user only)
 #
 # Every ENV below is a configuration key of src/config.ts (README,
 # "Configuration"); test/unit/examples.test.ts checks that they are.

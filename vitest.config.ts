@@ -4,6 +4,8 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
+    // Sums and prints the generated cases the property tests ran.
+    globalSetup: ["test/property/count-cases.ts"],
     testTimeout: 30_000,
     hookTimeout: 60_000,
     pool: "forks",

@@ -14,22 +14,31 @@ import { LastUsedRecorder, LegacyUsageRecorder } from "./domain/usage.js";
 import { loadLegacyJwtPolicy } from "./keys/legacy-keys.js";
 import { KyselyLegacyJwtStore } from "./storage/legacy-jwt-store.js";
 import { KyselySigningKeyStore } from "./storage/signing-key-store.js";
+import { KyselyServerSecretStore } from "./storage/server-secret-store.js";
+import { loadPageTokens } from "./domain/paging.js";
 import { BackendJwtKeys } from "./keys/backend-jwt.js";
+import { loadKeyEncryptionKeys } from "./keys/kek-config.js";
 import { createIntrospectionCache } from "./domain/introspect.js";
 import { RevocationHub } from "./domain/revocation-hub.js";
+import { RateLimits, isLimited } from "./domain/rate-limit.js";
+import { GatedTokenStore } from "./domain/write-gate.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { KyselyRevocationLog } from "./storage/revocation-log.js";
 import { RevocationLogPruner, RevocationPoller } from "./domain/revocation-tasks.js";
 import { httpRoutes } from "./server/http-routes.js";
+import { oauthMetadataOptions } from "./server/http/metadata.js";
 import { forwardAuthOptions } from "./server/http/forward-auth.js";
 import { createLogger } from "./logger.js";
 import { ServiceMetrics } from "./observability/metrics.js";
 import { metricsRoute, withRoute } from "./observability/metrics-route.js";
 import { clusterMetricsSource } from "./observability/cluster-metrics.js";
+import { Tracing } from "./observability/tracing.js";
 import { TokenServiceHandler } from "./rpc/token-service.js";
+import { ExtAuthzHandler, extAuthzOptions } from "./rpc/ext-authz.js";
+import { Authorization } from "../gen/envoy/service/auth/v3/external_auth_pb.js";
 import { startGrpcServer } from "./server/grpc-server.js";
 import { createHealthService } from "./server/health.js";
-import { startHttpServer } from "./server/http-server.js";
+import { startHttpServer, type HttpRequest, type HttpResponse } from "./server/http-server.js";
 import { grpcServerCredentials, httpTlsOptions, loadTlsMaterial } from "./server/tls.js";
 import { createReflectionServices } from "./server/reflection.js";
 import { routeServices } from "./server/http-server.js";
@@ -47,6 +56,8 @@ export interface RunningService {
   readonly channel: RevocationTransport;
   /** The metrics (`/metrics`), unless METRICS_ENABLED=false and the log level is above debug. */
   readonly metrics: ServiceMetrics | undefined;
+  /** OpenTelemetry tracing, when on (OTEL_TRACES_EXPORTER=otlp). */
+  readonly tracing: Tracing | undefined;
   /** Graceful shutdown: stop accepting, finish in-flight calls, flush batched writes, close the store. */
   stop(): Promise<void>;
 }
@@ -67,7 +78,9 @@ export interface StartOptions {
 }
 
 /** Opens the store and builds the domain's dependencies (shared with tokenctl). */
-export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics, noticeDelayMs = 0) {
+export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics, tracing?: Tracing, noticeDelayMs = 0) {
+  // Before the store: staging and production without a key-encryption key stop here, having touched nothing.
+  const keks = await loadKeyEncryptionKeys(config, log);
   const database = await openDatabase({
     ...(config.databaseUrl ? { url: config.databaseUrl } : { dataDir: config.dataDir }),
     poolMax: config.databasePoolMax,
@@ -82,7 +95,23 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await database.close();
     throw error;
   }
-  const store = new KyselyTokenStore(database.db, database.prepared);
+  let pageTokens;
+  try {
+    // Shared by every replica through the store, so a page continues anywhere.
+    pageTokens = await loadPageTokens(new KyselyServerSecretStore(database.db));
+  } catch (error) {
+    await database.close();
+    throw error;
+  }
+  // Writes and other slow operations get part of the pool, never all of it: the
+  // hot path's lookups keep the rest (see domain/write-gate.ts).
+  const kyselyStore = new KyselyTokenStore(database.db, database.prepared);
+  // Traced: each store query inside a traced call gets a child span.
+  const store = new GatedTokenStore(tracing ? tracing.traceStore(kyselyStore) : kyselyStore, {
+    maxConcurrent: config.databaseWriteConcurrency > 0 ? config.databaseWriteConcurrency : Math.max(1, Math.floor(config.databasePoolMax / 2)),
+    maxQueued: config.databaseWriteQueue,
+    ...(metrics ? { onRefused: (limit: Parameters<ServiceMetrics["rateLimited"]>[0]) => metrics.rateLimited(limit) } : {}),
+  });
   const securityEvents = new KyselySecurityEventStore(database.db);
   const events = new SecurityEventRecorder(securityEvents, log, clock, config.securityEventWindowMs, metrics, {
     maxRowsPerWindow: config.securityEventRowsPerWindow,
@@ -101,6 +130,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   }
   const backendJwt = new BackendJwtKeys(
     new KyselySigningKeyStore(database.db),
+    keks.keys,
     {
       alg: config.backendJwtAlgorithm,
       ttlMs: config.backendJwtTtlMs,
@@ -117,7 +147,21 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     maxBytes: config.cacheMaxMegabytes * 1024 * 1024,
     stalenessMs: config.cacheStalenessMs,
     negativeTtlMs: config.cacheNegativeTtlMs,
+    negativeMaxEntries: config.cacheNegativeMaxEntries,
   });
+  // Per replica: see domain/rate-limit.ts.
+  const limits = new RateLimits(
+    {
+      perCaller: { introspect: config.rateLimitIntrospect, issue: config.rateLimitIssue, revoke: config.rateLimitRevoke, list: config.rateLimitList },
+      failedAuthPerPeer: config.rateLimitFailedAuth,
+      maxKeys: config.rateLimitMaxKeys,
+      lookupsInFlightPerCaller: config.lookupsInFlightPerCaller,
+      lookupsQueuedPerCaller: config.lookupsQueuedPerCaller,
+    },
+    config.environment,
+    events,
+    metrics,
+  );
   // One fan-out for revocation notices: this replica's cache and every
   // WatchRevocations stream. It keeps the replica's place in the revocation
   // log and catches up from it after a blip instead of flushing the cache.
@@ -161,7 +205,10 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     usage,
     clock,
     log,
+    pageTokens,
     ...(metrics ? { metrics } : {}),
+    limits,
+    ...(tracing ? { tracing: tracing.domain } : {}),
     policy: {
       environment: config.environment,
       issuer: config.tokenIssuer,
@@ -174,6 +221,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     },
   };
   metrics?.watch({ cache, listener: channel, revocations, ...(database.poolStats ? { pool: database.poolStats } : {}) });
+  metrics?.watchLimits({ limits, writes: store, cache });
   /** Starts the periodic writers of batched bookkeeping. */
   const startBatches = () => {
     events.start();
@@ -185,7 +233,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await Promise.all([usage.stop(), legacyUsage.stop()]);
     await events.stop();
   };
-  return { database, deps, events, backendJwt, channel, pruner, startBatches, stopBatches };
+  return { database, deps, events, backendJwt, keks: keks.keys, channel, pruner, startBatches, stopBatches };
 }
 
 /**
@@ -194,6 +242,9 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
  */
 export async function startService(config: Config, options: StartOptions = {}): Promise<RunningService> {
   const log = options.log ?? createLogger(config.logLevel);
+  if (config.environment !== "development" && !isLimited(config.rateLimitFailedAuth)) {
+    log.warn({ environment: config.environment }, "RATE_LIMIT_FAILED_AUTH=off: credential guessing is not slowed down on this replica");
+  }
   // Before the store: a bad certificate should fail start-up at once, named.
   const tls = await loadTlsMaterial(config, log);
   // Calls are observed for metrics and, at debug, for the per-request log line.
@@ -201,15 +252,35 @@ export async function startService(config: Config, options: StartOptions = {}): 
     config.metricsEnabled || log.isLevelEnabled("debug")
       ? new ServiceMetrics(log, { environment: config.environment, store: config.databaseUrl ? "postgres" : "pglite" })
       : undefined;
-  const { database, deps, backendJwt, channel, pruner, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics, options.revocationNoticeDelayMs);
+  // Off (the default): undefined, and nothing below wraps anything.
+  const tracing = Tracing.fromConfig(config, log);
+  const { database, deps, backendJwt, channel, pruner, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics, tracing, options.revocationNoticeDelayMs).catch(async (error: unknown) => {
+    await tracing?.shutdown();
+    throw error;
+  });
   startBatches();
-  await backendJwt.start();
+  try {
+    await backendJwt.start();
+  } catch (error) {
+    // A signing key that cannot be unwrapped stops start-up; leave the store closed behind us.
+    backendJwt.stop();
+    await stopBatches();
+    await database.close();
+    await tracing?.shutdown();
+    throw error;
+  }
   await channel.start();
   pruner.start();
 
   if (options.bootstrapOnFirstStart !== false) await bootstrapOnFirstStart(config, deps, log, options.showBootstrapToken);
 
-  const handler = new TokenServiceHandler(deps);
+  const handler = new TokenServiceHandler(deps, {
+    maxStreamsPerCaller: config.watchMaxStreamsPerCaller,
+    minHeartbeatMs: config.watchMinHeartbeatMs,
+    // Re-checked twice per staleness bound: a revocation missed while the
+    // channel was down ends the stream soon after the cached answer ages out.
+    streamRecheckMs: Math.max(50, Math.floor(config.cacheStalenessMs / 2)),
+  });
   const health = createHealthService({
     services: [TokenService.typeName],
     check: () => deps.store.ping().then(() => true, () => false),
@@ -220,15 +291,28 @@ export async function startService(config: Config, options: StartOptions = {}): 
     ...createReflectionServices([file_tokens_v1_token_service, file_health_v1_health, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection]),
   ];
   const onInternalError = (err: unknown, method: string) => log.error({ err, method }, "unexpected failure in transport");
+  // Envoy's ext_authz is a gRPC API: mounted on the gRPC port only, and only when protected (or in development).
+  const extAuthz = extAuthzOptions(config, log);
+  const grpcServices = extAuthz ? [...services, { service: Authorization, impl: new ExtAuthzHandler(deps, extAuthz) }] : services;
 
   const grpc = await startGrpcServer({
     host: config.listenHost,
     port: config.grpcPort,
-    services,
+    services: grpcServices,
     maxMessageBytes: config.maxMessageBytes,
+    limits: {
+      maxResponseBytes: config.maxResponseBytes,
+      requestBodyTimeoutMs: config.requestBodyTimeoutMs,
+      connectionIdleMs: config.connectionIdleTimeoutMs,
+      connectionMaxAgeMs: config.grpcMaxConnectionAgeMs,
+      connectionMaxAgeGraceMs: config.grpcMaxConnectionAgeGraceMs,
+      keepaliveTimeMs: config.grpcKeepaliveTimeMs,
+      keepaliveTimeoutMs: config.grpcKeepaliveTimeoutMs,
+    },
     onInternalError,
     credentials: grpcServerCredentials(tls),
     ...(metrics ? { observer: metrics } : {}),
+    ...(tracing ? { tracing: tracing.grpc } : {}),
   });
   // Under WORKERS, /metrics answers for the whole cluster (observability/cluster-metrics.ts).
   const metricsSource = metrics && cluster.isWorker ? clusterMetricsSource(metrics.registry) : metrics;
@@ -238,18 +322,23 @@ export async function startService(config: Config, options: StartOptions = {}): 
     port: config.httpPort,
     routes: routeServices(services),
     maxMessageBytes: config.maxMessageBytes,
+    maxResponseBytes: config.maxResponseBytes,
+    requestBodyTimeoutMs: config.requestBodyTimeoutMs,
+    connectionIdleMs: config.connectionIdleTimeoutMs,
     maxTimeoutMs: config.rpcMaxTimeoutMs,
     onInternalError,
     tls: httpTlsOptions(tls),
     ...(metrics ? { observer: metrics } : {}),
-    extraHandler: withRoute(metricsEndpoint, httpRoutes({
+    ...(tracing ? { interceptors: [tracing.connectInterceptor()] } : {}),
+    extraHandler: withRoute(metricsEndpoint, traced(tracing, httpRoutes({
       jwks: () => backendJwt.jwks(),
       tokens: deps,
       introspectionIssuer: config.backendJwtIssuer ?? config.tokenIssuer,
+      oauthMetadata: oauthMetadataOptions(config, log, httpTlsOptions(tls) !== undefined),
       signIntrospection: (payload) => backendJwt.signPayload(payload, "token-introspection+jwt"),
       forwardAuth: forwardAuthOptions(config, log),
       readiness: { store: () => deps.store.ping(), revocationChannel: () => channel.up },
-    })),
+    }))),
   }).catch(async (error: unknown) => {
     await grpc.close(0);
     throw error;
@@ -275,11 +364,18 @@ export async function startService(config: Config, options: StartOptions = {}): 
       pruner.stop();
       await channel.stop();
       await stopBatches();
+      // After the servers: every call's span has ended; this exports them.
+      await tracing?.shutdown();
       await database.close();
       log.info({}, "token service stopped");
     })());
 
-  return { grpcPort: grpc.port, httpPort: http.port, deps, database, channel, metrics, stop };
+  return { grpcPort: grpc.port, httpPort: http.port, deps, database, channel, metrics, tracing, stop };
+}
+
+/** The plain HTTP routes, traced when tracing is on. */
+function traced(tracing: Tracing | undefined, routes: (req: HttpRequest, res: HttpResponse) => boolean): (req: HttpRequest, res: HttpResponse) => boolean {
+  return tracing ? tracing.httpRoutes(routes) : routes;
 }
 
 /**

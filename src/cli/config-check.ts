@@ -1,6 +1,7 @@
 import { parseArgs } from "node:util";
 import { CONFIG_KEYS, ConfigError, defaultFor, loadConfig, redactUrl, type Config } from "../config.js";
 import type { Logger } from "../domain/ports.js";
+import { describeKeyEncryptionKeys } from "../keys/kek-config.js";
 import { loadLegacyJwtPolicy } from "../keys/legacy-keys.js";
 import { loadTlsMaterial } from "../server/tls.js";
 import { UsageError } from "./usage.js";
@@ -13,10 +14,11 @@ export interface ConfigCheckIo {
 
 /**
  * Keys whose values are never printed, only whether they are set: the legacy
- * HMAC secrets and any key added later whose name says it holds a secret.
- * (Paths to key files are fine to print; the files are not read here.)
+ * HMAC secrets, the key-encryption keys, headers sent to other services
+ * (`OTEL_EXPORTER_OTLP_HEADERS` carries collectors' API keys), and any key
+ * added later whose name says it holds a secret. (Paths to key files are fine to print.)
  */
-const SECRET_KEY = /SECRET|PASSWORD|CREDENTIAL|API_KEY|(^|_)TOKEN$/;
+const SECRET_KEY = /SECRET|PASSWORD|CREDENTIAL|API_KEY|(^|_)TOKEN$|ENCRYPTION_KEY(_PREVIOUS)?$|_HEADERS$/;
 
 /** A URL with a password in it, in any key (DATABASE_URL and any other). */
 const URL_WITH_PASSWORD = /^[a-z][a-z0-9+.-]*:\/\/[^/@\s]*:[^/@\s]*@/i;
@@ -46,18 +48,20 @@ export async function configCommand(args: readonly string[], env: Readonly<Recor
 
   let summary: string[] = [];
   if (config !== undefined) {
-    // Both file checks run even when one fails, so every bad key is named at once.
-    const [legacy, tls] = await Promise.all([
+    // Every file check runs even when one fails, so every bad key is named at once.
+    const [legacy, tls, keks] = await Promise.all([
       loadLegacyJwtPolicy(config, log).catch((error: unknown) => fileProblem(error, problems)),
       loadTlsMaterial(config, log).catch((error: unknown) => fileProblem(error, problems)),
+      describeKeyEncryptionKeys(config, log).catch((error: unknown) => fileProblem(error, problems)),
     ]);
     summary = [
       `store:           ${config.databaseUrl ? `PostgreSQL ${redactUrl(config.databaseUrl)}` : `embedded PGlite in ${config.dataDir}`}`,
       `tls:             ${tls ? `${config.tlsPorts === "both" ? "gRPC and HTTP ports" : `${config.tlsPorts === "grpc" ? "gRPC" : "HTTP"} port only`}, ${tls.clientCa ? "mutual TLS (client certificates required)" : "server certificate only"}; ${tls.subject}, expires ${tls.notAfter.toISOString()}` : "off (cleartext)"}`,
+      `key encryption: ${keks ?? "(see above)"}`,
       `legacy JWT keys: ${legacy && legacy.keys.length > 0 ? legacy.keys.map((k) => `${k.label}/${k.alg}`).join(", ") : "none (legacy JWTs refused)"}`,
     ];
   } else {
-    problems.push("(the files named by TLS_* and LEGACY_JWT_* keys are checked once the keys above are fixed)");
+    problems.push("(the files named by TLS_*, LEGACY_JWT_* and KEY_ENCRYPTION_KEY* keys are checked once the keys above are fixed)");
   }
 
   for (const warning of warnings) io.stderr.write(`tokenctl: warning: ${warning}\n`);

@@ -3,6 +3,7 @@ import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "../config.js";
 import { TokenError } from "../domain/errors.js";
 import { DEFAULT_ADDR, isApiCommand, runApiCommand, type CliIo } from "./api-commands.js";
+import { KEYS_USAGE } from "./keys.js";
 import { UsageError } from "./usage.js";
 
 const USAGE = `tokenctl: operate the token service
@@ -51,6 +52,7 @@ Commands that work on the store directly:
   The store is chosen as the server chooses it: DATABASE_URL, else PGlite in
   DATA_DIR. Logs go to stderr.
 
+${KEYS_USAGE}
 Configuration:
   config check
       Validate the configuration in the environment exactly as the server
@@ -77,6 +79,7 @@ export async function run(argv: readonly string[], env: Readonly<Record<string, 
   if (isApiCommand(command)) return runApiCommand(command, rest, env, io);
   // Loaded on demand, like the store modules: it pulls in the TLS and JWT key loaders.
   if (command === "config") return (await import("./config-check.js")).configCommand(rest, env, io);
+  if (command === "keys") return (await import("./keys.js")).keysCommand(rest, env, io);
 
   const config = loadConfig(env);
   switch (command) {

@@ -83,6 +83,12 @@ export interface IntrospectOptions {
   readonly backendJwt?: boolean;
   /** Reported to `deps.metrics`; default "introspect". */
   readonly use?: IntrospectionUse;
+  /**
+   * Whose store lookups these are, for the cap on lookups in flight
+   * (`deps.limits`): the authenticated caller's token id. Unset (a caller's
+   * own credential, `/auth`): the request's peer address.
+   */
+  readonly lookupOwner?: string;
 }
 
 const NO_OPTIONS: IntrospectOptions = Object.freeze({});
@@ -117,11 +123,9 @@ export async function introspectToken(
   if (hit !== undefined) {
     token = hit.record;
   } else {
-    const fence = deps.cache.fence();
-    const record = await deps.store.findByDigest(Buffer.from(key, "base64"));
-    token = record === undefined ? null : new CachedToken(record);
-    deps.cache.put(key, token, fence, nowMs);
+    token = await deps.cache.load(key, nowMs, () => lookUp(deps, key, options.lookupOwner ?? `peer:${meta.peer ?? ""}`));
   }
+  deps.tracing?.cacheOutcome(hit === undefined ? "miss" : hit.record === null ? "negative" : "hit", options.use ?? "introspect");
   // A row from another environment can only exist in a store shared across
   // environments; the prefix check above already makes this unreachable, but
   // the record's own environment is the authority.
@@ -133,6 +137,23 @@ export async function introspectToken(
   deps.usage.note(claims.id, now);
   if (options.backendJwt) return answered(deps, options, "opaque", { active: true, claims, backendJwt: await deps.backendJwt.mint(claims, now) });
   return answered(deps, options, "opaque", { active: true, claims, fromCache });
+}
+
+/**
+ * A cache miss's store read. Identical misses in flight already share one
+ * (`TokenCache.load`); here each owner (one gateway credential, one address)
+ * may have only so many reads in flight, the rest wait in a bounded queue
+ * and beyond it are refused, retryably: a flood of unknown tokens through one
+ * gateway costs a bounded share of the store instead of all of it, and that
+ * gateway is never throttled for the tokens it relays (RFC 7662 §4 asks us to
+ * resist token scanning, not to punish the relay).
+ */
+function lookUp(deps: TokenDeps, key: string, owner: string): Promise<CachedToken | null> {
+  const read = async () => {
+    const record = await deps.store.findByDigest(Buffer.from(key, "base64"));
+    return record === undefined ? null : new CachedToken(record);
+  };
+  return deps.limits === undefined ? read() : deps.limits.lookups.run(owner, read);
 }
 
 /** Reports an answer to the metrics port, if there is one, and returns it. */

@@ -92,31 +92,38 @@ export async function issueToken(deps: TokenDeps, caller: Caller, input: IssueIn
   return { token: minted.token, record };
 }
 
-/** The expiry a request asks for, checked against the service's policy. */
+/**
+ * The expiry a request asks for, checked against the service's policy: a
+ * lifetime of 1s up to the maximum, or an instant in that window. Checked
+ * before any Date is made from it, so no lifetime can overflow into an
+ * invalid Date that would slip past the comparisons.
+ */
 function expiryOf(deps: TokenDeps, input: IssueInput, now: Date): Date | null {
   const { policy } = deps;
-  let expiresAt: Date | null;
-  let field: string;
   if (input.ttlMs !== undefined) {
-    field = "ttl";
-    if (!Number.isFinite(input.ttlMs) || input.ttlMs <= 0) throw invalidArgument("ttl", "must be positive");
-    expiresAt = new Date(now.getTime() + input.ttlMs);
-  } else if (input.expiresAt !== undefined) {
-    field = "expire_time";
-    if (Number.isNaN(input.expiresAt.getTime()) || input.expiresAt.getTime() <= now.getTime()) throw invalidArgument("expire_time", "must be in the future");
-    expiresAt = input.expiresAt;
-  } else {
-    return policy.requireExpiry ? new Date(now.getTime() + policy.defaultTtlMs) : null;
+    const ttlMs = rules.durationWithin("ttl", input.ttlMs, MIN_TTL_MS, policy.maxTtlMs);
+    return new Date(now.getTime() + ttlMs);
   }
-  if (expiresAt.getTime() - now.getTime() > policy.maxTtlMs) {
-    throw invalidArgument(field, `must not be more than ${formatDuration(policy.maxTtlMs)} from now (the service's maximum token lifetime)`);
+  if (input.expiresAt !== undefined) {
+    const ahead = input.expiresAt.getTime() - now.getTime();
+    if (!(ahead >= MIN_TTL_MS && ahead <= policy.maxTtlMs)) {
+      throw invalidArgument("expire_time", `must be at least ${rules.formatDuration(MIN_TTL_MS)} and at most ${rules.formatDuration(policy.maxTtlMs)} from now`);
+    }
+    return input.expiresAt;
   }
-  return expiresAt;
+  return policy.requireExpiry ? new Date(now.getTime() + policy.defaultTtlMs) : null;
 }
 
+/** The shortest lifetime a token may be issued with. */
+const MIN_TTL_MS = 1000;
+
+/**
+ * Refuses values the caller does not hold. The refusal counts them rather
+ * than listing them: a caller's error message never repeats what it sent.
+ */
 function requireSubset(deps: TokenDeps, caller: Caller, meta: RequestMeta, field: string, wanted: readonly string[], held: readonly string[]): void {
   const extra = wanted.filter((value) => !held.includes(value));
-  if (extra.length > 0) deny(deps, caller, meta, `${field}: you may only grant ${field} you hold yourself; not held: ${extra.join(", ")}`);
+  if (extra.length > 0) deny(deps, caller, meta, `${field}: you may only grant ${field} you hold yourself; ${extra.length} of those asked for are not held`);
 }
 
 /**

@@ -90,6 +90,10 @@ export type LegacyRefusal = {
 /** The outcome of checking a legacy JWT. */
 export type LegacyCheck = { readonly ok: true; readonly claims: LegacyClaims } | LegacyRefusal;
 
+/** The NumericDates (RFC 7519 §2) accepted: years 1 to 9999, protobuf's Timestamp range. */
+const MIN_TIME_CLAIM_SECONDS = -62_135_596_800;
+const MAX_TIME_CLAIM_SECONDS = 253_402_300_799;
+
 const REFUSED_HEADERS = ["jwk", "jku", "x5u", "x5c", "crit"] as const;
 const MAX_HEADER_LENGTH = 1024;
 
@@ -212,7 +216,20 @@ function claimsOf(payload: JWTPayload, now: Date): LegacyCheck {
   if (!teams || !namespaces || !scopes) return refuse("invalid", "The token's claims are not in the expected shape.");
   const env = typeof payload.env === "string" ? parseEnvironment(payload.env) : undefined;
   if (typeof payload.env === "string" && env === undefined) return refuse("invalid", `The token's "env" claim is not an environment.`);
+  // jose checks `iss` and `aud` only when told what to expect, and the time
+  // claims only as numbers: any JSON may sit there. RFC 7519 §4.1 fixes their
+  // types; a number past what a Date holds (e.g. exp 1e300) would make an
+  // invalid Date that no later comparison catches.
   const audience = payload.aud === undefined ? [] : Array.isArray(payload.aud) ? payload.aud : [payload.aud];
+  if (!audience.every((a) => typeof a === "string") || (payload.iss !== undefined && typeof payload.iss !== "string")) {
+    return refuse("invalid", "The token's claims are not in the expected shape.");
+  }
+  for (const claim of ["exp", "iat", "nbf"] as const) {
+    const value = payload[claim];
+    if (value !== undefined && !(typeof value === "number" && value >= MIN_TIME_CLAIM_SECONDS && value <= MAX_TIME_CLAIM_SECONDS)) {
+      return refuse("invalid", `The token's "${claim}" claim is not a time.`);
+    }
+  }
   return {
     ok: true,
     claims: {

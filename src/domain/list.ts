@@ -1,6 +1,5 @@
 import { deny, requireAdmin } from "./access.js";
 import type { Caller, RequestMeta, SecurityEventRow, Severity, TokenRecord } from "./model.js";
-import { decodePageToken, encodePageToken } from "./paging.js";
 import type { LegacyUsage, TokenDeps } from "./ports.js";
 import * as rules from "./validation.js";
 
@@ -43,9 +42,10 @@ export async function listTokens(deps: TokenDeps, caller: Caller, input: ListTok
     if (subject !== undefined && subject !== caller.subject) deny(deps, caller, meta, "only admins may list another subject's tokens");
     subject = caller.subject;
   }
+  // The list's name is bound too, so a token of one list is refused by another.
   // The issuer joins the filters only when given, so page tokens made without it keep their binding.
-  const filters = { subject, team, r: input.includeRevoked, e: input.includeExpired, ...(issuedBy !== undefined ? { ib: issuedBy } : {}) };
-  const cursor = decodePageToken("page_token", input.pageToken, filters);
+  const filters = { l: "tokens", subject, team, r: input.includeRevoked, e: input.includeExpired, ...(issuedBy !== undefined ? { ib: issuedBy } : {}) };
+  const cursor = deps.pageTokens.decode("page_token", input.pageToken, filters);
   const rows = await deps.store.list({
     environment: deps.policy.environment,
     ...(issuedBy !== undefined ? { issuedByTokenId: issuedBy } : {}),
@@ -57,7 +57,7 @@ export async function listTokens(deps: TokenDeps, caller: Caller, input: ListTok
     limit: limit + 1,
     ...(cursor ? { after: { createdAt: cursor.at, id: cursor.id } } : {}),
   });
-  return pageOf(rows, limit, (row) => encodePageToken({ at: row.createdAt, id: row.id }, filters));
+  return pageOf(rows, limit, (row) => deps.pageTokens.encode({ at: row.createdAt, id: row.id }, filters));
 }
 
 /** `ListSecurityEvents` filters. */
@@ -74,27 +74,29 @@ export async function listSecurityEvents(deps: TokenDeps, caller: Caller, input:
   requireAdmin(deps, caller, meta, "list security events");
   const type = rules.optionalText("type", input.type, 64);
   const limit = rules.pageSize("page_size", input.pageSize, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
-  const filters = { type, s: input.minSeverity, t: input.since?.getTime() };
-  const cursor = decodePageToken("page_token", input.pageToken, filters);
+  const since = input.since === undefined ? undefined : rules.time("since", input.since);
+  const filters = { l: "security_events", type, s: input.minSeverity, t: since?.getTime() };
+  const cursor = deps.pageTokens.decode("page_token", input.pageToken, filters);
   // Read our own writes: events still folding in memory are stored first.
   await deps.events.flush();
   const rows = await deps.securityEvents.list({
     ...(type !== "" ? { type } : {}),
     ...(input.minSeverity ? { minSeverity: input.minSeverity } : {}),
-    ...(input.since ? { since: input.since } : {}),
+    ...(since ? { since } : {}),
     limit: limit + 1,
     ...(cursor ? { after: { firstSeen: cursor.at, id: cursor.id } } : {}),
   });
-  return pageOf(rows, limit, (row) => encodePageToken({ at: row.firstSeen, id: row.id }, filters));
+  return pageOf(rows, limit, (row) => deps.pageTokens.encode({ at: row.firstSeen, id: row.id }, filters));
 }
 
 /** Lists who still sends legacy JWTs, most recently seen first. Admins only. */
 export async function listLegacyJwtUsage(deps: TokenDeps, caller: Caller, input: { readonly pageSize: number; readonly pageToken: string }, meta: RequestMeta): Promise<Page<LegacyUsage>> {
   requireAdmin(deps, caller, meta, "list legacy JWT usage");
   const limit = rules.pageSize("page_size", input.pageSize, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE);
-  const cursor = decodePageToken("page_token", input.pageToken, {}, (subject) => subject.length > 0 && subject.length <= 256);
+  const filters = { l: "legacy_jwt_usage" };
+  const cursor = deps.pageTokens.decode("page_token", input.pageToken, filters, (subject) => subject.length > 0 && subject.length <= 256);
   const rows = await deps.legacy.store.listUsage({ limit: limit + 1, ...(cursor ? { after: { lastSeen: cursor.at, subject: cursor.id } } : {}) });
-  return pageOf(rows, limit, (row) => encodePageToken({ at: row.lastSeen, id: row.subject }, {}));
+  return pageOf(rows, limit, (row) => deps.pageTokens.encode({ at: row.lastSeen, id: row.subject }, filters));
 }
 
 /** Cuts `limit + 1` rows into a page, with a next-page token when there was one more. */

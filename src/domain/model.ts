@@ -97,7 +97,9 @@ export type SecurityEventType =
   | "platform_admin_bootstrap"
   | "token_revoked"
   | "legacy_jwt_without_jti"
-  | "legacy_jwt_without_env";
+  | "legacy_jwt_without_env"
+  /** A caller or an address went past a rate limit (see `domain/rate-limit.ts`). */
+  | "rate_limit_exceeded";
 
 /** A security event as raised. Identical events are folded into one stored row with a count. */
 export interface SecurityEvent {

@@ -1,6 +1,7 @@
 import type { Environment } from "./environment.js";
 import type { InactiveReason, IntrospectedClaims, IntrospectionUse, TokenKind, IntrospectionCache } from "./introspect.js";
 
+import type { RateLimits } from "./rate-limit.js";
 import type { RevocationHub } from "./revocation-hub.js";
 import type { LegacyJwtPolicy } from "./legacy-jwt.js";
 import type { SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
@@ -147,6 +148,20 @@ export interface DomainMetrics {
   securityEvent(event: SecurityEvent): void;
 }
 
+/** What the introspection cache answered for a presented token: a record, a remembered unknown, or nothing. */
+export type CacheOutcome = "hit" | "negative" | "miss";
+
+/**
+ * Tracing of what the domain decides, for the span of the call in progress.
+ * Implemented in `src/observability/tracing.ts` (OpenTelemetry), so no
+ * tracing library reaches the domain; absent when tracing is off, so the hot
+ * path pays one property check. Never given a token, digest or credential.
+ */
+export interface DomainTracing {
+  /** Notes the cache's answer on the current call's span, by why the token was presented. */
+  cacheOutcome(outcome: CacheOutcome, use: IntrospectionUse): void;
+}
+
 /** Time, injected so tests can freeze it. */
 export interface Clock {
   now(): Date;
@@ -199,6 +214,39 @@ export interface LegacyDeps {
   readonly usage: { note(subject: string, at: Date): void };
 }
 
+/** A keyset position in a list: the sort time and the id that breaks ties. */
+export interface Cursor {
+  readonly at: Date;
+  readonly id: string;
+}
+
+/**
+ * Makes and reads the page tokens of every list. They are authenticated with
+ * a key all replicas share (`domain/paging.ts`), so a page from one replica
+ * continues on another and a forged token is refused.
+ */
+export interface PageTokenCodec {
+  /** The token for the page after `cursor`, bound to these filters. */
+  encode(cursor: Cursor, filters: unknown): string;
+  /**
+   * The cursor in a token made by `encode` for the same filters; undefined for
+   * "" (the first page). Anything else throws `invalid_argument` naming `field`.
+   */
+  decode(field: string, token: string, filters: unknown, isId?: (id: string) => boolean): Cursor | undefined;
+}
+
+/**
+ * Small secrets the service keeps for itself and every replica must share
+ * (the page-token key). Stored in the database, never in configuration.
+ */
+export interface ServerSecretStore {
+  /**
+   * The secret stored under `name`; when there is none, `candidate` is stored
+   * first. Race-safe: replicas calling this together all get the same bytes.
+   */
+  getOrCreate(name: string, candidate: Uint8Array): Promise<Uint8Array>;
+}
+
 /** Everything the use cases need, built once in main.ts. */
 export interface TokenDeps {
   /** Introspection answers by token digest; see `TokenCache`. */
@@ -214,8 +262,14 @@ export interface TokenDeps {
   readonly clock: Clock;
   readonly policy: TokenPolicy;
   readonly log: Logger;
+  /** Page tokens of every list, under the key all replicas share. */
+  readonly pageTokens: PageTokenCodec;
   /** Where outcomes are counted; absent in tests and tools that do not export metrics. */
   readonly metrics?: DomainMetrics;
+  /** The replica's rate limits and lookup caps; absent: nothing is limited (tools, most tests). */
+  readonly limits?: RateLimits;
+  /** Where the current call's trace is annotated; absent when tracing is off. */
+  readonly tracing?: DomainTracing;
 }
 
 /** Use of legacy JWTs by one subject, so operators know who still has to migrate. */
@@ -242,14 +296,24 @@ export interface LegacyJwtStore {
 export interface SigningKey {
   readonly kid: string;
   readonly alg: "ES256" | "EdDSA";
-  /** Private JWK (RFC 7517). Stored so every replica signs with the same keys. */
-  readonly privateJwk: Readonly<Record<string, unknown>>;
+  /** The private JWK (RFC 7517) as stored, so every replica signs with the same keys. */
+  readonly privateKey: StoredPrivateKey;
   /** Public JWK, published in the JWKS. */
   readonly publicJwk: Readonly<Record<string, unknown>>;
   readonly createdAt: Date;
   /** Not used for signing before this time, so every replica publishes it first. */
   readonly activatesAt: Date;
 }
+
+/**
+ * A private key at rest: wrapped (encrypted and authenticated) under the
+ * key-encryption key named by `kekId`, or, only in rows written before keys
+ * were encrypted (or by a replica of that older version during an upgrade),
+ * the plaintext JWK, which the next replica holding a key-encryption key wraps.
+ */
+export type StoredPrivateKey =
+  | { readonly kekId: string; readonly wrapped: Uint8Array }
+  | { readonly kekId?: undefined; readonly plaintextJwk: Readonly<Record<string, unknown>> };
 
 /** Persistence of backend JWT signing keys. */
 export interface SigningKeyStore {
@@ -259,6 +323,13 @@ export interface SigningKeyStore {
   insert(key: SigningKey): Promise<void>;
   /** Deletes keys created before this time that are no longer published. */
   prune(kids: readonly string[]): Promise<void>;
+  /**
+   * Offers every stored key to `reseal`, all of them locked in one
+   * transaction, and stores the new private key it answers for a key
+   * (`undefined`: leave it). All or nothing: when `reseal` throws, nothing
+   * changes. Returns how many keys changed.
+   */
+  reseal(reseal: (key: SigningKey) => StoredPrivateKey | undefined): Promise<number>;
 }
 
 /** Mints short-lived JWTs carrying an opaque token's claims, for backends. */

@@ -137,7 +137,8 @@ const NOTHING_REVOKED: RevokeResult = Object.freeze({ alreadyRevoked: false, rev
 
 /** One message for an unknown id and an id the caller may not revoke: the answers must not differ. */
 function notFound(id: string): TokenError {
-  return new TokenError("not_found", `no token with id ${id}`);
+  // The id is not repeated: it is a value the caller sent.
+  return new TokenError("not_found", "token_id: no such token");
 }
 
 /** The security event's message for a cascade: one event, with the count. */

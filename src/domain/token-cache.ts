@@ -1,9 +1,9 @@
 
 /** Cache limits and freshness rules. */
 export interface TokenCacheOptions<V> {
-  /** Most entries held; beyond it the least recently used go first. */
+  /** Most positive entries held; beyond it the least recently used go first. */
   readonly maxEntries: number;
-  /** Most estimated bytes held (records vary: metadata and lists are bounded but not tiny). */
+  /** Most estimated bytes of positive entries held (records vary: metadata and lists are bounded but not tiny). */
   readonly maxBytes: number;
   /**
    * How old an answer may be when nothing has confirmed it since: an entry is
@@ -15,6 +15,13 @@ export interface TokenCacheOptions<V> {
   readonly stalenessMs: number;
   /** How long "no such token" is remembered, so garbage does not reach the store on every call. */
   readonly negativeTtlMs: number;
+  /**
+   * Most negative answers held, in a segment of their own (oldest first out),
+   * so a flood of unknown tokens only ever evicts other unknown tokens, never
+   * a known one. Default: a tenth of `maxEntries`, at least 1. Not counted in
+   * `maxEntries` or `maxBytes` (each costs a few hundred bytes).
+   */
+  readonly negativeMaxEntries?: number;
   /** Which values are negative answers (kept only `negativeTtlMs`). Default: null. */
   readonly isNegative?: (value: V) => boolean;
   /** Estimated bytes of an entry, for the memory bound. */
@@ -47,9 +54,20 @@ export interface CacheEntry<V> {
  *   cached, so a lookup that started before a revocation can never put the
  *   revoked token back.
  * - Bounded staleness: see `TokenCacheOptions.stalenessMs`.
+ * - Segmented: negative answers live in their own bounded map (see
+ *   `negativeMaxEntries`), so unknown tokens cannot push known ones out.
+ * - Coalescing: `load` shares one store read among identical concurrent misses.
  */
 export class TokenCache<V> {
+  /** Positive answers: the second-chance clock runs over these alone. */
   private readonly entries = new Map<string, CacheEntry<V>>();
+  /** Negative answers, oldest first: a flood of garbage evicts only garbage. */
+  private readonly negatives = new Map<string, CacheEntry<V>>();
+  /** Store reads in flight by key, with the generation they started in. */
+  private readonly loading = new Map<string, { readonly generation: number; readonly promise: Promise<V> }>();
+  private readonly negativeMax: number;
+  private negativeBytes = 0;
+  private coalesced = 0;
   private readonly isNegative: (value: V) => boolean;
   private readonly sizeOf: (key: string, value: V) => number;
   private bytes = 0;
@@ -63,11 +81,12 @@ export class TokenCache<V> {
   constructor(private readonly options: TokenCacheOptions<V>) {
     this.isNegative = options.isNegative ?? ((value) => value === null);
     this.sizeOf = options.sizeOf;
+    this.negativeMax = Math.max(1, options.negativeMaxEntries ?? Math.floor(options.maxEntries / 10));
   }
 
   /** The entry for a digest if it may be served at `nowMs`; undefined means "ask the store". */
   get(key: string, nowMs: number): CacheEntry<V> | undefined {
-    const entry = this.entries.get(key);
+    const entry = this.entries.get(key) ?? this.negatives.get(key);
     if (entry !== undefined) {
       const confirmed = entry.fetchedAt > this.channelVerifiedAt ? entry.fetchedAt : this.channelVerifiedAt;
       const fresh = entry.negative ? nowMs - entry.fetchedAt <= this.options.negativeTtlMs : nowMs - confirmed <= this.options.stalenessMs;
@@ -79,6 +98,15 @@ export class TokenCache<V> {
     }
     this.misses++;
     return undefined;
+  }
+
+  /** The value `get` would serve at `nowMs`, without counting a hit or a miss or marking it used. */
+  peek(key: string, nowMs: number): V | undefined {
+    const entry = this.entries.get(key) ?? this.negatives.get(key);
+    if (entry === undefined) return undefined;
+    const confirmed = entry.fetchedAt > this.channelVerifiedAt ? entry.fetchedAt : this.channelVerifiedAt;
+    const fresh = entry.negative ? nowMs - entry.fetchedAt <= this.options.negativeTtlMs : nowMs - confirmed <= this.options.stalenessMs;
+    return fresh ? entry.record : undefined;
   }
 
   /** The generation to hand back to `put` after reading the store. */
@@ -94,9 +122,55 @@ export class TokenCache<V> {
     if (fence !== this.generation) return;
     const bytes = this.sizeOf(key, record);
     this.remove(key);
+    if (this.isNegative(record)) {
+      // Oldest out first: negative answers live briefly, recency says little.
+      while (this.negatives.size >= this.negativeMax) {
+        const oldest = this.negatives.keys().next().value!;
+        this.remove(oldest);
+        this.evictions++;
+      }
+      this.negatives.set(key, { record, negative: true, fetchedAt, used: false, bytes });
+      this.negativeBytes += bytes;
+      return;
+    }
     while (this.entries.size > 0 && (this.entries.size >= this.options.maxEntries || this.bytes + bytes > this.options.maxBytes)) this.evictOne();
-    this.entries.set(key, { record, negative: this.isNegative(record), fetchedAt, used: false, bytes });
+    this.entries.set(key, { record, negative: false, fetchedAt, used: false, bytes });
     this.bytes += bytes;
+  }
+
+  /**
+   * The answer for a key that `get` did not serve: read by `loader` and cached
+   * under a fence taken now. Identical misses while that read is in flight
+   * share it (one store read for a burst of the same unknown token), unless an
+   * eviction or flush happened since it started: a read that may predate a
+   * revocation is never handed to a request that arrived after it.
+   */
+  load(key: string, fetchedAt: number, loader: () => Promise<V>): Promise<V> {
+    const pending = this.loading.get(key);
+    if (pending !== undefined && pending.generation === this.generation) {
+      this.coalesced++;
+      return pending.promise;
+    }
+    const fence = this.generation;
+    const settled = () => {
+      if (this.loading.get(key)?.promise === promise) this.loading.delete(key);
+    };
+    // Callbacks run later, so `promise` is assigned by the time they read it.
+    const promise: Promise<V> = Promise.resolve()
+      .then(loader)
+      .then(
+        (value) => {
+          settled();
+          this.put(key, value, fence, fetchedAt);
+          return value;
+        },
+        (error: unknown) => {
+          settled();
+          throw error;
+        },
+      );
+    this.loading.set(key, { generation: fence, promise });
+    return promise;
   }
 
   /** Drops one digest (a revocation notice) and fences in-flight lookups. */
@@ -108,9 +182,11 @@ export class TokenCache<V> {
   /** Drops everything (the revocation channel was lost or came back) and fences in-flight lookups. */
   clear(): void {
     this.generation++;
-    this.evictions += this.entries.size;
+    this.evictions += this.entries.size + this.negatives.size;
     this.entries.clear();
+    this.negatives.clear();
     this.bytes = 0;
+    this.negativeBytes = 0;
   }
 
   /** Records that every revocation committed before `atMs` has been received (a heartbeat came back). */
@@ -119,15 +195,30 @@ export class TokenCache<V> {
   }
 
   /** Counters for metrics and the benchmark. */
-  stats(): { size: number; bytes: number; hits: number; misses: number; evictions: number } {
-    return { size: this.entries.size, bytes: this.bytes, hits: this.hits, misses: this.misses, evictions: this.evictions };
+  stats(): { size: number; bytes: number; hits: number; misses: number; evictions: number; negatives: number; coalesced: number; loading: number } {
+    return {
+      size: this.entries.size + this.negatives.size,
+      bytes: this.bytes + this.negativeBytes,
+      hits: this.hits,
+      misses: this.misses,
+      evictions: this.evictions,
+      negatives: this.negatives.size,
+      coalesced: this.coalesced,
+      loading: this.loading.size,
+    };
   }
 
   private remove(key: string): boolean {
     const entry = this.entries.get(key);
-    if (entry === undefined) return false;
-    this.entries.delete(key);
-    this.bytes -= entry.bytes;
+    if (entry !== undefined) {
+      this.entries.delete(key);
+      this.bytes -= entry.bytes;
+      return true;
+    }
+    const negative = this.negatives.get(key);
+    if (negative === undefined) return false;
+    this.negatives.delete(key);
+    this.negativeBytes -= negative.bytes;
     return true;
   }
 

@@ -63,17 +63,29 @@ export function optionalLabel(field: string, value: string): string | undefined 
   return value;
 }
 
-/** Free-form labels: bounded in count and size, keys of a safe alphabet. */
+/**
+ * Free-form labels: bounded in count and size, keys of a safe alphabet. A bad
+ * entry is named by its index in key order (UTF-16 code unit order, the order
+ * the stored labels come back in), never by its key: a key may be anything a
+ * caller pasted, a token included, and error messages must not repeat it.
+ */
 export function metadata(field: string, values: Readonly<Record<string, string>>): Record<string, string> {
   const entries = Object.entries(values);
   if (entries.length > MAX_METADATA_ENTRIES) throw invalidArgument(field, `must have at most ${MAX_METADATA_ENTRIES} entries`);
   const out: Record<string, string> = {};
-  for (const [key, value] of entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    if (!METADATA_KEY.test(key)) throw invalidArgument(`${field}[${JSON.stringify(key.slice(0, 64))}]`, "keys must be 1 to 64 letters, digits or ._-");
-    out[key] = optionalText(`${field}[${key}]`, value, 512);
-  }
+  entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  entries.forEach(([key, value], index) => {
+    const at = `${field}[${index}]`;
+    if (!METADATA_KEY.test(key)) throw invalidArgument(at, `keys must be 1 to 64 letters, digits or ._- ${IN_KEY_ORDER}`);
+    if (value.length > MAX_METADATA_VALUE) throw invalidArgument(at, `values must be at most ${MAX_METADATA_VALUE} characters ${IN_KEY_ORDER}`);
+    if (CONTROL.test(value)) throw invalidArgument(at, `values must not contain control characters ${IN_KEY_ORDER}`);
+    out[key] = value.trim();
+  });
   return out;
 }
+
+const MAX_METADATA_VALUE = 512;
+const IN_KEY_ORDER = "(entries counted in key order from 0)";
 
 /** A token id: a UUID, lower-cased. */
 export function uuid(field: string, value: string): string {
@@ -87,4 +99,44 @@ export function pageSize(field: string, value: number, defaultSize: number, max:
   if (value === 0) return defaultSize;
   if (!Number.isInteger(value) || value < 1 || value > max) throw invalidArgument(field, `must be between 1 and ${max} (0 means ${defaultSize})`);
   return value;
+}
+
+/** Milliseconds as the largest whole unit, e.g. `90d`, `12h`, `1s`, `100ms`. */
+export function formatDuration(ms: number): string {
+  const units: [string, number][] = [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]];
+  for (const [unit, size] of units) if (ms % size === 0) return `${ms / size}${unit}`;
+  return `${ms}ms`;
+}
+
+/**
+ * A span of time in milliseconds, within [minMs, maxMs]. NaN (what the edge
+ * passes for a Duration outside protobuf's own range) fails like any other
+ * out-of-range value, so every bad span gets the same message naming the
+ * field and its range, and never the value sent.
+ */
+export function durationWithin(field: string, ms: number, minMs: number, maxMs: number): number {
+  // Written as a negated conjunction so NaN fails too.
+  if (!(ms >= minMs && ms <= maxMs)) throw invalidArgument(field, `must be between ${formatDuration(minMs)} and ${formatDuration(maxMs)}`);
+  return ms;
+}
+
+/**
+ * The span of instants protobuf's Timestamp can hold (google/protobuf/
+ * timestamp.proto: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z);
+ * both JavaScript's Date and PostgreSQL's timestamptz hold it whole.
+ */
+export const EARLIEST_TIME_MS = Date.parse("0001-01-01T00:00:00.000Z");
+/** See {@link EARLIEST_TIME_MS}. */
+export const LATEST_TIME_MS = Date.parse("9999-12-31T23:59:59.999Z");
+
+/**
+ * An instant within protobuf's Timestamp range. An invalid Date (what the
+ * edge passes for a Timestamp outside that range) fails too.
+ */
+export function time(field: string, at: Date): Date {
+  const ms = at.getTime();
+  if (!(ms >= EARLIEST_TIME_MS && ms <= LATEST_TIME_MS)) {
+    throw invalidArgument(field, "must be a valid time between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z");
+  }
+  return at;
 }

@@ -3,6 +3,7 @@ import { SignJWT, calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK,
 import { backendJwtPayload } from "../domain/claims.js";
 import type { IntrospectedClaims } from "../domain/introspect.js";
 import type { BackendJwtMinter, Clock, Logger, SigningKey, SigningKeyStore } from "../domain/ports.js";
+import { KeyUnwrapError, type KeyEncryptionKeys } from "./key-wrap.js";
 
 /** How backend JWTs are made. */
 export interface BackendJwtOptions {
@@ -37,6 +38,15 @@ const MAX_CACHED = 100_000;
  * lifetime is left, so a busy token costs one signature per few minutes, not
  * one per call. A revoked token never reaches `mint` (introspection answers
  * inactive first), so it stops getting new JWTs at once.
+ *
+ * Private keys are stored wrapped under the key-encryption key (`key-wrap.ts`)
+ * and unwrapped only into memory. Every refresh moves any stored key that is
+ * not under the current key-encryption key (plaintext rows from before
+ * encryption or from a replica of that version, keys under the previous KEK)
+ * under it, so the store never keeps plaintext while a replica with a KEK
+ * runs, and a KEK rotation completes on its own once every replica has the
+ * new key. A key that cannot be unwrapped fails `start` naming its kid; later,
+ * a refresh that fails keeps the keys already loaded.
  */
 export class BackendJwtKeys implements BackendJwtMinter {
   private keys: LoadedKey[] = [];
@@ -45,6 +55,7 @@ export class BackendJwtKeys implements BackendJwtMinter {
 
   constructor(
     private readonly store: SigningKeyStore,
+    private readonly keks: KeyEncryptionKeys,
     private readonly options: BackendJwtOptions,
     private readonly clock: Clock,
     private readonly log: Logger,
@@ -69,6 +80,11 @@ export class BackendJwtKeys implements BackendJwtMinter {
   async refresh(): Promise<void> {
     const now = this.clock.now();
     let records = await this.store.list();
+    if (records.some((r) => !this.keks.isCurrent(r))) {
+      const rewrapped = await this.store.reseal((key) => this.keks.rewrap(key));
+      if (rewrapped > 0) this.log.info({ count: rewrapped, kek_id: this.keks.current.id }, "backend JWT signing keys wrapped under the current key-encryption key");
+      records = await this.store.list();
+    }
     const newest = records[0];
     if (newest === undefined || now.getTime() - newest.createdAt.getTime() >= this.options.rotationMs) {
       // The very first key is active at once; later ones wait until every replica publishes them.
@@ -83,7 +99,7 @@ export class BackendJwtKeys implements BackendJwtMinter {
     const loaded: LoadedKey[] = [];
     for (const record of published) {
       const existing = this.keys.find((k) => k.record.kid === record.kid);
-      loaded.push(existing ?? { record, privateKey: (await importJWK(record.privateJwk as JWK, record.alg)) as CryptoKey });
+      loaded.push(existing ?? { record, privateKey: await this.unwrap(record) });
     }
     this.keys = loaded;
   }
@@ -162,6 +178,27 @@ export class BackendJwtKeys implements BackendJwtMinter {
     const privateJwk = await exportJWK(pair.privateKey);
     // RFC 7638 thumbprint: a kid every replica derives the same way from the key itself.
     const kid = await calculateJwkThumbprint(publicJwk);
-    return { kid, alg: this.options.alg, privateJwk, publicJwk, createdAt: now, activatesAt };
+    // Wrapped before it leaves this process: the store never sees the private key in the clear.
+    const privateKey = this.keks.seal(privateJwk as Record<string, unknown>, { kid, alg: this.options.alg });
+    return { kid, alg: this.options.alg, privateKey, publicJwk, createdAt: now, activatesAt };
+  }
+
+  /**
+   * The signing key of a stored record, checked to be the private half of
+   * the published key (its RFC 7638 thumbprint is the kid), so a key that
+   * decrypts to anything else is refused rather than used to sign.
+   *
+   * @throws KeyUnwrapError naming the kid, never key material
+   */
+  private async unwrap(record: SigningKey): Promise<CryptoKey> {
+    const jwk = this.keks.open(record) as JWK;
+    try {
+      // RFC 7638 §3.2: the thumbprint takes only the public members, so this is the public key's.
+      if ((await calculateJwkThumbprint(jwk)) !== record.kid) throw new KeyUnwrapError(record.kid, "the unwrapped key is not the private half of the published key");
+      return (await importJWK(jwk, record.alg)) as CryptoKey;
+    } catch (error) {
+      if (error instanceof KeyUnwrapError) throw error;
+      throw new KeyUnwrapError(record.kid, `the unwrapped key cannot be imported as ${record.alg} (${(error as Error).name})`);
+    }
   }
 }

@@ -19,6 +19,10 @@
  * - read at scrape time, no per-call cost: the cache (`TokenCache.stats()`),
  *   the revocation listener (`RevocationChannel.stats()`) and the store's
  *   connection pool (`OpenedDatabase.poolStats()`).
+ * - per refusal by a rate limit or cap: `token_service_rate_limited_total{limit}`
+ *   (the domain's `RateLimitMetrics` port); at scrape time the buckets held,
+ *   store lookups and writes in flight and queued, negative cache entries and
+ *   coalesced lookups.
  * - prom-client's default process and Node.js metrics (`process_*`, `nodejs_*`).
  */
 import { performance } from "node:perf_hooks";
@@ -28,6 +32,7 @@ import type { Logger as PinoLogger } from "pino";
 import type { InactiveReason, IntrospectionUse, TokenKind } from "../domain/introspect.js";
 import type { SecurityEvent } from "../domain/model.js";
 import type { DomainMetrics, SecurityEventMetrics } from "../domain/ports.js";
+import type { LimitName, RateLimitMetrics } from "../domain/rate-limit.js";
 import type { CallFacts, CallObserver, CallRecorder, HttpRequestRecorder, ServerName } from "../server/call-observer.js";
 import { peerKey } from "../server/context.js";
 import { requestIdKey } from "../server/request-id.js";
@@ -91,7 +96,7 @@ export interface ServiceInfo {
  * {@link DomainMetrics} port and the transports' {@link CallObserver}; the
  * latter also writes the per-request debug log line.
  */
-export class ServiceMetrics implements DomainMetrics, SecurityEventMetrics, CallObserver {
+export class ServiceMetrics implements DomainMetrics, SecurityEventMetrics, CallObserver, RateLimitMetrics {
   /** The registry `/metrics` serves. */
   readonly registry = new Registry();
   readonly #log: PinoLogger;
@@ -103,6 +108,7 @@ export class ServiceMetrics implements DomainMetrics, SecurityEventMetrics, Call
   readonly #securityEventsOverflowed: Counter;
   readonly #securityEventsDropped: Counter<"reason">;
   readonly #revocationLag: Histogram;
+  readonly #rateLimited: Counter<"limit">;
   /** Whether debug lines are wanted: read per call, so kept current rather than asked of pino each time. */
   #debug: boolean;
 
@@ -185,6 +191,40 @@ export class ServiceMetrics implements DomainMetrics, SecurityEventMetrics, Call
       buckets: LAG_BUCKETS,
       registers,
     });
+    this.#rateLimited = new Counter({
+      name: `${METRIC_PREFIX}rate_limited_total`,
+      help: "Requests refused by a rate limit or cap (per replica), by limit: caller_introspect, caller_issue, caller_revoke, caller_list (per caller token), failed_auth_peer (failed authentications per address), store_lookups (lookups in flight per caller), store_writes (the write queue).",
+      labelNames: ["limit"],
+      registers,
+    });
+  }
+
+  /** Counts one refusal by a rate limit or cap. */
+  rateLimited(limit: LimitName): void {
+    this.#rateLimited.inc({ limit });
+  }
+
+  /** Registers the scrape-time readings of the rate limits, the write gate and the negative cache. */
+  watchLimits(sources: {
+    readonly limits?: { stats(): { buckets: number; lookups: { running: number; queued: number } } };
+    readonly writes?: { stats(): { running: number; queued: number } };
+    readonly cache?: { stats(): { negatives: number; coalesced: number } };
+  }): void {
+    const registers = [this.registry];
+    const { limits, writes, cache } = sources;
+    if (limits !== undefined) {
+      scrapedGauge(registers, "rate_limit_buckets", "Token buckets held by the rate limits now (idle ones are dropped).", () => limits.stats().buckets);
+      scrapedGauge(registers, "store_lookups_in_flight", "Token lookups (cache misses) reading the store now, over every caller.", () => limits.stats().lookups.running);
+      scrapedGauge(registers, "store_lookups_queued", "Token lookups waiting for their caller's in-flight cap now.", () => limits.stats().lookups.queued);
+    }
+    if (writes !== undefined) {
+      scrapedGauge(registers, "store_writes_in_flight", "Store operations other than token lookups (issue, revoke, list, …) running now.", () => writes.stats().running);
+      scrapedGauge(registers, "store_writes_queued", "Store operations other than token lookups waiting for a slot now.", () => writes.stats().queued);
+    }
+    if (cache !== undefined) {
+      scrapedGauge(registers, "cache_negative_entries", "Unknown tokens remembered now, in the cache's own segment for them.", () => cache.stats().negatives);
+      scrapedCounter(registers, "cache_coalesced_lookups_total", "Cache misses that joined an identical store read already in flight instead of making their own.", () => cache.stats().coalesced);
+    }
   }
 
   // ------------------------------------------------------------ DomainMetrics

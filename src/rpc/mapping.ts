@@ -1,5 +1,6 @@
-import { durationFromMs, timestampDate, timestampFromDate, timestampFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromDate, timestampFromMs, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { WatchEvent } from "../domain/watch.js";
+import { invalidArgument } from "../domain/errors.js";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   Environment as PbEnvironment,
@@ -53,9 +54,15 @@ const PB_SEVERITY: Readonly<Record<Severity, PbSeverity>> = Object.freeze({
   critical: PbSeverity.CRITICAL,
 });
 
-/** Protobuf severity → domain; undefined for UNSPECIFIED (no filter). */
+/**
+ * Protobuf severity → domain; undefined for UNSPECIFIED (no filter). Proto3
+ * enums are open, so any int32 can arrive: a value the contract does not
+ * define is refused rather than read as "no filter".
+ */
 export function severityFromPb(value: PbSeverity): Severity | undefined {
   switch (value) {
+    case PbSeverity.UNSPECIFIED:
+      return undefined;
     case PbSeverity.INFO:
       return "info";
     case PbSeverity.WARNING:
@@ -63,7 +70,7 @@ export function severityFromPb(value: PbSeverity): Severity | undefined {
     case PbSeverity.CRITICAL:
       return "critical";
     default:
-      return undefined;
+      throw invalidArgument("min_severity", "must be SEVERITY_INFO, SEVERITY_WARNING, SEVERITY_CRITICAL or unset");
   }
 }
 
@@ -71,9 +78,42 @@ function ts(date: Date | null | undefined): Timestamp | undefined {
   return date ? timestampFromDate(date) : undefined;
 }
 
-/** A protobuf Timestamp → Date, or undefined when unset. */
+/**
+ * The ranges google/protobuf/timestamp.proto and duration.proto give their
+ * fields. A value outside them is not a valid message, whatever its bytes
+ * decoded to; int64 seconds can hold far more than a Date or a double can.
+ */
+const MIN_TIMESTAMP_SECONDS = -62_135_596_800n; // 0001-01-01T00:00:00Z
+const MAX_TIMESTAMP_SECONDS = 253_402_300_799n; // 9999-12-31T23:59:59Z
+const MAX_DURATION_SECONDS = 315_576_000_000n; // about 10,000 years
+const MAX_NANOS = 999_999_999;
+
+/**
+ * A protobuf Timestamp → Date, or undefined when unset. A Timestamp outside
+ * its defined range (or with nanos outside 0..999,999,999) becomes an invalid
+ * Date, which the domain's range check refuses with the field's own message;
+ * the seconds are range-checked as bigint, before any conversion can lose them.
+ */
 export function dateFromPb(value: Timestamp | undefined): Date | undefined {
-  return value ? timestampDate(value) : undefined;
+  if (value === undefined) return undefined;
+  const { seconds, nanos } = value;
+  if (seconds < MIN_TIMESTAMP_SECONDS || seconds > MAX_TIMESTAMP_SECONDS || !Number.isInteger(nanos) || nanos < 0 || nanos > MAX_NANOS) return new Date(Number.NaN);
+  return new Date(Number(seconds) * 1000 + Math.floor(nanos / 1_000_000));
+}
+
+/**
+ * A protobuf Duration → whole milliseconds (sub-millisecond nanos dropped).
+ * NaN for a Duration outside its defined range, with nanos outside
+ * ±999,999,999, or with seconds and nanos of opposite signs (all invalid per
+ * duration.proto); the domain's range check then refuses it with the field's
+ * own message.
+ */
+export function durationMsFromPb(value: Duration): number {
+  const { seconds, nanos } = value;
+  if (seconds < -MAX_DURATION_SECONDS || seconds > MAX_DURATION_SECONDS || !Number.isInteger(nanos) || nanos < -MAX_NANOS || nanos > MAX_NANOS) return Number.NaN;
+  if ((seconds > 0n && nanos < 0) || (seconds < 0n && nanos > 0)) return Number.NaN;
+  // |seconds| ≤ 3.2e11, so the product stays well inside a double's exact integers.
+  return Number(seconds) * 1000 + Math.trunc(nanos / 1_000_000);
 }
 
 /** A stored token → `TokenInfo`. Never the token or its digest. */

@@ -2,8 +2,10 @@ import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { timestampFromDate, type Duration } from "@bufbuild/protobuf/wkt";
 import type { TokenService, WatchRevocationsResponseSchema } from "../../gen/tokens/v1/token_service_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { watchRevocations } from "../domain/watch.js";
+import { StreamQuota, watchRevocations } from "../domain/watch.js";
 import { authenticate, requireScope } from "../domain/access.js";
+import { authenticateCaller } from "../domain/client-auth.js";
+import type { MethodClass } from "../domain/rate-limit.js";
 import { invalidArgument } from "../domain/errors.js";
 import { introspectToken } from "../domain/introspect.js";
 import { issueToken } from "../domain/issue.js";
@@ -11,12 +13,31 @@ import { listLegacyJwtUsage, listSecurityEvents, listTokens } from "../domain/li
 import { SCOPES, type Caller, type RequestMeta, type ServiceScope } from "../domain/model.js";
 import type { TokenDeps } from "../domain/ports.js";
 import { revokeToken } from "../domain/revoke.js";
+import { durationWithin } from "../domain/validation.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 import { callerCredential, requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
-import { dateFromPb, deprecationHeaders, introspectAnswer, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo, withRevocationMark } from "./mapping.js";
+import { dateFromPb, deprecationHeaders, durationMsFromPb, introspectAnswer, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo, withRevocationMark } from "./mapping.js";
 
 type Impl = ServiceImpl<typeof TokenService>;
+
+/** Limits of the streams, from configuration. */
+export interface TokenServiceOptions {
+  /** Most WatchRevocations streams one caller may hold open on this replica. Default 32. */
+  readonly maxStreamsPerCaller?: number;
+  /**
+   * Shortest heartbeat interval served. The proto documents 100 ms to 60 s as
+   * valid, so an ask within that range but below this floor is raised to it
+   * (and the interval served is sent in the `x-heartbeat-interval-ms` header),
+   * not refused. Default 500 ms.
+   */
+  readonly minHeartbeatMs?: number;
+  /** How often a stream re-checks its caller's credential. Default 1 s. */
+  readonly streamRecheckMs?: number;
+}
+
+/** The documented range of `heartbeat_interval` (see the proto). */
+const HEARTBEAT_RANGE_MS = { min: 100, max: 60_000 } as const;
 
 /**
  * The one implementation of `tokens.v1.TokenService`; both the gRPC and the
@@ -24,12 +45,28 @@ type Impl = ServiceImpl<typeof TokenService>;
  * request to a domain call and maps the result back. Nothing else lives here.
  */
 export class TokenServiceHandler implements Impl {
-  constructor(private readonly deps: TokenDeps) {}
+  private readonly streams: StreamQuota;
+  private readonly minHeartbeatMs: number;
+  private readonly streamRecheckMs: number;
 
-  /** Authenticates the caller and requires a scope; returns the caller and the request facts. */
-  private async caller(ctx: HandlerContext, scope: ServiceScope | undefined): Promise<{ caller: Caller; meta: RequestMeta }> {
+  constructor(
+    private readonly deps: TokenDeps,
+    options: TokenServiceOptions = {},
+  ) {
+    this.streams = new StreamQuota(options.maxStreamsPerCaller ?? 32);
+    this.minHeartbeatMs = Math.min(HEARTBEAT_RANGE_MS.max, Math.max(HEARTBEAT_RANGE_MS.min, options.minHeartbeatMs ?? 500));
+    this.streamRecheckMs = options.streamRecheckMs ?? 1000;
+  }
+
+  /**
+   * Authenticates the caller (under its address's budget of failures), admits
+   * the call under the caller's rate limit for its class, and requires a
+   * scope; returns the caller and the request facts.
+   */
+  private async caller(ctx: HandlerContext, scope: ServiceScope | undefined, methodClass: MethodClass): Promise<{ caller: Caller; meta: RequestMeta }> {
     const meta = requestMeta(ctx);
-    const caller = await authenticate(this.deps, callerCredential(ctx), meta);
+    const caller = await authenticateCaller(this.deps, callerCredential(ctx), meta);
+    this.deps.limits?.admit(caller, methodClass, meta, this.deps.clock.now().getTime());
     if (scope) requireScope(this.deps, caller, scope, meta);
     return { caller, meta };
   }
@@ -45,7 +82,7 @@ export class TokenServiceHandler implements Impl {
 
   issueToken: Impl["issueToken"] = (req, ctx) =>
     this.run(ctx, async () => {
-      const { caller, meta } = await this.caller(ctx, SCOPES.create);
+      const { caller, meta } = await this.caller(ctx, SCOPES.create, "issue");
       const issued = await issueToken(
         this.deps,
         caller,
@@ -58,7 +95,7 @@ export class TokenServiceHandler implements Impl {
           subject: req.subject,
           fullName: req.fullName,
           isAdmin: req.isAdmin,
-          ...(req.expiry.case === "ttl" ? { ttlMs: durationMs("ttl", req.expiry.value) } : {}),
+          ...(req.expiry.case === "ttl" ? { ttlMs: durationMsFromPb(req.expiry.value) } : {}),
           ...(req.expiry.case === "expireTime" ? { expiresAt: dateFromPb(req.expiry.value)! } : {}),
         },
         meta,
@@ -72,10 +109,10 @@ export class TokenServiceHandler implements Impl {
       if (req.token === "") throw invalidArgument("token", "is required");
       if (req.token.length > MAX_PRESENTED_TOKEN_LENGTH) throw invalidArgument("token", `must be at most ${MAX_PRESENTED_TOKEN_LENGTH} characters`);
       if (req.tokenTypeHint.length > 64) throw invalidArgument("token_type_hint", "must be at most 64 characters");
-      const { meta } = await this.caller(ctx, SCOPES.introspect);
+      const { caller, meta } = await this.caller(ctx, SCOPES.introspect, "introspect");
       // Before the lookup: the answer reflects at least every revocation up to this mark.
       const mark = this.deps.revocations.mark();
-      const result = await introspectToken(this.deps, req.token, meta, { backendJwt: req.includeBackendJwt });
+      const result = await introspectToken(this.deps, req.token, meta, { backendJwt: req.includeBackendJwt, lookupOwner: caller.tokenId });
       if (result.active && result.deprecation) {
         for (const [name, value] of deprecationHeaders(result.deprecation)) ctx.responseHeader.set(name, value);
       }
@@ -85,7 +122,7 @@ export class TokenServiceHandler implements Impl {
   revokeToken: Impl["revokeToken"] = (req, ctx) =>
     this.run(ctx, async () => {
       if (req.target.case === undefined) throw invalidArgument("target", "set one of token, token_id or legacy_jti");
-      const { caller, meta } = await this.caller(ctx, SCOPES.revoke);
+      const { caller, meta } = await this.caller(ctx, SCOPES.revoke, "revoke");
       const target = req.target;
       const input =
         target.case === "token"
@@ -103,7 +140,7 @@ export class TokenServiceHandler implements Impl {
 
   listTokens: Impl["listTokens"] = (req, ctx) =>
     this.run(ctx, async () => {
-      const { caller, meta } = await this.caller(ctx, SCOPES.read);
+      const { caller, meta } = await this.caller(ctx, SCOPES.read, "list");
       const page = await listTokens(this.deps, caller, req, meta);
       const now = this.deps.clock.now();
       return { tokens: page.items.map((record) => tokenInfo(record, now)), nextPageToken: page.nextPageToken };
@@ -111,7 +148,7 @@ export class TokenServiceHandler implements Impl {
 
   listSecurityEvents: Impl["listSecurityEvents"] = (req, ctx) =>
     this.run(ctx, async () => {
-      const { caller, meta } = await this.caller(ctx, undefined);
+      const { caller, meta } = await this.caller(ctx, undefined, "list");
       const minSeverity = severityFromPb(req.minSeverity);
       const since = dateFromPb(req.since);
       const page = await listSecurityEvents(
@@ -127,12 +164,34 @@ export class TokenServiceHandler implements Impl {
 
   private async *watch(interval: Duration | undefined, ctx: HandlerContext, resumeAfter?: bigint): AsyncGenerator<MessageInitShape<typeof WatchRevocationsResponseSchema>> {
     try {
-      const heartbeatMs = interval === undefined ? 1000 : durationMs("heartbeat_interval", interval);
-      if (heartbeatMs < 100 || heartbeatMs > 60_000) throw invalidArgument("heartbeat_interval", "must be between 100ms and 60s");
+      const asked = interval === undefined ? 1000 : durationWithin("heartbeat_interval", durationMsFromPb(interval), HEARTBEAT_RANGE_MS.min, HEARTBEAT_RANGE_MS.max);
+      const heartbeatMs = Math.max(asked, this.minHeartbeatMs);
       if (resumeAfter !== undefined && resumeAfter > BigInt(Number.MAX_SAFE_INTEGER)) throw invalidArgument("resume_after_position", "is beyond any position this service hands out");
-      await this.caller(ctx, SCOPES.introspect);
-      for await (const event of watchRevocations(this.deps.revocations, heartbeatMs, ctx.signal, undefined, resumeAfter === undefined ? undefined : Number(resumeAfter))) {
-        yield watchResponse(event);
+      const credential = callerCredential(ctx);
+      const { caller, meta } = await this.caller(ctx, SCOPES.introspect, "list");
+      const release = this.streams.acquire(caller.tokenId);
+      // Also on abort: a transport may leave a generator suspended at a yield
+      // when its client goes away, and the slot must not wait for it.
+      ctx.signal.addEventListener("abort", release, { once: true });
+      try {
+        ctx.responseHeader.set("x-heartbeat-interval-ms", String(heartbeatMs));
+        // The stream lives as long as its caller may: a revocation notice naming
+        // the caller's token ends it at once; the re-check catches expiry, and a
+        // revocation missed while the channel was down once the cached answer
+        // has aged out (the staleness bound).
+        const owner = {
+          tokenId: caller.tokenId,
+          recheckMs: this.streamRecheckMs,
+          recheck: async () => {
+            await authenticate(this.deps, credential, meta);
+          },
+        };
+        for await (const event of watchRevocations(this.deps.revocations, heartbeatMs, ctx.signal, Date.now, owner, resumeAfter === undefined ? undefined : Number(resumeAfter))) {
+          yield watchResponse(event);
+        }
+      } finally {
+        ctx.signal.removeEventListener("abort", release);
+        release();
       }
     } catch (error) {
       throw toConnectError(error, this.deps.log, `/${ctx.service.typeName}/${ctx.method.name}`);
@@ -141,25 +200,18 @@ export class TokenServiceHandler implements Impl {
 
   getJwks: Impl["getJwks"] = (_req, ctx) =>
     this.run(ctx, async () => {
-      await this.caller(ctx, undefined);
+      await this.caller(ctx, undefined, "list");
       const jwks = this.deps.backendJwt.jwks();
       return { keys: jwks.keys.map(jsonWebKey), jwksJson: JSON.stringify(jwks) };
     });
 
   listLegacyJwtUsage: Impl["listLegacyJwtUsage"] = (req, ctx) =>
     this.run(ctx, async () => {
-      const { caller, meta } = await this.caller(ctx, undefined);
+      const { caller, meta } = await this.caller(ctx, undefined, "list");
       const page = await listLegacyJwtUsage(this.deps, caller, req, meta);
       return {
         usage: page.items.map((u) => ({ subject: u.subject, introspectionCount: BigInt(u.count), firstSeenTime: timestampFromDate(u.firstSeen), lastSeenTime: timestampFromDate(u.lastSeen) })),
         nextPageToken: page.nextPageToken,
       };
     });
-}
-
-/** A protobuf Duration → milliseconds, refusing negative or mixed-sign values. */
-function durationMs(field: string, value: Duration): number {
-  const ms = Number(value.seconds) * 1000 + Math.trunc(value.nanos / 1_000_000);
-  if (value.seconds < 0n || value.nanos < 0 || ms <= 0) throw invalidArgument(field, "must be positive");
-  return ms;
 }

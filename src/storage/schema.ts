@@ -94,11 +94,23 @@ export interface LegacyJwtUsageTable {
 export interface SigningKeysTable {
   kid: string;
   alg: "ES256" | "EdDSA";
+  /** Plaintext private JWK: only rows from before migration 0005 (or old replicas), until wrapped. Written as JSON text. */
+  private_jwk: ColumnType<Record<string, unknown> | null, string | null, string | null>;
+  /** The private JWK encrypted under the key-encryption key `kek_id` (see `src/keys/key-wrap.ts`). */
+  private_key_wrapped: Uint8Array | null;
+  /** Fingerprint of the key-encryption key that wrapped `private_key_wrapped`. */
+  kek_id: string | null;
   /** Written as JSON text, read back as an object. */
-  private_jwk: ColumnType<Record<string, unknown>, string, string>;
   public_jwk: ColumnType<Record<string, unknown>, string, string>;
   created_at: Date;
   activates_at: Date;
+}
+
+/** The `server_secrets` table: secrets every replica shares (the page-token key). */
+export interface ServerSecretsTable {
+  name: string;
+  secret: Uint8Array;
+  created_at: ColumnType<Date, never, never>;
 }
 
 /** The `revocation_log_counter` table (migration 0009): one row, the last position handed out and the pruning mark. */
@@ -125,6 +137,7 @@ export interface Database {
   legacy_jwt_revocations: LegacyJwtRevocationsTable;
   legacy_jwt_usage: LegacyJwtUsageTable;
   signing_keys: SigningKeysTable;
+  server_secrets: ServerSecretsTable;
   revocation_log_counter: RevocationLogCounterTable;
   revocation_log: RevocationLogTable;
 }

@@ -1,12 +1,14 @@
 /**
  * `SigningKeyStore` on Kysely: backend JWT signing keys shared by replicas.
+ * It stores private keys as it is given them (wrapped by `src/keys/`) and
+ * never sees a key-encryption key.
  */
-import type { Kysely } from "kysely";
-import type { SigningKey, SigningKeyStore } from "../domain/ports.js";
+import type { Kysely, Selectable } from "kysely";
+import type { SigningKey, SigningKeyStore, StoredPrivateKey } from "../domain/ports.js";
 import { translatingErrors } from "./errors.js";
-import type { Database } from "./schema.js";
+import type { Database, SigningKeysTable } from "./schema.js";
 
-/** Signing key persistence. Every failure surfaces as a `TokenError`. */
+/** Signing key persistence. Every store failure surfaces as a `TokenError`. */
 export class KyselySigningKeyStore implements SigningKeyStore {
   /** @param db the handle from `openDatabase`, already migrated */
   constructor(private readonly db: Kysely<Database>) {}
@@ -15,14 +17,7 @@ export class KyselySigningKeyStore implements SigningKeyStore {
   list(): Promise<SigningKey[]> {
     return translatingErrors(async () => {
       const rows = await this.db.selectFrom("signing_keys").selectAll().orderBy("created_at", "desc").orderBy("kid", "desc").execute();
-      return rows.map((row) => ({
-        kid: row.kid,
-        alg: row.alg,
-        privateJwk: row.private_jwk,
-        publicJwk: row.public_jwk,
-        createdAt: row.created_at,
-        activatesAt: row.activates_at,
-      }));
+      return rows.map(toSigningKey);
     });
   }
 
@@ -34,7 +29,7 @@ export class KyselySigningKeyStore implements SigningKeyStore {
         .values({
           kid: key.kid,
           alg: key.alg,
-          private_jwk: JSON.stringify(key.privateJwk),
+          ...privateColumns(key.privateKey),
           public_jwk: JSON.stringify(key.publicJwk),
           created_at: key.createdAt,
           activates_at: key.activatesAt,
@@ -51,4 +46,56 @@ export class KyselySigningKeyStore implements SigningKeyStore {
       await this.db.deleteFrom("signing_keys").where("kid", "in", [...kids]).execute();
     });
   }
+
+  /**
+   * Re-seals keys in one transaction with every row locked (`FOR UPDATE`),
+   * so replicas and `tokenctl keys rewrap` running at once take turns and
+   * each sees the others' result: the second finds nothing left to do.
+   * An error thrown by `reseal` (a key that cannot be unwrapped) is rethrown
+   * as it is, after the rollback; store failures become `TokenError`s.
+   */
+  async reseal(reseal: (key: SigningKey) => StoredPrivateKey | undefined): Promise<number> {
+    let refused: { error: unknown } | undefined;
+    try {
+      return await translatingErrors(() =>
+        this.db.transaction().execute(async (trx) => {
+          const rows = await trx.selectFrom("signing_keys").selectAll().orderBy("kid").forUpdate().execute();
+          let changed = 0;
+          for (const row of rows) {
+            let next: StoredPrivateKey | undefined;
+            try {
+              next = reseal(toSigningKey(row));
+            } catch (error) {
+              refused = { error };
+              throw error;
+            }
+            if (next === undefined) continue;
+            await trx.updateTable("signing_keys").set(privateColumns(next)).where("kid", "=", row.kid).execute();
+            changed += 1;
+          }
+          return changed;
+        }),
+      );
+    } catch (error) {
+      throw refused ? refused.error : error;
+    }
+  }
+}
+
+function toSigningKey(row: Selectable<SigningKeysTable>): SigningKey {
+  return {
+    kid: row.kid,
+    alg: row.alg,
+    privateKey: row.private_key_wrapped !== null && row.kek_id !== null ? { kekId: row.kek_id, wrapped: new Uint8Array(row.private_key_wrapped) } : { plaintextJwk: row.private_jwk ?? {} },
+    publicJwk: row.public_jwk,
+    createdAt: row.created_at,
+    activatesAt: row.activates_at,
+  };
+}
+
+/** The three private-key columns for one form; the other form's columns are cleared (the table's check wants exactly one). */
+function privateColumns(key: StoredPrivateKey): { private_jwk: string | null; private_key_wrapped: Uint8Array | null; kek_id: string | null } {
+  return key.kekId === undefined
+    ? { private_jwk: JSON.stringify(key.plaintextJwk), private_key_wrapped: null, kek_id: null }
+    : { private_jwk: null, private_key_wrapped: key.wrapped, kek_id: key.kekId };
 }

@@ -18,7 +18,7 @@ import { buildClaims, newTokenRecord } from "../../src/domain/claims.js";
 import { bootstrapAdmin } from "../../src/domain/issue.js";
 import { mintToken } from "../../src/domain/token-format.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
-import { grpcClient, startTestService, type ServiceUnderTest } from "../support/service.js";
+import { grpcClient, startTestService, TEST_KEK, type ServiceUnderTest } from "../support/service.js";
 
 /**
  * A leaked token and everything it made: a token mints children and
@@ -310,7 +310,7 @@ describe("environments sharing one PostgreSQL store", () => {
 
   beforeAll(async () => {
     db = await createTestDatabase();
-    const env = { DATABASE_URL: db.url, MAX_ACTIVE_TOKENS_PER_SUBJECT: "2", FORWARD_AUTH_ENABLED: "false" };
+    const env = { DATABASE_URL: db.url, MAX_ACTIVE_TOKENS_PER_SUBJECT: "2", FORWARD_AUTH_ENABLED: "false", KEY_ENCRYPTION_KEY: TEST_KEK };
     dev = await startTestService({ ...env, TOKEN_ENVIRONMENT: "development" });
     stg = await startTestService({ ...env, TOKEN_ENVIRONMENT: "staging" });
     devAdmin = dev.bootstrapToken!;

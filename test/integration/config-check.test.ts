@@ -44,7 +44,7 @@ describe("tokenctl config check", () => {
   const check = (env: Record<string, string>) => node(CLI, ["config", "check"], env);
 
   it("prints configuration OK and a table of every key with its effective value and source", async () => {
-    const { code, stdout, stderr } = await check({ TOKEN_ENVIRONMENT: "prod", GRPC_PORT: "6000" });
+    const { code, stdout, stderr } = await check({ TOKEN_ENVIRONMENT: "prod", GRPC_PORT: "6000", KEY_ENCRYPTION_KEY: "q8Bx3oWfF2v0Zf5c1n0bJr8ZbLr9oM0sXgk2Yw7tHjE=" });
     expect({ code, stderr }).toEqual({ code: 0, stderr: "" });
     expect(stdout.startsWith("configuration OK\n")).toBe(true);
     for (const key of Object.keys(CONFIG_KEYS)) expect(stdout, key).toMatch(new RegExp(`^${key} +`, "m"));
@@ -53,6 +53,9 @@ describe("tokenctl config check", () => {
     expect(stdout).toMatch(/^HTTP_PORT +8080 +default$/m);
     expect(stdout).toMatch(/^store: +embedded PGlite in \.\/data$/m);
     expect(stdout).toMatch(/^tls: +off \(cleartext\)$/m);
+    expect(stdout).toMatch(/^KEY_ENCRYPTION_KEY +\(set, redacted\) +env$/m);
+    expect(stdout).toMatch(/^key encryption: +current [0-9a-f]{16} from KEY_ENCRYPTION_KEY$/m);
+    expect(stdout).not.toContain("q8Bx3oWfF2v0Zf5c1n0bJr8ZbLr9oM0sXgk2Yw7tHjE");
   });
 
   it("never prints a secret or a database password", async () => {
@@ -108,6 +111,14 @@ describe("tokenctl config check", () => {
     expect(cli.code).toBe(78);
     expect(server.code).toBe(78);
     expect(server.stderr).toContain("TLS_KEY_FILE: the key in");
+  });
+
+  it("refuses production without a key-encryption key, as the server does, saying how to make one", async () => {
+    const env = { DATA_DIR: "memory://", GRPC_PORT: "0", HTTP_PORT: "0", TOKEN_ENVIRONMENT: "production" };
+    const [cli, server] = await Promise.all([check(env), node(SERVER, [], env)]);
+    expect({ code: cli.code, stdout: cli.stdout }).toEqual({ code: 78, stdout: "" });
+    expect(server.code).toBe(78);
+    for (const stderr of [cli.stderr, server.stderr]) expect(stderr).toContain("KEY_ENCRYPTION_KEY: required in production: the key-encryption key that encrypts the stored signing keys, kept outside the database; make one with `openssl rand -base64 32`");
   });
 
   it("refuses `config` without the check subcommand (usage, 64)", async () => {

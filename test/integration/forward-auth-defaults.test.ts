@@ -4,7 +4,7 @@ import { ConfigError, loadConfig } from "../../src/config.js";
 import { bootstrapAdmin } from "../../src/domain/issue.js";
 import { makeTestPki, type TestPki } from "../support/certs.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
-import { startTestService, type ServiceUnderTest } from "../support/service.js";
+import { startTestService, TEST_KEK, type ServiceUnderTest } from "../support/service.js";
 
 /**
  * `/auth` answers anyone who can reach the HTTP port about any token (and,
@@ -28,7 +28,7 @@ describe("forward auth defaults per environment", () => {
   let pki: TestPki;
   const started: ServiceUnderTest[] = [];
   const start = async (env: Record<string, string>) => {
-    const sut = await startTestService({ DATABASE_URL: db.url, ...env });
+    const sut = await startTestService({ DATABASE_URL: db.url, KEY_ENCRYPTION_KEY: TEST_KEK, ...env });
     started.push(sut);
     return sut;
   };

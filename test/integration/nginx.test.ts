@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TokenService } from "../../gen/tokens/v1/token_service_pb.js";
 import { bootstrapAdmin } from "../../src/domain/issue.js";
 import { mintToken } from "../../src/domain/token-format.js";
-import { startTestService, type ServiceUnderTest } from "../support/service.js";
+import { startTestService, TEST_KEK, type ServiceUnderTest } from "../support/service.js";
 
 /**
  * The shipped nginx example (examples/nginx/nginx.conf), rendered with real
@@ -73,6 +73,7 @@ describe("the nginx auth_request example, against a real nginx", () => {
     sut = await startTestService({
       DATA_DIR: "memory://",
       TOKEN_ENVIRONMENT: "staging",
+      KEY_ENCRYPTION_KEY: TEST_KEK,
       LEGACY_JWT_HMAC_SECRET: LEGACY_SECRET,
       LEGACY_JWT_SUNSET_DATE: "2099-01-01",
       FORWARD_AUTH_SECRET: PROXY_SECRET,

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { status as GrpcStatus } from "@grpc/grpc-js";
@@ -128,8 +129,10 @@ describe.each([
 describe("across environments on one PostgreSQL", () => {
   it("refuses a development token in a production service sharing the store, and prints no bootstrap token there", async () => {
     const db = await createTestDatabase();
-    const dev = await startTestService({ DATABASE_URL: db.url, TOKEN_ENVIRONMENT: "development" });
-    const prod = await startTestService({ DATABASE_URL: db.url, TOKEN_ENVIRONMENT: "production" });
+    // Services sharing a store share its signing keys, so they share the key-encryption key too.
+    const kek = randomBytes(32).toString("base64");
+    const dev = await startTestService({ DATABASE_URL: db.url, TOKEN_ENVIRONMENT: "development", KEY_ENCRYPTION_KEY: kek });
+    const prod = await startTestService({ DATABASE_URL: db.url, TOKEN_ENVIRONMENT: "production", KEY_ENCRYPTION_KEY: kek });
     try {
       expect(prod.bootstrapToken).toBeUndefined();
       const devAdmin = dev.bootstrapToken!;

@@ -169,13 +169,33 @@ describe.each(backends)("storage on $name", (backend) => {
   describe("signing keys", () => {
     it("stores, lists newest first, ignores a duplicate kid, and prunes", async () => {
       const keys = new KyselySigningKeyStore(opened.db);
-      const key = (kid: string, at: Date) => ({ kid, alg: "ES256" as const, privateJwk: { kty: "EC", d: "secret" }, publicJwk: { kty: "EC", x: "x" }, createdAt: at, activatesAt: at });
+      const key = (kid: string, at: Date) => ({ kid, alg: "ES256" as const, privateKey: { kekId: "0123456789abcdef", wrapped: new Uint8Array([1, 2, 3]) }, publicJwk: { kty: "EC", x: "x" }, createdAt: at, activatesAt: at });
       await keys.insert(key("old", minutes(0)));
       await keys.insert(key("new", minutes(10)));
       await keys.insert({ ...key("new", minutes(20)), publicJwk: { changed: true } });
       expect(await keys.list()).toEqual([key("new", minutes(10)), key("old", minutes(0))]);
       await keys.prune(["old"]);
       expect((await keys.list()).map((k) => k.kid)).toEqual(["new"]);
+    });
+
+    it("reseals every key in one transaction, all or nothing, and keeps exactly one form of each private key", async () => {
+      const keys = new KyselySigningKeyStore(opened.db);
+      await sql`DELETE FROM signing_keys`.execute(opened.db);
+      // A row as the version before migration 0005 writes it: the private JWK in the clear.
+      await sql`INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, activates_at)
+                VALUES ('plain', 'ES256', ${JSON.stringify({ kty: "EC", d: "in-the-clear" })}, '{}', ${minutes(0)}, ${minutes(0)})`.execute(opened.db);
+      await keys.insert({ kid: "wrapped", alg: "ES256", privateKey: { kekId: "aaaaaaaaaaaaaaaa", wrapped: new Uint8Array([9]) }, publicJwk: {}, createdAt: minutes(1), activatesAt: minutes(1) });
+      expect((await keys.list()).map((k) => k.privateKey)).toEqual([{ kekId: "aaaaaaaaaaaaaaaa", wrapped: new Uint8Array([9]) }, { plaintextJwk: { kty: "EC", d: "in-the-clear" } }]);
+
+      const refusal = new Error("cannot unwrap");
+      await expect(keys.reseal((k) => { if (k.kid === "wrapped") throw refusal; return { kekId: "bbbbbbbbbbbbbbbb", wrapped: new Uint8Array([1]) }; })).rejects.toBe(refusal);
+      expect((await keys.list()).map((k) => k.privateKey.kekId)).toEqual(["aaaaaaaaaaaaaaaa", undefined]);
+
+      expect(await keys.reseal((k) => (k.privateKey.kekId === "bbbbbbbbbbbbbbbb" ? undefined : { kekId: "bbbbbbbbbbbbbbbb", wrapped: new Uint8Array([7, k.kid.length]) }))).toBe(2);
+      expect((await keys.list()).map((k) => k.privateKey)).toEqual([{ kekId: "bbbbbbbbbbbbbbbb", wrapped: new Uint8Array([7, 7]) }, { kekId: "bbbbbbbbbbbbbbbb", wrapped: new Uint8Array([7, 5]) }]);
+      const raw = await sql<{ n: number }>`SELECT count(*)::int AS n FROM signing_keys WHERE private_jwk IS NOT NULL`.execute(opened.db);
+      expect(raw.rows[0]!.n).toBe(0);
+      await expect(sql`INSERT INTO signing_keys (kid, alg, public_jwk, created_at, activates_at) VALUES ('none', 'ES256', '{}', now(), now())`.execute(opened.db)).rejects.toThrow(/signing_keys_private_key_one_form/);
     });
   });
 

@@ -323,7 +323,7 @@ describe("tokenctl API commands", () => {
 
     it("an unknown id: exit 1 with not_found", async () => {
       const id = randomUUID();
-      expect(await tokenctl(["revoke", "--id", id])).toMatchObject({ code: 1, stdout: "", stderr: `tokenctl: not_found: no token with id ${id}\n` });
+      expect(await tokenctl(["revoke", "--id", id])).toMatchObject({ code: 1, stdout: "", stderr: "tokenctl: not_found: token_id: no such token\n" });
     });
 
     it("an unknown token value succeeds (RFC 7009 §2.2)", async () => {

@@ -5,6 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 
 const run = promisify(execFile);
+/** Production refuses to run without a key-encryption key. */
+const KEK = "q8Bx3oWfF2v0Zf5c1n0bJr8ZbLr9oM0sXgk2Yw7tHjE=";
 const CLI = "dist/src/cli/tokenctl.js";
 
 /** tokenctl as operators run it: the built CLI in a child process, against real PostgreSQL. */
@@ -21,7 +23,7 @@ describe("tokenctl", () => {
     await db?.drop();
   });
 
-  const env = () => ({ ...process.env, DATABASE_URL: db.url, TOKEN_ENVIRONMENT: "production", LOG_LEVEL: "info" });
+  const env = () => ({ ...process.env, DATABASE_URL: db.url, TOKEN_ENVIRONMENT: "production", LOG_LEVEL: "info", KEY_ENCRYPTION_KEY: KEK });
 
   it("migrates", async () => {
     const { stdout, stderr } = await run("node", [CLI, "migrate"], { env: env() });

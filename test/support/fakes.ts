@@ -1,4 +1,6 @@
+import { randomBytes } from "node:crypto";
 import { TokenError } from "../../src/domain/errors.js";
+import { PageTokens } from "../../src/domain/paging.js";
 import type { LegacyJwtPolicy } from "../../src/domain/legacy-jwt.js";
 import { createIntrospectionCache } from "../../src/domain/introspect.js";
 import { RevocationHub } from "../../src/domain/revocation-hub.js";
@@ -12,6 +14,7 @@ import type {
   LegacyJwtStore,
   SigningKey,
   SigningKeyStore,
+  StoredPrivateKey,
   LegacyUsage,
   Logger,
   NewToken,
@@ -195,6 +198,11 @@ export class MemorySigningKeyStore implements SigningKeyStore {
   async prune(kids: readonly string[]): Promise<void> {
     this.keys = this.keys.filter((k) => !kids.includes(k.kid));
   }
+  async reseal(reseal: (key: SigningKey) => StoredPrivateKey | undefined): Promise<number> {
+    const next = this.keys.map((k) => ({ key: k, privateKey: reseal(k) })); // all or nothing, as the real store
+    this.keys = next.map(({ key, privateKey }) => (privateKey ? { ...key, privateKey } : key));
+    return next.filter((n) => n.privateKey !== undefined).length;
+  }
 }
 
 /** A minter that records what it was asked for; the real one is tested on its own. */
@@ -258,6 +266,7 @@ export function fakeDeps(policy: Partial<TokenPolicy> = {}, legacyPolicy: Legacy
     clock,
     log,
     usage: { note: (id, at) => void used.set(id, at) },
+    pageTokens: new PageTokens(randomBytes(32)),
     policy: { ...TEST_POLICY, ...policy },
   };
   return { deps, store, securityEvents, events, clock, log, used, legacyStore, legacyUsed, minter, cache, revocations };

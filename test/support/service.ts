@@ -29,9 +29,19 @@ export interface ServiceUnderTest {
   readonly bootstrapToken: string | undefined;
 }
 
+/**
+ * A fixed key-encryption key for test services in staging and production
+ * (which refuse to start without one). Services sharing a database must share
+ * their KEK, so every test that needs one uses this.
+ */
+export const TEST_KEK = Buffer.alloc(32, 7).toString("base64");
+
 /** Starts the whole service as `npm start` would, with test overrides. */
 export async function startTestService(env: Record<string, string>, options: { readonly revocationNoticeDelayMs?: number } = {}): Promise<ServiceUnderTest> {
-  const config = loadConfig({ LISTEN_HOST: "127.0.0.1", GRPC_PORT: "0", HTTP_PORT: "0", LOG_LEVEL: "debug", SHUTDOWN_GRACE: "1s", ...env });
+  // Every test client is 127.0.0.1 and many tests send bad credentials on
+  // purpose: the per-address budget of failed authentications is off unless a
+  // test (of the limit itself) sets it.
+  const config = loadConfig({ LISTEN_HOST: "127.0.0.1", GRPC_PORT: "0", HTTP_PORT: "0", LOG_LEVEL: "debug", SHUTDOWN_GRACE: "1s", RATE_LIMIT_FAILED_AUTH: "off", ...env });
   const logs = new LogCapture();
   let bootstrapToken: string | undefined;
   const service = await startService(config, {

@@ -2,9 +2,11 @@ import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from "jose";
 import { describe, expect, it } from "vitest";
 import type { IntrospectedClaims } from "../../src/domain/introspect.js";
 import { BackendJwtKeys } from "../../src/keys/backend-jwt.js";
+import { KeyEncryptionKeys, decodeKek } from "../../src/keys/key-wrap.js";
 import { CapturedLog, FixedClock, MemorySigningKeyStore } from "../support/fakes.js";
 
 const MIN = 60_000;
+const KEKS = new KeyEncryptionKeys(decodeKek("q8Bx3oWfF2v0Zf5c1n0bJr8ZbLr9oM0sXgk2Yw7tHjE="));
 const HOUR = 60 * MIN;
 
 function claims(clock: FixedClock, overrides: Partial<IntrospectedClaims> = {}): IntrospectedClaims {
@@ -29,7 +31,7 @@ function claims(clock: FixedClock, overrides: Partial<IntrospectedClaims> = {}):
 async function setup(alg: "ES256" | "EdDSA" = "ES256") {
   const clock = new FixedClock();
   const store = new MemorySigningKeyStore();
-  const keys = new BackendJwtKeys(store, { alg, ttlMs: 5 * MIN, rotationMs: 24 * HOUR, refreshMs: MIN, issuer: "cf-token-service", audience: ["backends"] }, clock, new CapturedLog());
+  const keys = new BackendJwtKeys(store, KEKS, { alg, ttlMs: 5 * MIN, rotationMs: 24 * HOUR, refreshMs: MIN, issuer: "cf-token-service", audience: ["backends"] }, clock, new CapturedLog());
   await keys.start();
   keys.stop(); // tests drive refresh() by hand
   return { clock, store, keys };
@@ -100,7 +102,7 @@ describe("backend JWTs", () => {
 
   it("shares keys between replicas through the store", async () => {
     const { clock, store, keys } = await setup();
-    const replica = new BackendJwtKeys(store, { alg: "ES256", ttlMs: 5 * MIN, rotationMs: 24 * HOUR, refreshMs: MIN, issuer: "cf-token-service", audience: ["backends"] }, clock, new CapturedLog());
+    const replica = new BackendJwtKeys(store, KEKS, { alg: "ES256", ttlMs: 5 * MIN, rotationMs: 24 * HOUR, refreshMs: MIN, issuer: "cf-token-service", audience: ["backends"] }, clock, new CapturedLog());
     await replica.refresh();
     expect(replica.jwks()).toEqual(keys.jwks());
     const jwt = await replica.mint(claims(clock), clock.now());

@@ -113,7 +113,7 @@ describe("revoking another subject's token by id cannot probe ids", () => {
     const foreign = await outcome(s.bobToken.record.id);
     const unknown = await outcome(unknownId);
     expect(foreign).toEqual(unknown);
-    expect(foreign).toEqual({ code: "not_found", message: "no token with id <id>", events: [{ type: "permission_denied", severity: "warning" }] });
+    expect(foreign).toEqual({ code: "not_found", message: "token_id: no such token", events: [{ type: "permission_denied", severity: "warning" }] });
     expect(s.store.rows.get(s.bobToken.record.id)?.revokedAt).toBeNull();
     // Admins keep their power, and the other subject's own token still works on itself.
     await expect(revokeToken(s.deps, s.admin, { tokenId: s.bobToken.record.id, reason: "" }, meta)).resolves.toMatchObject({ revokedCount: 1 });

@@ -7,7 +7,9 @@ import * as m0001 from "./0001_initial.js";
 import * as m0002 from "./0002_legacy_jwt.js";
 import * as m0003 from "./0003_signing_keys.js";
 import * as m0004 from "./0004_capped_insert.js";
+import * as m0005 from "./0005_wrapped_signing_keys.js";
 import * as m0006 from "./0006_issued_by.js";
+import * as m0007 from "./0007_server_secrets.js";
 import * as m0008 from "./0008_security_event_folding.js";
 import * as m0009 from "./0009_revocation_log.js";
 
@@ -20,7 +22,9 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0002_legacy_jwt": m0002,
   "0003_signing_keys": m0003,
   "0004_capped_insert": m0004,
+  "0005_wrapped_signing_keys": m0005,
   "0006_issued_by": m0006,
+  "0007_server_secrets": m0007,
   "0008_security_event_folding": m0008,
   "0009_revocation_log": m0009,
 });
