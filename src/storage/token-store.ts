@@ -10,7 +10,6 @@ import type { CascadeOutcome, NewToken, RevokeOutcome, TokenListQuery, TokenStor
 import { translateStoreError, translatingErrors } from "./errors.js";
 import { CAP_REACHED_SQLSTATE } from "./migrations/0004_capped_insert.js";
 import { ISSUER_REVOKED_SQLSTATE } from "./migrations/0006_issued_by.js";
-import { REVOCATION_CHANNEL, REVOKED_PREFIX } from "./revocation-channel.js";
 import type { Database, TokensTable } from "./schema.js";
 import type { OpenedDatabase } from "./database.js";
 
@@ -137,23 +136,14 @@ export class KyselyTokenStore implements TokenStore {
   revoke(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOutcome | undefined> {
     return translatingErrors(async () => {
       if (!isUuid(id)) return undefined;
-      // One statement, so one transaction: the revocation and its notice to
-      // every replica (LISTEN/NOTIFY) commit together or not at all, and the
-      // notice is delivered only once the revocation is durable.
+      // One statement, so one transaction: the revocation, its entry in the
+      // revocation log and its notice to every replica (LISTEN/NOTIFY), both
+      // written by the row trigger of migration 0009, commit together or not
+      // at all, and the notice is delivered only once the revocation is durable.
       const { rows } = await sql<Selectable<TokensTable>>`
-        WITH revoked AS (
-          UPDATE tokens SET revoked_at = ${revocation.at}, revoked_by = ${revocation.by}, revoke_reason = ${revocation.reason}
-          WHERE id = ${id} AND revoked_at IS NULL
-          RETURNING *
-        )
-        SELECT revoked.*, pg_notify(
-          ${REVOCATION_CHANNEL},
-          ${REVOKED_PREFIX} || encode(revoked.digest, 'base64') || ':' || revoked.id::text
-            -- The database's clock as the statement ends, in epoch ms: receivers
-            -- measure propagation lag from it (the commit follows within the statement).
-            || ':' || floor(extract(epoch from clock_timestamp()) * 1000)::bigint::text
-        ) AS notified
-        FROM revoked`.execute(this.db);
+        UPDATE tokens SET revoked_at = ${revocation.at}, revoked_by = ${revocation.by}, revoke_reason = ${revocation.reason}
+        WHERE id = ${id} AND revoked_at IS NULL
+        RETURNING *`.execute(this.db);
       const row = rows[0];
       if (row !== undefined) return { record: toRecord(row), alreadyRevoked: false };
       // No unrevoked row: either no such id, or revoked before (revocation is never undone).
@@ -167,12 +157,18 @@ export class KyselyTokenStore implements TokenStore {
    * statement: a recursive walk down `issued_by_token_id` from the root
    * (through tokens revoked before too: what they issued came from the same
    * authority), row locks on the unrevoked ones taken in id order (so two
-   * overlapping cascades cannot deadlock), the UPDATE, and a `pg_notify` per
-   * revoked row exactly as a single revocation sends it. Passes repeat until
+   * overlapping cascades cannot deadlock) and the UPDATE. Passes repeat until
    * one revokes nothing: a child whose insert committed after a pass's
    * snapshot but before its locks is caught by the next pass, and a later
    * insert under a locked (or revoked) issuer is refused by the insert
-   * itself (migration 0006). Notices are delivered at commit, once durable.
+   * itself (migration 0006). Each revoked row gets its revocation log
+   * position and its `pg_notify` from the row trigger, exactly as a single
+   * revocation does (migration 0009); notices are delivered at commit, once
+   * durable. (The trigger takes the log's counter lock in the first pass; a
+   * later pass that must wait for a row a concurrent single revocation holds
+   * while that one waits for the counter is a deadlock PostgreSQL detects and
+   * breaks. It needs a child inserted in the instant between a pass's
+   * snapshot and its locks, revoked alone at that same instant.)
    */
   revokeCascade(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<CascadeOutcome | undefined> {
     return translatingErrors(async () => {
@@ -199,12 +195,7 @@ export class KyselyTokenStore implements TokenStore {
               WHERE tokens.id = locked.id AND tokens.revoked_at IS NULL
               RETURNING tokens.*
             )
-            SELECT revoked.*, pg_notify(
-              ${REVOCATION_CHANNEL},
-              ${REVOKED_PREFIX} || encode(revoked.digest, 'base64') || ':' || revoked.id::text
-                || ':' || floor(extract(epoch from clock_timestamp()) * 1000)::bigint::text
-            ) AS notified
-            FROM revoked`.execute(trx);
+            SELECT revoked.* FROM revoked`.execute(trx);
           for (const row of rows) revoked.set(row.id, toRecord(row));
           if (rows.length === 0) break;
         }
