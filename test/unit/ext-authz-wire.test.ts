@@ -1,6 +1,11 @@
 import { create, equals, fromBinary, isMessage, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
-import { CheckRequestSchema } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
+import { Authorization, CheckRequestSchema, type CheckResponse } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
+import { bootstrapAdmin } from "../../src/domain/issue.js";
+import { EXT_AUTHZ_SECRET_METADATA, ExtAuthzHandler } from "../../src/rpc/ext-authz.js";
+import { grpcServiceDefinition } from "../../src/server/grpc-adapter.js";
+import { fakeDeps } from "../support/fakes.js";
 import { checkFactsOf, checkRequestDecoder, createCheckFactsReader, type CheckFacts } from "../../src/rpc/ext-authz-wire.js";
 import { WT, concat, lenField, mapEntry, strField, tag, varint } from "../support/wire.js";
 
@@ -141,5 +146,51 @@ describe("left to fromBinary", () => {
     expect(oracle(bytes, "constructor").credential).toBe("Bearer c");
     expect(oracle(wrap(), "constructor").credential).toBeUndefined();
     expect(oracle(wrap(mapEntry(3, "__proto__", "Bearer p")), "__proto__").credential).toBeUndefined();
+  });
+});
+
+describe("mounted on the gRPC server", () => {
+  const SECRET = "envoy-secret-0123456789abcdef";
+
+  async function mounted() {
+    const { deps } = fakeDeps();
+    const user = await bootstrapAdmin(deps, "user@example.com", "cli");
+    const handler = new ExtAuthzHandler(deps, { secret: SECRET, header: "authorization", backendJwt: false, removeHeader: false });
+    const { definition, implementation } = grpcServiceDefinition(Authorization, handler, { onInternalError: () => {} });
+    const call = (bytes: Uint8Array) =>
+      new Promise<{ status: Partial<grpc.StatusObject> | null; answer: CheckResponse | undefined }>((resolve) => {
+        const metadata = new grpc.Metadata();
+        metadata.set(EXT_AUTHZ_SECRET_METADATA, SECRET);
+        const request = definition["check"]!.requestDeserialize(Buffer.from(bytes));
+        const surface = { metadata, request, cancelled: false, getPeer: () => "127.0.0.1:5000", getDeadline: () => Infinity, getHost: () => "h", getPath: () => "/p", sendMetadata: () => {}, once: () => {} };
+        (implementation["check"] as grpc.handleUnaryCall<unknown, CheckResponse>)(surface as never, (status, answer) => resolve({ status: status as Partial<grpc.StatusObject> | null, answer: answer ?? undefined }));
+      });
+    return { user, call, request: (bytes: Uint8Array) => definition["check"]!.requestDeserialize(Buffer.from(bytes)) };
+  }
+
+  it("decodes Check's requests with the wire reader, and answers a hit with the same encoded answer", async () => {
+    const { user, call, request } = await mounted();
+    const bytes = encode({ attributes: { request: { http: { id: "r-1", headers: { authorization: `Bearer ${user.token}`, "user-agent": "curl/8.5.0" } } } } });
+    expect(request(bytes)).toEqual({ http: true, id: "r-1", credential: `Bearer ${user.token}`, userAgent: "curl/8.5.0" });
+    const first = await call(bytes);
+    expect(first.status).toBeNull();
+    expect(first.answer?.httpResponse.case).toBe("okResponse");
+    // From the second call on (answered from the cache), the frozen answer of
+    // a hot token is re-sent as is, so the adapter re-sends its encoded bytes.
+    const second = await call(bytes);
+    const third = await call(bytes);
+    expect(third.answer).toBe(second.answer);
+    expect(Object.isFrozen(third.answer)).toBe(true);
+    expect(third.answer).toEqual(first.answer);
+  });
+
+  it("answers the same through the fromBinary fallback, and INVALID_ARGUMENT for bytes that are not a CheckRequest", async () => {
+    const { user, call } = await mounted();
+    const raw = encode({ attributes: { request: { http: { headerMap: { headers: [{ key: "authorization", value: `Bearer ${user.token}` }] } } } } });
+    expect((await call(raw)).answer?.httpResponse.case).toBe("okResponse");
+    const none = await call(encode({ attributes: { request: { http: { headers: { "user-agent": "x" } } } } }));
+    expect(none.answer?.httpResponse.case).toBe("deniedResponse");
+    const garbage = await call(concat(tag(1, WT.len), varint(10), Uint8Array.of(1, 2)));
+    expect(garbage.status?.code).toBe(grpc.status.INVALID_ARGUMENT);
   });
 });
