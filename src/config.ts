@@ -1,6 +1,7 @@
 import { parseEnvironment, type Environment } from "./domain/environment.js";
 import { LEGACY_ALGORITHMS, type LegacyAlgorithm } from "./domain/legacy-jwt.js";
 import type { BucketSpec } from "./domain/rate-limit.js";
+import { validateNetworks } from "./domain/usage-binding.js";
 
 /**
  * Configuration: the only reader of `process.env`. Every key is declared once
@@ -92,6 +93,12 @@ export interface Config {
   readonly cacheNegativeMaxEntries: number;
   readonly watchMaxStreamsPerCaller: number;
   readonly watchMinHeartbeatMs: number;
+  // Usage binding and leak revocation (issue 13).
+  readonly trustedProxies: readonly string[];
+  readonly secretScanningGithubKeysFile: string | undefined;
+  readonly secretScanningMaxTokens: number;
+  readonly secretScanningMaxBodyBytes: number;
+  readonly gitlabRevocationToken: string | undefined;
 }
 
 /** Thrown by `loadConfig` with one line per bad key. */
@@ -320,10 +327,19 @@ export const CONFIG_KEYS = {
     if (ms < 100 || ms > 60_000) throw new Error("must be from 100ms to 60s");
     return ms;
   }),
+  // ---- Usage binding and leak revocation (issue 13: networks, per-token limits, secret scanning).
+  TRUSTED_PROXIES: spec("trustedProxies", "", "Comma-separated CIDRs of the proxies whose `X-Forwarded-For` is believed on /auth: the client is the right-most address that is not one of them. Empty: the header is ignored and the connecting peer is the client (so tokens bound to networks see the proxy's address).", (raw) => validateNetworks("TRUSTED_PROXIES", list(raw))),
+  SECRET_SCANNING_GITHUB_KEYS_FILE: spec("secretScanningGithubKeysFile", undefined, "JSON file of GitHub's secret scanning public keys (`{\"public_keys\":[{\"key_identifier\",\"key\"}]}` as served by api.github.com/meta/public_keys/secret_scanning). Set: POST /secret-scanning/github is served. Unset: not served.", text),
+  SECRET_SCANNING_MAX_TOKENS: spec("secretScanningMaxTokens", "100", "Most tokens one secret-scanning report (GitHub or GitLab) may name; a longer report is refused whole (413).", integer(1, 10_000)),
+  SECRET_SCANNING_MAX_BODY_BYTES: spec("secretScanningMaxBodyBytes", "262144", "Largest secret-scanning request body read; a larger one is refused (413) before its signature is checked.", integer(1024, 16 * 1024 * 1024)),
+  GITLAB_REVOCATION_TOKEN: spec("gitlabRevocationToken", undefined, "Bearer token a GitLab instance sends to GET /v1/revocable_token_types and POST /v1/revoke (32 to 256 printable ASCII characters). Unset: those endpoints are not served.", (raw) => {
+    if (!/^[\x21-\x7e]{32,256}$/.test(raw)) throw new Error("must be 32 to 256 printable ASCII characters without spaces");
+    return raw;
+  }),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
-const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS"]);
+const SECRET_KEYS: ReadonlySet<string> = new Set(["GITLAB_REVOCATION_TOKEN", "LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS"]);
 
 /**
  * The default of a key in an environment: its one default, or the one for

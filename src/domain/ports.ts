@@ -2,6 +2,7 @@ import type { Environment } from "./environment.js";
 import type { InactiveReason, IntrospectedClaims, IntrospectionUse, TokenKind, IntrospectionCache } from "./introspect.js";
 
 import type { RateLimits } from "./rate-limit.js";
+import type { TokenRateLimiter } from "./usage-binding.js";
 import type { RevocationHub } from "./revocation-hub.js";
 import type { LegacyJwtPolicy } from "./legacy-jwt.js";
 import type { SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
@@ -254,6 +255,8 @@ export interface TokenDeps {
   readonly metrics?: DomainMetrics;
   /** The replica's rate limits and lookup caps; absent: nothing is limited (tools, most tests). */
   readonly limits?: RateLimits;
+  /** Buckets of tokens with a rate limit of their own; absent: one shared per process. */
+  readonly tokenRates?: TokenRateLimiter;
 }
 
 /** Use of legacy JWTs by one subject, so operators know who still has to migrate. */
