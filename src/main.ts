@@ -25,6 +25,7 @@ import { GatedTokenStore } from "./domain/write-gate.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
 import { forwardAuthOptions } from "./server/http/forward-auth.js";
+import { leakEndpointOptions } from "./server/http/secret-scanning.js";
 import { createLogger } from "./logger.js";
 import { ServiceMetrics } from "./observability/metrics.js";
 import { metricsRoute, withRoute } from "./observability/metrics-route.js";
@@ -288,6 +289,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
       introspectionIssuer: config.backendJwtIssuer ?? config.tokenIssuer,
       signIntrospection: (payload) => backendJwt.signPayload(payload, "token-introspection+jwt"),
       forwardAuth: forwardAuthOptions(config, log),
+      leaks: leakEndpointOptions(config, log),
       readiness: { store: () => deps.store.ping(), revocationChannel: () => channel.up },
     })),
   }).catch(async (error: unknown) => {
