@@ -224,6 +224,8 @@ export async function startService(config: Config, options: StartOptions = {}): 
   }
   // Before the store: a bad certificate should fail start-up at once, named.
   const tls = await loadTlsMaterial(config, log);
+  // So is an unreadable secret-scanning key file.
+  const leaks = leakEndpointOptions(config, log);
   // Calls are observed for metrics and, at debug, for the per-request log line.
   const metrics =
     config.metricsEnabled || log.isLevelEnabled("debug")
@@ -289,7 +291,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
       introspectionIssuer: config.backendJwtIssuer ?? config.tokenIssuer,
       signIntrospection: (payload) => backendJwt.signPayload(payload, "token-introspection+jwt"),
       forwardAuth: forwardAuthOptions(config, log),
-      leaks: leakEndpointOptions(config, log),
+      leaks,
       readiness: { store: () => deps.store.ping(), revocationChannel: () => channel.up },
     })),
   }).catch(async (error: unknown) => {
