@@ -2,6 +2,7 @@ import { hash } from "node:crypto";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import {
+  InactiveReason,
   TokenKind,
   TokenService,
   type IntrospectTokenResponse,
@@ -100,7 +101,7 @@ export class IntrospectionClient {
    * What a token stands for: from the cache when a fresh answer is there,
    * otherwise from the service (and then cached).
    */
-  introspect(token: string): Promise<IntrospectTokenResponse> {
+  introspect(token: string, clientAddress?: string): Promise<IntrospectTokenResponse> {
     const key = hash("sha256", token, "base64");
     const now = Date.now();
     const hit = this.cache.get(key, now);
@@ -109,13 +110,15 @@ export class IntrospectionClient {
     }
     const fence = this.cache.fence();
     return new Promise((resolve, reject) => {
-      this.client.introspectToken({ token }, this.metadata, { deadline: now + this.deadlineMs }, (error, answer) => {
+      this.client.introspectToken({ token, clientAddress: clientAddress ?? "" }, this.metadata, { deadline: now + this.deadlineMs }, (error, answer) => {
         if (error || !answer) {
           reject(error ?? new Error("no answer"));
           return;
         }
         // Legacy JWT revocations are not streamed: never cache their answers.
-        if (answer.tokenKind !== TokenKind.LEGACY_JWT) this.cache.put(key, answer, fence, now);
+        // Nor answers that depend on the use (a token bound to networks or
+        // to a rate limit of its own): a cached one would skip the check.
+        if (answer.tokenKind !== TokenKind.LEGACY_JWT && !usageBound(answer)) this.cache.put(key, answer, fence, now);
         resolve(answer);
       });
     });
@@ -182,4 +185,14 @@ export class IntrospectionClient {
       stream.cancel();
     }
   }
+}
+
+/** Whether an answer depends on who uses the token, how often, or from where: never cached. */
+function usageBound(answer: IntrospectTokenResponse): boolean {
+  return (
+    answer.allowedNetworks.length > 0 ||
+    answer.rateLimit !== undefined ||
+    answer.reason === InactiveReason.NETWORK_NOT_ALLOWED ||
+    answer.reason === InactiveReason.TOKEN_RATE_LIMITED
+  );
 }

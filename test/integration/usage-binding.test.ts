@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InactiveReason, TokenService, type IntrospectTokenResponse, type IssueTokenResponse, type ListTokensResponse } from "../../gen/tokens/v1/token_service_pb.js";
+import { IntrospectionClient } from "../../src/client/introspection-client.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { grpcClient, startTestService, type ServiceUnderTest } from "../support/service.js";
 
@@ -78,6 +79,19 @@ describe.each(["PostgreSQL", "PGlite"] as const)("tokens bound to how they are u
     expect(limited).toMatchObject({ active: false, reason: InactiveReason.TOKEN_RATE_LIMITED });
     expect(Number(limited.retryAfter!.seconds)).toBeGreaterThan(0);
     for (let i = 0; i < 5; i++) expect((await introspect(free.token)).active).toBe(true);
+  });
+
+  it("the gateway client neither caches a bound token's answer nor its refusal", async () => {
+    const gateway = new IntrospectionClient({ address: `127.0.0.1:${svc.service.grpcPort}`, callerToken: admin, stalenessMs: 600_000, heartbeatMs: 200 });
+    try {
+      const { token } = await issue({ allowedNetworks: ["192.0.2.0/24"], rateLimit: { requests: 2, window: { seconds: 3600n, nanos: 0 } } });
+      expect((await gateway.introspect(token, "198.51.100.1")).reason).toBe(InactiveReason.NETWORK_NOT_ALLOWED);
+      expect((await gateway.introspect(token, "192.0.2.1")).active).toBe(true);
+      expect((await gateway.introspect(token, "192.0.2.1")).active).toBe(true);
+      expect((await gateway.introspect(token, "192.0.2.1")).reason).toBe(InactiveReason.TOKEN_RATE_LIMITED);
+    } finally {
+      gateway.close();
+    }
   });
 
   it("forward auth takes the client from X-Forwarded-For through the trusted proxy, right-most untrusted first", async () => {
