@@ -197,7 +197,7 @@ const NETWORK_NOT_ALLOWED: IntrospectResult = Object.freeze({ active: false, rea
 
 /** The answer for a bound token's refused use, with its security event. */
 function bindingRefused(deps: TokenDeps, token: CachedToken, refused: BindingRefusal, meta: RequestMeta): IntrospectResult {
-  const common = { serviceEnvironment: deps.policy.environment, tokenId: token.id, callerSubject: token.subject, ...metaFields(meta) };
+  const common = { serviceEnvironment: deps.policy.environment, tokenId: token.id, ...metaFields(meta) };
   if (refused.kind === "network") {
     // The client's address is not in the event's fold key on purpose: a
     // stolen token tried from many addresses is one row with a count.

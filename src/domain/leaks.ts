@@ -74,7 +74,7 @@ export async function revokeLeakedTokens(deps: TokenDeps, reporter: LeakReporter
         serviceEnvironment: deps.policy.environment,
         tokenId: record.id,
         tokenHint: displayHint(report.token),
-        callerSubject: record.subject,
+        callerSubject: caller.subject,
         ...metaFields(meta),
       });
       deps.log.warn({ token_id: record.id, token_hint: record.displayHint, reporter, revoked_count: result.revokedCount }, "leaked token revoked");
