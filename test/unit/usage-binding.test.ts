@@ -50,6 +50,8 @@ describe("allowed networks: matching", () => {
     expect(normalizeAddress("::ffff:192.0.2.1")).toEqual({ address: "192.0.2.1", family: "ipv4" });
     expect(normalizeAddress("[2001:db8::1]")).toEqual({ address: "2001:db8::1", family: "ipv6" });
     expect(normalizeAddress("fe80::1%eth0")).toEqual({ address: "fe80::1", family: "ipv6" });
+    expect(normalizeAddress("0:0:0:0:0:FFFF:192.0.2.1")).toEqual({ address: "192.0.2.1", family: "ipv4" });
+    expect(normalizeAddress("::ffff:0:192.0.2.1")).toEqual({ address: "::ffff:0:192.0.2.1", family: "ipv6" });
     expect(normalizeAddress("not-an-ip")).toBeUndefined();
     expect(normalizeAddress(undefined)).toBeUndefined();
   });
@@ -60,6 +62,10 @@ describe("allowed networks: matching", () => {
     expect(binding.check("t", "10.1.2.3", limiter, 0)).toBeUndefined();
     expect(binding.check("t", "::ffff:10.1.2.3", limiter, 0)).toBeUndefined();
     expect(binding.check("t", "2001:db8:1::5", limiter, 0)).toBeUndefined();
+    expect(binding.check("t", "10.255.255.255", limiter, 0)).toBeUndefined();
+    expect(binding.check("t", "9.255.255.255", limiter, 0)).toEqual({ kind: "network" });
+    expect(new UsageBinding(["0.0.0.0/0"], undefined).check("t", "203.0.113.1", limiter, 0)).toBeUndefined();
+    expect(new UsageBinding(["0.0.0.0/0"], undefined).check("t", "2001:db8::1", limiter, 0)).toEqual({ kind: "network" });
     expect(binding.check("t", "11.0.0.1", limiter, 0)).toEqual({ kind: "network" });
     expect(binding.check("t", "2001:db9::1", limiter, 0)).toEqual({ kind: "network" });
     expect(binding.check("t", undefined, limiter, 0)).toEqual({ kind: "network" });
