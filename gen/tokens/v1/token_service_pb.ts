@@ -867,7 +867,8 @@ export const IntrospectTokenRequestSchema: GenMessage<IntrospectTokenRequest, {j
 
 /**
  * IntrospectTokenResponse is RFC 7662-shaped. When `active` is false, no claim
- * is set: only `reason` and `message`.
+ * is set: only `reason` and `message` (and `retry_after` with
+ * TOKEN_RATE_LIMITED).
  *
  * @generated from message tokens.v1.IntrospectTokenResponse
  */
@@ -1077,7 +1078,8 @@ export type IntrospectTokenResponse = Message<"tokens.v1.IntrospectTokenResponse
 
 /**
  * IntrospectTokenResponse is RFC 7662-shaped. When `active` is false, no claim
- * is set: only `reason` and `message`.
+ * is set: only `reason` and `message` (and `retry_after` with
+ * TOKEN_RATE_LIMITED).
  *
  * @generated from message tokens.v1.IntrospectTokenResponse
  */
