@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InactiveReason, TokenService, type IntrospectTokenResponse, type IssueTokenResponse, type ListTokensResponse } from "../../gen/tokens/v1/token_service_pb.js";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { IntrospectionClient } from "../../src/client/introspection-client.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { grpcClient, startTestService, type ServiceUnderTest } from "../support/service.js";
@@ -60,6 +62,17 @@ describe.each(["PostgreSQL", "PGlite"] as const)("tokens bound to how they are u
       expect(answer).toMatchObject({ active: false, reason: InactiveReason.NETWORK_NOT_ALLOWED });
       expect(answer.jti).toBe("");
     }
+  });
+
+  it("the Connect port answers the same: client_address, the reason and retry_after", async () => {
+    const connect = createClient(TokenService, createConnectTransport({ baseUrl: base, httpVersion: "1.1" }));
+    const headers = { authorization: `Bearer ${admin}` };
+    const { token } = await connect.issueToken({ name: "c", subject: "svc@example.com", allowedNetworks: ["2001:db8::/32"], rateLimit: { requests: 1, window: { seconds: 3600n, nanos: 0 } } }, { headers });
+    expect((await connect.introspectToken({ token, clientAddress: "2001:db9::1" }, { headers })).reason).toBe(InactiveReason.NETWORK_NOT_ALLOWED);
+    expect((await connect.introspectToken({ token, clientAddress: "2001:db8::1" }, { headers })).active).toBe(true);
+    const limited = await connect.introspectToken({ token, clientAddress: "2001:db8::1" }, { headers });
+    expect(limited.reason).toBe(InactiveReason.TOKEN_RATE_LIMITED);
+    expect(limited.retryAfter!.seconds).toBeGreaterThan(0n);
   });
 
   it("refuses bad input by field name and writes nothing", async () => {
