@@ -204,4 +204,12 @@ describe("the secret-scanning pattern in the README", () => {
       expect(miss.match(pattern)).toBeNull();
     }
   });
+
+  it("the per-environment patterns each match only their own environment's tokens", () => {
+    const patterns = { development: /\bcf-[0-9A-Za-z]{22}\b/, staging: /\bcfstg-[0-9A-Za-z]{22}\b/, production: /\bcfprd-[0-9A-Za-z]{22}\b/ } as const;
+    for (const env of ["development", "staging", "production"] as const) {
+      const { token } = mintToken(env);
+      for (const [other, re] of Object.entries(patterns)) expect(re.test(` ${token} `)).toBe(other === env);
+    }
+  });
 });
