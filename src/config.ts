@@ -95,9 +95,9 @@ export interface Config {
   readonly watchMinHeartbeatMs: number;
   // Usage binding and leak revocation (issue 13).
   readonly trustedProxies: readonly string[];
-  readonly secretScanningGithubKeysFile: string | undefined;
-  readonly secretScanningMaxTokens: number;
-  readonly secretScanningMaxBodyBytes: number;
+  readonly githubScanningKeysFile: string | undefined;
+  readonly leakReportMaxTokens: number;
+  readonly leakReportMaxBytes: number;
   readonly gitlabRevocationToken: string | undefined;
 }
 
@@ -329,9 +329,9 @@ export const CONFIG_KEYS = {
   }),
   // ---- Usage binding and leak revocation (issue 13: networks, per-token limits, secret scanning).
   TRUSTED_PROXIES: spec("trustedProxies", "", "Comma-separated CIDRs of the proxies whose `X-Forwarded-For` is believed on /auth: the client is the right-most address that is not one of them. Empty: the header is ignored and the connecting peer is the client (so tokens bound to networks see the proxy's address).", (raw) => validateNetworks("TRUSTED_PROXIES", list(raw))),
-  SECRET_SCANNING_GITHUB_KEYS_FILE: spec("secretScanningGithubKeysFile", undefined, "JSON file of GitHub's secret scanning public keys (`{\"public_keys\":[{\"key_identifier\",\"key\"}]}` as served by api.github.com/meta/public_keys/secret_scanning). Set: POST /secret-scanning/github is served. Unset: not served.", text),
-  SECRET_SCANNING_MAX_TOKENS: spec("secretScanningMaxTokens", "100", "Most tokens one secret-scanning report (GitHub or GitLab) may name; a longer report is refused whole (413).", integer(1, 10_000)),
-  SECRET_SCANNING_MAX_BODY_BYTES: spec("secretScanningMaxBodyBytes", "262144", "Largest secret-scanning request body read; a larger one is refused (413) before its signature is checked.", integer(1024, 16 * 1024 * 1024)),
+  GITHUB_SCANNING_KEYS_FILE: spec("githubScanningKeysFile", undefined, "JSON file of GitHub's secret scanning public keys (`{\"public_keys\":[{\"key_identifier\",\"key\"}]}` as served by api.github.com/meta/public_keys/secret_scanning). Set: POST /secret-scanning/github is served. Unset: not served.", text),
+  LEAK_REPORT_MAX_TOKENS: spec("leakReportMaxTokens", "100", "Most tokens one secret-scanning report (GitHub or GitLab) may name; a longer report is refused whole (413).", integer(1, 10_000)),
+  LEAK_REPORT_MAX_BYTES: spec("leakReportMaxBytes", "262144", "Largest secret-scanning request body read; a larger one is refused (413) before its signature is checked.", integer(1024, 16 * 1024 * 1024)),
   GITLAB_REVOCATION_TOKEN: spec("gitlabRevocationToken", undefined, "Bearer token a GitLab instance sends to GET /v1/revocable_token_types and POST /v1/revoke (32 to 256 printable ASCII characters). Unset: those endpoints are not served.", (raw) => {
     if (!/^[\x21-\x7e]{32,256}$/.test(raw)) throw new Error("must be 32 to 256 printable ASCII characters without spaces");
     return raw;

@@ -58,9 +58,9 @@ describe("secret scanning on two replicas sharing PostgreSQL", () => {
     const env = {
       DATABASE_URL: db.url,
       CACHE_STALENESS: "10m",
-      SECRET_SCANNING_GITHUB_KEYS_FILE: keysFile,
-      SECRET_SCANNING_MAX_TOKENS: "5",
-      SECRET_SCANNING_MAX_BODY_BYTES: "8192",
+      GITHUB_SCANNING_KEYS_FILE: keysFile,
+      LEAK_REPORT_MAX_TOKENS: "5",
+      LEAK_REPORT_MAX_BYTES: "8192",
       GITLAB_REVOCATION_TOKEN: GITLAB_TOKEN,
     };
     a = await startTestService(env);
@@ -159,7 +159,7 @@ describe("secret scanning on PGlite", () => {
   const { report, reportOf } = harness(() => ({ a: svc }));
 
   beforeAll(async () => {
-    svc = await startTestService({ DATA_DIR: "memory://", SECRET_SCANNING_GITHUB_KEYS_FILE: keysFile });
+    svc = await startTestService({ DATA_DIR: "memory://", GITHUB_SCANNING_KEYS_FILE: keysFile });
     client = grpcClient(TokenService, `127.0.0.1:${svc.service.grpcPort}`);
   });
 
@@ -175,6 +175,20 @@ describe("secret scanning on PGlite", () => {
     expect(await response.json()).toEqual([{ token_hash: sha256(token), token_type: "cf_api_token", label: "true_positive" }]);
     const answer = await client.unary<IntrospectTokenResponse>("introspectToken", { token }, auth);
     expect(answer.reason).toBe(InactiveReason.REVOKED);
+  });
+
+  it("refuses to start with a missing, unreadable or wrong-kind key file, naming the key", async () => {
+    const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 });
+    const wrong = join(dir, "rsa.json");
+    writeFileSync(wrong, JSON.stringify({ public_keys: [{ key_identifier: "r", key: rsa.publicKey.export({ type: "spki", format: "pem" }) }] }));
+    const garbage = join(dir, "garbage.json");
+    writeFileSync(garbage, "not json");
+    for (const [file, why] of [[join(dir, "missing.json"), "ENOENT"], [wrong, "public_keys[0] is not an EC P-256 public key"], [garbage, "not JSON"]] as const) {
+      await expect(startTestService({ DATA_DIR: "memory://", GITHUB_SCANNING_KEYS_FILE: file })).rejects.toMatchObject({
+        name: "ConfigError",
+        message: expect.stringMatching(new RegExp(`GITHUB_SCANNING_KEYS_FILE=.*${why.replace(/[[\]]/g, "\\$&")}`)),
+      });
+    }
   });
 
   it("is not served without keys, and GitLab's API not without its token", async () => {

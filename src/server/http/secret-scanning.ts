@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import { metaFields } from "../../domain/introspect.js";
 import { revokeLeakedTokens, type LeakReport, type LeakVerdict } from "../../domain/leaks.js";
-import type { Config } from "../../config.js";
+import { ConfigError, type Config } from "../../config.js";
 import type { Logger, TokenDeps } from "../../domain/ports.js";
 import type { GitlabRevocationOptions } from "./gitlab-revocation.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../../domain/token-format.js";
@@ -22,7 +22,7 @@ import { RETRY_AFTER, header, httpError, requestMeta, sendJson } from "./io.js";
  * Everything is checked before anything is revoked: the size (413), the
  * key id (401 when unknown), the signature over the exact bytes received
  * (401), the shape (400) and the count (413). Served only when keys are
- * configured (`SECRET_SCANNING_GITHUB_KEYS_FILE`).
+ * configured (`GITHUB_SCANNING_KEYS_FILE`).
  */
 
 /** The path GitHub is registered to call. */
@@ -206,15 +206,26 @@ export function answerFailure(deps: TokenDeps, req: HttpRequest, res: HttpRespon
   sendJson(req, res, e.status === 429 || e.status === 503 || e.status === 400 ? e.status : 500, { error: e.error, error_description: e.description }, headers);
 }
 
-/** The leak endpoints' options from configuration; each absent when not configured. Throws on an unreadable key file. */
+/**
+ * The leak endpoints' options from configuration; each absent when not
+ * configured. @throws ConfigError naming GITHUB_SCANNING_KEYS_FILE
+ * when its file is unreadable or holds no usable key.
+ */
 export function leakEndpointOptions(
-  config: Pick<Config, "secretScanningGithubKeysFile" | "secretScanningMaxTokens" | "secretScanningMaxBodyBytes" | "gitlabRevocationToken">,
+  config: Pick<Config, "githubScanningKeysFile" | "leakReportMaxTokens" | "leakReportMaxBytes" | "gitlabRevocationToken">,
   log: Logger,
 ): { github?: GithubSecretScanningOptions; gitlab?: GitlabRevocationOptions } {
-  const limits = { maxBodyBytes: config.secretScanningMaxBodyBytes, maxTokens: config.secretScanningMaxTokens };
+  const limits = { maxBodyBytes: config.leakReportMaxBytes, maxTokens: config.leakReportMaxTokens };
   const out: { github?: GithubSecretScanningOptions; gitlab?: GitlabRevocationOptions } = {};
-  if (config.secretScanningGithubKeysFile !== undefined) {
-    const keys = loadGithubKeys(config.secretScanningGithubKeysFile);
+  if (config.githubScanningKeysFile !== undefined) {
+    let keys: Map<string, KeyObject>;
+    try {
+      keys = loadGithubKeys(config.githubScanningKeysFile);
+    } catch (error) {
+      // The message names the file and the entry, never key material.
+      const why = error instanceof SyntaxError ? "not JSON" : error instanceof Error && error.message.startsWith(config.githubScanningKeysFile) ? error.message.slice(config.githubScanningKeysFile.length + 2) : (error as Error).message;
+      throw new ConfigError([`GITHUB_SCANNING_KEYS_FILE=${config.githubScanningKeysFile}: ${why}`]);
+    }
     out.github = { keys, ...limits };
     log.info({ key_ids: keys.size }, `secret scanning: ${GITHUB_SECRET_SCANNING_PATH} served`);
   }
