@@ -284,6 +284,8 @@ interface Bucket {
  * has refilled says nothing a fresh one would not and is dropped by the
  * sweep, and beyond `maxKeys` the oldest bucket goes (its token restarts
  * full: a leniency only for a replica tracking that many busy tokens at once).
+ * Not `TokenBuckets` (`rate-limit.ts`): that holds one spec for every key,
+ * and its overflow bucket would make strangers share a token's budget.
  */
 export class TokenRateLimiter {
   private readonly buckets = new Map<string, Bucket>();
