@@ -3,7 +3,9 @@ import { revokeLeakedTokens, type LeakReport } from "../../domain/leaks.js";
 import type { TokenDeps } from "../../domain/ports.js";
 import type { HttpRequest, HttpResponse } from "../http-server.js";
 import { header, requestMeta, send, sendJson } from "./io.js";
-import { answerFailure, isJson, parseReports, readBody, refuseTooLarge, refuseUnsigned } from "./secret-scanning.js";
+import { answerFailure, isJson, parseReports, readBody, refuseTooLarge, refuseUnsigned, type GitlabRevocationOptions } from "./secret-scanning.js";
+
+export type { GitlabRevocationOptions } from "./secret-scanning.js";
 
 /**
  * GitLab's Token Revocation API for self-managed instances, the service side
@@ -25,13 +27,6 @@ import { answerFailure, isJson, parseReports, readBody, refuseTooLarge, refuseUn
 /** The finding type GitLab sends for our tokens. */
 export const GITLAB_TOKEN_TYPE = "gitleaks_rule_id_cf_api_token";
 
-/** What the endpoints need. */
-export interface GitlabRevocationOptions {
-  /** The bearer token GitLab sends. */
-  readonly token: string;
-  readonly maxBodyBytes: number;
-  readonly maxTokens: number;
-}
 
 /** Routes `/v1/revocable_token_types` and `/v1/revoke`; false for any other path. */
 export function gitlabRevocationRoute(deps: TokenDeps, options: GitlabRevocationOptions, path: string, req: HttpRequest, res: HttpResponse): Promise<void> | false {

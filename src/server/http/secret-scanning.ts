@@ -5,7 +5,6 @@ import { metaFields } from "../../domain/introspect.js";
 import { revokeLeakedTokens, type LeakReport, type LeakVerdict } from "../../domain/leaks.js";
 import { ConfigError, type Config } from "../../config.js";
 import type { Logger, TokenDeps } from "../../domain/ports.js";
-import type { GitlabRevocationOptions } from "./gitlab-revocation.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../../domain/token-format.js";
 import type { HttpRequest, HttpResponse } from "../http-server.js";
 import { RETRY_AFTER, header, httpError, requestMeta, sendJson } from "./io.js";
@@ -32,6 +31,14 @@ export const GITHUB_SECRET_SCANNING_PATH = "/secret-scanning/github";
 export interface GithubSecretScanningOptions {
   /** GitHub's public keys by `key_identifier`. */
   readonly keys: ReadonlyMap<string, KeyObject>;
+  readonly maxBodyBytes: number;
+  readonly maxTokens: number;
+}
+
+/** What GitLab's revocation API needs (`gitlab-revocation.ts`; declared here so the two files do not import each other). */
+export interface GitlabRevocationOptions {
+  /** The bearer token GitLab sends. */
+  readonly token: string;
   readonly maxBodyBytes: number;
   readonly maxTokens: number;
 }
