@@ -26,6 +26,7 @@ import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
 import { forwardAuthOptions } from "./server/http/forward-auth.js";
 import { leakEndpointOptions } from "./server/http/secret-scanning.js";
+import { TokenRateLimiter } from "./domain/usage-binding.js";
 import { createLogger } from "./logger.js";
 import { ServiceMetrics } from "./observability/metrics.js";
 import { metricsRoute, withRoute } from "./observability/metrics-route.js";
@@ -186,6 +187,8 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     pageTokens,
     ...(metrics ? { metrics } : {}),
     limits,
+    // Tokens with a rate limit of their own: per replica, like every limit.
+    tokenRates: new TokenRateLimiter(config.rateLimitMaxKeys),
     policy: {
       environment: config.environment,
       issuer: config.tokenIssuer,
