@@ -1,9 +1,12 @@
+import { BlockList } from "node:net";
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { authenticate } from "../../src/domain/access.js";
 import { introspectToken } from "../../src/domain/introspect.js";
 import { bootstrapAdmin, issueToken, type IssueInput } from "../../src/domain/issue.js";
 import { mintToken } from "../../src/domain/token-format.js";
 import {
+  NetworkSet,
   ProxyTrust,
   TokenRateLimiter,
   UsageBinding,
@@ -86,6 +89,63 @@ describe("allowed networks: matching", () => {
     expect(rateLimitWithin({ requests: 10, windowMs: 30_000 }, { requests: 10, windowMs: 60_000 })).toBe(false);
   });
 });
+
+describe("network matching agrees with node:net BlockList", () => {
+  const group = fc.integer({ min: 0, max: 0xffff }).map((n) => n.toString(16));
+  const v6 = fc.array(group, { minLength: 8, maxLength: 8 }).chain((groups) =>
+    // Sometimes compress a run of groups to "::", sometimes zero some first, to reach every textual form.
+    fc.tuple(fc.constant(groups), fc.integer({ min: 0, max: 8 }), fc.integer({ min: 0, max: 8 }), fc.boolean()).map(([g, a, b, zero]) => {
+      const [from, to] = a <= b ? [a, b] : [b, a];
+      const gs = zero ? g.map((x, i) => (i >= from && i < to ? "0" : x)) : g;
+      if (!zero || to - from < 2) return gs.join(":");
+      return `${gs.slice(0, from).join(":")}::${gs.slice(to).join(":")}`;
+    }),
+  );
+  const v4 = fc.tuple(fc.nat(255), fc.nat(255), fc.nat(255), fc.nat(255)).map((o) => o.join("."));
+
+  it("for IPv4 and IPv6 addresses and prefixes", () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.tuple(v4, fc.integer({ min: 0, max: 32 }), v4), fc.tuple(v6, fc.integer({ min: 0, max: 128 }), v6)), ([net, prefix, address]) => {
+        const family = net.includes(":") ? "ipv6" : "ipv4";
+        const oracle = new BlockList();
+        oracle.addSubnet(net, prefix, family);
+        // The network address with host bits cleared, as validation demands.
+        const canonical = `${maskedNetwork(oracle, net, prefix, family)}/${prefix}`;
+        // IPv4-mapped networks are refused at validation (write them as IPv4).
+        fc.pre(!canonical.startsWith("0:0:0:0:0:ffff:"));
+        const ours = new NetworkSet([canonical]);
+        for (const probe of [address, net]) {
+          const normal = normalizeAddress(probe)!;
+          if (normal.family !== family) continue; // IPv4-mapped probes are matched as IPv4 by design
+          expect(ours.has(normal)).toBe(oracle.check(probe, family));
+        }
+      }),
+      { numRuns: 500 },
+    );
+  });
+});
+
+/** The network address of `net/prefix` (host bits cleared), found through the oracle's own parse. */
+function maskedNetwork(_oracle: BlockList, net: string, prefix: number, family: "ipv4" | "ipv6"): string {
+  if (family === "ipv4") {
+    const n = net.split(".").reduce((acc, o) => acc * 256 + Number(o), 0);
+    const mask = prefix === 0 ? 0 : Number((0xffffffffn << BigInt(32 - prefix)) & 0xffffffffn);
+    const m = Number(BigInt(n) & BigInt(mask));
+    return [24, 16, 8, 0].map((s) => (m >>> s) & 255).join(".");
+  }
+  const groups = expandV6(net);
+  let value = groups.reduce((acc, g) => (acc << 16n) | BigInt(parseInt(g, 16)), 0n);
+  value &= prefix === 0 ? 0n : ((1n << 128n) - 1n) ^ ((1n << BigInt(128 - prefix)) - 1n);
+  return Array.from({ length: 8 }, (_, i) => ((value >> BigInt(112 - 16 * i)) & 0xffffn).toString(16)).join(":");
+}
+
+function expandV6(text: string): string[] {
+  if (!text.includes("::")) return text.split(":");
+  const [head, tail] = text.split("::") as [string, string];
+  const h = head === "" ? [] : head.split(":");
+  const t = tail === "" ? [] : tail.split(":");
+  return [...h, ...Array<string>(8 - h.length - t.length).fill("0"), ...t];
+}
 
 describe("per-token rate limit", () => {
   it("admits a burst of `requests`, then refuses with the wait, then refills over the window", () => {
