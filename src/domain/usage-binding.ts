@@ -54,6 +54,16 @@ export function normalizeAddress(raw: string | undefined): { readonly address: s
 
 const MAPPED = /^(?:0{0,4}:){0,5}:?ffff:(\d+\.\d+\.\d+\.\d+)$/i;
 
+/**
+ * Whether a client address as a gateway sends it is readable: an IPv4 or
+ * IPv6 address (an IPv6 zone allowed), no port, no brackets, at most 64
+ * characters. Allocates nothing: it runs on every introspection that
+ * carries an address, bound token or not.
+ */
+export function isClientAddress(raw: string): boolean {
+  return raw.length <= 64 && isIP(raw) !== 0;
+}
+
 /** Parses a textual IP address (already checked by `isIP`) into bytes. */
 function ipBytes(address: string): IpBytes {
   if (isIP(address) === 4) return Uint8Array.from(address.split(".").map(Number));

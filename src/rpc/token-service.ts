@@ -18,7 +18,7 @@ import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 import { callerCredential, requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
 import { dateFromPb, deprecationHeaders, durationMsFromPb, introspectAnswer, jsonWebKey, rateLimitFromPb, watchResponse, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
-import { normalizeAddress } from "../domain/usage-binding.js";
+import { isClientAddress } from "../domain/usage-binding.js";
 
 type Impl = ServiceImpl<typeof TokenService>;
 
@@ -113,7 +113,7 @@ export class TokenServiceHandler implements Impl {
       if (req.token.length > MAX_PRESENTED_TOKEN_LENGTH) throw invalidArgument("token", `must be at most ${MAX_PRESENTED_TOKEN_LENGTH} characters`);
       if (req.tokenTypeHint.length > 64) throw invalidArgument("token_type_hint", "must be at most 64 characters");
       const { caller, meta } = await this.caller(ctx, SCOPES.introspect, "introspect");
-      if (req.clientAddress !== "" && normalizeAddress(req.clientAddress) === undefined) throw invalidArgument("client_address", "must be an IPv4 or IPv6 address (no port), at most 64 characters");
+      if (req.clientAddress !== "" && !isClientAddress(req.clientAddress)) throw invalidArgument("client_address", "must be an IPv4 or IPv6 address (no port, no brackets), at most 64 characters");
       const clientAddress = req.clientAddress === "" ? undefined : req.clientAddress;
       const result = await introspectToken(this.deps, req.token, meta, { backendJwt: req.includeBackendJwt, lookupOwner: caller.tokenId, clientAddress });
       if (result.active && result.deprecation) {
