@@ -161,7 +161,7 @@ export class IntrospectionClient {
    * passed every call that would reach the service is refused the same way
    * at once, without sending it (cached answers are still served).
    */
-  introspect(token: string): Promise<IntrospectTokenResponse> {
+  introspect(token: string, clientAddress?: string): Promise<IntrospectTokenResponse> {
     const key = hash("sha256", token, "base64");
     const now = Date.now();
     const hit = this.cache.get(key, now);
@@ -174,7 +174,7 @@ export class IntrospectionClient {
     }
     const fence = this.cache.fence();
     return new Promise((resolve, reject) => {
-      this.client.introspectToken({ token }, this.metadata, { deadline: now + this.deadlineMs }, (error, answer) => {
+      this.client.introspectToken({ token, clientAddress: clientAddress ?? "" }, this.metadata, { deadline: now + this.deadlineMs }, (error, answer) => {
         if (error || !answer) {
           reject(this.failure(error));
           return;
@@ -192,7 +192,9 @@ export class IntrospectionClient {
     // Revocation is never undone: a replica saying active has not heard of it yet.
     if (answer.active && this.revoked.has(key)) return REVOKED_ANSWER;
     // Legacy JWT revocations are not streamed: never cache their answers.
-    if (answer.tokenKind === TokenKind.LEGACY_JWT) return answer;
+    // Nor answers that depend on the use (a token bound to networks or to a
+    // rate limit of its own): a cached one would skip the check.
+    if (answer.tokenKind === TokenKind.LEGACY_JWT || usageBound(answer)) return answer;
     // (A server that predates positions says 0 everywhere, the stream too: all answers pass.)
     const replicaPosition = Number(answer.revocationPosition);
     if (answer.active && replicaPosition < this.knownAfter) {
@@ -320,4 +322,14 @@ export class IntrospectionClient {
       stream.cancel();
     }
   }
+}
+
+/** Whether an answer depends on who uses the token, how often, or from where: never cached. */
+function usageBound(answer: IntrospectTokenResponse): boolean {
+  return (
+    answer.allowedNetworks.length > 0 ||
+    answer.rateLimit !== undefined ||
+    answer.reason === InactiveReason.NETWORK_NOT_ALLOWED ||
+    answer.reason === InactiveReason.TOKEN_RATE_LIMITED
+  );
 }
