@@ -22,6 +22,8 @@ import { createIntrospectionCache } from "./domain/introspect.js";
 import { RevocationHub } from "./domain/revocation-hub.js";
 import { RateLimits, isLimited } from "./domain/rate-limit.js";
 import { GatedTokenStore } from "./domain/write-gate.js";
+import { RevocationScheduler } from "./domain/revocation-scheduler.js";
+import { RotationWatcher } from "./domain/rotate.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
 import { forwardAuthOptions } from "./server/http/forward-auth.js";
@@ -92,7 +94,8 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   }
   // Writes and other slow operations get part of the pool, never all of it: the
   // hot path's lookups keep the rest (see domain/write-gate.ts).
-  const store = new GatedTokenStore(new KyselyTokenStore(database.db, database.prepared), {
+  const kyselyStore = new KyselyTokenStore(database.db, database.prepared);
+  const store = new GatedTokenStore(kyselyStore, {
     maxConcurrent: config.databaseWriteConcurrency > 0 ? config.databaseWriteConcurrency : Math.max(1, Math.floor(config.databasePoolMax / 2)),
     maxQueued: config.databaseWriteQueue,
     ...(metrics ? { onRefused: (limit: Parameters<ServiceMetrics["rateLimited"]>[0]) => metrics.rateLimited(limit) } : {}),
@@ -171,6 +174,9 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     { heartbeatMs: config.revocationHeartbeatMs, timeoutMs: config.revocationHeartbeatTimeoutMs, maxBackoffMs: 5_000 },
     log,
   );
+  // Rotation and bulk revocation share the write gate (issue 13).
+  const lifecycleStore = store.lifecycle(kyselyStore);
+  const scheduler = new RevocationScheduler({ store: lifecycleStore, cache, events, clock, log, environment: config.environment }, config.revocationSchedulerMs);
   const deps: TokenDeps = {
     cache,
     revocations,
@@ -185,6 +191,12 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     pageTokens,
     ...(metrics ? { metrics } : {}),
     limits,
+    lifecycle: {
+      store: lifecycleStore,
+      maxGraceMs: config.rotationMaxGraceMs,
+      defaultGraceMs: config.rotationDefaultGraceMs,
+      watcher: new RotationWatcher({ lifecycle: lifecycleStore, tokens: store, cache, events, clock, log, environment: config.environment }),
+    },
     policy: {
       environment: config.environment,
       issuer: config.tokenIssuer,
@@ -203,9 +215,11 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     events.start();
     usage.start();
     legacyUsage.start();
+    scheduler.start();
   };
   /** Stops them, writing what is pending (a clean shutdown loses nothing). */
   const stopBatches = async () => {
+    await scheduler.stop();
     await Promise.all([usage.stop(), legacyUsage.stop()]);
     await events.stop();
   };

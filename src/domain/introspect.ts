@@ -134,6 +134,9 @@ export async function introspectToken(
   const claims: IntrospectedClaims = token;
 
   deps.usage.note(claims.id, now);
+  // Only tokens linked by rotation pay for this (domain/rotate.ts); the watcher returns at once.
+  if (token.predecessorId !== undefined) deps.lifecycle?.watcher.successorUsed(token.id, token.predecessorId);
+  if (token.successorId !== undefined) deps.lifecycle?.watcher.rotatedTokenUsed(token.id, displayHint(presented), meta);
   if (options.backendJwt) return answered(deps, options, "opaque", { active: true, claims, backendJwt: await deps.backendJwt.mint(claims, now) });
   return answered(deps, options, "opaque", { active: true, claims, fromCache });
 }
@@ -258,6 +261,10 @@ export class CachedToken implements IntrospectedClaims {
   /** Infinity when the token never expires. */
   readonly expiresAtMs: number;
   readonly revoked: boolean;
+  /** The token this one replaced through rotation, if any. */
+  readonly predecessorId: string | undefined;
+  /** The token that replaced this one through rotation, if any. */
+  readonly successorId: string | undefined;
 
   constructor(record: TokenRecord) {
     this.id = record.id;
@@ -273,6 +280,8 @@ export class CachedToken implements IntrospectedClaims {
     this.issuedAtMs = record.createdAt.getTime();
     this.expiresAtMs = record.expiresAt === null ? Number.POSITIVE_INFINITY : record.expiresAt.getTime();
     this.revoked = record.revokedAt !== null;
+    this.predecessorId = record.rotation?.predecessorId ?? undefined;
+    this.successorId = record.rotation?.successorId ?? undefined;
   }
 
   get issuedAt(): Date {

@@ -140,6 +140,20 @@ export function tokenInfo(record: TokenRecord, now: Date): MessageInitShape<type
     revokeTime: ts(record.revokedAt),
     revokedBy: record.revokedBy ?? "",
     revokeReason: record.revokeReason ?? "",
+    ...rotationInfo(record),
+  };
+}
+
+/** The rotation links of `TokenInfo` (fields 30–33); nothing for a token never rotated. */
+function rotationInfo(record: TokenRecord): { predecessorId?: string; successorId?: string; scheduledRevokeTime?: Timestamp; revokeOnSuccessorUse?: boolean } {
+  const rotation = record.rotation;
+  if (rotation === undefined) return {};
+  return {
+    predecessorId: rotation.predecessorId ?? "",
+    successorId: rotation.successorId ?? "",
+    // Pending only: once revoked, `revoke_time` tells when it happened.
+    ...(rotation.scheduledRevokeAt !== null && record.revokedAt === null ? { scheduledRevokeTime: timestampFromDate(rotation.scheduledRevokeAt) } : {}),
+    revokeOnSuccessorUse: rotation.revokeOnSuccessorUse,
   };
 }
 

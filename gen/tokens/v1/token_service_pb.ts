@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokens/v1/token_service.proto.
  */
 export const file_tokens_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIpcBCgtEZXByZWNhdGlvbhIOCgZub3RpY2UYASABKAkSDAoEbGluaxgCIAEoCRIvCgtzdW5zZXRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoVZGVwcmVjYXRlZF9zaW5jZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKABQoJVG9rZW5JbmZvEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHc3ViamVjdBgDIAEoCRIRCglmdWxsX25hbWUYBCABKAkSDQoFdGVhbXMYBSADKAkSDgoGc2NvcGVzGAYgAygJEhIKCm5hbWVzcGFjZXMYByADKAkSEAoIaXNfYWRtaW4YCCABKAgSNAoIbWV0YWRhdGEYCSADKAsyIi50b2tlbnMudjEuVG9rZW5JbmZvLk1ldGFkYXRhRW50cnkSKwoLZW52aXJvbm1lbnQYCiABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFAoMZGlzcGxheV9oaW50GAsgASgJEiQKBXN0YXRlGAwgASgOMhUudG9rZW5zLnYxLlRva2VuU3RhdGUSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYDiABKAkSLwoLZXhwaXJlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmV2b2tlZF9ieRgSIAEoCRIVCg1yZXZva2VfcmVhc29uGBMgASgJEhoKEmlzc3VlZF9ieV90b2tlbl9pZBgUIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi4AIKEUlzc3VlVG9rZW5SZXF1ZXN0EgwKBG5hbWUYASABKAkSDgoGc2NvcGVzGAIgAygJEg0KBXRlYW1zGAMgAygJEhIKCm5hbWVzcGFjZXMYBCADKAkSKAoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSAASMQoLZXhwaXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASPAoIbWV0YWRhdGEYByADKAsyKi50b2tlbnMudjEuSXNzdWVUb2tlblJlcXVlc3QuTWV0YWRhdGFFbnRyeRIPCgdzdWJqZWN0GAggASgJEhEKCWZ1bGxfbmFtZRgJIAEoCRIQCghpc19hZG1pbhgKIAEoCBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCAoGZXhwaXJ5IkcKEklzc3VlVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIiCgRpbmZvGAIgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbyJdChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJEhcKD3Rva2VuX3R5cGVfaGludBgCIAEoCRIbChNpbmNsdWRlX2JhY2tlbmRfand0GAMgASgIIoIFChdJbnRyb3NwZWN0VG9rZW5SZXNwb25zZRIOCgZhY3RpdmUYASABKAgSDQoFc2NvcGUYAiABKAkSDgoGc2NvcGVzGAMgAygJEhEKCWNsaWVudF9pZBgEIAEoCRIQCgh1c2VybmFtZRgFIAEoCRISCgp0b2tlbl90eXBlGAYgASgJEgsKA2V4cBgHIAEoAxILCgNpYXQYCCABKAMSCwoDbmJmGAkgASgDEgsKA3N1YhgKIAEoCRILCgNhdWQYCyADKAkSCwoDaXNzGAwgASgJEgsKA2p0aRgNIAEoCRINCgV0ZWFtcxgOIAMoCRISCgpuYW1lc3BhY2VzGA8gAygJEhAKCGlzX2FkbWluGBAgASgIEisKC2Vudmlyb25tZW50GBEgASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhIKCnRva2VuX25hbWUYEiABKAkSQgoIbWV0YWRhdGEYEyADKAsyMC50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2UuTWV0YWRhdGFFbnRyeRIRCglmdWxsX25hbWUYFCABKAkSKAoKdG9rZW5fa2luZBgVIAEoDjIULnRva2Vucy52MS5Ub2tlbktpbmQSKQoGcmVhc29uGBYgASgOMhkudG9rZW5zLnYxLkluYWN0aXZlUmVhc29uEg8KB21lc3NhZ2UYFyABKAkSKwoLZGVwcmVjYXRpb24YGCABKAsyFi50b2tlbnMudjEuRGVwcmVjYXRpb24SEwoLYmFja2VuZF9qd3QYGSABKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInoKElJldm9rZVRva2VuUmVxdWVzdBIPCgV0b2tlbhgBIAEoCUgAEhIKCHRva2VuX2lkGAIgASgJSAASFAoKbGVnYWN5X2p0aRgEIAEoCUgAEg4KBnJlYXNvbhgDIAEoCRIPCgdjYXNjYWRlGAUgASgIQggKBnRhcmdldCJpChNSZXZva2VUb2tlblJlc3BvbnNlEiIKBGluZm8YASABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhcKD2FscmVhZHlfcmV2b2tlZBgCIAEoCBIVCg1yZXZva2VkX2NvdW50GAMgASgFIqcBChFMaXN0VG9rZW5zUmVxdWVzdBIPCgdzdWJqZWN0GAEgASgJEgwKBHRlYW0YAiABKAkSFwoPaW5jbHVkZV9yZXZva2VkGAMgASgIEhcKD2luY2x1ZGVfZXhwaXJlZBgEIAEoCBIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCRIaChJpc3N1ZWRfYnlfdG9rZW5faWQYByABKAkiUwoSTGlzdFRva2Vuc1Jlc3BvbnNlEiQKBnRva2VucxgBIAMoCzIULnRva2Vucy52MS5Ub2tlbkluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsoDCg1TZWN1cml0eUV2ZW50EgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSJQoIc2V2ZXJpdHkYAyABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSMwoPZmlyc3Rfc2Vlbl90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFY291bnQYBiABKAMSMwoTc2VydmljZV9lbnZpcm9ubWVudBgHIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIxChF0b2tlbl9lbnZpcm9ubWVudBgIIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIXCg9jYWxsZXJfdG9rZW5faWQYCSABKAkSFgoOY2FsbGVyX3N1YmplY3QYCiABKAkSDAoEcGVlchgLIAEoCRISCgp1c2VyX2FnZW50GAwgASgJEhIKCnRva2VuX2hpbnQYDSABKAkSEAoIdG9rZW5faWQYDiABKAkSDwoHbWVzc2FnZRgPIAEoCRIOCgZtZXRob2QYECABKAkipgEKGUxpc3RTZWN1cml0eUV2ZW50c1JlcXVlc3QSDAoEdHlwZRgBIAEoCRIpCgxtaW5fc2V2ZXJpdHkYAiABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIl8KGkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlEigKBmV2ZW50cxgBIAMoCzIYLnRva2Vucy52MS5TZWN1cml0eUV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJCChlMaXN0TGVnYWN5Snd0VXNhZ2VSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIqcBCg5MZWdhY3lKd3RVc2FnZRIPCgdzdWJqZWN0GAEgASgJEhsKE2ludHJvc3BlY3Rpb25fY291bnQYAiABKAMSMwoPZmlyc3Rfc2Vlbl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXwoaTGlzdExlZ2FjeUp3dFVzYWdlUmVzcG9uc2USKAoFdXNhZ2UYASADKAsyGS50b2tlbnMudjEuTGVnYWN5Snd0VXNhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIhAKDkdldEp3a3NSZXF1ZXN0ImMKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2tpZBgCIAEoCRILCgNhbGcYAyABKAkSCwoDdXNlGAQgASgJEgsKA2NydhgFIAEoCRIJCgF4GAYgASgJEgkKAXkYByABKAkiSQoPR2V0Sndrc1Jlc3BvbnNlEiMKBGtleXMYASADKAsyFS50b2tlbnMudjEuSnNvbldlYktleRIRCglqd2tzX2pzb24YAiABKAkiUAoXV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QSNQoSaGVhcnRiZWF0X2ludGVydmFsGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIp4BChhXYXRjaFJldm9jYXRpb25zUmVzcG9uc2USKwoKcmV2b2NhdGlvbhgBIAEoCzIVLnRva2Vucy52MS5SZXZvY2F0aW9uSAASKQoJaGVhcnRiZWF0GAIgASgLMhQudG9rZW5zLnYxLkhlYXJ0YmVhdEgAEiEKBXJlc2V0GAMgASgLMhAudG9rZW5zLnYxLlJlc2V0SABCBwoFZXZlbnQiBwoFUmVzZXQiNAoKUmV2b2NhdGlvbhIUCgx0b2tlbl9kaWdlc3QYASABKAwSEAoIdG9rZW5faWQYAiABKAkiZwoJSGVhcnRiZWF0EigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDWNvbmZpcm1lZF9hZ2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24qfAoLRW52aXJvbm1lbnQSGwoXRU5WSVJPTk1FTlRfVU5TUEVDSUZJRUQQABIbChdFTlZJUk9OTUVOVF9ERVZFTE9QTUVOVBABEhcKE0VOVklST05NRU5UX1NUQUdJTkcQAhIaChZFTlZJUk9OTUVOVF9QUk9EVUNUSU9OEAMqcwoKVG9rZW5TdGF0ZRIbChdUT0tFTl9TVEFURV9VTlNQRUNJRklFRBAAEhYKElRPS0VOX1NUQVRFX0FDVElWRRABEhcKE1RPS0VOX1NUQVRFX0VYUElSRUQQAhIXChNUT0tFTl9TVEFURV9SRVZPS0VEEAMqWQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9LSU5EX09QQVFVRRABEhkKFVRPS0VOX0tJTkRfTEVHQUNZX0pXVBACKpUCCg5JbmFjdGl2ZVJlYXNvbhIfChtJTkFDVElWRV9SRUFTT05fVU5TUEVDSUZJRUQQABIdChlJTkFDVElWRV9SRUFTT05fTUFMRk9STUVEEAESGwoXSU5BQ1RJVkVfUkVBU09OX1VOS05PV04QAhIbChdJTkFDVElWRV9SRUFTT05fRVhQSVJFRBADEhsKF0lOQUNUSVZFX1JFQVNPTl9SRVZPS0VEEAQSKAokSU5BQ1RJVkVfUkVBU09OX0VOVklST05NRU5UX01JU01BVENIEAUSGwoXSU5BQ1RJVkVfUkVBU09OX0lOVkFMSUQQBhIlCiFJTkFDVElWRV9SRUFTT05fTEVHQUNZX0pXVF9TVU5TRVQQBypkCghTZXZlcml0eRIYChRTRVZFUklUWV9VTlNQRUNJRklFRBAAEhEKDVNFVkVSSVRZX0lORk8QARIUChBTRVZFUklUWV9XQVJOSU5HEAISFQoRU0VWRVJJVFlfQ1JJVElDQUwQAzLMBQoMVG9rZW5TZXJ2aWNlEkkKCklzc3VlVG9rZW4SHC50b2tlbnMudjEuSXNzdWVUb2tlblJlcXVlc3QaHS50b2tlbnMudjEuSXNzdWVUb2tlblJlc3BvbnNlElgKD0ludHJvc3BlY3RUb2tlbhIhLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXF1ZXN0GiIudG9rZW5zLnYxLkludHJvc3BlY3RUb2tlblJlc3BvbnNlElEKC1Jldm9rZVRva2VuEh0udG9rZW5zLnYxLlJldm9rZVRva2VuUmVxdWVzdBoeLnRva2Vucy52MS5SZXZva2VUb2tlblJlc3BvbnNlIgOQAgISTgoKTGlzdFRva2VucxIcLnRva2Vucy52MS5MaXN0VG9rZW5zUmVxdWVzdBodLnRva2Vucy52MS5MaXN0VG9rZW5zUmVzcG9uc2UiA5ACARJmChJMaXN0U2VjdXJpdHlFdmVudHMSJC50b2tlbnMudjEuTGlzdFNlY3VyaXR5RXZlbnRzUmVxdWVzdBolLnRva2Vucy52MS5MaXN0U2VjdXJpdHlFdmVudHNSZXNwb25zZSIDkAIBEmYKEkxpc3RMZWdhY3lKd3RVc2FnZRIkLnRva2Vucy52MS5MaXN0TGVnYWN5Snd0VXNhZ2VSZXF1ZXN0GiUudG9rZW5zLnYxLkxpc3RMZWdhY3lKd3RVc2FnZVJlc3BvbnNlIgOQAgESXQoQV2F0Y2hSZXZvY2F0aW9ucxIiLnRva2Vucy52MS5XYXRjaFJldm9jYXRpb25zUmVxdWVzdBojLnRva2Vucy52MS5XYXRjaFJldm9jYXRpb25zUmVzcG9uc2UwARJFCgdHZXRKd2tzEhkudG9rZW5zLnYxLkdldEp3a3NSZXF1ZXN0GhoudG9rZW5zLnYxLkdldEp3a3NSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIpcBCgtEZXByZWNhdGlvbhIOCgZub3RpY2UYASABKAkSDAoEbGluaxgCIAEoCRIvCgtzdW5zZXRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoVZGVwcmVjYXRlZF9zaW5jZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKABQoJVG9rZW5JbmZvEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHc3ViamVjdBgDIAEoCRIRCglmdWxsX25hbWUYBCABKAkSDQoFdGVhbXMYBSADKAkSDgoGc2NvcGVzGAYgAygJEhIKCm5hbWVzcGFjZXMYByADKAkSEAoIaXNfYWRtaW4YCCABKAgSNAoIbWV0YWRhdGEYCSADKAsyIi50b2tlbnMudjEuVG9rZW5JbmZvLk1ldGFkYXRhRW50cnkSKwoLZW52aXJvbm1lbnQYCiABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFAoMZGlzcGxheV9oaW50GAsgASgJEiQKBXN0YXRlGAwgASgOMhUudG9rZW5zLnYxLlRva2VuU3RhdGUSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYDiABKAkSLwoLZXhwaXJlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmV2b2tlZF9ieRgSIAEoCRIVCg1yZXZva2VfcmVhc29uGBMgASgJEhoKEmlzc3VlZF9ieV90b2tlbl9pZBgUIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi4AIKEUlzc3VlVG9rZW5SZXF1ZXN0EgwKBG5hbWUYASABKAkSDgoGc2NvcGVzGAIgAygJEg0KBXRlYW1zGAMgAygJEhIKCm5hbWVzcGFjZXMYBCADKAkSKAoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSAASMQoLZXhwaXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASPAoIbWV0YWRhdGEYByADKAsyKi50b2tlbnMudjEuSXNzdWVUb2tlblJlcXVlc3QuTWV0YWRhdGFFbnRyeRIPCgdzdWJqZWN0GAggASgJEhEKCWZ1bGxfbmFtZRgJIAEoCRIQCghpc19hZG1pbhgKIAEoCBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCAoGZXhwaXJ5IkcKEklzc3VlVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIiCgRpbmZvGAIgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbyJdChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJEhcKD3Rva2VuX3R5cGVfaGludBgCIAEoCRIbChNpbmNsdWRlX2JhY2tlbmRfand0GAMgASgIIoIFChdJbnRyb3NwZWN0VG9rZW5SZXNwb25zZRIOCgZhY3RpdmUYASABKAgSDQoFc2NvcGUYAiABKAkSDgoGc2NvcGVzGAMgAygJEhEKCWNsaWVudF9pZBgEIAEoCRIQCgh1c2VybmFtZRgFIAEoCRISCgp0b2tlbl90eXBlGAYgASgJEgsKA2V4cBgHIAEoAxILCgNpYXQYCCABKAMSCwoDbmJmGAkgASgDEgsKA3N1YhgKIAEoCRILCgNhdWQYCyADKAkSCwoDaXNzGAwgASgJEgsKA2p0aRgNIAEoCRINCgV0ZWFtcxgOIAMoCRISCgpuYW1lc3BhY2VzGA8gAygJEhAKCGlzX2FkbWluGBAgASgIEisKC2Vudmlyb25tZW50GBEgASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhIKCnRva2VuX25hbWUYEiABKAkSQgoIbWV0YWRhdGEYEyADKAsyMC50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2UuTWV0YWRhdGFFbnRyeRIRCglmdWxsX25hbWUYFCABKAkSKAoKdG9rZW5fa2luZBgVIAEoDjIULnRva2Vucy52MS5Ub2tlbktpbmQSKQoGcmVhc29uGBYgASgOMhkudG9rZW5zLnYxLkluYWN0aXZlUmVhc29uEg8KB21lc3NhZ2UYFyABKAkSKwoLZGVwcmVjYXRpb24YGCABKAsyFi50b2tlbnMudjEuRGVwcmVjYXRpb24SEwoLYmFja2VuZF9qd3QYGSABKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInoKElJldm9rZVRva2VuUmVxdWVzdBIPCgV0b2tlbhgBIAEoCUgAEhIKCHRva2VuX2lkGAIgASgJSAASFAoKbGVnYWN5X2p0aRgEIAEoCUgAEg4KBnJlYXNvbhgDIAEoCRIPCgdjYXNjYWRlGAUgASgIQggKBnRhcmdldCJpChNSZXZva2VUb2tlblJlc3BvbnNlEiIKBGluZm8YASABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhcKD2FscmVhZHlfcmV2b2tlZBgCIAEoCBIVCg1yZXZva2VkX2NvdW50GAMgASgFIqcBChFMaXN0VG9rZW5zUmVxdWVzdBIPCgdzdWJqZWN0GAEgASgJEgwKBHRlYW0YAiABKAkSFwoPaW5jbHVkZV9yZXZva2VkGAMgASgIEhcKD2luY2x1ZGVfZXhwaXJlZBgEIAEoCBIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCRIaChJpc3N1ZWRfYnlfdG9rZW5faWQYByABKAkiUwoSTGlzdFRva2Vuc1Jlc3BvbnNlEiQKBnRva2VucxgBIAMoCzIULnRva2Vucy52MS5Ub2tlbkluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsoDCg1TZWN1cml0eUV2ZW50EgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSJQoIc2V2ZXJpdHkYAyABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSMwoPZmlyc3Rfc2Vlbl90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFY291bnQYBiABKAMSMwoTc2VydmljZV9lbnZpcm9ubWVudBgHIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIxChF0b2tlbl9lbnZpcm9ubWVudBgIIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIXCg9jYWxsZXJfdG9rZW5faWQYCSABKAkSFgoOY2FsbGVyX3N1YmplY3QYCiABKAkSDAoEcGVlchgLIAEoCRISCgp1c2VyX2FnZW50GAwgASgJEhIKCnRva2VuX2hpbnQYDSABKAkSEAoIdG9rZW5faWQYDiABKAkSDwoHbWVzc2FnZRgPIAEoCRIOCgZtZXRob2QYECABKAkipgEKGUxpc3RTZWN1cml0eUV2ZW50c1JlcXVlc3QSDAoEdHlwZRgBIAEoCRIpCgxtaW5fc2V2ZXJpdHkYAiABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIl8KGkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlEigKBmV2ZW50cxgBIAMoCzIYLnRva2Vucy52MS5TZWN1cml0eUV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJCChlMaXN0TGVnYWN5Snd0VXNhZ2VSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIqcBCg5MZWdhY3lKd3RVc2FnZRIPCgdzdWJqZWN0GAEgASgJEhsKE2ludHJvc3BlY3Rpb25fY291bnQYAiABKAMSMwoPZmlyc3Rfc2Vlbl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXwoaTGlzdExlZ2FjeUp3dFVzYWdlUmVzcG9uc2USKAoFdXNhZ2UYASADKAsyGS50b2tlbnMudjEuTGVnYWN5Snd0VXNhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIhAKDkdldEp3a3NSZXF1ZXN0ImMKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2tpZBgCIAEoCRILCgNhbGcYAyABKAkSCwoDdXNlGAQgASgJEgsKA2NydhgFIAEoCRIJCgF4GAYgASgJEgkKAXkYByABKAkiSQoPR2V0Sndrc1Jlc3BvbnNlEiMKBGtleXMYASADKAsyFS50b2tlbnMudjEuSnNvbldlYktleRIRCglqd2tzX2pzb24YAiABKAkiUAoXV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QSNQoSaGVhcnRiZWF0X2ludGVydmFsGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIp4BChhXYXRjaFJldm9jYXRpb25zUmVzcG9uc2USKwoKcmV2b2NhdGlvbhgBIAEoCzIVLnRva2Vucy52MS5SZXZvY2F0aW9uSAASKQoJaGVhcnRiZWF0GAIgASgLMhQudG9rZW5zLnYxLkhlYXJ0YmVhdEgAEiEKBXJlc2V0GAMgASgLMhAudG9rZW5zLnYxLlJlc2V0SABCBwoFZXZlbnQiBwoFUmVzZXQiNAoKUmV2b2NhdGlvbhIUCgx0b2tlbl9kaWdlc3QYASABKAwSEAoIdG9rZW5faWQYAiABKAkiZwoJSGVhcnRiZWF0EigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDWNvbmZpcm1lZF9hZ2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24izQEKElJvdGF0ZVRva2VuUmVxdWVzdBIPCgV0b2tlbhgBIAEoCUgAEhIKCHRva2VuX2lkGAIgASgJSAASLwoMZ3JhY2VfcGVyaW9kGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIfChdyZXZva2Vfb25fc3VjY2Vzc29yX3VzZRgFIAEoCBIOCgZyZWFzb24YBiABKAlCCAoGdGFyZ2V0InMKE1JvdGF0ZVRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSIgoEaW5mbxgCIAEoCzIULnRva2Vucy52MS5Ub2tlbkluZm8SKQoLcHJlZGVjZXNzb3IYAyABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvIr8BCg1Ub2tlblNlbGVjdG9yEg8KB3N1YmplY3QYASABKAkSDAoEdGVhbRgCIAEoCRIaChJpc3N1ZWRfYnlfdG9rZW5faWQYAyABKAkSDAoEbmFtZRgEIAEoCRIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoNZXhwaXJlX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAidQoTUmV2b2tlVG9rZW5zUmVxdWVzdBIqCghzZWxlY3RvchgBIAEoCzIYLnRva2Vucy52MS5Ub2tlblNlbGVjdG9yEg8KB2RyeV9ydW4YAiABKAgSDgoGcmVhc29uGAMgASgJEhEKCXBhZ2Vfc2l6ZRgEIAEoBSKAAQoUUmV2b2tlVG9rZW5zUmVzcG9uc2USFQoNbWF0Y2hlZF9jb3VudBgBIAEoAxIVCg1yZXZva2VkX2NvdW50GAIgASgDEiQKBnRva2VucxgDIAMoCzIULnRva2Vucy52MS5Ub2tlbkluZm8SFAoMb3BlcmF0aW9uX2lkGAQgASgJKnwKC0Vudmlyb25tZW50EhsKF0VOVklST05NRU5UX1VOU1BFQ0lGSUVEEAASGwoXRU5WSVJPTk1FTlRfREVWRUxPUE1FTlQQARIXChNFTlZJUk9OTUVOVF9TVEFHSU5HEAISGgoWRU5WSVJPTk1FTlRfUFJPRFVDVElPThADKnMKClRva2VuU3RhdGUSGwoXVE9LRU5fU1RBVEVfVU5TUEVDSUZJRUQQABIWChJUT0tFTl9TVEFURV9BQ1RJVkUQARIXChNUT0tFTl9TVEFURV9FWFBJUkVEEAISFwoTVE9LRU5fU1RBVEVfUkVWT0tFRBADKlkKCVRva2VuS2luZBIaChZUT0tFTl9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRVE9LRU5fS0lORF9PUEFRVUUQARIZChVUT0tFTl9LSU5EX0xFR0FDWV9KV1QQAiqVAgoOSW5hY3RpdmVSZWFzb24SHwobSU5BQ1RJVkVfUkVBU09OX1VOU1BFQ0lGSUVEEAASHQoZSU5BQ1RJVkVfUkVBU09OX01BTEZPUk1FRBABEhsKF0lOQUNUSVZFX1JFQVNPTl9VTktOT1dOEAISGwoXSU5BQ1RJVkVfUkVBU09OX0VYUElSRUQQAxIbChdJTkFDVElWRV9SRUFTT05fUkVWT0tFRBAEEigKJElOQUNUSVZFX1JFQVNPTl9FTlZJUk9OTUVOVF9NSVNNQVRDSBAFEhsKF0lOQUNUSVZFX1JFQVNPTl9JTlZBTElEEAYSJQohSU5BQ1RJVkVfUkVBU09OX0xFR0FDWV9KV1RfU1VOU0VUEAcqZAoIU2V2ZXJpdHkSGAoUU0VWRVJJVFlfVU5TUEVDSUZJRUQQABIRCg1TRVZFUklUWV9JTkZPEAESFAoQU0VWRVJJVFlfV0FSTklORxACEhUKEVNFVkVSSVRZX0NSSVRJQ0FMEAMy6wYKDFRva2VuU2VydmljZRJJCgpJc3N1ZVRva2VuEhwudG9rZW5zLnYxLklzc3VlVG9rZW5SZXF1ZXN0Gh0udG9rZW5zLnYxLklzc3VlVG9rZW5SZXNwb25zZRJYCg9JbnRyb3NwZWN0VG9rZW4SIS50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVxdWVzdBoiLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXNwb25zZRJRCgtSZXZva2VUb2tlbhIdLnRva2Vucy52MS5SZXZva2VUb2tlblJlcXVlc3QaHi50b2tlbnMudjEuUmV2b2tlVG9rZW5SZXNwb25zZSIDkAICEk4KCkxpc3RUb2tlbnMSHC50b2tlbnMudjEuTGlzdFRva2Vuc1JlcXVlc3QaHS50b2tlbnMudjEuTGlzdFRva2Vuc1Jlc3BvbnNlIgOQAgESZgoSTGlzdFNlY3VyaXR5RXZlbnRzEiQudG9rZW5zLnYxLkxpc3RTZWN1cml0eUV2ZW50c1JlcXVlc3QaJS50b2tlbnMudjEuTGlzdFNlY3VyaXR5RXZlbnRzUmVzcG9uc2UiA5ACARJmChJMaXN0TGVnYWN5Snd0VXNhZ2USJC50b2tlbnMudjEuTGlzdExlZ2FjeUp3dFVzYWdlUmVxdWVzdBolLnRva2Vucy52MS5MaXN0TGVnYWN5Snd0VXNhZ2VSZXNwb25zZSIDkAIBEl0KEFdhdGNoUmV2b2NhdGlvbnMSIi50b2tlbnMudjEuV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QaIy50b2tlbnMudjEuV2F0Y2hSZXZvY2F0aW9uc1Jlc3BvbnNlMAESRQoHR2V0SndrcxIZLnRva2Vucy52MS5HZXRKd2tzUmVxdWVzdBoaLnRva2Vucy52MS5HZXRKd2tzUmVzcG9uc2UiA5ACARJMCgtSb3RhdGVUb2tlbhIdLnRva2Vucy52MS5Sb3RhdGVUb2tlblJlcXVlc3QaHi50b2tlbnMudjEuUm90YXRlVG9rZW5SZXNwb25zZRJPCgxSZXZva2VUb2tlbnMSHi50b2tlbnMudjEuUmV2b2tlVG9rZW5zUmVxdWVzdBofLnRva2Vucy52MS5SZXZva2VUb2tlbnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Deprecation is the notice carried by every successful answer about a
@@ -2462,6 +2462,462 @@ export const HeartbeatSchema: GenMessage<Heartbeat, {jsonType: HeartbeatJson}> =
   messageDesc(file_tokens_v1_token_service, 23);
 
 /**
+ * RotateTokenRequest names the token to rotate and how.
+ *
+ * @generated from message tokens.v1.RotateTokenRequest
+ */
+export type RotateTokenRequest = Message<"tokens.v1.RotateTokenRequest"> & {
+  /**
+   * Which token. Exactly one is required.
+   *
+   * @generated from oneof tokens.v1.RotateTokenRequest.target
+   */
+  target: {
+    /**
+     * The token's value: its holder may rotate it.
+     *
+     * @generated from field: string token = 1;
+     */
+    value: string;
+    case: "token";
+  } | {
+    /**
+     * The token's id (UUID): admins may rotate any, others only their own.
+     *
+     * @generated from field: string token_id = 2;
+     */
+    value: string;
+    case: "tokenId";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * How long the old token stays usable: 0 s up to the service's maximum
+   * (`ROTATION_MAX_GRACE`, 7 days by default); 0 revokes it at once. Unset
+   * means the service's default (`ROTATION_DEFAULT_GRACE`).
+   *
+   * @generated from field: google.protobuf.Duration grace_period = 3;
+   */
+  gracePeriod?: Duration | undefined;
+
+  /**
+   * The successor's lifetime from now, renewing it (the `IssueToken` rules
+   * apply). Unset: the successor expires when the old token does (its
+   * remaining lifetime).
+   *
+   * @generated from field: google.protobuf.Duration ttl = 4;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Revoke the old token as soon as the successor is first used
+   * successfully, on any replica, even within the grace period.
+   *
+   * @generated from field: bool revoke_on_successor_use = 5;
+   */
+  revokeOnSuccessorUse: boolean;
+
+  /**
+   * Why, for the record: at most 512 characters.
+   *
+   * @generated from field: string reason = 6;
+   */
+  reason: string;
+};
+
+/**
+ * RotateTokenRequest names the token to rotate and how.
+ *
+ * @generated from message tokens.v1.RotateTokenRequest
+ */
+export type RotateTokenRequestJson = {
+  /**
+   * The token's value: its holder may rotate it.
+   *
+   * @generated from field: string token = 1;
+   */
+  token?: string;
+
+  /**
+   * The token's id (UUID): admins may rotate any, others only their own.
+   *
+   * @generated from field: string token_id = 2;
+   */
+  tokenId?: string;
+
+  /**
+   * How long the old token stays usable: 0 s up to the service's maximum
+   * (`ROTATION_MAX_GRACE`, 7 days by default); 0 revokes it at once. Unset
+   * means the service's default (`ROTATION_DEFAULT_GRACE`).
+   *
+   * @generated from field: google.protobuf.Duration grace_period = 3;
+   */
+  gracePeriod?: DurationJson;
+
+  /**
+   * The successor's lifetime from now, renewing it (the `IssueToken` rules
+   * apply). Unset: the successor expires when the old token does (its
+   * remaining lifetime).
+   *
+   * @generated from field: google.protobuf.Duration ttl = 4;
+   */
+  ttl?: DurationJson;
+
+  /**
+   * Revoke the old token as soon as the successor is first used
+   * successfully, on any replica, even within the grace period.
+   *
+   * @generated from field: bool revoke_on_successor_use = 5;
+   */
+  revokeOnSuccessorUse?: boolean;
+
+  /**
+   * Why, for the record: at most 512 characters.
+   *
+   * @generated from field: string reason = 6;
+   */
+  reason?: string;
+};
+
+/**
+ * Describes the message tokens.v1.RotateTokenRequest.
+ * Use `create(RotateTokenRequestSchema)` to create a new message.
+ */
+export const RotateTokenRequestSchema: GenMessage<RotateTokenRequest, {jsonType: RotateTokenRequestJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 24);
+
+/**
+ * RotateTokenResponse holds the successor. It is shown this once.
+ *
+ * @generated from message tokens.v1.RotateTokenResponse
+ */
+export type RotateTokenResponse = Message<"tokens.v1.RotateTokenResponse"> & {
+  /**
+   * The successor token. Store it safely: it cannot be retrieved again.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * The successor's metadata (`predecessor_id` names the old token).
+   *
+   * @generated from field: tokens.v1.TokenInfo info = 2;
+   */
+  info?: TokenInfo | undefined;
+
+  /**
+   * The old token's metadata after rotation (`successor_id`,
+   * `scheduled_revoke_time`, or `revoke_time` for a zero grace period).
+   *
+   * @generated from field: tokens.v1.TokenInfo predecessor = 3;
+   */
+  predecessor?: TokenInfo | undefined;
+};
+
+/**
+ * RotateTokenResponse holds the successor. It is shown this once.
+ *
+ * @generated from message tokens.v1.RotateTokenResponse
+ */
+export type RotateTokenResponseJson = {
+  /**
+   * The successor token. Store it safely: it cannot be retrieved again.
+   *
+   * @generated from field: string token = 1;
+   */
+  token?: string;
+
+  /**
+   * The successor's metadata (`predecessor_id` names the old token).
+   *
+   * @generated from field: tokens.v1.TokenInfo info = 2;
+   */
+  info?: TokenInfoJson;
+
+  /**
+   * The old token's metadata after rotation (`successor_id`,
+   * `scheduled_revoke_time`, or `revoke_time` for a zero grace period).
+   *
+   * @generated from field: tokens.v1.TokenInfo predecessor = 3;
+   */
+  predecessor?: TokenInfoJson;
+};
+
+/**
+ * Describes the message tokens.v1.RotateTokenResponse.
+ * Use `create(RotateTokenResponseSchema)` to create a new message.
+ */
+export const RotateTokenResponseSchema: GenMessage<RotateTokenResponse, {jsonType: RotateTokenResponseJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 25);
+
+/**
+ * TokenSelector picks tokens of this environment; every field set must
+ * match (AND). At least one field must be set.
+ *
+ * @generated from message tokens.v1.TokenSelector
+ */
+export type TokenSelector = Message<"tokens.v1.TokenSelector"> & {
+  /**
+   * Tokens of this subject. Non-admins may give only their own, and their
+   * selection is always limited to it.
+   *
+   * @generated from field: string subject = 1;
+   */
+  subject: string;
+
+  /**
+   * Tokens acting for this team.
+   *
+   * @generated from field: string team = 2;
+   */
+  team: string;
+
+  /**
+   * Tokens issued directly by the token with this id (UUID).
+   *
+   * @generated from field: string issued_by_token_id = 3;
+   */
+  issuedByTokenId: string;
+
+  /**
+   * Tokens with exactly this name.
+   *
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * Tokens issued before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 5;
+   */
+  createdBefore?: Timestamp | undefined;
+
+  /**
+   * Tokens that expire before this time (tokens without expiry never match).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_before = 6;
+   */
+  expireBefore?: Timestamp | undefined;
+};
+
+/**
+ * TokenSelector picks tokens of this environment; every field set must
+ * match (AND). At least one field must be set.
+ *
+ * @generated from message tokens.v1.TokenSelector
+ */
+export type TokenSelectorJson = {
+  /**
+   * Tokens of this subject. Non-admins may give only their own, and their
+   * selection is always limited to it.
+   *
+   * @generated from field: string subject = 1;
+   */
+  subject?: string;
+
+  /**
+   * Tokens acting for this team.
+   *
+   * @generated from field: string team = 2;
+   */
+  team?: string;
+
+  /**
+   * Tokens issued directly by the token with this id (UUID).
+   *
+   * @generated from field: string issued_by_token_id = 3;
+   */
+  issuedByTokenId?: string;
+
+  /**
+   * Tokens with exactly this name.
+   *
+   * @generated from field: string name = 4;
+   */
+  name?: string;
+
+  /**
+   * Tokens issued before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 5;
+   */
+  createdBefore?: TimestampJson;
+
+  /**
+   * Tokens that expire before this time (tokens without expiry never match).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_before = 6;
+   */
+  expireBefore?: TimestampJson;
+};
+
+/**
+ * Describes the message tokens.v1.TokenSelector.
+ * Use `create(TokenSelectorSchema)` to create a new message.
+ */
+export const TokenSelectorSchema: GenMessage<TokenSelector, {jsonType: TokenSelectorJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 26);
+
+/**
+ * RevokeTokensRequest selects tokens to revoke.
+ *
+ * @generated from message tokens.v1.RevokeTokensRequest
+ */
+export type RevokeTokensRequest = Message<"tokens.v1.RevokeTokensRequest"> & {
+  /**
+   * Which tokens. Required, with at least one field set. Only tokens not
+   * yet revoked and issued before the operation started are revoked.
+   *
+   * @generated from field: tokens.v1.TokenSelector selector = 1;
+   */
+  selector?: TokenSelector | undefined;
+
+  /**
+   * Count and show a first page, change nothing.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * Why, for the record: at most 512 characters.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * Size of the page of `tokens` answered for a dry run: 1 to 500; 0 means 50.
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+};
+
+/**
+ * RevokeTokensRequest selects tokens to revoke.
+ *
+ * @generated from message tokens.v1.RevokeTokensRequest
+ */
+export type RevokeTokensRequestJson = {
+  /**
+   * Which tokens. Required, with at least one field set. Only tokens not
+   * yet revoked and issued before the operation started are revoked.
+   *
+   * @generated from field: tokens.v1.TokenSelector selector = 1;
+   */
+  selector?: TokenSelectorJson;
+
+  /**
+   * Count and show a first page, change nothing.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun?: boolean;
+
+  /**
+   * Why, for the record: at most 512 characters.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason?: string;
+
+  /**
+   * Size of the page of `tokens` answered for a dry run: 1 to 500; 0 means 50.
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize?: number;
+};
+
+/**
+ * Describes the message tokens.v1.RevokeTokensRequest.
+ * Use `create(RevokeTokensRequestSchema)` to create a new message.
+ */
+export const RevokeTokensRequestSchema: GenMessage<RevokeTokensRequest, {jsonType: RevokeTokensRequestJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 27);
+
+/**
+ * RevokeTokensResponse reports a bulk revocation or its dry run.
+ *
+ * @generated from message tokens.v1.RevokeTokensResponse
+ */
+export type RevokeTokensResponse = Message<"tokens.v1.RevokeTokensResponse"> & {
+  /**
+   * How many unrevoked tokens matched the selector (for a dry run: would be
+   * revoked now).
+   *
+   * @generated from field: int64 matched_count = 1;
+   */
+  matchedCount: bigint;
+
+  /**
+   * How many tokens this operation revoked (0 for a dry run).
+   *
+   * @generated from field: int64 revoked_count = 2;
+   */
+  revokedCount: bigint;
+
+  /**
+   * For a dry run: the first page of matching tokens, newest first.
+   *
+   * @generated from field: repeated tokens.v1.TokenInfo tokens = 3;
+   */
+  tokens: TokenInfo[];
+
+  /**
+   * The operation's id (UUID), as recorded; empty for a dry run.
+   *
+   * @generated from field: string operation_id = 4;
+   */
+  operationId: string;
+};
+
+/**
+ * RevokeTokensResponse reports a bulk revocation or its dry run.
+ *
+ * @generated from message tokens.v1.RevokeTokensResponse
+ */
+export type RevokeTokensResponseJson = {
+  /**
+   * How many unrevoked tokens matched the selector (for a dry run: would be
+   * revoked now).
+   *
+   * @generated from field: int64 matched_count = 1;
+   */
+  matchedCount?: string;
+
+  /**
+   * How many tokens this operation revoked (0 for a dry run).
+   *
+   * @generated from field: int64 revoked_count = 2;
+   */
+  revokedCount?: string;
+
+  /**
+   * For a dry run: the first page of matching tokens, newest first.
+   *
+   * @generated from field: repeated tokens.v1.TokenInfo tokens = 3;
+   */
+  tokens?: TokenInfoJson[];
+
+  /**
+   * The operation's id (UUID), as recorded; empty for a dry run.
+   *
+   * @generated from field: string operation_id = 4;
+   */
+  operationId?: string;
+};
+
+/**
+ * Describes the message tokens.v1.RevokeTokensResponse.
+ * Use `create(RevokeTokensResponseSchema)` to create a new message.
+ */
+export const RevokeTokensResponseSchema: GenMessage<RevokeTokensResponse, {jsonType: RevokeTokensResponseJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 28);
+
+/**
  * Environment is where a token may be used. Its prefix says which:
  * `cf-` development, `cfstg-` staging, `cfprd-` production.
  *
@@ -2844,6 +3300,41 @@ export const TokenService: GenService<{
     methodKind: "unary";
     input: typeof GetJwksRequestSchema;
     output: typeof GetJwksResponseSchema;
+  },
+  /**
+   * RotateToken issues a successor with the same claims as a token (by value
+   * or by id) and schedules the old token's revocation at the end of a grace
+   * period. The successor is returned once, like any new token. Needs
+   * `tokens.create` and `tokens.revoke`; by id, admins may rotate any token
+   * and others only their own subject's (others are NOT_FOUND, as for
+   * `RevokeToken`); by value, the holder may rotate it. Either way the
+   * successor may not exceed what the caller may issue (`IssueToken`'s
+   * rules). A token that already has a successor, or is revoked or expired,
+   * is FAILED_PRECONDITION.
+   *
+   * @generated from rpc tokens.v1.TokenService.RotateToken
+   */
+  rotateToken: {
+    methodKind: "unary";
+    input: typeof RotateTokenRequestSchema;
+    output: typeof RotateTokenResponseSchema;
+  },
+  /**
+   * RevokeTokens revokes every token of this environment matching a
+   * selector, as one durable operation: it finishes (in batches, each
+   * pushed to every replica and `WatchRevocations` stream like any
+   * revocation) even if the replica running it stops midway, and raises one
+   * `tokens_bulk_revoked` security event naming the selector and the count.
+   * An empty selector is INVALID_ARGUMENT. Needs `tokens.revoke`; admins may
+   * select anything, others only their own subject's tokens. With
+   * `dry_run`, nothing changes: the answer holds the count and a first page.
+   *
+   * @generated from rpc tokens.v1.TokenService.RevokeTokens
+   */
+  revokeTokens: {
+    methodKind: "unary";
+    input: typeof RevokeTokensRequestSchema;
+    output: typeof RevokeTokensResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tokens_v1_token_service, 0);
