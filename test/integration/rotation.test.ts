@@ -1,4 +1,5 @@
 import * as grpcJs from "@grpc/grpc-js";
+import { PassThrough } from "node:stream";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -13,6 +14,7 @@ import {
   type ListTokensResponse,
   type RotateTokenResponse,
 } from "../../gen/tokens/v1/token_service_pb.js";
+import { run } from "../../src/cli/tokenctl.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { grpcClient, startTestService, type ServiceUnderTest } from "../support/service.js";
 
@@ -190,5 +192,70 @@ describe("rotation on PGlite, one service", () => {
 
   it("revokes the old token at the successor's first use", async () => {
     await successorUseStory([sut], sut.bootstrapToken!);
+  });
+});
+
+describe("tokenctl rotate and revoke-many, on PGlite", () => {
+  let sut: ServiceUnderTest;
+
+  beforeAll(async () => {
+    sut = await startTestService({ DATA_DIR: "memory://", CACHE_STALENESS: "10m", REVOCATION_HEARTBEAT: "200ms", REVOCATION_SCHEDULER_INTERVAL: "200ms" });
+  });
+
+  afterAll(async () => {
+    await sut?.service.stop();
+  });
+
+  const tokenctl = async (args: string[], stdin = "") => {
+    const input = new PassThrough();
+    input.end(stdin);
+    const stdout = new PassThrough();
+    const stderr = new PassThrough();
+    let out = "";
+    let err = "";
+    stdout.setEncoding("utf8").on("data", (c: string) => (out += c));
+    stderr.setEncoding("utf8").on("data", (c: string) => (err += c));
+    const code = await run(args, { TOKENCTL_ADDR: `http://127.0.0.1:${sut.service.httpPort}`, TOKENCTL_TOKEN: sut.bootstrapToken! }, { stdin: input, stdout, stderr });
+    return { code, stdout: out, stderr: err };
+  };
+
+  it("rotate prints only the successor, warns like issue and says until when the old one works", async () => {
+    const client = grpcClient(TokenService, `127.0.0.1:${sut.service.grpcPort}`);
+    try {
+      const old = await client.unary<IssueTokenResponse>("issueToken", { name: "cli", subject: "cli@example.com", scopes: ["orders.write"] }, bearer(sut.bootstrapToken!));
+      const rotated = await tokenctl(["rotate", "-", "--grace", "2h"], `${old.token}\n`);
+      expect(rotated.code).toBe(0);
+      expect(rotated.stdout).toMatch(/^cf-[0-9A-Za-z]{22}\n$/);
+      expect(rotated.stderr).toContain("tokenctl: warning: this token has scopes beyond read: orders.write");
+      expect(rotated.stderr).toMatch(new RegExp(`tokenctl: warning: the old token ${old.info!.id} \\(cf-…${old.token.slice(-4)}\\) keeps working until \\d{4}-`));
+      expect(rotated.stderr).not.toContain(old.token);
+      expect(await stateOn(client, sut.bootstrapToken!, rotated.stdout.trim())).toBe("active");
+      const again = await tokenctl(["rotate", "--id", old.info!.id]);
+      expect(again).toMatchObject({ code: 1 });
+      expect(again.stderr).toContain("tokenctl: failed_precondition: the token was rotated already");
+      await expect(tokenctl(["rotate"])).rejects.toThrow("rotate needs exactly one of <token>, - (the token on stdin) or --id <uuid>");
+    } finally {
+      client.close();
+    }
+  });
+
+  it("revoke-many dry-runs, revokes, and refuses an empty selector", async () => {
+    const client = grpcClient(TokenService, `127.0.0.1:${sut.service.grpcPort}`);
+    try {
+      for (let i = 0; i < 3; i++) await client.unary("issueToken", { name: "many", subject: "many@example.com" }, bearer(sut.bootstrapToken!));
+      const dry = await tokenctl(["revoke-many", "--subject", "many@example.com", "--dry-run"]);
+      expect(dry.code).toBe(0);
+      expect(dry.stdout.split("\n")[0]).toBe("3 tokens match; nothing was revoked (dry run)");
+      const done = await tokenctl(["revoke-many", "--subject", "many@example.com", "--name", "many", "--reason", "cleanup"]);
+      expect(done.code).toBe(0);
+      expect(done.stdout).toMatch(/^3 tokens revoked \(operation [0-9a-f-]{36}\)\n$/);
+      const wide = await tokenctl(["revoke-many", "--name", "nothing-like-this"]);
+      expect(wide.stderr).toContain("tokenctl: warning: no --subject");
+      expect(wide.stdout).toMatch(/^0 tokens revoked/);
+      await expect(tokenctl(["revoke-many"])).rejects.toThrow("revoke-many needs at least one of");
+      await expect(tokenctl(["revoke-many", "--created-before", "yesterday"])).rejects.toThrow("--created-before must be an ISO 8601 time");
+    } finally {
+      client.close();
+    }
   });
 });
