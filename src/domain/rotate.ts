@@ -56,6 +56,8 @@ export async function rotateToken(deps: TokenDeps, caller: Caller, input: Rotate
   const lifecycle = requireLifecycle(deps);
   const reason = rules.optionalText("reason", input.reason, 512);
   const graceMs = input.graceMs === undefined ? lifecycle.defaultGraceMs : rules.durationWithin("grace_period", input.graceMs, 0, lifecycle.maxGraceMs);
+  // Checked before any lookup, with IssueToken's range, so a bad request costs nothing.
+  if (input.ttlMs !== undefined) rules.durationWithin("ttl", input.ttlMs, 1000, deps.policy.maxTtlMs);
   requireScope(deps, caller, SCOPES.revoke, meta);
   const old = await resolveTarget(deps, caller, input);
   const now = deps.clock.now();

@@ -197,6 +197,7 @@ describe("RotateToken", () => {
       [{ target: { case: "tokenId" as const, value: "00000000-0000-4000-8000-000000000000" }, gracePeriod: durationFromMs(8 * 24 * HOUR) }, "grace_period: must be between 0s and 7d"],
       [{ target: { case: "tokenId" as const, value: "00000000-0000-4000-8000-000000000000" }, gracePeriod: durationFromMs(-1000) }, "grace_period: must be between 0s and 7d"],
       [{ target: { case: "tokenId" as const, value: "00000000-0000-4000-8000-000000000000" }, reason: "x".repeat(513) }, "reason: must be at most 512 characters"],
+      [{ target: { case: "tokenId" as const, value: "00000000-0000-4000-8000-000000000000" }, ttl: durationFromMs(-5) }, "ttl: must be between 1s and 365d"],
     ])("answers INVALID_ARGUMENT naming the field (%#)", async (req, message) => {
       expect(await code(s.client.rotateToken(req, as(admin)))).toEqual({ code: Code.InvalidArgument, message });
     });
