@@ -14,6 +14,7 @@ import {
   type RevokeTokenRequestSchema,
   type RevokeTokenResponse,
 } from "../gen/tokens/v1/token_service_pb.js";
+import { Authorization, type CheckRequestSchema, type CheckResponse } from "../gen/envoy/service/auth/v3/external_auth_pb.js";
 import { methodDefinition } from "../src/server/grpc-adapter.js";
 
 /** Promise-returning unary calls on one channel, authenticated as `callerToken`. */
@@ -44,4 +45,21 @@ export function tokenClient(address: string, callerToken: string): TokenClient {
     revoke: (request) => unary("revokeToken", request),
     close: () => client.close(),
   };
+}
+
+/** Envoy's side of ext_authz: one Check, sending the shared secret as Envoy's `initial_metadata` would. */
+export async function checkOnce(address: string, secret: string, request: MessageInitShape<typeof CheckRequestSchema>): Promise<CheckResponse> {
+  const definition = { check: methodDefinition(Authorization.method.check) };
+  const Client = grpc.makeGenericClientConstructor(definition, Authorization.typeName);
+  const client = new Client(address, grpc.credentials.createInsecure());
+  const metadata = new grpc.Metadata();
+  metadata.set("x-ext-authz-secret", secret);
+  try {
+    return await new Promise<CheckResponse>((done, fail) => {
+      const fn = (client as unknown as Record<string, (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: grpc.requestCallback<CheckResponse>) => void>)["check"]!;
+      fn.call(client, request, metadata, { deadline: Date.now() + 10_000 }, (error, response) => (error ? fail(error) : done(response!)));
+    });
+  } finally {
+    client.close();
+  }
 }

@@ -1,12 +1,13 @@
 /**
  * Servers under test as child processes, pinned to the server core with
  * `taskset` (which execs, so the child's pid is the server's own and its
- * /proc figures are the server's alone).
+ * /proc figures are the server's alone), or unpinned as `npm start` runs
+ * them (the soak test).
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
-import { ROOT, SERVER_CPU, TMP_DIR, sleep } from "./common.js";
+import { ROOT, SERVER_CPU, TMP_DIR, rssKiB, sleep } from "./common.js";
 
 /** A running server child. */
 export interface ServerProcess {
@@ -31,14 +32,18 @@ interface SpawnOptions {
   /** Parses the ports from one line of the child's stdout; undefined while not ready. */
   readonly ready: (line: string) => { grpcPort: number; httpPort: number } | undefined;
   readonly timeoutMs: number;
+  /** Pin to SERVER_CPU (the default), or let the scheduler place it. */
+  readonly pinned?: boolean;
 }
 
 async function spawnServer(options: SpawnOptions): Promise<ServerProcess> {
   const logFile = resolve(TMP_DIR, `${options.name}.log`);
   const fd = openSync(logFile, "w");
+  const nodeCommand = [process.execPath, ...(options.nodeArgs ?? []), resolve(ROOT, options.script)];
+  const [command, ...args] = options.pinned === false ? nodeCommand : ["taskset", "-c", String(SERVER_CPU), ...nodeCommand];
   const child: ChildProcess = spawn(
-    "taskset",
-    ["-c", String(SERVER_CPU), process.execPath, ...(options.nodeArgs ?? []), resolve(ROOT, options.script)],
+    command!,
+    args,
     // Output goes to a file, not a pipe: the runner must not spend CPU (or
     // apply back-pressure) while the server is under load.
     { cwd: ROOT, env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ...options.env }, stdio: ["ignore", fd, fd] },
@@ -93,11 +98,12 @@ function tail(file: string): string {
 /**
  * Starts the real service (`node dist/src/main.js`) on 127.0.0.1 with free
  * ports. `env` adds to a clean environment (nothing leaks in from the
- * runner's own).
+ * runner's own). Pinned to SERVER_CPU unless `pinned` is false.
  */
-export function startTokenService(name: string, env: Record<string, string>, nodeArgs: readonly string[] = []): Promise<ServerProcess> {
+export function startTokenService(name: string, env: Record<string, string>, nodeArgs: readonly string[] = [], pinned = true): Promise<ServerProcess> {
   return spawnServer({
     name,
+    pinned,
     script: "dist/src/main.js",
     nodeArgs,
     env: { LISTEN_HOST: "127.0.0.1", GRPC_PORT: "0", HTTP_PORT: "0", LOG_LEVEL: "info", SHUTDOWN_GRACE: "2s", ...env },
@@ -123,4 +129,22 @@ export function startEchoServer(responseBytes: number): Promise<ServerProcess> {
       return match ? { grpcPort: Number(match[1]), httpPort: 0 } : undefined;
     },
   });
+}
+
+/**
+ * RSS now, then RSS and heap after a full GC: the server must have been
+ * started with `--expose-gc` and bench/gc-signal.js preloaded, whose SIGUSR2
+ * hook collects and prints `{"benchGc": process.memoryUsage()}`.
+ */
+export async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: number; gc: { rssKiB: number; heapUsedKiB: number; heapTotalKiB: number; externalKiB: number } }> {
+  const rawRssKiB = rssKiB(server.pid);
+  const lines = () => readFileSync(server.logFile, "utf8").split("\n").filter((line) => line.startsWith('{"benchGc"'));
+  const seen = lines().length;
+  process.kill(server.pid, "SIGUSR2");
+  for (let i = 0; i < 100 && lines().length === seen; i++) await sleep(50);
+  const last = lines()[seen];
+  if (last === undefined) throw new Error(`${server.name} did not answer SIGUSR2 with a GC report`);
+  await sleep(300);
+  const usage = (JSON.parse(last) as { benchGc: NodeJS.MemoryUsage }).benchGc;
+  return { rawRssKiB, gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, heapTotalKiB: usage.heapTotal / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 } };
 }

@@ -63,6 +63,8 @@ export interface BenchResults {
   };
   floor: LoadRow[];
   grpcHit: LoadRow[];
+  /** Envoy ext_authz `Check` cache hits, measured in turns with IntrospectToken hits on the same token (phase `extauthz`). */
+  extAuthz?: { introspect: LoadRow[]; check: LoadRow[] };
   connectProto: LoadRow[];
   connectJson: LoadRow[];
   legacy: { jwtChars: number; jwtGrpc: LoadRow[]; joseLocalUsPerVerify: number };
@@ -91,6 +93,12 @@ export interface BenchResults {
     externalKiBPerToken: number;
   };
   issue: { calls: number; rate: number; p50Ms: number; p99Ms: number; errors: number; cpuUsPerCall: number };
+  /**
+   * gRPC cache hits with OpenTelemetry tracing off (replica A) and on (a
+   * replica exporting OTLP/protobuf to a sink in the runner), in turns at
+   * each concurrency, every request carrying a sampled `traceparent`.
+   */
+  tracing?: { off: LoadRow[]; on: LoadRow[]; exportRequests: number; exportedKiB: number; spansExported: number; callsTraced: number };
   client: Record<string, number> | null;
   checks: string[];
   notes: string[];
@@ -104,7 +112,8 @@ export function target(name: string, measured: number, kind: "max" | "min", boun
   return { name, measured: round(measured), bound, unit, kind, pass, ratio: round(measured / bound), ...(note ? { note } : {}) };
 }
 
-function fmt(value: number, digits = 3): string {
+/** A figure for a table: n/a, 3 significant digits, whole numbers from 100, thousands separated. */
+export function fmt(value: number, digits = 3): string {
   if (!Number.isFinite(value)) return "n/a";
   if (Math.abs(value) < 0.005) return "0";
   if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString("en-US");
@@ -112,7 +121,8 @@ function fmt(value: number, digits = 3): string {
   return String(Number(value.toPrecision(digits)));
 }
 
-function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
+/** A Markdown table, first column left-aligned, the others right-aligned. */
+export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
   const line = (cells: readonly string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ")} |`;
   const rule = `|${widths.map((w, i) => (i === 0 ? `:${"-".repeat(w + 1)}` : `${"-".repeat(w + 1)}:`)).join("|")}|`;
@@ -142,6 +152,14 @@ export function renderTable(r: BenchResults): string {
   add("IntrospectToken hit, Connect proto h2c (h2load)", r.connectProto, true);
   add("IntrospectToken hit, Connect JSON HTTP/1.1 (wrk)", r.connectJson, true);
   add(`legacy HS256 JWT (${r.legacy.jwtChars} chars), gRPC (h2load)`, r.legacy.jwtGrpc, true);
+  if (r.extAuthz) {
+    add("IntrospectToken hit beside Check, gRPC (h2load)", r.extAuthz.introspect, false);
+    add("ext_authz Check hit, gRPC (h2load)", r.extAuthz.check, false);
+  }
+  if (r.tracing) {
+    add("IntrospectToken hit, gRPC, tracing off, traceparent sent (h2load)", r.tracing.off, true);
+    add("IntrospectToken hit, gRPC, tracing on, OTLP/protobuf export (h2load)", r.tracing.on, true);
+  }
   const m = r.miss;
   loadRows.push(["IntrospectToken miss, PostgreSQL (h2 loader, 32 in flight)", fmt(m.postgres.rate), fmt(m.postgres.p50Ms), fmt(m.postgres.p99Ms), fmt(m.postgres.cpuUsPerCall), "", String(m.postgres.failures)]);
   loadRows.push(["IntrospectToken miss, PGlite in-process (h2 loader, 32 in flight)", fmt(m.pglite.rate), fmt(m.pglite.p50Ms), fmt(m.pglite.p99Ms), fmt(m.pglite.cpuUsPerCall), "", String(m.pglite.failures)]);
@@ -165,6 +183,13 @@ export function renderTable(r: BenchResults): string {
     ["… RSS as found, without forcing a GC", `${fmt(r.memory.raw.kibPerToken)} KiB (${fmt(r.memory.raw.baselineKiB / 1024)} → ${fmt(r.memory.raw.afterKiB / 1024)} MiB)`],
     ["… JS heap used / V8 heap committed / ArrayBuffers and external, per token", `${fmt(r.memory.heapKiBPerToken)} / ${fmt(r.memory.heapCommittedKiBPerToken)} / ${fmt(r.memory.externalKiBPerToken)} KiB`],
   ];
+  if (r.tracing) {
+    for (const on of r.tracing.on) {
+      const off = r.tracing.off.find((x) => x.concurrency === on.concurrency);
+      if (off) other.push([`tracing on ÷ off, gRPC hit c=${on.concurrency}: req/s / server CPU per call`, `${fmt(on.rate / off.rate)}× / ${fmt(on.cpuUsPerCall / off.cpuUsPerCall)}× (+${fmt(on.cpuUsPerCall - off.cpuUsPerCall)} µs)`]);
+    }
+    other.push(["tracing on: spans exported / calls traced (OTLP requests, KiB)", `${r.tracing.spansExported.toLocaleString("en-US")} / ${r.tracing.callsTraced.toLocaleString("en-US")} (${r.tracing.exportRequests} requests, ${fmt(r.tracing.exportedKiB)} KiB)`]);
+  }
   if (r.client) for (const [key, value] of Object.entries(r.client)) other.push([`client library: ${key}`, fmt(value)]);
   else other.push(["client library (bench/client-bench.ts)", "not present"]);
   out.push(table(["measure", "value"], other));

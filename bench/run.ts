@@ -14,13 +14,15 @@
  * Options:
  *   --profile         also profile the service (node --cpu-prof) under the
  *                     gRPC cache-hit load and summarise where its CPU goes
- *   --only=a,b        run only some phases (hits, legacy, issue, revocation,
- *                     miss, pglite, jose, profile); results then go to
+ *   --only=a,b        run only some phases (hits, legacy, extauthz, tracing, issue,
+ *                     revocation, miss, pglite, jose, profile); results then go to
  *                     bench/results/tmp/partial.json, not latest.*
  *
  * Writes bench/results/latest.json and latest.svg, prints the table.
  */
 import { randomBytes, webcrypto } from "node:crypto";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
@@ -31,14 +33,16 @@ import { SignJWT, jwtVerify } from "jose";
 import { sql } from "kysely";
 import { Client } from "pg";
 import { IntrospectTokenRequestSchema, IntrospectTokenResponseSchema } from "../gen/tokens/v1/token_service_pb.js";
+import { CheckRequestSchema } from "../gen/envoy/service/auth/v3/external_auth_pb.js";
 import type { Environment } from "../src/domain/environment.js";
 import { migrateToLatest, openDatabase } from "../src/storage/database.js";
 import type { ClientBenchContext, ClientBenchModule } from "./client-bench-api.js";
 import { DIST_BENCH, RESULTS_DIR, ROOT, TMP_DIR, cpuMicros, localTcpPorts, quantile, round, rssKiB, runBounded, runLoadScript, sleep, sortedCopy } from "./common.js";
-import { tokenClient } from "./grpc-client.js";
+import { checkOnce, tokenClient } from "./grpc-client.js";
 import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
 import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
-import { startEchoServer, startTokenService, type ServerProcess } from "./processes.js";
+import { adminDatabaseUrl, databaseUrl, dropDatabase, ensurePostgres } from "./postgres.js";
+import { memoryOf, startEchoServer, startTokenService, type ServerProcess } from "./processes.js";
 import { summarizeProfile } from "./profile.js";
 import { renderSvg, renderTable, target, type BenchResults, type LoadRow, type TimingStats } from "./report.js";
 import { insertRows, mintCaller, mintTokens, type PgliteSeedInput } from "./seed.js";
@@ -54,6 +58,8 @@ const RUNNER_BUDGET_S = 265;
 const CONCURRENCIES = [1, 16, 64] as const;
 /** Connect JSON over HTTP/1.1 (wrk) at one point only, to keep within five minutes; Connect proto over h2c covers all three. */
 const JSON_CONCURRENCIES = [16] as const;
+/** Tracing off and on, in turns, at these concurrencies (two, to keep within five minutes). */
+const TRACING_CONCURRENCIES = [16, 64] as const;
 /** Distinct tokens introspected once each by the miss and memory phase. */
 const MEMORY_TOKENS = 100_000;
 /** Of those: unmeasured warm-up, then the measured miss window. */
@@ -69,6 +75,7 @@ const CUT_ROUNDS = 20;
 const STALENESS_MS = 2_000;
 const ENVIRONMENT: Environment = "production";
 const SERVICE_PATH = "/tokens.v1.TokenService/IntrospectToken";
+const CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check";
 const LISTENER_APPLICATION_NAME = "token-introspection-service/listener";
 
 const argv = process.argv.slice(2);
@@ -168,18 +175,33 @@ function timing(values: readonly number[]): TimingStats {
   return { n: sorted.length, p50Ms: round(quantile(sorted, 0.5)), p99Ms: round(quantile(sorted, 0.99)), maxMs: round(sorted.length > 0 ? sorted[sorted.length - 1]! : Number.NaN) };
 }
 
-/** RSS now, then RSS and heap after a full GC (the SIGUSR2 hook of bench/gc-signal.ts). */
-async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: number; gc: { rssKiB: number; heapUsedKiB: number; heapTotalKiB: number; externalKiB: number } }> {
-  const rawRssKiB = rssKiB(server.pid);
-  const lines = () => readFileSync(server.logFile, "utf8").split("\n").filter((line) => line.startsWith('{"benchGc"'));
-  const seen = lines().length;
-  process.kill(server.pid, "SIGUSR2");
-  for (let i = 0; i < 100 && lines().length === seen; i++) await sleep(50);
-  const last = lines()[seen];
-  if (last === undefined) throw new Error(`${server.name} did not answer SIGUSR2 with a GC report`);
-  await sleep(300);
-  const usage = (JSON.parse(last) as { benchGc: NodeJS.MemoryUsage }).benchGc;
-  return { rawRssKiB, gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, heapTotalKiB: usage.heapTotal / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 } };
+/**
+ * An OTLP/HTTP sink in the runner for the traced replica: takes every export,
+ * answers success, keeps only counts. Spans are counted by their name, which
+ * each IntrospectToken span carries twice in OTLP protobuf (its name and
+ * `rpc.method`).
+ */
+async function startOtlpSink() {
+  const marker = Buffer.from(SERVICE_PATH.slice(1));
+  const counts = { requests: 0, bytes: 0, names: 0 };
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => {
+      const body = Buffer.concat(chunks);
+      counts.requests++;
+      counts.bytes += body.length;
+      for (let at = body.indexOf(marker); at >= 0; at = body.indexOf(marker, at + marker.length)) counts.names++;
+      res.writeHead(200, { "content-type": "application/x-protobuf" });
+      res.end();
+    });
+  });
+  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`,
+    counts,
+    close: () => new Promise<void>((done) => server.close(() => done())),
+  };
 }
 
 const EMPTY_ROW: LoadRow = { concurrency: 0, requests: 0, rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, cpuUsPerCall: Number.NaN, failures: 0 };
@@ -228,33 +250,6 @@ function git(args: string[]): string {
   return out.status === 0 ? out.stdout.trim() : "unknown";
 }
 
-async function ensurePostgres(adminUrl: string): Promise<string> {
-  const tryConnect = async () => {
-    const client = new Client({ connectionString: adminUrl, connectionTimeoutMillis: 3_000 });
-    await client.connect();
-    const { rows } = await client.query<{ server_version: string }>("SHOW server_version");
-    await client.end();
-    return rows[0]!.server_version;
-  };
-  try {
-    return await tryConnect();
-  } catch {
-    // As .ci/run does: start the local cluster if there is one.
-    if (existsSync("/etc/postgresql")) {
-      const version = spawnSync("sh", ["-c", "ls /etc/postgresql | head -n1"], { encoding: "utf8" }).stdout.trim();
-      spawnSync("pg_ctlcluster", ["--skip-systemctl-redirect", version, "main", "start"], { stdio: "inherit", timeout: 60_000 });
-      for (let i = 0; i < 30; i++) {
-        try {
-          return await tryConnect();
-        } catch {
-          await sleep(1_000);
-        }
-      }
-    }
-    throw new Error(`PostgreSQL is not reachable at ${adminUrl.replace(/:[^:@/]*@/, ":***@")}; set BENCH_DATABASE_URL`);
-  }
-}
-
 /**
  * The backend pid of a replica's LISTEN connection. Every replica's listener
  * has the same application_name, so the one whose client port is among the
@@ -277,17 +272,13 @@ async function main(): Promise<void> {
   ensureTools(log);
   const load = loadavg()[0] ?? 0;
   if (load > 1.5) log(`note: load average ${load.toFixed(2)} before the run: other work is using this 2-core machine, figures will be noisier`);
-  const adminUrl = process.env["BENCH_DATABASE_URL"] ?? process.env["TEST_DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/test";
+  const adminUrl = adminDatabaseUrl();
   const pgVersion = await ensurePostgres(adminUrl);
   const database = `tis_bench_${process.pid}_${randomBytes(3).toString("hex")}`;
   const admin = new Client({ connectionString: adminUrl, application_name: "tis-bench/runner" });
   await admin.connect();
   await admin.query(`CREATE DATABASE ${database}`);
-  const dbUrl = (() => {
-    const url = new URL(adminUrl);
-    url.pathname = `/${database}`;
-    return url.toString();
-  })();
+  const dbUrl = databaseUrl(adminUrl, database);
   const pgliteDir = resolve(TMP_DIR, "pglite");
   rmSync(pgliteDir, { recursive: true, force: true });
 
@@ -308,6 +299,7 @@ async function main(): Promise<void> {
     },
     floor: [],
     grpcHit: [],
+    ...(wants("extauthz") ? { extAuthz: { introspect: [], check: [] } } : {}),
     connectProto: [],
     connectJson: [],
     legacy: { jwtChars: 0, jwtGrpc: [], joseLocalUsPerVerify: Number.NaN },
@@ -368,7 +360,10 @@ async function main(): Promise<void> {
     const legacyKeyBytes = new TextEncoder().encode(legacySecret);
     const jwt = await legacyJwt(legacyKeyBytes, 700);
     results.legacy.jwtChars = jwt.length;
-    const serviceEnv = { TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl, LEGACY_JWT_HMAC_SECRET: legacySecret };
+    // Production serves ext_authz Check only to a caller proving itself: the bench plays Envoy with the secret.
+    const extAuthzSecret = randomBytes(16).toString("hex");
+    // Production refuses to start without a key-encryption key for the stored signing keys; one per run.
+    const serviceEnv = { TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl, LEGACY_JWT_HMAC_SECRET: legacySecret, EXT_AUTHZ_SECRET: extAuthzSecret, KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64") };
 
     const userTokensFile = writeTmp("user-token.json", JSON.stringify([userToken]));
     const jwtTokensFile = writeTmp("jwt-token.json", JSON.stringify([jwt]));
@@ -427,6 +422,81 @@ async function main(): Promise<void> {
       if (!legacyAnswer.active) throw new Error(`the legacy JWT is not active before loading: ${legacyAnswer.reason} ${legacyAnswer.message}`);
       results.legacy.jwtGrpc = await h2loadSeries("legacy JWT", a, `http://${grpcA}${SERVICE_PATH}`, jwtBodyFile, grpcHeaders, [16]);
       await statusSample("legacy JWT", grpcA, gatewayToken, jwtTokensFile, 500);
+    }
+
+    if (wants("extauthz") && results.extAuthz) {
+      // Envoy's ext_authz Check for the same token, with the request headers
+      // Envoy's HTTP filter sends (pseudo-headers included), measured in turns
+      // with IntrospectToken at each concurrency so drift hits both alike.
+      const checkRequest = create(CheckRequestSchema, {
+        attributes: {
+          request: {
+            http: {
+              id: "0b7c3f0e-bench",
+              method: "GET",
+              path: "/orders/42",
+              host: "api.example.com",
+              headers: {
+                ":authority": "api.example.com",
+                ":method": "GET",
+                ":path": "/orders/42",
+                ":scheme": "https",
+                accept: "application/json",
+                "user-agent": "curl/8.5.0",
+                "x-forwarded-proto": "https",
+                "x-request-id": "0b7c3f0e-bench",
+                authorization: `Bearer ${userToken}`,
+              },
+            },
+          },
+        },
+      });
+      const checkBodyFile = writeTmp("check.grpc", frame(toBinary(CheckRequestSchema, checkRequest)));
+      const checkHeaders = ["content-type: application/grpc", "te: trailers", `x-ext-authz-secret: ${extAuthzSecret}`];
+      // h2load counts every gRPC answer as a success, and a denial is a gRPC OK too: check the answer itself before and after.
+      const allowed = async () => (await checkOnce(grpcA, extAuthzSecret, checkRequest)).httpResponse.case === "okResponse";
+      if (!(await allowed())) throw new Error("ext_authz Check does not allow the user token before loading");
+      const grpcUrl = `http://${grpcA}${SERVICE_PATH}`;
+      const checkUrl = `http://${grpcA}${CHECK_PATH}`;
+      for (const [index, concurrency] of CONCURRENCIES.entries()) {
+        results.extAuthz.introspect.push(await h2loadPoint("gRPC hit (beside Check)", a, grpcUrl, grpcBodyFile, grpcHeaders, concurrency, index === 0));
+        results.extAuthz.check.push(await h2loadPoint("Check hit", a, checkUrl, checkBodyFile, checkHeaders, concurrency, index === 0));
+      }
+      if (!(await allowed())) checks.push("ext_authz Check no longer allows the user token after the load");
+    }
+    if (wants("tracing")) {
+      // Tracing's cost: replica A (tracing off, the default) and a replica with
+      // OTEL_TRACES_EXPORTER=otlp, in turns at each concurrency as the floor and
+      // the hit path are. Every request carries a sampled traceparent, as from a
+      // traced gateway, so every call on the traced replica makes and exports a span.
+      const sink = await startOtlpSink();
+      const traced = await startTokenService("service-traced", { ...serviceEnv, OTEL_TRACES_EXPORTER: "otlp", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: sink.url });
+      servers.push(traced);
+      const tracedAddress = `127.0.0.1:${traced.grpcPort}`;
+      const probe = tokenClient(tracedAddress, gatewayToken);
+      const tracedFirst = await probe.introspect(userToken);
+      probe.close();
+      if (!tracedFirst.active) throw new Error(`the traced replica answers inactive for the user token: ${tracedFirst.reason}`);
+      const traceHeaders = [...grpcHeaders, `traceparent: 00-${randomBytes(16).toString("hex")}-${randomBytes(8).toString("hex")}-01`];
+      const off: LoadRow[] = [];
+      const on: LoadRow[] = [];
+      for (const [index, concurrency] of TRACING_CONCURRENCIES.entries()) {
+        off.push(await h2loadPoint("gRPC hit, tracing off", a, `http://${grpcA}${SERVICE_PATH}`, grpcBodyFile, traceHeaders, concurrency, index === 0));
+        on.push(await h2loadPoint("gRPC hit, tracing on", traced, `http://${tracedAddress}${SERVICE_PATH}`, grpcBodyFile, traceHeaders, concurrency, index === 0));
+      }
+      await statusSample("gRPC hit, tracing on", tracedAddress, gatewayToken, userTokensFile, 500);
+      await traced.stop(); // SIGTERM: the replica flushes its last spans before it exits
+      results.tracing = {
+        off,
+        on,
+        exportRequests: sink.counts.requests,
+        exportedKiB: round(sink.counts.bytes / 1024),
+        spansExported: Math.floor(sink.counts.names / 2),
+        // The measured points only (not their warm-ups, the probe or the status sample): a lower bound.
+        callsTraced: on.reduce((sum, row) => sum + row.requests, 0),
+      };
+      await sink.close();
+      log(`tracing: ${results.tracing.spansExported} spans exported in ${sink.counts.requests} OTLP requests`);
     }
 
     // The service must still answer, with a real client, after all that.
@@ -665,7 +735,7 @@ async function main(): Promise<void> {
       if (seeded.code !== 0) throw new Error(`PGlite seeding failed: ${seeded.stderr.slice(-2000)}`);
       const { gateway, tokens } = JSON.parse(readFileSync(pgliteTokensFile, "utf8")) as { gateway: string; tokens: string[] };
       const tokensFile = writeTmp("pglite-tokens.json", JSON.stringify(tokens));
-      const p = await startTokenService("service-pglite", { TOKEN_ENVIRONMENT: ENVIRONMENT, DATA_DIR: pgliteDir });
+      const p = await startTokenService("service-pglite", { TOKEN_ENVIRONMENT: ENVIRONMENT, DATA_DIR: pgliteDir, KEY_ENCRYPTION_KEY: serviceEnv.KEY_ENCRYPTION_KEY });
       servers.push(p);
       const base = { address: `127.0.0.1:${p.grpcPort}`, callerToken: gateway, tokensFile, concurrency: MISS_IN_FLIGHT, connections: 4 };
       await h2loader({ ...base, first: 0, maxCalls: 500, maxSeconds: 20 });
@@ -715,10 +785,7 @@ async function main(): Promise<void> {
     }
   } finally {
     for (const server of servers) await server.stop(5_000).catch(() => undefined);
-    await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch(async () => {
-      await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [database]);
-      await admin.query(`DROP DATABASE IF EXISTS ${database}`);
-    });
+    await dropDatabase(admin, database);
     await admin.end();
   }
 

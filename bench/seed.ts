@@ -53,7 +53,7 @@ export function mintTokens(environment: Environment, count: number, label: strin
     });
     const minted = mintToken(environment);
     tokens.push(minted.token);
-    rows.push(newTokenRecord(claims, minted, "bench-seed"));
+    rows.push(newTokenRecord(claims, minted, "bench-seed", null));
   }
   return { tokens, rows };
 }
@@ -71,7 +71,7 @@ export function mintCaller(environment: Environment, subject: string, admin: boo
     expiresAt: new Date(now.getTime() + 30 * DAY_MS),
   });
   const minted = mintToken(environment);
-  return { tokens: [minted.token], rows: [newTokenRecord(claims, minted, "bench-seed")] };
+  return { tokens: [minted.token], rows: [newTokenRecord(claims, minted, "bench-seed", null)] };
 }
 
 /** Writes rows in multi-row INSERTs of `batch` rows. */

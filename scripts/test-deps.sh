@@ -2,6 +2,7 @@
 # The Debian packages the test suite runs against real parts with, installed
 # when missing so that the README's `npm ci && npm test` stands on its own.
 #   nginx-light          the nginx forward-auth example runs against a real nginx
+#   caddy                the Caddy forward_auth example runs against a real Caddy
 #   openssl              makes the TLS tests' certificates at test time
 #   python3-grpc-tools   generates the Python client (grpcio, protobuf come with it)
 #   postgresql-client    pg_dump, to prove no private key material is stored in the clear
@@ -11,6 +12,7 @@ set -euo pipefail
 
 missing=()
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then missing+=(nginx-light); fi
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v pg_dump >/dev/null 2>&1 || missing+=(postgresql-client)
 /usr/bin/python3 -c 'import grpc, grpc_tools' >/dev/null 2>&1 || missing+=(python3-grpc-tools)

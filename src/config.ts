@@ -95,7 +95,43 @@ export interface Config {
   readonly cacheNegativeMaxEntries: number;
   readonly watchMaxStreamsPerCaller: number;
   readonly watchMinHeartbeatMs: number;
+  // Transport limits (issue 8)
+  readonly maxResponseBytes: number;
+  readonly requestBodyTimeoutMs: number;
+  readonly connectionIdleTimeoutMs: number;
+  readonly grpcMaxConnectionAgeMs: number;
+  readonly grpcMaxConnectionAgeGraceMs: number;
+  readonly grpcKeepaliveTimeMs: number;
+  readonly grpcKeepaliveTimeoutMs: number;
+  readonly publicBaseUrl: string | undefined;
+  // Envoy ext_authz over gRPC (issue 12).
+  readonly extAuthzEnabled: boolean;
+  readonly extAuthzSecret: string | undefined;
+  readonly extAuthzHeader: string;
+  readonly extAuthzBackendJwt: boolean;
+  readonly extAuthzRemoveHeader: boolean;
+  // OpenTelemetry tracing (issue 12, item 4): the standard OTEL_* variables, read here and handed to the SDK explicitly.
+  readonly otelTracesExporter: "none" | "otlp";
+  readonly otelSdkDisabled: boolean;
+  readonly otelServiceName: string;
+  readonly otelResourceAttributes: Readonly<Record<string, string>>;
+  readonly otelExporterOtlpEndpoint: string;
+  readonly otelExporterOtlpTracesEndpoint: string | undefined;
+  readonly otelExporterOtlpProtocol: "http/protobuf" | "http/json";
+  readonly otelExporterOtlpHeaders: Readonly<Record<string, string>> | undefined;
+  readonly otelExporterOtlpTimeoutMs: number;
+  readonly otelTracesSampler: TraceSampler;
+  readonly otelTracesSamplerArg: number | undefined;
+  readonly otelBspScheduleDelayMs: number;
+  readonly otelBspMaxQueueSize: number;
+  readonly otelBspMaxExportBatchSize: number;
+  readonly otelBspExportTimeoutMs: number;
 }
+
+/** The samplers `OTEL_TRACES_SAMPLER` names (OpenTelemetry SDK environment variable specification). */
+export const TRACE_SAMPLERS = ["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"] as const;
+/** One of {@link TRACE_SAMPLERS}. */
+export type TraceSampler = (typeof TRACE_SAMPLERS)[number];
 
 /** Thrown by `loadConfig` with one line per bad key. */
 export class ConfigError extends Error {
@@ -194,6 +230,52 @@ function algorithm(family: "hmac" | "public"): Parser<LegacyAlgorithm> {
 function kek(raw: string): string {
   const value = raw.trim();
   if (!/^[A-Za-z0-9+/_-]{43}=?$/.test(value)) throw new Error("must be 32 random bytes in base64; make one with: openssl rand -base64 32");
+  return value;
+}
+
+/**
+ * An absolute http(s) URL without credentials, query or fragment (RFC 8414
+ * §2: the issuer has none), its trailing slash dropped (RFC 8414 §3.1 drops
+ * it before inserting the well-known path). The rest is kept as written:
+ * clients compare the issuer they were given with the one they discover.
+ */
+function publicBaseUrl(raw: string): string {
+  const value = raw.trim().replace(/\/+$/, "");
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new Error("must be an absolute URL such as https://tokens.example.com");
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") throw new Error("must be an http or https URL");
+  if (url.username !== "" || url.password !== "") throw new Error("must not contain credentials");
+  if (url.search !== "" || value.includes("?") || value.includes("#")) throw new Error("must have no query or fragment (RFC 8414 §2)");
+  return value;
+}
+
+/**
+ * A W3C Baggage-style list, `key1=value1,key2=value2`, values percent-decoded:
+ * the format of `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_EXPORTER_OTLP_HEADERS`.
+ */
+function keyValueList(raw: string): Readonly<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const item of raw.split(",")) {
+    if (item.trim() === "") continue;
+    const eq = item.indexOf("=");
+    const key = eq < 0 ? "" : item.slice(0, eq).trim();
+    if (!/^[\x21-\x7e]+$/.test(key)) throw new Error("must be a comma-separated list of key=value");
+    try {
+      out[key] = decodeURIComponent(item.slice(eq + 1).trim());
+    } catch {
+      throw new Error("must be a comma-separated list of key=value, values percent-encoded");
+    }
+  }
+  return Object.freeze(out);
+}
+
+function httpUrl(raw: string): string {
+  const value = raw.trim();
+  if (!/^https?:\/\/\S+$/.test(value)) throw new Error("must be an http(s) URL");
   return value;
 }
 
@@ -327,10 +409,66 @@ export const CONFIG_KEYS = {
     if (ms < 100 || ms > 60_000) throw new Error("must be from 100ms to 60s");
     return ms;
   }),
+  // Transport limits (issue 8): what a client can hold or make the service send. See README "Transport limits".
+  MAX_RESPONSE_BYTES: spec("maxResponseBytes", "33554432", "Largest response message on either port (32 MiB: a full 500-row page of rows each as large as the largest request). A larger answer fails with RESOURCE_EXHAUSTED. At least MAX_MESSAGE_BYTES.", integer(1024, 1024 * 1024 * 1024)),
+  REQUEST_BODY_TIMEOUT: spec("requestBodyTimeoutMs", "10s", "How long the body of a request may take to arrive completely, on both ports (never longer than the call's own deadline); past it the call is answered DEADLINE_EXCEEDED. Also Node's HTTP/1.1 header timeout on the HTTP port. Streaming requests (reflection) are exempt.", duration(100)),
+  CONNECTION_IDLE_TIMEOUT: spec("connectionIdleTimeoutMs", "5m", "A connection without calls for this long is closed (GOAWAY) on both ports: grpc.max_connection_idle_ms on the gRPC port; HTTP/2 session idle and HTTP/1.1 keep-alive on the HTTP port. Keep it above a proxy's upstream keep-alive.", duration(100)),
+  GRPC_MAX_CONNECTION_AGE: spec("grpcMaxConnectionAgeMs", "30m", "A gRPC-port connection this old is sent GOAWAY (grpc.max_connection_age_ms), so clients reconnect and spread over replicas.", duration(1000)),
+  GRPC_MAX_CONNECTION_AGE_GRACE: spec("grpcMaxConnectionAgeGraceMs", "1m", "How long calls may still run on a connection past GRPC_MAX_CONNECTION_AGE before it is cut (long streams such as WatchRevocations then reconnect).", duration(0)),
+  GRPC_KEEPALIVE_TIME: spec("grpcKeepaliveTimeMs", "2m", "How often the gRPC port pings each connection (HTTP/2 PING) to find peers that vanished without closing it.", duration(1000)),
+  GRPC_KEEPALIVE_TIMEOUT: spec("grpcKeepaliveTimeoutMs", "20s", "A ping unanswered for this long drops the connection.", duration(100)),
+  // OAuth discovery: RFC 8414 metadata (src/server/http/metadata.ts).
+  PUBLIC_BASE_URL: spec("publicBaseUrl", undefined, "The service's HTTP port as clients reach it (e.g. https://tokens.example.com), without query or fragment; a trailing slash is dropped. It is the OAuth issuer identifier: /.well-known/oauth-authorization-server (RFC 8414) names it as `issuer`, builds its endpoint URLs from it, and RFC 9701 signed introspection answers carry it as `iss`. Must be https in production. Unset: development serves the metadata for the listen address (http(s)://LISTEN_HOST:port, 127.0.0.1 for 0.0.0.0); staging and production do not serve it (404). Never taken from the request's Host header.", publicBaseUrl),
+  // Envoy ext_authz over gRPC (issue 12): envoy.service.auth.v3.Authorization/Check on the gRPC port (src/rpc/ext-authz.ts).
+  EXT_AUTHZ_ENABLED: spec("extAuthzEnabled", "true", "Serve Envoy's external authorization API (`envoy.service.auth.v3.Authorization/Check`) on the gRPC port, for Envoy, Istio and Envoy Gateway. It needs no caller token, so Envoy must prove itself: in staging and production it is served only with EXT_AUTHZ_SECRET or mutual TLS on the gRPC port (unset: not served, with an error at start-up; `true` explicitly: start-up fails). Development serves it open with a warning.", boolean),
+  EXT_AUTHZ_SECRET: spec("extAuthzSecret", undefined, "When set, Check answers only calls carrying the gRPC metadata `x-ext-authz-secret` with this value (Envoy's `grpc_service.initial_metadata`; 16 to 256 printable ASCII characters, no spaces); others are denied with 403.", (raw) => {
+    if (!/^[\x21-\x7e]{16,256}$/.test(raw)) throw new Error("must be 16 to 256 printable ASCII characters without spaces");
+    return raw;
+  }),
+  EXT_AUTHZ_HEADER: spec("extAuthzHeader", "authorization", "The request header Check reads the `Bearer` credential from (lower-case, as Envoy sends header names).", (raw) => {
+    const name = raw.trim().toLowerCase();
+    if (!/^[a-z0-9!#$%&'*+.^_`|~-]{1,64}$/.test(name)) throw new Error("must be an HTTP header name (RFC 9110 §5.1) of at most 64 characters");
+    return name;
+  }),
+  EXT_AUTHZ_BACKEND_JWT: spec("extAuthzBackendJwt", "false", "When true, an allowed request also gets `X-Auth-Backend-Jwt`, a backend JWT with the token's claims (API tokens only).", boolean),
+  EXT_AUTHZ_REMOVE_HEADER: spec("extAuthzRemoveHeader", "false", "When true, Check tells Envoy to remove the credential header (EXT_AUTHZ_HEADER) from an allowed request, so the upstream never sees the bearer token.", boolean),
+  // OpenTelemetry tracing (issue 12, item 4): the standard OTEL_* variables (OpenTelemetry SDK environment
+  // variable specification), read here like every other key and handed to the SDK explicitly. Off by default.
+  OTEL_TRACES_EXPORTER: spec("otelTracesExporter", "none", "Tracing: `otlp` sends a span per call to an OpenTelemetry collector (OTLP over HTTP); `none` (the default, unlike the OpenTelemetry SDKs' `otlp`) traces nothing and costs nothing.", (raw) => {
+    const value = raw.trim().toLowerCase();
+    if (value !== "none" && value !== "otlp") throw new Error("must be otlp or none (console, zipkin and the rest are not offered)");
+    return value;
+  }),
+  OTEL_SDK_DISABLED: spec("otelSdkDisabled", "false", "true turns tracing off whatever OTEL_TRACES_EXPORTER says.", boolean),
+  OTEL_SERVICE_NAME: spec("otelServiceName", "token-service", "`service.name` of the spans.", text),
+  OTEL_RESOURCE_ATTRIBUTES: spec("otelResourceAttributes", "", "More resource attributes, `key=value,key=value` (values percent-encoded), e.g. `service.namespace=auth,k8s.pod.name=…`. `deployment.environment.name` is TOKEN_ENVIRONMENT unless set here.", keyValueList),
+  OTEL_EXPORTER_OTLP_ENDPOINT: spec("otelExporterOtlpEndpoint", "http://localhost:4318", "Base URL of the OTLP/HTTP collector; spans go to its `/v1/traces`.", httpUrl),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: spec("otelExporterOtlpTracesEndpoint", undefined, "Full URL spans are posted to, used as it is (instead of OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces).", httpUrl),
+  OTEL_EXPORTER_OTLP_PROTOCOL: spec("otelExporterOtlpProtocol", "http/protobuf", "OTLP encoding: http/protobuf or http/json (OTLP over gRPC is not offered).", (raw) => {
+    const value = raw.trim().toLowerCase();
+    if (value !== "http/protobuf" && value !== "http/json") throw new Error("must be http/protobuf or http/json");
+    return value;
+  }),
+  OTEL_EXPORTER_OTLP_HEADERS: spec("otelExporterOtlpHeaders", undefined, "Headers sent with every export, `key=value,key=value` (values percent-encoded), e.g. a collector's API key. Secret: never echoed.", keyValueList),
+  OTEL_EXPORTER_OTLP_TIMEOUT: spec("otelExporterOtlpTimeoutMs", "10000", "Longest one export request may take, in milliseconds.", integer(1, 600_000)),
+  OTEL_TRACES_SAMPLER: spec("otelTracesSampler", "parentbased_always_on", `Which calls are traced: ${TRACE_SAMPLERS.join(", ")}. The parentbased_ ones follow the caller's sampled flag in \`traceparent\`.`, (raw) => {
+    const value = raw.trim().toLowerCase();
+    if (!(TRACE_SAMPLERS as readonly string[]).includes(value)) throw new Error(`must be one of ${TRACE_SAMPLERS.join(", ")}`);
+    return value as TraceSampler;
+  }),
+  OTEL_TRACES_SAMPLER_ARG: spec("otelTracesSamplerArg", undefined, "Fraction of root traces kept by traceidratio and parentbased_traceidratio, from 0 to 1 (default 1).", (raw) => {
+    const value = Number(raw.trim());
+    if (raw.trim() === "" || !Number.isFinite(value) || value < 0 || value > 1) throw new Error("must be a number from 0 to 1");
+    return value;
+  }),
+  OTEL_BSP_SCHEDULE_DELAY: spec("otelBspScheduleDelayMs", "5000", "Milliseconds between exports of finished spans (and always on shutdown).", integer(1, 600_000)),
+  OTEL_BSP_MAX_QUEUE_SIZE: spec("otelBspMaxQueueSize", "2048", "Most finished spans waiting for export; beyond it new ones are dropped.", integer(1, 1_000_000)),
+  OTEL_BSP_MAX_EXPORT_BATCH_SIZE: spec("otelBspMaxExportBatchSize", "512", "Most spans in one export request (at most OTEL_BSP_MAX_QUEUE_SIZE).", integer(1, 1_000_000)),
+  OTEL_BSP_EXPORT_TIMEOUT: spec("otelBspExportTimeoutMs", "30000", "Longest one export may take before it is given up, in milliseconds.", integer(1, 600_000)),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
-const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS"]);
+const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS", "EXT_AUTHZ_SECRET", "OTEL_EXPORTER_OTLP_HEADERS"]);
 
 /**
  * The default of a key in an environment: its one default, or the one for
@@ -361,7 +499,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     try {
       out[keySpec.field] = keySpec.parse(raw);
     } catch (error) {
-      const shown = SECRET_KEYS.has(key) ? "(secret)" : JSON.stringify(key === "DATABASE_URL" ? redactUrl(raw) : raw);
+      const shown = SECRET_KEYS.has(key) ? "(secret)" : JSON.stringify(key === "DATABASE_URL" || key === "PUBLIC_BASE_URL" ? redactUrl(raw) : raw);
       problems.push(`${key}=${shown}: ${(error as Error).message}`);
     }
   }
@@ -384,6 +522,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   if (problems.length === 0 && config.databaseUrl !== undefined && config.databaseWriteConcurrency >= config.databasePoolMax) {
     problems.push("DATABASE_WRITE_CONCURRENCY: must be below DATABASE_POOL_MAX, or writes can hold every connection and starve token lookups");
   }
+  if (problems.length === 0 && config.maxResponseBytes < config.maxMessageBytes) {
+    problems.push("MAX_RESPONSE_BYTES: must be at least MAX_MESSAGE_BYTES");
+  }
   // TLS needs a certificate and its key together; mutual TLS needs TLS.
   if ((config.tlsCertFile === undefined) !== (config.tlsKeyFile === undefined)) {
     problems.push(config.tlsCertFile === undefined ? "TLS_CERT_FILE: must be set when TLS_KEY_FILE is" : "TLS_KEY_FILE: must be set when TLS_CERT_FILE is");
@@ -398,9 +539,20 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   if (problems.length === 0 && config.environment !== "development" && isSet("FORWARD_AUTH_ENABLED") && config.forwardAuthEnabled && !forwardAuthProtected(config)) {
     problems.push(`FORWARD_AUTH_ENABLED: /auth must be protected in ${config.environment}: ${FORWARD_AUTH_FIX}`);
   }
+  // RFC 8414 §2: the issuer identifier is an https URL; clients such as openid-client refuse anything else.
+  if (config.environment === "production" && config.publicBaseUrl !== undefined && !/^https:/i.test(config.publicBaseUrl)) {
+    problems.push("PUBLIC_BASE_URL: must be an https URL in production (RFC 8414 §2)");
+  }
+  // The same rule for Envoy's ext_authz on the gRPC port (src/rpc/ext-authz.ts).
+  if (problems.length === 0 && config.environment !== "development" && isSet("EXT_AUTHZ_ENABLED") && config.extAuthzEnabled && !extAuthzProtected(config)) {
+    problems.push(`EXT_AUTHZ_ENABLED: Check must be protected in ${config.environment}: ${EXT_AUTHZ_FIX}`);
+  }
   // One source per key-encryption key: two would leave it unclear which one wraps.
   for (const [key, value, file] of [["KEY_ENCRYPTION_KEY", config.keyEncryptionKey, config.keyEncryptionKeyFile], ["KEY_ENCRYPTION_KEY_PREVIOUS", config.keyEncryptionKeyPrevious, config.keyEncryptionKeyPreviousFile]] as const) {
     if (value !== undefined && file !== undefined) problems.push(`${key}: set either ${key} or ${key}_FILE, not both`);
+  }
+  if (problems.length === 0 && config.otelBspMaxExportBatchSize > config.otelBspMaxQueueSize) {
+    problems.push("OTEL_BSP_MAX_EXPORT_BATCH_SIZE: must not be larger than OTEL_BSP_MAX_QUEUE_SIZE");
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
@@ -417,6 +569,19 @@ export function forwardAuthProtected(config: Pick<Config, "forwardAuthSecret" | 
 /** How to protect `/auth`, for the start-up error and log lines. */
 export const FORWARD_AUTH_FIX =
   "set FORWARD_AUTH_SECRET and have the proxy send it as X-Forward-Auth-Secret, or require client certificates on the HTTP port (TLS_CLIENT_CA_FILE with TLS_PORTS=both or http), or set FORWARD_AUTH_ENABLED=false if no proxy uses /auth";
+
+/**
+ * Whether only Envoy can call `Authorization/Check`: it must send
+ * `EXT_AUTHZ_SECRET` as gRPC metadata, or the gRPC port requires client
+ * certificates (mutual TLS).
+ */
+export function extAuthzProtected(config: Pick<Config, "extAuthzSecret" | "tlsCertFile" | "tlsClientCaFile" | "tlsPorts">): boolean {
+  return config.extAuthzSecret !== undefined || (config.tlsCertFile !== undefined && config.tlsClientCaFile !== undefined && config.tlsPorts !== "http");
+}
+
+/** How to protect `Authorization/Check`, for the start-up error and log lines. */
+export const EXT_AUTHZ_FIX =
+  "set EXT_AUTHZ_SECRET and have Envoy send it as the gRPC metadata x-ext-authz-secret (grpc_service.initial_metadata), or require client certificates on the gRPC port (TLS_CLIENT_CA_FILE with TLS_PORTS=both or grpc), or set EXT_AUTHZ_ENABLED=false if no Envoy uses it";
 
 /** A connection URL without its password, for messages and logs. */
 export function redactUrl(url: string): string {

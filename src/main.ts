@@ -26,15 +26,19 @@ import { RevocationScheduler } from "./domain/revocation-scheduler.js";
 import { RotationWatcher } from "./domain/rotate.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { httpRoutes } from "./server/http-routes.js";
+import { oauthMetadataOptions } from "./server/http/metadata.js";
 import { forwardAuthOptions } from "./server/http/forward-auth.js";
 import { createLogger } from "./logger.js";
 import { ServiceMetrics } from "./observability/metrics.js";
 import { metricsRoute, withRoute } from "./observability/metrics-route.js";
 import { clusterMetricsSource } from "./observability/cluster-metrics.js";
+import { Tracing } from "./observability/tracing.js";
 import { TokenServiceHandler } from "./rpc/token-service.js";
+import { ExtAuthzHandler, extAuthzOptions } from "./rpc/ext-authz.js";
+import { Authorization } from "../gen/envoy/service/auth/v3/external_auth_pb.js";
 import { startGrpcServer } from "./server/grpc-server.js";
 import { createHealthService } from "./server/health.js";
-import { startHttpServer } from "./server/http-server.js";
+import { startHttpServer, type HttpRequest, type HttpResponse } from "./server/http-server.js";
 import { grpcServerCredentials, httpTlsOptions, loadTlsMaterial } from "./server/tls.js";
 import { createReflectionServices } from "./server/reflection.js";
 import { routeServices } from "./server/http-server.js";
@@ -52,6 +56,8 @@ export interface RunningService {
   readonly channel: RevocationChannel;
   /** The metrics (`/metrics`), unless METRICS_ENABLED=false and the log level is above debug. */
   readonly metrics: ServiceMetrics | undefined;
+  /** OpenTelemetry tracing, when on (OTEL_TRACES_EXPORTER=otlp). */
+  readonly tracing: Tracing | undefined;
   /** Graceful shutdown: stop accepting, finish in-flight calls, flush batched writes, close the store. */
   stop(): Promise<void>;
 }
@@ -67,7 +73,7 @@ export interface StartOptions {
 }
 
 /** Opens the store and builds the domain's dependencies (shared with tokenctl). */
-export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics) {
+export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics, tracing?: Tracing) {
   // Before the store: staging and production without a key-encryption key stop here, having touched nothing.
   const keks = await loadKeyEncryptionKeys(config, log);
   const database = await openDatabase({
@@ -95,7 +101,8 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   // Writes and other slow operations get part of the pool, never all of it: the
   // hot path's lookups keep the rest (see domain/write-gate.ts).
   const kyselyStore = new KyselyTokenStore(database.db, database.prepared);
-  const store = new GatedTokenStore(kyselyStore, {
+  // Traced: each store query inside a traced call gets a child span.
+  const store = new GatedTokenStore(tracing ? tracing.traceStore(kyselyStore) : kyselyStore, {
     maxConcurrent: config.databaseWriteConcurrency > 0 ? config.databaseWriteConcurrency : Math.max(1, Math.floor(config.databasePoolMax / 2)),
     maxQueued: config.databaseWriteQueue,
     ...(metrics ? { onRefused: (limit: Parameters<ServiceMetrics["rateLimited"]>[0]) => metrics.rateLimited(limit) } : {}),
@@ -197,6 +204,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
       defaultGraceMs: config.rotationDefaultGraceMs,
       watcher: new RotationWatcher({ lifecycle: lifecycleStore, tokens: store, cache, events, clock, log, environment: config.environment }),
     },
+    ...(tracing ? { tracing: tracing.domain } : {}),
     policy: {
       environment: config.environment,
       issuer: config.tokenIssuer,
@@ -242,7 +250,12 @@ export async function startService(config: Config, options: StartOptions = {}): 
     config.metricsEnabled || log.isLevelEnabled("debug")
       ? new ServiceMetrics(log, { environment: config.environment, store: config.databaseUrl ? "postgres" : "pglite" })
       : undefined;
-  const { database, deps, backendJwt, channel, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics);
+  // Off (the default): undefined, and nothing below wraps anything.
+  const tracing = Tracing.fromConfig(config, log);
+  const { database, deps, backendJwt, channel, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics, tracing).catch(async (error: unknown) => {
+    await tracing?.shutdown();
+    throw error;
+  });
   startBatches();
   try {
     await backendJwt.start();
@@ -251,6 +264,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
     backendJwt.stop();
     await stopBatches();
     await database.close();
+    await tracing?.shutdown();
     throw error;
   }
   await channel.start();
@@ -274,15 +288,28 @@ export async function startService(config: Config, options: StartOptions = {}): 
     ...createReflectionServices([file_tokens_v1_token_service, file_health_v1_health, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection]),
   ];
   const onInternalError = (err: unknown, method: string) => log.error({ err, method }, "unexpected failure in transport");
+  // Envoy's ext_authz is a gRPC API: mounted on the gRPC port only, and only when protected (or in development).
+  const extAuthz = extAuthzOptions(config, log);
+  const grpcServices = extAuthz ? [...services, { service: Authorization, impl: new ExtAuthzHandler(deps, extAuthz) }] : services;
 
   const grpc = await startGrpcServer({
     host: config.listenHost,
     port: config.grpcPort,
-    services,
+    services: grpcServices,
     maxMessageBytes: config.maxMessageBytes,
+    limits: {
+      maxResponseBytes: config.maxResponseBytes,
+      requestBodyTimeoutMs: config.requestBodyTimeoutMs,
+      connectionIdleMs: config.connectionIdleTimeoutMs,
+      connectionMaxAgeMs: config.grpcMaxConnectionAgeMs,
+      connectionMaxAgeGraceMs: config.grpcMaxConnectionAgeGraceMs,
+      keepaliveTimeMs: config.grpcKeepaliveTimeMs,
+      keepaliveTimeoutMs: config.grpcKeepaliveTimeoutMs,
+    },
     onInternalError,
     credentials: grpcServerCredentials(tls),
     ...(metrics ? { observer: metrics } : {}),
+    ...(tracing ? { tracing: tracing.grpc } : {}),
   });
   // Under WORKERS, /metrics answers for the whole cluster (observability/cluster-metrics.ts).
   const metricsSource = metrics && cluster.isWorker ? clusterMetricsSource(metrics.registry) : metrics;
@@ -292,18 +319,23 @@ export async function startService(config: Config, options: StartOptions = {}): 
     port: config.httpPort,
     routes: routeServices(services),
     maxMessageBytes: config.maxMessageBytes,
+    maxResponseBytes: config.maxResponseBytes,
+    requestBodyTimeoutMs: config.requestBodyTimeoutMs,
+    connectionIdleMs: config.connectionIdleTimeoutMs,
     maxTimeoutMs: config.rpcMaxTimeoutMs,
     onInternalError,
     tls: httpTlsOptions(tls),
     ...(metrics ? { observer: metrics } : {}),
-    extraHandler: withRoute(metricsEndpoint, httpRoutes({
+    ...(tracing ? { interceptors: [tracing.connectInterceptor()] } : {}),
+    extraHandler: withRoute(metricsEndpoint, traced(tracing, httpRoutes({
       jwks: () => backendJwt.jwks(),
       tokens: deps,
       introspectionIssuer: config.backendJwtIssuer ?? config.tokenIssuer,
+      oauthMetadata: oauthMetadataOptions(config, log, httpTlsOptions(tls) !== undefined),
       signIntrospection: (payload) => backendJwt.signPayload(payload, "token-introspection+jwt"),
       forwardAuth: forwardAuthOptions(config, log),
       readiness: { store: () => deps.store.ping(), revocationChannel: () => channel.up },
-    })),
+    }))),
   }).catch(async (error: unknown) => {
     await grpc.close(0);
     throw error;
@@ -328,11 +360,18 @@ export async function startService(config: Config, options: StartOptions = {}): 
       backendJwt.stop();
       await channel.stop();
       await stopBatches();
+      // After the servers: every call's span has ended; this exports them.
+      await tracing?.shutdown();
       await database.close();
       log.info({}, "token service stopped");
     })());
 
-  return { grpcPort: grpc.port, httpPort: http.port, deps, database, channel, metrics, stop };
+  return { grpcPort: grpc.port, httpPort: http.port, deps, database, channel, metrics, tracing, stop };
+}
+
+/** The plain HTTP routes, traced when tracing is on. */
+function traced(tracing: Tracing | undefined, routes: (req: HttpRequest, res: HttpResponse) => boolean): (req: HttpRequest, res: HttpResponse) => boolean {
+  return tracing ? tracing.httpRoutes(routes) : routes;
 }
 
 /**

@@ -14,10 +14,11 @@ export interface ConfigCheckIo {
 
 /**
  * Keys whose values are never printed, only whether they are set: the legacy
- * HMAC secrets, the key-encryption keys, and any key added later whose name
- * says it holds a secret. (Paths to key files are fine to print.)
+ * HMAC secrets, the key-encryption keys, headers sent to other services
+ * (`OTEL_EXPORTER_OTLP_HEADERS` carries collectors' API keys), and any key
+ * added later whose name says it holds a secret. (Paths to key files are fine to print.)
  */
-const SECRET_KEY = /SECRET|PASSWORD|CREDENTIAL|API_KEY|(^|_)TOKEN$|ENCRYPTION_KEY(_PREVIOUS)?$/;
+const SECRET_KEY = /SECRET|PASSWORD|CREDENTIAL|API_KEY|(^|_)TOKEN$|ENCRYPTION_KEY(_PREVIOUS)?$|_HEADERS$/;
 
 /** A URL with a password in it, in any key (DATABASE_URL and any other). */
 const URL_WITH_PASSWORD = /^[a-z][a-z0-9+.-]*:\/\/[^/@\s]*:[^/@\s]*@/i;

@@ -32,8 +32,10 @@ export function clientAuthScheme(authorization: string | undefined): ClientAuthS
 const BASIC = /^Basic +([A-Za-z0-9+/]+={0,2})\s*$/i;
 
 /**
- * Authenticates the client of the RFC 7662 and RFC 7009 endpoints, through
- * the same `authenticate` as every RPC, so there is one mechanism:
+ * Authenticates the client of the RFC 7662 and RFC 7009 endpoints from its
+ * `Authorization` header, through the same `authenticate` as every RPC, so
+ * there is one mechanism (`authenticateClientSecretPost` is the form
+ * parameter variant of the first):
  *
  * - `Authorization: Basic` (RFC 7617; RFC 6749 §2.3.1 `client_secret_basic`):
  *   the client id is the caller token's id (a UUID) and the client secret is
@@ -57,7 +59,7 @@ export function authenticateClient(deps: TokenDeps, authorization: string | unde
       const caller = await authenticate(deps, authorization, meta);
       return { caller, clientId: caller.tokenId };
     }
-    return authenticateBasic(deps, authorization!, meta);
+    return authenticateClientSecret(deps, parseBasic(authorization!), meta);
   });
 }
 
@@ -115,8 +117,26 @@ function tryParseBasic(authorization: string): { clientId: string; secret: strin
   }
 }
 
-async function authenticateBasic(deps: TokenDeps, authorization: string, meta: RequestMeta): Promise<AuthenticatedClient> {
-  const credentials = parseBasic(authorization);
+/**
+ * Authenticates `client_secret_post` credentials (RFC 6749 §2.3.1): the
+ * `client_id` and `client_secret` form parameters, with the same meaning
+ * and checks as HTTP Basic, under the same per-address failure budget. That
+ * the request used no other method as well (RFC 6749 §2.3) is the caller's
+ * to check, as only it sees the request.
+ */
+export function authenticateClientSecretPost(deps: TokenDeps, clientId: string, clientSecret: string, meta: RequestMeta): Promise<AuthenticatedClient> {
+  return withFailureBudget(deps, meta, () => clientSecret, async () => {
+    if (clientId.length > 64 || clientSecret.length > MAX_PRESENTED_TOKEN_LENGTH) throw malformedCredentials();
+    return authenticateClientSecret(deps, checkedCredentials(clientId, clientSecret), meta);
+  });
+}
+
+/**
+ * The secret is authenticated like a Bearer token (found by its digest, so
+ * nothing is compared byte by byte), then its token's id must equal the
+ * client id: a token cannot be presented under another token's name.
+ */
+async function authenticateClientSecret(deps: TokenDeps, credentials: { clientId: string; secret: string }, meta: RequestMeta): Promise<AuthenticatedClient> {
   const caller = await authenticate(deps, `Bearer ${credentials.secret}`, meta);
   if (caller.tokenId !== credentials.clientId) {
     deps.events.record({
@@ -133,28 +153,36 @@ async function authenticateBasic(deps: TokenDeps, authorization: string, meta: R
   return { caller, clientId: caller.tokenId };
 }
 
+const malformedCredentials = () =>
+  new TokenError(
+    "unauthenticated",
+    "malformed client credentials: send `Authorization: Basic base64(<token id>:<token>)`, the form parameters client_id=<token id> and client_secret=<token>, or `Authorization: Bearer <token>`",
+  );
+
+/** A client id must be a token id (a UUID); the secret becomes a Bearer credential, so one run of visible characters. */
+function checkedCredentials(clientId: string, secret: string): { clientId: string; secret: string } {
+  if (!UUID_PATTERN.test(clientId) || !/^\S+$/.test(secret)) throw malformedCredentials();
+  return { clientId: clientId.toLowerCase(), secret };
+}
+
 /** Decodes `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 7617 §2, RFC 6749 §2.3.1). */
 function parseBasic(authorization: string): { clientId: string; secret: string } {
-  const malformed = () =>
-    new TokenError("unauthenticated", "malformed client credentials: send `Authorization: Basic base64(<token id>:<token>)` or `Authorization: Bearer <token>`");
   // base64 of the longest acceptable pair, with room for percent-encoding.
-  if (authorization.length > 4 * MAX_PRESENTED_TOKEN_LENGTH) throw malformed();
+  if (authorization.length > 4 * MAX_PRESENTED_TOKEN_LENGTH) throw malformedCredentials();
   const match = BASIC.exec(authorization);
-  if (!match) throw malformed();
+  if (!match) throw malformedCredentials();
   const decoded = Buffer.from(match[1]!, "base64").toString("utf8");
   const colon = decoded.indexOf(":");
-  if (colon < 0) throw malformed();
+  if (colon < 0) throw malformedCredentials();
   let clientId: string;
   let secret: string;
   try {
     clientId = formDecode(decoded.slice(0, colon));
     secret = formDecode(decoded.slice(colon + 1));
   } catch {
-    throw malformed();
+    throw malformedCredentials();
   }
-  // The secret becomes a Bearer credential: one run of visible characters.
-  if (!UUID_PATTERN.test(clientId) || !/^\S+$/.test(secret)) throw malformed();
-  return { clientId: clientId.toLowerCase(), secret };
+  return checkedCredentials(clientId, secret);
 }
 
 /** `application/x-www-form-urlencoded` decoding of one value (`+` is a space); throws on a bad escape. */

@@ -125,6 +125,7 @@ export async function introspectToken(
   } else {
     token = await deps.cache.load(key, nowMs, () => lookUp(deps, key, options.lookupOwner ?? `peer:${meta.peer ?? ""}`));
   }
+  deps.tracing?.cacheOutcome(hit === undefined ? "miss" : hit.record === null ? "negative" : "hit", options.use ?? "introspect");
   // A row from another environment can only exist in a store shared across
   // environments; the prefix check above already makes this unreachable, but
   // the record's own environment is the authority.

@@ -224,6 +224,20 @@ export interface DomainMetrics {
   securityEvent(event: SecurityEvent): void;
 }
 
+/** What the introspection cache answered for a presented token: a record, a remembered unknown, or nothing. */
+export type CacheOutcome = "hit" | "negative" | "miss";
+
+/**
+ * Tracing of what the domain decides, for the span of the call in progress.
+ * Implemented in `src/observability/tracing.ts` (OpenTelemetry), so no
+ * tracing library reaches the domain; absent when tracing is off, so the hot
+ * path pays one property check. Never given a token, digest or credential.
+ */
+export interface DomainTracing {
+  /** Notes the cache's answer on the current call's span, by why the token was presented. */
+  cacheOutcome(outcome: CacheOutcome, use: IntrospectionUse): void;
+}
+
 /** Time, injected so tests can freeze it. */
 export interface Clock {
   now(): Date;
@@ -330,6 +344,8 @@ export interface TokenDeps {
   readonly metrics?: DomainMetrics;
   /** The replica's rate limits and lookup caps; absent: nothing is limited (tools, most tests). */
   readonly limits?: RateLimits;
+  /** Where the current call's trace is annotated; absent when tracing is off. */
+  readonly tracing?: DomainTracing;
   /** Rotation and bulk revocation; absent: those calls are UNIMPLEMENTED (tools, most tests). */
   readonly lifecycle?: LifecycleDeps;
 }

@@ -39,6 +39,24 @@ export interface GrpcAdapterOptions {
    * it the handlers do not even read the clock.
    */
   readonly observer?: CallObserver;
+  /** Traces every call (observability/tracing.ts); absent when tracing is off, and then nothing is wrapped. */
+  readonly tracing?: GrpcCallTracing;
+}
+
+/**
+ * What the gRPC server needs from tracing, per method at mount time: a
+ * handler wrapper that starts the call's span (from the W3C `traceparent` in
+ * its metadata) and runs the call in its context, and a recorder wrapper that
+ * ends the span with the call's status code before passing it on.
+ */
+export interface GrpcCallTracing {
+  /** The wrappers of one method; undefined when it is not traced (e.g. health probes). */
+  method(procedure: string):
+    | {
+        handler(handler: UntypedHandleCall): UntypedHandleCall;
+        recorder(next: CallRecorder | undefined): CallRecorder;
+      }
+    | undefined;
 }
 
 /** What {@link grpcServiceDefinition} returns: the two halves `grpc.Server.addService` wants. */
@@ -172,7 +190,15 @@ function decodeOrMark(desc: DescMessage, bytes: Buffer): unknown {
 
 function handlerFor(service: DescService, spec: MethodImplSpec, options: GrpcAdapterOptions): UntypedHandleCall {
   // One recorder per method, made now: per call, recording is an array index.
-  const record = options.observer?.recorder("grpc", spec.method);
+  const observed = options.observer?.recorder("grpc", spec.method);
+  // With tracing off, nothing is wrapped: the hot path is the same as without it.
+  const traced = options.tracing?.method(procedureOf(spec.method));
+  const record = traced === undefined ? observed : traced.recorder(observed);
+  const handler = plainHandlerFor(service, spec, options, record);
+  return traced === undefined ? handler : traced.handler(handler);
+}
+
+function plainHandlerFor(service: DescService, spec: MethodImplSpec, options: GrpcAdapterOptions, record: CallRecorder | undefined): UntypedHandleCall {
   switch (spec.kind) {
     case "unary":
       return unaryHandler(service, spec, options, record);

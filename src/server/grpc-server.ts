@@ -1,8 +1,11 @@
+import * as http2 from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { Server, ServerCredentials, status as GrpcStatus } from "@grpc/grpc-js";
+import { EnvelopeCheck, declaresCompression } from "./envelope-check.js";
 import { grpcServiceDefinition } from "./grpc-adapter.js";
 import type { ServiceRegistration } from "./context.js";
 import type { CallObserver } from "./call-observer.js";
+import type { GrpcCallTracing } from "./grpc-adapter.js";
 
 /** Options for {@link startGrpcServer}. */
 export interface GrpcServerOptions {
@@ -12,18 +15,48 @@ export interface GrpcServerOptions {
   readonly port: number;
   /** The services to mount, each with its connect-style implementation. */
   readonly services: readonly ServiceRegistration[];
-  /** Largest request and response message, in bytes; larger requests get RESOURCE_EXHAUSTED. */
+  /** Largest request message, in bytes; larger requests get RESOURCE_EXHAUSTED. */
   readonly maxMessageBytes: number;
+  /** Transport limits (see {@link GrpcTransportLimits}); absent ones keep grpc-js's defaults. */
+  readonly limits?: GrpcTransportLimits;
   /** Receives handler errors that are not ConnectErrors (the client sees INTERNAL "internal error"). */
   readonly onInternalError: (err: unknown, procedure: string) => void;
   /** Told about every finished call (metrics, the debug request log); see {@link CallObserver}. */
   readonly observer?: CallObserver;
+  /** Traces every call; see {@link GrpcCallTracing}. Absent: tracing is off. */
+  readonly tracing?: GrpcCallTracing;
   /**
    * Transport security. Defaults to cleartext HTTP/2 (`createInsecure()`), for
    * a service behind a mesh or on a private network; pass
    * `ServerCredentials.createSsl(...)` to terminate TLS here.
    */
   readonly credentials?: ServerCredentials;
+}
+
+/**
+ * What the gRPC port bounds besides message size. Each maps onto a grpc-js
+ * server option (`grpc.max_connection_idle_ms` and friends, gRPC proposal
+ * A9 "Server-side Connection Management") or onto the frame guard below.
+ */
+export interface GrpcTransportLimits {
+  /** Largest response message, in bytes; a larger answer fails with RESOURCE_EXHAUSTED. */
+  readonly maxResponseBytes?: number;
+  /**
+   * How long the request body of a unary or server-streaming call may take
+   * to arrive completely; past it the call is answered DEADLINE_EXCEEDED.
+   * Streaming requests (reflection) are not bounded this way.
+   */
+  readonly requestBodyTimeoutMs?: number;
+  /** A connection without calls for this long is sent GOAWAY and closed. */
+  readonly connectionIdleMs?: number;
+  /** A connection is sent GOAWAY once this old (calls in flight may finish within the grace). */
+  readonly connectionMaxAgeMs?: number;
+  /** How long calls may still run on a connection past its maximum age before it is cut. */
+  readonly connectionMaxAgeGraceMs?: number;
+  /** How often the server pings a connection to find dead peers (HTTP/2 PING). */
+  readonly keepaliveTimeMs?: number;
+  /** How long a ping may go unanswered before the connection is dropped. */
+  readonly keepaliveTimeoutMs?: number;
 }
 
 /** A listening server, as both `startGrpcServer` and `startHttpServer` return it. */
@@ -46,17 +79,32 @@ export interface RunningServer {
  */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningServer> {
   const shutdown = new AbortController();
+  const limits = options.limits ?? {};
   const server = new Server({
     "grpc.max_receive_message_length": options.maxMessageBytes,
-    "grpc.max_send_message_length": options.maxMessageBytes,
+    // Answers have their own limit: a full page of a list is far larger than
+    // any request may be (issue 8: 500 security events are ~110 kB).
+    "grpc.max_send_message_length": limits.maxResponseBytes ?? options.maxMessageBytes,
+    ...(limits.connectionIdleMs !== undefined ? { "grpc.max_connection_idle_ms": limits.connectionIdleMs } : {}),
+    ...(limits.connectionMaxAgeMs !== undefined ? { "grpc.max_connection_age_ms": limits.connectionMaxAgeMs } : {}),
+    ...(limits.connectionMaxAgeGraceMs !== undefined ? { "grpc.max_connection_age_grace_ms": limits.connectionMaxAgeGraceMs } : {}),
+    ...(limits.keepaliveTimeMs !== undefined ? { "grpc.keepalive_time_ms": limits.keepaliveTimeMs } : {}),
+    ...(limits.keepaliveTimeoutMs !== undefined ? { "grpc.keepalive_timeout_ms": limits.keepaliveTimeoutMs } : {}),
   });
+  const streamingRequests = new Set<string>();
   for (const { service, impl } of options.services) {
     const { definition, implementation } = grpcServiceDefinition(service, impl, {
       onInternalError: options.onInternalError,
       shutdownSignal: shutdown.signal,
       ...(options.observer ? { observer: options.observer } : {}),
+      ...(options.tracing ? { tracing: options.tracing } : {}),
     });
     server.addService(definition, implementation);
+    for (const method of service.methods) {
+      if (method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming") {
+        streamingRequests.add(`/${service.typeName}/${method.name}`);
+      }
+    }
   }
 
   const credentials = options.credentials ?? ServerCredentials.createInsecure();
@@ -66,6 +114,8 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       else resolve(bound);
     });
   });
+
+  guardFrames(server, { streamingRequests, requestBodyTimeoutMs: limits.requestBodyTimeoutMs });
 
   let closing: Promise<void> | undefined;
   const close = (graceMs: number): Promise<void> =>
@@ -92,6 +142,110 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     }));
 
   return { port, close };
+}
+
+/**
+ * Puts a frame guard in front of grpc-js on every HTTP/2 stream: the first
+ * listener of each of its HTTP/2 servers' "stream" event, so it sees each
+ * chunk of a request body before grpc-js does (see {@link guardStream}).
+ *
+ * grpc-js offers no public hook below its decoder, so this reaches its
+ * `http2Servers` map (present from 1.10 to at least 1.14.7). Should an
+ * upgrade remove it, start-up fails here rather than silently serving
+ * without the guard; test/integration/malformed-frames.test.ts fails too.
+ */
+function guardFrames(server: Server, options: StreamGuardOptions): void {
+  const servers = (server as unknown as { http2Servers?: unknown }).http2Servers;
+  if (!(servers instanceof Map) || servers.size === 0) {
+    throw new Error("@grpc/grpc-js internals changed: cannot guard the gRPC port's frames (check grpc-server.ts)");
+  }
+  for (const h2 of servers.keys() as Iterable<http2.Http2Server | http2.Http2SecureServer>) {
+    h2.prependListener("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => guardStream(stream, headers, options));
+  }
+}
+
+interface StreamGuardOptions {
+  /** Paths of methods whose requests are streams (no body time limit). */
+  readonly streamingRequests: ReadonlySet<string>;
+  readonly requestBodyTimeoutMs: number | undefined;
+}
+
+type Emit = (event: string | symbol, ...args: unknown[]) => boolean;
+
+/**
+ * Checks one request's framing as grpc-js reads it ({@link EnvelopeCheck}:
+ * flag byte 0 or 1, a compressed flag only with a declared grpc-encoding,
+ * no body ending inside a frame) and bounds how long its body may take.
+ * A refused call is answered with the status PROTOCOL-HTTP2.md prescribes
+ * (INTERNAL for corrupt framing, DEADLINE_EXCEEDED for a body too slow) and
+ * grpc-js sees neither the offending bytes nor the end of the body, so the
+ * handler never runs: no half-decoded request reaches the service.
+ *
+ * It wraps the stream's own `emit`, the one place every "data" and "end"
+ * passes through before grpc-js's listeners, at the cost of a few
+ * comparisons per chunk.
+ */
+function guardStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, options: StreamGuardOptions): void {
+  const encoding = headers["grpc-encoding"];
+  const check = new EnvelopeCheck(declaresCompression(typeof encoding === "string" ? encoding : undefined));
+  let refused = false;
+  let timer: NodeJS.Timeout | undefined;
+  const refuse = (code: GrpcStatus, message: string): void => {
+    refused = true;
+    clearTimeout(timer);
+    if (stream.destroyed || stream.closed) return;
+    try {
+      if (!stream.headersSent) {
+        // Trailers-Only (PROTOCOL-HTTP2.md "Responses"), then RST_STREAM
+        // NO_ERROR as its "Early Server Closure" asks, since the client may
+        // still be sending. Closing marks the stream closed at once, so
+        // grpc-js treats its call as cancelled and never runs the handler.
+        stream.respond(
+          { ":status": 200, "content-type": "application/grpc+proto", "grpc-status": String(code), "grpc-message": encodeURIComponent(message) },
+          { endStream: true },
+        );
+        stream.close(http2.constants.NGHTTP2_NO_ERROR);
+      } else {
+        // Headers are out, trailers belong to grpc-js: reset the stream; the
+        // client maps PROTOCOL_ERROR to INTERNAL (PROTOCOL-HTTP2.md, "Errors").
+        stream.close(http2.constants.NGHTTP2_PROTOCOL_ERROR);
+      }
+    } catch {
+      // The session went away under us (this runs from a timer too, where a
+      // throw would end the process): nothing left to answer.
+      stream.destroy();
+    }
+  };
+  const path = headers[":path"];
+  if (options.requestBodyTimeoutMs !== undefined && !(typeof path === "string" && options.streamingRequests.has(path))) {
+    timer = setTimeout(
+      () => refuse(GrpcStatus.DEADLINE_EXCEEDED, `the request body did not arrive within ${options.requestBodyTimeoutMs} ms`),
+      options.requestBodyTimeoutMs,
+    );
+    timer.unref();
+  }
+  const emit = stream.emit as Emit;
+  (stream as unknown as { emit: Emit }).emit = function guardedEmit(this: http2.ServerHttp2Stream, event, ...args) {
+    if (event === "data") {
+      if (refused) return false;
+      const problem = check.write(args[0] as Buffer);
+      if (problem !== undefined) {
+        refuse(GrpcStatus.INTERNAL, problem);
+        return false;
+      }
+    } else if (event === "end") {
+      if (refused) return false;
+      clearTimeout(timer);
+      const problem = check.end();
+      if (problem !== undefined) {
+        refuse(GrpcStatus.INTERNAL, problem);
+        return false;
+      }
+    } else if (event === "close") {
+      clearTimeout(timer);
+    }
+    return emit.call(this, event, ...args);
+  };
 }
 
 /**

@@ -2,6 +2,7 @@ import type { TokenDeps } from "../domain/ports.js";
 import { forwardAuthEndpoint, type ForwardAuthOptions } from "./http/forward-auth.js";
 import { healthz, readiness, type ReadinessChecks } from "./http/health.js";
 import { httpError, methodNotAllowed, sendJson } from "./http/io.js";
+import { isMetadataPath, metadataEndpoint, type OAuthMetadataOptions } from "./http/metadata.js";
 import { introspectEndpoint, revokeEndpoint } from "./http/oauth.js";
 import type { HttpRequest, HttpResponse } from "./http-server.js";
 
@@ -11,8 +12,10 @@ export interface HttpRoutesDeps {
   readonly jwks: () => { keys: readonly object[] };
   /** The domain's dependencies, for the OAuth and forward-auth endpoints. */
   readonly tokens: TokenDeps;
-  /** `iss` of RFC 9701 signed introspection answers (the backend JWT issuer). */
+  /** `iss` of RFC 9701 signed introspection answers when there is no OAuth issuer (the backend JWT issuer). */
   readonly introspectionIssuer: string;
+  /** The OAuth issuer and the RFC 8414 metadata (see `oauthMetadataOptions`). */
+  readonly oauthMetadata: OAuthMetadataOptions;
   /** Signs an RFC 9701 introspection answer with the backend JWT keys. */
   readonly signIntrospection: (payload: Record<string, unknown>) => Promise<string>;
   /** `/auth`; absent when it is not served (`FORWARD_AUTH_ENABLED=false`, or unprotected outside development: see `forwardAuthOptions`). */
@@ -31,13 +34,16 @@ const GET = "GET, HEAD";
  * - `POST /oauth2/introspect` (RFC 7662, RFC 9701) and `POST /oauth2/revoke` (RFC 7009);
  * - `/auth`, forward authentication for reverse proxies;
  * - `GET /healthz` (liveness) and `GET /readyz` (readiness);
- * - `GET /.well-known/jwks.json`, the backend JWT keys.
+ * - `GET /.well-known/jwks.json`, the backend JWT keys;
+ * - `GET /.well-known/oauth-authorization-server`, the RFC 8414 metadata.
  *
  * Returns true when it answered the request (or will, asynchronously), false
  * to hand it to the RPC router.
  */
 export function httpRoutes(deps: HttpRoutesDeps): (req: HttpRequest, res: HttpResponse) => boolean {
-  const oauth = { deps: deps.tokens, issuer: deps.introspectionIssuer, signIntrospection: deps.signIntrospection };
+  const metadata = deps.oauthMetadata;
+  // RFC 9701 §5: `iss` is the issuer identifier, the one the metadata names and clients compare.
+  const oauth = { deps: deps.tokens, issuer: (req: HttpRequest) => metadata.issuer(req) ?? deps.introspectionIssuer, signIntrospection: deps.signIntrospection };
   const readyz = readiness(deps.readiness);
   const forwardAuth = deps.forwardAuth;
   const isGet = (req: HttpRequest) => req.method === "GET" || req.method === "HEAD";
@@ -68,6 +74,11 @@ export function httpRoutes(deps: HttpRoutesDeps): (req: HttpRequest, res: HttpRe
         // Short caching: rotated keys appear within two refresh intervals, before they sign.
         else sendJson(req, res, 200, deps.jwks(), { "cache-control": "public, max-age=60", "content-type": "application/jwk-set+json" });
         return true;
+    }
+    if (isMetadataPath(path, metadata)) {
+      if (!isGet(req)) methodNotAllowed(req, res, GET);
+      else metadataEndpoint(metadata, req, res);
+      return true;
     }
     // Envoy's ext_authz appends the original path to its path prefix: /auth/<anything>.
     if (forwardAuth !== undefined && (path === "/auth" || path.startsWith("/auth/"))) {

@@ -2,9 +2,12 @@ import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import * as tls from "node:tls";
-import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
+import { Code, ConnectError, createConnectRouter, createContextValues } from "@connectrpc/connect";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
+import type { UniversalHandler } from "@connectrpc/connect/protocol";
+import { errorToJsonBytes, codeToHttpStatus } from "@connectrpc/connect/protocol-connect";
+import { checkGetRequest, guardRequest, internalOnBadCompression } from "./connect-request-guard.js";
 import { observeCalls, type CallObserver } from "./call-observer.js";
 import { peerKey } from "./context.js";
 import { assignHttpRequestId, requestIdKey, httpRequestId } from "./request-id.js";
@@ -29,6 +32,22 @@ export interface HttpServerOptions {
   readonly routes: (router: ConnectRouter) => void;
   /** Largest request message, in bytes (connect's `readMaxBytes`); larger ones get RESOURCE_EXHAUSTED. */
   readonly maxMessageBytes: number;
+  /** Largest response message (connect's `writeMaxBytes`); a larger answer fails with RESOURCE_EXHAUSTED. Default: unbounded. */
+  readonly maxResponseBytes?: number;
+  /**
+   * How long a request body may take to arrive completely (never longer than
+   * the call's own deadline); past it the call is answered DEADLINE_EXCEEDED
+   * and the connection dropped. Also bounds HTTP/1.1 headers and whole
+   * requests (Node's `headersTimeout` and `requestTimeout`). Default: unbounded
+   * but for the deadline.
+   */
+  readonly requestBodyTimeoutMs?: number;
+  /**
+   * How long a connection may sit idle: HTTP/1.1 keep-alive between requests
+   * (Node's `keepAliveTimeout`) and HTTP/2 sessions without traffic (closed
+   * gracefully with GOAWAY). Default: Node's 5 s keep-alive, sessions unbounded.
+   */
+  readonly connectionIdleMs?: number;
   /** Longest timeout a client may ask for; a longer one is refused with INVALID_ARGUMENT. */
   readonly maxTimeoutMs: number;
   /**
@@ -55,6 +74,11 @@ export interface HttpServerOptions {
    * this port; cleartext when absent. See {@link startHttpServer}.
    */
   readonly tls?: HttpTlsOptions;
+  /**
+   * Interceptors run before all others on the RPCs, e.g. tracing's (which
+   * must see the code the client gets). Absent: none.
+   */
+  readonly interceptors?: readonly Interceptor[];
 }
 
 /** The first bytes of every HTTP/2 connection (RFC 9113 §3.4). */
@@ -94,14 +118,62 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
     options.onInternalError ??
     ((err: unknown, procedure: string) => console.error(`internal error in ${procedure}`, err));
   const shutdown = new AbortController();
-  const rpc = connectNodeAdapter({
-    routes: options.routes,
+  // connect-node's defaults, answering INTERNAL for a body that does not decompress.
+  const compressions = [internalOnBadCompression(compressionGzip), internalOnBadCompression(compressionBrotli)];
+  const router = createConnectRouter({
     readMaxBytes: options.maxMessageBytes,
+    ...(options.maxResponseBytes !== undefined ? { writeMaxBytes: options.maxResponseBytes } : {}),
     maxTimeoutMs: options.maxTimeoutMs,
     shutdownSignal: shutdown.signal,
-    interceptors: [...(options.observer ? [observeCalls(options.observer)] : []), reportInternalErrors(onInternalError)],
-    contextValues: (req) => createContextValues().set(peerKey, req.socket.remoteAddress).set(requestIdKey, httpRequestId(req)),
+    interceptors: [...(options.interceptors ?? []), ...(options.observer ? [observeCalls(options.observer)] : []), reportInternalErrors(onInternalError)],
+    acceptCompression: compressions,
   });
+  options.routes(router);
+  const handlers = new Map<string, UniversalHandler>();
+  for (const handler of router.handlers) handlers.set(handler.requestPath, handler);
+  // connect-node's connectNodeAdapter, plus guardRequest between the Node
+  // request and the protocol handler: connect-node offers no hook there.
+  const rpc = (req: HttpRequest, res: HttpResponse): void => {
+    const handler = handlers.get((req.url ?? "").split("?", 1)[0] ?? "");
+    if (handler === undefined) {
+      res.writeHead(404);
+      res.end();
+      return;
+    }
+    const values = createContextValues().set(peerKey, req.socket?.remoteAddress).set(requestIdKey, httpRequestId(req));
+    const uReq = guardRequest(universalRequestFromNodeRequest(req, res, undefined, values), handler.method, {
+      maxMessageBytes: options.maxMessageBytes,
+      requestBodyTimeoutMs: options.requestBodyTimeoutMs,
+      maxTimeoutMs: options.maxTimeoutMs,
+      compressions,
+      // A body that stalls would hold the connection after the answer: cut it then.
+      onSlowBody: () => {
+        if (res.writableFinished) req.destroy();
+        else res.once("finish", () => req.destroy());
+      },
+    });
+    const serve = (): void => {
+      handler(uReq)
+        .then((uRes) => universalResponseToNodeResponse(uRes, res))
+        .catch((reason: unknown) => {
+          if (ConnectError.from(reason).code === Code.Aborted) return; // the client went away
+          onInternalError(reason, procedureOf(handler.method));
+        });
+    };
+    if (req.method !== "GET") {
+      serve();
+      return;
+    }
+    // A Connect GET carries its message in the query, which guardRequest does not see.
+    void checkGetRequest(req.url ?? "", handler.method, { maxMessageBytes: options.maxMessageBytes, compressions }).then((refusal) => {
+      if (refusal === undefined) {
+        serve();
+      } else if (!res.headersSent) {
+        res.writeHead(codeToHttpStatus(refusal.code), { "content-type": "application/json" });
+        res.end(errorToJsonBytes(refusal, {}));
+      }
+    }, (err: unknown) => onInternalError(err, procedureOf(handler.method)));
+  };
 
   let closing = false;
   const extra = options.extraHandler;
@@ -126,7 +198,17 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
     rpc(req, res);
   };
 
-  const h1 = http.createServer(onRequest);
+  const bodyMs = options.requestBodyTimeoutMs;
+  const h1 = http.createServer(
+    {
+      // The guard answers a slow body first (with a status); Node's own
+      // limits then close what is left. Checked every second rather than
+      // Node's default 30 s, so they hold to within a second.
+      ...(bodyMs !== undefined ? { headersTimeout: bodyMs, requestTimeout: bodyMs + 1000, connectionsCheckingInterval: 1000 } : {}),
+      ...(options.connectionIdleMs !== undefined ? { keepAliveTimeout: options.connectionIdleMs } : {}),
+    },
+    onRequest,
+  );
   const h2 = http2.createServer(onRequest);
   // http.Server starts its header/request timeout checks and its connection
   // list on "listening", which it never sees because it never listens itself.
@@ -135,9 +217,12 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Runni
   const sockets = new Set<net.Socket>();
   const waiting = new Set<net.Socket>(); // accepted, protocol not known yet
   const sessions = new Set<http2.Http2Session>();
+  const idleMs = options.connectionIdleMs;
   h2.on("session", (session: http2.Http2Session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
+    // No frames for this long: GOAWAY, letting streams still open finish.
+    if (idleMs !== undefined) session.setTimeout(idleMs, () => session.close());
   });
 
   const firstByteTimeoutMs = options.firstByteTimeoutMs ?? 10_000;

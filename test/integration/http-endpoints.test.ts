@@ -153,7 +153,7 @@ describe("the standard HTTP endpoints", () => {
       expect(res.headers.get("content-type")).toBe("application/token-introspection+jwt");
       const jwt = await res.text();
       expect(decodeProtectedHeader(jwt)).toMatchObject({ typ: "token-introspection+jwt", alg: "ES256" });
-      const { payload } = await jwtVerify(jwt, await jwks(), { issuer: "cf-token-service", audience: gateway.id, typ: "token-introspection+jwt" });
+      const { payload } = await jwtVerify(jwt, await jwks(), { issuer: base, audience: gateway.id, typ: "token-introspection+jwt" });
       expect(payload.iat).toBeGreaterThanOrEqual(now() - 5);
       expect(payload.token_introspection).toEqual(userAnswer());
       // RFC 9701 §8.1: nothing at the top level that would let it pass for an access token.

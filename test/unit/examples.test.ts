@@ -1,6 +1,9 @@
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { CONFIG_KEYS, forwardAuthProtected, loadConfig } from "../../src/config.js";
+import { parseAllDocuments } from "yaml";
+import { Authorization } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
+import { CONFIG_KEYS, extAuthzProtected, forwardAuthProtected, loadConfig } from "../../src/config.js";
+import { CHECK_METHOD, EXT_AUTHZ_SECRET_METADATA } from "../../src/rpc/ext-authz.js";
 
 /**
  * The Dockerfile and the Kubernetes example cannot be run here (no container
@@ -169,5 +172,85 @@ describe("the gateway examples (forward auth)", () => {
     const literal = Object.fromEntries([...manifestEnv(deployment)].filter((e): e is [string, string] => e[1] !== undefined));
     const config = loadConfig({ ...literal, DATABASE_URL: "postgres://x@y/z", FORWARD_AUTH_SECRET: "from-the-secret-0123456789" });
     expect(forwardAuthProtected(config)).toBe(true);
+  });
+});
+
+/**
+ * The Envoy, Istio and Envoy Gateway examples cannot run here (no Envoy
+ * binary, no cluster): each must parse as YAML and point at what the service
+ * serves: the Check method, the gRPC port, the credential header, and the
+ * protection the service demands outside development (the secret as gRPC
+ * metadata, or mutual TLS on the gRPC port).
+ */
+describe("the gateway examples (ext_authz over gRPC)", () => {
+  // any: these are untyped YAML trees walked by path; a wrong path fails the assertion that reads it.
+  type Node = Record<string, any>;
+  const docs = (path: string): Node[] =>
+    parseAllDocuments(read(path)).map((d) => {
+      expect(d.errors, path).toEqual([]);
+      return d.toJS() as Node;
+    });
+  const defaults = loadConfig({});
+  /** A production service with mutual TLS on its gRPC port, as the Istio and Envoy Gateway examples need. */
+  const mtls = loadConfig({ TOKEN_ENVIRONMENT: "production", EXT_AUTHZ_ENABLED: "true", TLS_CERT_FILE: "/tls/tls.crt", TLS_KEY_FILE: "/tls/tls.key", TLS_CLIENT_CA_FILE: "/tls/ca.crt", TLS_PORTS: "grpc" });
+
+  it("the service serves the method every gateway calls, on the gRPC port", () => {
+    expect(Authorization.typeName).toBe("envoy.service.auth.v3.Authorization");
+    expect(Authorization.methods.map((m) => `/${m.parent.typeName}/${m.name}`)).toEqual([CHECK_METHOD]);
+    expect(CHECK_METHOD).toBe("/envoy.service.auth.v3.Authorization/Check");
+    expect(defaults.grpcPort).toBe(50051);
+    expect(defaults.extAuthzHeader).toBe("authorization");
+    expect(extAuthzProtected(mtls)).toBe(true);
+  });
+
+  it("Envoy: the gRPC ext_authz filter, V3, fail-closed, no body, before the router, sending the secret as metadata to an HTTP/2 cluster on the gRPC port", () => {
+    const [bootstrap] = docs("examples/envoy/envoy.yaml");
+    const hcm = bootstrap!.static_resources.listeners[0].filter_chains[0].filters[0].typed_config;
+    const filters: Node[] = hcm.http_filters;
+    expect(filters.map((f) => f.name)).toEqual(["envoy.filters.http.ext_authz", "envoy.filters.http.router"]);
+    const authz = filters[0]!.typed_config;
+    expect(authz["@type"]).toBe("type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz");
+    expect(authz).toMatchObject({ transport_api_version: "V3", failure_mode_allow: false });
+    expect(authz.with_request_body).toBeUndefined();
+    expect(authz.http_service).toBeUndefined();
+    // Envoy sends every request header over gRPC unless allowed_headers narrows it: the credential header must not be left out.
+    expect(authz.allowed_headers).toBeUndefined();
+    expect(authz.grpc_service.initial_metadata).toEqual([{ key: EXT_AUTHZ_SECRET_METADATA, value: "{{EXT_AUTHZ_SECRET}}" }]);
+    const cluster = (bootstrap!.static_resources.clusters as Node[]).find((c) => c.name === authz.grpc_service.envoy_grpc.cluster_name);
+    expect(cluster).toBeDefined();
+    expect(cluster!.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value).toBe(defaults.grpcPort);
+    expect(cluster!.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].explicit_http_config).toHaveProperty("http2_protocol_options");
+    // The secret placeholder stands for a value the service accepts, and then Check is served in production.
+    expect(extAuthzProtected(loadConfig({ TOKEN_ENVIRONMENT: "production", EXT_AUTHZ_ENABLED: "true", EXT_AUTHZ_SECRET: "from-the-secret-0123456789" }))).toBe(true);
+  });
+
+  it("Istio: an envoyExtAuthzGrpc provider on the gRPC port, a CUSTOM AuthorizationPolicy using it, mutual TLS from the gateway", () => {
+    const [operator] = docs("examples/istio/mesh-config.yaml");
+    const providers: Node[] = operator!.spec.meshConfig.extensionProviders;
+    expect(providers).toHaveLength(1);
+    const provider = providers[0]!;
+    expect(provider.envoyExtAuthzGrpc).toMatchObject({ service: "token-service.tokens.svc.cluster.local", port: defaults.grpcPort, failOpen: false });
+    const [policy] = docs("examples/istio/authorization-policy.yaml");
+    expect(policy).toMatchObject({ kind: "AuthorizationPolicy", spec: { action: "CUSTOM", provider: { name: provider.name } } });
+    const [rule] = docs("examples/istio/destination-rule.yaml");
+    expect(rule!.spec.host).toBe(provider.envoyExtAuthzGrpc.service);
+    expect(rule!.spec.trafficPolicy.portLevelSettings[0]).toMatchObject({ port: { number: defaults.grpcPort }, tls: { mode: "MUTUAL" } });
+  });
+
+  it("Envoy Gateway: a SecurityPolicy with extAuth.grpc on the gRPC port, fail-closed, passing the credential header, with mutual TLS to the service", () => {
+    const all = docs("examples/envoy-gateway/security-policy.yaml");
+    const byKind = (kind: string) => all.find((d) => d.kind === kind)!;
+    const policy = byKind("SecurityPolicy");
+    expect(policy.spec.extAuth.failOpen).toBe(false);
+    expect(policy.spec.extAuth.http).toBeUndefined();
+    expect(policy.spec.extAuth.headersToExtAuth).toContain(defaults.extAuthzHeader);
+    const backend = policy.spec.extAuth.grpc.backendRefs[0];
+    expect(backend).toMatchObject({ name: "token-service", port: defaults.grpcPort });
+    // The Kubernetes example's Service names that port `grpc`, which the BackendTLSPolicy targets.
+    expect(read("examples/kubernetes/service.yaml")).toMatch(new RegExp(`name: grpc\\s+port: ${defaults.grpcPort}`));
+    expect(byKind("BackendTLSPolicy").spec.targetRefs[0]).toMatchObject({ kind: "Service", name: backend.name, sectionName: "grpc" });
+    expect(byKind("BackendTLSPolicy").metadata.namespace).toBe(backend.namespace);
+    expect(byKind("ReferenceGrant").spec.to[0]).toMatchObject({ kind: "Service", name: backend.name });
+    expect(byKind("EnvoyProxy").spec.backendTLS.clientCertificateRef).toMatchObject({ kind: "Secret" });
   });
 });

@@ -1,9 +1,9 @@
-import { createHash, timingSafeEqual } from "node:crypto";
 import { FORWARD_AUTH_FIX, forwardAuthProtected, type Config } from "../../config.js";
-import { introspectToken, metaFields, type IntrospectedClaims } from "../../domain/introspect.js";
+import { introspectToken, metaFields } from "../../domain/introspect.js";
 import type { Logger, TokenDeps } from "../../domain/ports.js";
 import { RateLimitedError, retryAfterSeconds } from "../../domain/rate-limit.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../../domain/token-format.js";
+import { bearerChallenge, bearerToken, claimHeaders, headerSafe, secretMatches } from "../../rpc/gateway-auth.js";
 import { deprecationHeaders } from "../../rpc/mapping.js";
 import type { HttpRequest, HttpResponse } from "../http-server.js";
 import { RETRY_AFTER, header, httpError, requestMeta, send, sendJson, type Headers } from "./io.js";
@@ -58,7 +58,6 @@ export function forwardAuthOptions(config: ForwardAuthConfig, log: Logger): Forw
 /** The header a proxy proves itself with, when `FORWARD_AUTH_SECRET` is set. */
 export const FORWARD_AUTH_SECRET_HEADER = "x-forward-auth-secret";
 
-const BEARER = /^Bearer +(\S+)\s*$/i;
 const NO_STORE = { "cache-control": "no-store" } as const;
 
 /**
@@ -109,10 +108,10 @@ export async function forwardAuthEndpoint(deps: TokenDeps, options: ForwardAuthO
       // RFC 6750 §3.1: no error code when the request carried no credentials.
       return sendJson(req, res, 401, { error: "invalid_request", error_description: "send Authorization: Bearer <token>" }, { ...NO_STORE, "www-authenticate": "Bearer" });
     }
-    const match = authorization.length <= MAX_PRESENTED_TOKEN_LENGTH + 16 ? BEARER.exec(authorization) : null;
-    if (!match) return challenge(req, res, "invalid_request", "The Authorization header must be `Bearer <token>`.");
+    const token = bearerToken(authorization);
+    if (token === undefined) return challenge(req, res, "invalid_request", "The Authorization header must be `Bearer <token>`.");
 
-    const result = await introspectToken(deps, match[1]!, meta, { backendJwt: options.backendJwt });
+    const result = await introspectToken(deps, token, meta, { backendJwt: options.backendJwt });
     if (!result.active) return challenge(req, res, "invalid_token", result.message);
     const headers: Headers = { ...NO_STORE, ...claimHeaders(result.claims) };
     if (result.backendJwt !== undefined) headers["x-auth-backend-jwt"] = headerSafe(result.backendJwt);
@@ -132,65 +131,8 @@ export async function forwardAuthEndpoint(deps: TokenDeps, options: ForwardAuthO
 
 /** 401 with `WWW-Authenticate: Bearer error=…, error_description=…` (RFC 6750 §3) and the same in JSON. */
 function challenge(req: HttpRequest, res: HttpResponse, error: "invalid_token" | "invalid_request", description: string): void {
-  const safe = challengeText(description);
-  sendJson(req, res, 401, { error, error_description: description }, { ...NO_STORE, "www-authenticate": `Bearer error="${error}", error_description="${safe}"` });
+  sendJson(req, res, 401, { error, error_description: description }, { ...NO_STORE, "www-authenticate": bearerChallenge(error, description) });
 }
 
-/**
- * RFC 6750 §3: `error_description` may hold only %x20-21 / %x23-5B /
- * %x5D-7E, so no `"` or `\` (no escaping is defined) and nothing outside
- * printable ASCII: quotes become apostrophes, the rest is dropped.
- */
-export function challengeText(text: string): string {
-  return text.replace(/"/g, "'").replace(/[^\x20\x21\x23-\x5B\x5D-\x7E]/g, "");
-}
-
-/** Claim headers per claims object: the cache hands out the same claims on every hit. */
-const HEADERS = new WeakMap<IntrospectedClaims, Readonly<Record<string, string>>>();
-
-/** The `X-Auth-*` headers of an active token's claims. */
-export function claimHeaders(claims: IntrospectedClaims): Readonly<Record<string, string>> {
-  let headers = HEADERS.get(claims);
-  if (headers === undefined) {
-    headers = Object.freeze({
-      "x-auth-subject": headerSafe(claims.subject),
-      // Scope tokens never hold a space (RFC 6749 §3.3); labels never a comma.
-      "x-auth-scopes": claims.scopes.map((s) => headerSafe(s, " ")).join(" "),
-      "x-auth-teams": claims.teams.map((t) => headerSafe(t, ",")).join(","),
-      "x-auth-namespaces": claims.namespaces.map((n) => headerSafe(n, ",")).join(","),
-      "x-auth-is-admin": claims.isAdmin ? "true" : "false",
-      "x-auth-token-id": headerSafe(claims.id),
-      "x-auth-token-kind": claims.kind,
-    });
-    HEADERS.set(claims, headers);
-  }
-  return headers;
-}
-
-/**
- * A claim as a header value that cannot break out of its header or its list
- * (RFC 9110 §5.5). The domain validates issued claims, but a legacy JWT's
- * claims come from elsewhere: anything outside printable ASCII, `%` itself
- * and the list separator are percent-encoded as UTF-8 (RFC 3986 §2.1), so
- * ordinary values pass unchanged and nothing can inject a header.
- */
-export function headerSafe(value: string, separator = ""): string {
-  let out = "";
-  for (const ch of value) {
-    const code = ch.codePointAt(0)!;
-    if (code < 0x20 || code > 0x7e || ch === "%" || ch === separator) {
-      for (const byte of Buffer.from(ch, "utf8")) out += `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
-    } else {
-      out += ch;
-    }
-  }
-  return out.trim();
-}
-
-/** Constant-time comparison of the proxy's secret (compared as SHA-256 digests, so lengths do not leak). */
-function secretMatches(presented: string | undefined, expected: string): boolean {
-  if (presented === undefined) return false;
-  const a = createHash("sha256").update(presented).digest();
-  const b = createHash("sha256").update(expected).digest();
-  return timingSafeEqual(a, b);
-}
+// Moved to rpc/gateway-auth.ts (shared with Envoy's ext_authz); re-exported for existing importers.
+export { challengeText, claimHeaders, headerSafe } from "../../rpc/gateway-auth.js";

@@ -1,8 +1,8 @@
 import { requireScope } from "../../domain/access.js";
-import { authenticateClient, clientAuthScheme } from "../../domain/client-auth.js";
-import { invalidArgument } from "../../domain/errors.js";
+import { authenticateClient, authenticateClientSecretPost, clientAuthScheme, type AuthenticatedClient } from "../../domain/client-auth.js";
+import { TokenError, invalidArgument } from "../../domain/errors.js";
 import { introspectToken } from "../../domain/introspect.js";
-import { SCOPES, type ServiceScope } from "../../domain/model.js";
+import { SCOPES, type RequestMeta, type ServiceScope } from "../../domain/model.js";
 import type { TokenDeps } from "../../domain/ports.js";
 import { RateLimitedError, retryAfterSeconds } from "../../domain/rate-limit.js";
 import { revokeToken } from "../../domain/revoke.js";
@@ -15,8 +15,8 @@ import { RETRY_AFTER, header, httpError, readForm, refuseForm, requestMeta, send
 /** What the RFC 7662 and RFC 7009 endpoints need. */
 export interface OAuthEndpointsDeps {
   readonly deps: TokenDeps;
-  /** `iss` of RFC 9701 signed introspection answers. */
-  readonly issuer: string;
+  /** `iss` of RFC 9701 signed introspection answers: the OAuth issuer the metadata names, when there is one. */
+  readonly issuer: (req: HttpRequest) => string;
   /** Signs an RFC 9701 answer with the backend JWT keys (`typ` set by the signer). */
   readonly signIntrospection: (payload: Record<string, unknown>) => Promise<string>;
 }
@@ -33,8 +33,9 @@ const REALM = "token-introspection";
 /**
  * `POST /oauth2/introspect` (RFC 7662 §2): form `token` and optional
  * `token_type_hint` (accepted, ignored: the token's shape tells its kind).
- * The client authenticates with HTTP Basic or a Bearer token (see
- * `authenticateClient`) and needs `tokens.introspect`. The answer is RFC 7662
+ * The client authenticates with HTTP Basic, the `client_id` and
+ * `client_secret` form parameters, or a Bearer token (see
+ * `clientOf`) and needs `tokens.introspect`. The answer is RFC 7662
  * §2.2 JSON, or with `Accept: application/token-introspection+jwt` the same
  * answer in a signed JWT (RFC 9701).
  */
@@ -52,7 +53,7 @@ export async function introspectEndpoint(o: OAuthEndpointsDeps, req: HttpRequest
     // RFC 9701 §5: iss, aud (the client that asked), iat and the answer itself.
     // No top-level sub or exp, so it cannot pass for an access token (§8.1).
     const jwt = await o.signIntrospection({
-      iss: o.issuer,
+      iss: o.issuer(req),
       aud: clientId,
       iat: Math.floor(o.deps.clock.now().getTime() / 1000),
       token_introspection: answer.json,
@@ -105,10 +106,49 @@ async function authorizedTokenRequest(
   }
   const token = tokenParameter(form.fields, form.repeated);
   const meta = requestMeta(req, route);
-  const { caller, clientId } = await authenticateClient(o.deps, authorization, meta);
+  const { caller, clientId } = await clientOf(o, form.fields, form.repeated, authorization, meta);
   o.deps.limits?.admit(caller, scope === SCOPES.revoke ? "revoke" : "introspect", meta, o.deps.clock.now().getTime());
   requireScope(o.deps, caller, scope, meta);
   return { token, meta, caller, clientId };
+}
+
+/**
+ * Authenticates the client by exactly one method (RFC 6749 §2.3: "MUST NOT
+ * use more than one authentication method in each request"):
+ *
+ * - `client_secret_post` (RFC 6749 §2.3.1): `client_id` and `client_secret`
+ *   form parameters, with no `Authorization` header; both at most once;
+ * - otherwise the `Authorization` header: `client_secret_basic` or Bearer.
+ *   A `client_id` parameter beside it (RFC 6749 §3.2.1 lets a client name
+ *   itself) must name the client the header authenticated.
+ *
+ * A secret sent both ways is `invalid_request` (RFC 6749 §5.2: "utilizes
+ * more than one mechanism"). No message repeats a value the client sent.
+ */
+async function clientOf(
+  o: OAuthEndpointsDeps,
+  fields: ReadonlyMap<string, string>,
+  repeated: ReadonlySet<string>,
+  authorization: string | undefined,
+  meta: RequestMeta,
+): Promise<AuthenticatedClient> {
+  for (const name of ["client_id", "client_secret"]) {
+    if (repeated.has(name)) throw invalidArgument(name, "must be sent at most once");
+  }
+  const clientId = fields.get("client_id");
+  const clientSecret = fields.get("client_secret");
+  if (clientSecret !== undefined) {
+    if (authorization !== undefined && authorization !== "") {
+      throw invalidArgument("client_secret", "use one client authentication method per request: the Authorization header or client_id with client_secret, not both (RFC 6749 §2.3)");
+    }
+    if (clientId === undefined) throw new TokenError("unauthenticated", "client_secret needs client_id, the id of the token sent as client_secret");
+    return authenticateClientSecretPost(o.deps, clientId, clientSecret, meta);
+  }
+  const client = await authenticateClient(o.deps, authorization, meta);
+  if (clientId !== undefined && clientId.toLowerCase() !== client.clientId) {
+    throw new TokenError("unauthenticated", "client credentials refused: client_id does not name the client the Authorization header authenticated");
+  }
+  return client;
 }
 
 /** The `token` parameter: present once, non-empty, not oversized (RFC 6749 §3.2: no repeated parameters). */
