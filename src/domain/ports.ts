@@ -139,6 +139,12 @@ export interface LifecycleStore {
    * predecessor's record (undefined when the link does not hold).
    */
   markSuccessorUsed(predecessorId: string, successorId: string, at: Date): Promise<TokenRecord | undefined>;
+  /**
+   * Unrevoked rotated tokens of the environment whose successor has been
+   * used (at most `limit`): replicas drop their cached answers once, so the
+   * next use of an old copy sees the link and raises `rotated_token_reused`.
+   */
+  usedRotations(environment: Environment, limit: number): Promise<TokenRecord[]>;
   /** Unrevoked tokens matching the selector: how many, and the newest `limit`. */
   matching(environment: Environment, selector: TokenSelector, limit: number): Promise<{ readonly count: number; readonly first: TokenRecord[] }>;
   /** Records a bulk revocation before any token is revoked, leased to the caller until `leaseUntil`. */

@@ -1,7 +1,8 @@
 /**
  * Every replica runs one: it carries out rotated tokens' scheduled
- * revocations when their grace period ends, and resumes bulk revocations
- * whose runner stopped (its lease ran out). Both survive restarts because
+ * revocations when their grace period ends, drops cached answers of rotated
+ * tokens whose successor has been used (so reuse of an old copy is seen),
+ * and resumes bulk revocations whose runner stopped (its lease ran out). Both survive restarts because
  * they live in the store, and both happen exactly once whichever replicas
  * are alive: a due token is revoked by the store's conditional UPDATE (rows
  * locked, re-read, skipped when revoked meanwhile), so when two replicas
@@ -16,12 +17,17 @@ import { keyOfDigest } from "./token-format.js";
 
 /** Due revocations handled per pass. */
 const DUE_BATCH = 500;
+/** Rotated tokens whose successor was used, refreshed per pass; and how many this replica remembers. */
+const USED_BATCH = 1000;
+const MAX_REFRESHED = 10_000;
 
 /** The periodic scheduler of one replica. */
 export class RevocationScheduler {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private stopped = false;
+  /** Rotated tokens whose cached answer this replica has already dropped once. */
+  private readonly refreshed = new Set<string>();
 
   /**
    * @param parts the lifecycle store and what revocations tell
@@ -50,6 +56,7 @@ export class RevocationScheduler {
   async tick(): Promise<void> {
     try {
       await this.revokeDue();
+      await this.refreshUsedRotations();
       await this.resumeBulk();
     } catch (error) {
       this.parts.log.warn({ err: error }, "revocation scheduler pass failed; retrying at the next");
@@ -80,6 +87,22 @@ export class RevocationScheduler {
       }
       this.parts.log.info({ revoked_count: revoked.length }, "scheduled revocations carried out");
       if (due.length < DUE_BATCH) return;
+    }
+  }
+
+  /**
+   * A replica may hold an old token's answer from before its rotation, which
+   * knows nothing of the successor: once the successor has been used, that
+   * answer is dropped (once per token), so the next use of an old copy loads
+   * the link and raises `rotated_token_reused`.
+   */
+  private async refreshUsedRotations(): Promise<void> {
+    const used = await this.parts.store.usedRotations(this.parts.environment, USED_BATCH);
+    for (const record of used) {
+      if (this.refreshed.has(record.id)) continue;
+      if (this.refreshed.size >= MAX_REFRESHED) this.refreshed.clear();
+      this.refreshed.add(record.id);
+      this.parts.cache.evict(keyOfDigest(record.digest));
     }
   }
 

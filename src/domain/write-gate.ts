@@ -94,6 +94,7 @@ export class GatedTokenStore implements TokenStore {
         gate.run("", () => inner.linkRotation(oldId, successorId, link)),
       dueRevocations: (environment: Environment, now: Date, limit: number) => gate.run("", () => inner.dueRevocations(environment, now, limit)),
       revokeMany: (ids: readonly string[], revocation: Revocation, options?: { readonly dueBy?: Date }) => gate.run("", () => inner.revokeMany(ids, revocation, options)),
+      usedRotations: (environment: Environment, limit: number) => gate.run("", () => inner.usedRotations(environment, limit)),
       markSuccessorUsed: (predecessorId: string, successorId: string, at: Date) => gate.run("", () => inner.markSuccessorUsed(predecessorId, successorId, at)),
       matching: (environment: Environment, selector: TokenSelector, limit: number) => gate.run("", () => inner.matching(environment, selector, limit)),
       createBulkRevocation: (operation: BulkRevocation, leaseUntil: Date) => gate.run("", () => inner.createBulkRevocation(operation, leaseUntil)),

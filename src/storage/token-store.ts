@@ -343,6 +343,22 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
     });
   }
 
+  /** Served by the partial index of migration 0010: a rotated token in its grace period has a schedule. */
+  usedRotations(environment: Environment, limit: number): Promise<TokenRecord[]> {
+    return translatingErrors(async () => {
+      const rows = await this.db
+        .selectFrom("tokens")
+        .selectAll()
+        .where("scheduled_revoke_at", "is not", null)
+        .where("revoked_at", "is", null)
+        .where("successor_used_at", "is not", null)
+        .where("environment", "=", environment)
+        .limit(limit)
+        .execute();
+      return rows.map(toRecord);
+    });
+  }
+
   /** A conditional UPDATE on the predecessor: the link must hold both ways. */
   markSuccessorUsed(predecessorId: string, successorId: string, at: Date): Promise<TokenRecord | undefined> {
     return translatingErrors(async () => {

@@ -155,6 +155,10 @@ describe("rotation on PostgreSQL, two replicas", () => {
     const connect = createClient(TokenService, createConnectTransport({ baseUrl: `http://127.0.0.1:${b.service.httpPort}`, httpVersion: "1.1" }));
     const headers = { authorization: `Bearer ${admin}` };
     const old = await connect.issueToken({ name: "copy", subject: "copy@example.com", scopes: SCOPES }, { headers });
+    // Replica A holds the old token's answer from before the rotation: it must still notice.
+    const warm = grpcClient(TokenService, `127.0.0.1:${a.service.grpcPort}`);
+    expect(await stateOn(warm, admin, old.token)).toBe("active");
+    warm.close();
     const rotated = await connect.rotateToken({ target: { case: "token", value: old.token }, gracePeriod: durationFromMs(3_600_000) }, { headers });
     expect(rotated.info!.predecessorId).toBe(old.info!.id);
     await expect(connect.rotateToken({ target: { case: "token", value: old.token } }, { headers })).rejects.toMatchObject({ code: 9 }); // FAILED_PRECONDITION
