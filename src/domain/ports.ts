@@ -352,7 +352,7 @@ export interface TokenDeps {
   readonly limits?: RateLimits;
   /** Where the current call's trace is annotated; absent when tracing is off. */
   readonly tracing?: DomainTracing;
-  /** Rotation and bulk revocation; absent: those calls are UNIMPLEMENTED (tools, most tests). */
+  /** Rotation and bulk revocation; absent: those calls answer FAILED_PRECONDITION (tools, most tests). */
   readonly lifecycle?: LifecycleDeps;
 }
 

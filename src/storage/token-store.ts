@@ -374,6 +374,7 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
     });
   }
 
+  /** A count and the newest page, with the same predicate the operation's batches use. */
   matching(environment: Environment, selector: TokenSelector, limit: number): Promise<{ readonly count: number; readonly first: TokenRecord[] }> {
     return translatingErrors(async () => {
       const where = selectorWhere(environment, selector, undefined);
@@ -384,6 +385,7 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
     });
   }
 
+  /** One row with the selector as columns, so a resuming replica rebuilds the same predicate. */
   createBulkRevocation(operation: BulkRevocation, leaseUntil: Date): Promise<void> {
     return translatingErrors(async () => {
       const s = operation.selector;
@@ -436,6 +438,7 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
     });
   }
 
+  /** A conditional UPDATE: only the first caller gets the row back, so one event is raised. */
   finishBulkRevocation(id: string, at: Date): Promise<BulkRevocation | undefined> {
     return translatingErrors(async () => {
       if (!isUuid(id)) return undefined;
