@@ -126,6 +126,10 @@ export interface Config {
   readonly otelBspMaxQueueSize: number;
   readonly otelBspMaxExportBatchSize: number;
   readonly otelBspExportTimeoutMs: number;
+  // Revocation log and transports (issue 10).
+  readonly revocationTransport: "notify" | "poll";
+  readonly revocationPollIntervalMs: number;
+  readonly revocationLogRetentionMs: number;
 }
 
 /** The samplers `OTEL_TRACES_SAMPLER` names (OpenTelemetry SDK environment variable specification). */
@@ -465,6 +469,13 @@ export const CONFIG_KEYS = {
   OTEL_BSP_MAX_QUEUE_SIZE: spec("otelBspMaxQueueSize", "2048", "Most finished spans waiting for export; beyond it new ones are dropped.", integer(1, 1_000_000)),
   OTEL_BSP_MAX_EXPORT_BATCH_SIZE: spec("otelBspMaxExportBatchSize", "512", "Most spans in one export request (at most OTEL_BSP_MAX_QUEUE_SIZE).", integer(1, 1_000_000)),
   OTEL_BSP_EXPORT_TIMEOUT: spec("otelBspExportTimeoutMs", "30000", "Longest one export may take before it is given up, in milliseconds.", integer(1, 600_000)),
+  // Revocation log and transports (issue 10).
+  REVOCATION_TRANSPORT: spec("revocationTransport", "notify", "How replicas learn of revocations: `notify` (PostgreSQL LISTEN/NOTIFY, pushed within milliseconds, with the revocation log to catch up after a blip) or `poll` (read the revocation log every REVOCATION_POLL_INTERVAL; for stores without LISTEN/NOTIFY).", (raw) => {
+    if (raw !== "notify" && raw !== "poll") throw new Error("must be notify or poll");
+    return raw;
+  }),
+  REVOCATION_POLL_INTERVAL: spec("revocationPollIntervalMs", "250ms", "With REVOCATION_TRANSPORT=poll, how often each replica reads the revocation log (must be well under CACHE_STALENESS: each successful poll is what keeps cached answers fresh).", duration(10)),
+  REVOCATION_LOG_RETENTION: spec("revocationLogRetentionMs", "24h", "How long revocation log entries are kept: a replica or gateway away for less than this catches up on just what it missed; one away longer drops its whole cache.", duration(60_000)),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
@@ -524,6 +535,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   }
   if (problems.length === 0 && config.maxResponseBytes < config.maxMessageBytes) {
     problems.push("MAX_RESPONSE_BYTES: must be at least MAX_MESSAGE_BYTES");
+  }
+  if (problems.length === 0 && config.revocationTransport === "poll" && config.revocationPollIntervalMs * 2 > config.cacheStalenessMs) {
+    problems.push("REVOCATION_POLL_INTERVAL: must be at most half of CACHE_STALENESS, or cached answers expire between polls");
   }
   // TLS needs a certificate and its key together; mutual TLS needs TLS.
   if ((config.tlsCertFile === undefined) !== (config.tlsKeyFile === undefined)) {

@@ -25,6 +25,8 @@ import { GatedTokenStore } from "./domain/write-gate.js";
 import { RevocationScheduler } from "./domain/revocation-scheduler.js";
 import { RotationWatcher } from "./domain/rotate.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
+import { KyselyRevocationLog } from "./storage/revocation-log.js";
+import { RevocationLogPruner, RevocationPoller } from "./domain/revocation-tasks.js";
 import { httpRoutes } from "./server/http-routes.js";
 import { oauthMetadataOptions } from "./server/http/metadata.js";
 import { forwardAuthOptions } from "./server/http/forward-auth.js";
@@ -52,8 +54,8 @@ export interface RunningService {
   readonly httpPort: number;
   readonly deps: TokenDeps;
   readonly database: OpenedDatabase;
-  /** The revocation channel, for its state (tests, diagnostics). */
-  readonly channel: RevocationChannel;
+  /** The revocation transport (the LISTEN channel, or the log poller), for its state (tests, diagnostics). */
+  readonly channel: RevocationTransport;
   /** The metrics (`/metrics`), unless METRICS_ENABLED=false and the log level is above debug. */
   readonly metrics: ServiceMetrics | undefined;
   /** OpenTelemetry tracing, when on (OTEL_TRACES_EXPORTER=otlp). */
@@ -62,8 +64,13 @@ export interface RunningService {
   stop(): Promise<void>;
 }
 
+/** How a replica hears of revocations: `REVOCATION_TRANSPORT`. */
+export type RevocationTransport = RevocationChannel | RevocationPoller;
+
 /** Options beyond configuration, for tests and embedding. */
 export interface StartOptions {
+  /** Tests only: delay every revocation notice this long on this replica (a lagging replica). */
+  readonly revocationNoticeDelayMs?: number;
   readonly log?: PinoLogger;
   readonly clock?: Clock;
   /** Where the first-start bootstrap token is shown; stdout by default. */
@@ -73,7 +80,7 @@ export interface StartOptions {
 }
 
 /** Opens the store and builds the domain's dependencies (shared with tokenctl). */
-export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics, tracing?: Tracing) {
+export async function openDeps(config: Config, log: PinoLogger, clock: Clock = systemClock, metrics?: ServiceMetrics, tracing?: Tracing, noticeDelayMs = 0) {
   // Before the store: staging and production without a key-encryption key stop here, having touched nothing.
   const keks = await loadKeyEncryptionKeys(config, log);
   const database = await openDatabase({
@@ -157,8 +164,11 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     events,
     metrics,
   );
-  // One fan-out for revocation notices: this replica's cache and every WatchRevocations stream.
-  const revocations = new RevocationHub();
+  // One fan-out for revocation notices: this replica's cache and every
+  // WatchRevocations stream. It keeps the replica's place in the revocation
+  // log and catches up from it after a blip instead of flushing the cache.
+  const revocationLog = new KyselyRevocationLog(database.db);
+  const revocations = new RevocationHub(revocationLog, log);
   revocations.subscribe({
     revoked: (key, tokenId) => {
       cache.evict(key);
@@ -167,20 +177,25 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     confirmed: (atMs) => cache.confirmUntil(atMs),
     reset: () => cache.clear(),
   });
-  const channel = new RevocationChannel(
-    database.listen,
-    {
-      revoked: (key, tokenId, committedAtMs) => {
-        revocations.revoked(key, tokenId);
-        metrics?.revocationApplied(committedAtMs); // evicted by now: the hub is synchronous
-      },
-      confirmed: (atMs) => revocations.confirm(atMs),
-      restored: () => revocations.reset(),
-      lost: () => undefined, // cached answers age out within the staleness bound; the channel logs it
-    },
-    { heartbeatMs: config.revocationHeartbeatMs, timeoutMs: config.revocationHeartbeatTimeoutMs, maxBackoffMs: 5_000 },
-    log,
-  );
+  const channel: RevocationTransport =
+    config.revocationTransport === "poll"
+      ? new RevocationPoller(revocations, config.revocationPollIntervalMs, log)
+      : new RevocationChannel(
+          database.listen,
+          {
+            revoked: (key, tokenId, committedAtMs, position) => {
+              revocations.revoked(key, tokenId, position);
+              metrics?.revocationApplied(committedAtMs); // evicted by now: the hub is synchronous
+            },
+            noticed: (position) => revocations.noticed(position),
+            confirmed: (atMs) => revocations.confirm(atMs),
+            restored: () => revocations.restored(),
+            lost: () => undefined, // cached answers age out within the staleness bound; the channel logs it
+          },
+          { heartbeatMs: config.revocationHeartbeatMs, timeoutMs: config.revocationHeartbeatTimeoutMs, maxBackoffMs: 5_000, noticeDelayMs },
+          log,
+        );
+  const pruner = new RevocationLogPruner(revocationLog, config.revocationLogRetentionMs, log);
   // Rotation and bulk revocation share the write gate (issue 13).
   const lifecycleStore = store.lifecycle(kyselyStore);
   const scheduler = new RevocationScheduler({ store: lifecycleStore, cache, events, clock, log, environment: config.environment }, config.revocationSchedulerMs);
@@ -216,7 +231,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
       metadataAllowedKeys: config.tokenMetadataAllowedKeys,
     },
   };
-  metrics?.watch({ cache, listener: channel, ...(database.poolStats ? { pool: database.poolStats } : {}) });
+  metrics?.watch({ cache, listener: channel, revocations, ...(database.poolStats ? { pool: database.poolStats } : {}) });
   metrics?.watchLimits({ limits, writes: store, cache });
   /** Starts the periodic writers of batched bookkeeping. */
   const startBatches = () => {
@@ -231,7 +246,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await Promise.all([usage.stop(), legacyUsage.stop()]);
     await events.stop();
   };
-  return { database, deps, events, backendJwt, keks: keks.keys, channel, startBatches, stopBatches };
+  return { database, deps, events, backendJwt, keks: keks.keys, channel, pruner, startBatches, stopBatches };
 }
 
 /**
@@ -252,7 +267,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
       : undefined;
   // Off (the default): undefined, and nothing below wraps anything.
   const tracing = Tracing.fromConfig(config, log);
-  const { database, deps, backendJwt, channel, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics, tracing).catch(async (error: unknown) => {
+  const { database, deps, backendJwt, channel, pruner, startBatches, stopBatches } = await openDeps(config, log, options.clock, metrics, tracing, options.revocationNoticeDelayMs).catch(async (error: unknown) => {
     await tracing?.shutdown();
     throw error;
   });
@@ -268,6 +283,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
     throw error;
   }
   await channel.start();
+  pruner.start();
 
   if (options.bootstrapOnFirstStart !== false) await bootstrapOnFirstStart(config, deps, log, options.showBootstrapToken);
 
@@ -358,6 +374,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
       health.setShuttingDown();
       await Promise.all([grpc.close(config.shutdownGraceMs), http.close(config.shutdownGraceMs)]);
       backendJwt.stop();
+      pruner.stop();
       await channel.stop();
       await stopBatches();
       // After the servers: every call's span has ended; this exports them.

@@ -1,7 +1,10 @@
 import { hash } from "node:crypto";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import {
+  InactiveReason,
+  IntrospectTokenResponseSchema,
   TokenKind,
   TokenService,
   type IntrospectTokenResponse,
@@ -28,7 +31,18 @@ export interface IntrospectionClientOptions {
   readonly heartbeatMs?: number;
   /** Deadline of one IntrospectToken call. Default 2 s. */
   readonly deadlineMs?: number;
+  /**
+   * Most revocations remembered from the stream, to check answers from
+   * replicas that lag behind it. Default 100,000. An answer from a replica
+   * further behind than this memory reaches is passed on but not cached.
+   */
+  readonly maxRememberedRevocations?: number;
 }
+
+/** What the client says about a token it has seen revoked on its stream, whatever a lagging replica answers. */
+const REVOKED_ANSWER: IntrospectTokenResponse = Object.freeze(
+  create(IntrospectTokenResponseSchema, { active: false, reason: InactiveReason.REVOKED, message: "The token has been revoked.", tokenKind: TokenKind.OPAQUE }),
+) as IntrospectTokenResponse;
 
 type Callback<T> = (error: grpc.ServiceError | null, value?: T) => void;
 interface RawClient extends grpc.Client {
@@ -47,6 +61,22 @@ interface RawClient extends grpc.Client {
  * or breaks, cached answers age out within the bound and calls go to the
  * service until the stream is back. A repeat introspection is one SHA-256 and
  * one Map lookup; only tokens not seen recently cost a network hop.
+ *
+ * Behind a load balancer the unary calls and the stream may reach different
+ * replicas, and one may lag behind another. Every answer carries the
+ * revocation log position its replica had applied; the stream carries the
+ * positions of revocations. The client remembers the revocations it heard
+ * (`maxRememberedRevocations`), and for an answer from a replica at
+ * position P:
+ * - a token heard revoked is answered revoked, whatever the replica said
+ *   (revocation is never undone), and not cached;
+ * - otherwise the answer is checked against every revocation heard after P,
+ *   so the stream's later heartbeats may keep confirming it; if P is older
+ *   than the memory reaches, it cannot be checked and is not cached;
+ * - its age counts from when its replica last confirmed its own channel
+ *   (`revocation_confirmed_at`), not from when it arrived.
+ * After a break the stream resumes from the last position it saw, so the
+ * revocations missed evict just those tokens instead of the whole cache.
  *
  * Answers returned from the cache are shared objects: treat them as read-only.
  */
@@ -67,6 +97,20 @@ export class IntrospectionClient {
   private closed = false;
   private readonly firstHeartbeat: Promise<void>;
   private heard: (() => void) | undefined;
+  /** Highest revocation log position the stream has brought; undefined before the first heartbeat. */
+  private position: number | undefined;
+  /**
+   * Revocations heard on the stream: digest key → position, oldest first.
+   * Complete for every position above `knownAfter`.
+   */
+  private readonly revoked = new Map<string, number>();
+  private readonly maxRemembered: number;
+  /**
+   * Revocations at or below this position may have been missed (before the
+   * stream started or reset, or forgotten from `revoked`). Infinity until a
+   * heartbeat gives the stream a position.
+   */
+  private knownAfter = Number.POSITIVE_INFINITY;
 
   constructor(options: IntrospectionClientOptions) {
     const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
@@ -77,6 +121,7 @@ export class IntrospectionClient {
     this.metadata.set("authorization", `Bearer ${options.callerToken}`);
     this.deadlineMs = options.deadlineMs ?? 2000;
     this.heartbeatMs = options.heartbeatMs ?? 500;
+    this.maxRemembered = options.maxRememberedRevocations ?? 100_000;
     this.cache = new TokenCache<IntrospectTokenResponse>({
       maxEntries: options.maxEntries ?? 100_000,
       maxBytes: (options.maxEntries ?? 100_000) * 2048,
@@ -114,16 +159,40 @@ export class IntrospectionClient {
           reject(error ?? new Error("no answer"));
           return;
         }
-        // Legacy JWT revocations are not streamed: never cache their answers.
-        if (answer.tokenKind !== TokenKind.LEGACY_JWT) this.cache.put(key, answer, fence, now);
-        resolve(answer);
+        resolve(this.accept(key, answer, fence, now));
       });
     });
   }
 
-  /** Cache counters, and whether the revocation stream is live (heard from within three heartbeats). */
+  /**
+   * Checks a replica's answer against what the stream has told us, caches it
+   * when it can be trusted for longer, and returns what to answer.
+   */
+  private accept(key: string, answer: IntrospectTokenResponse, fence: number, sentAt: number): IntrospectTokenResponse {
+    // Revocation is never undone: a replica saying active has not heard of it yet.
+    if (answer.active && this.revoked.has(key)) return REVOKED_ANSWER;
+    // Legacy JWT revocations are not streamed: never cache their answers.
+    if (answer.tokenKind === TokenKind.LEGACY_JWT) return answer;
+    // (A server that predates positions says 0 everywhere, the stream too: all answers pass.)
+    const replicaPosition = Number(answer.revocationPosition);
+    if (answer.active && replicaPosition < this.knownAfter) {
+      // Revocations between the replica's position and ours cannot all be checked: pass it on, keep nothing.
+      return answer;
+    }
+    // The answer is as old as its replica's last proof, not as new as its arrival.
+    const confirmedAt = answer.revocationConfirmedAt === undefined ? sentAt : Math.min(sentAt, timestampMs(answer.revocationConfirmedAt));
+    this.cache.put(key, answer, fence, confirmedAt);
+    return answer;
+  }
+
+  /** Cache counters, whether the revocation stream is live (heard from within three heartbeats), and its position. */
   stats() {
-    return { ...this.cache.stats(), streaming: this.stream !== undefined && Date.now() - this.lastHeardAt <= 3 * this.heartbeatMs };
+    return {
+      ...this.cache.stats(),
+      streaming: this.stream !== undefined && Date.now() - this.lastHeardAt <= 3 * this.heartbeatMs,
+      position: this.position,
+      rememberedRevocations: this.revoked.size,
+    };
   }
 
   /** Stops watching and closes the connection. */
@@ -138,7 +207,11 @@ export class IntrospectionClient {
 
   private watch(): void {
     if (this.closed) return;
-    const stream = this.client.watchRevocations({ heartbeatInterval: durationFromMs(this.heartbeatMs) }, this.metadata);
+    // Resume where the last stream left off: the service sends what we missed (or a reset if it cannot).
+    const stream = this.client.watchRevocations(
+      { heartbeatInterval: durationFromMs(this.heartbeatMs), ...(this.position !== undefined ? { resumeAfterPosition: BigInt(this.position) } : {}) },
+      this.metadata,
+    );
     this.stream = stream;
     this.lastEventAt = Date.now();
     stream.on("data", (response: WatchRevocationsResponse) => {
@@ -147,10 +220,17 @@ export class IntrospectionClient {
       this.backoffMs = 100;
       const event = response.event;
       switch (event.case) {
-        case "revocation":
-          this.cache.evict(Buffer.from(event.value.tokenDigest).toString("base64"));
+        case "revocation": {
+          const key = Buffer.from(event.value.tokenDigest).toString("base64");
+          this.cache.evict(key);
+          this.remember(key, Number(event.value.position));
           break;
+        }
         case "heartbeat": {
+          const position = Number(event.value.position);
+          if (this.position === undefined || position > this.position) this.position = position;
+          // After a start or a reset, knowledge begins here.
+          if (this.knownAfter === Number.POSITIVE_INFINITY) this.knownAfter = position;
           const ageMs = event.value.confirmedAge ? Number(event.value.confirmedAge.seconds) * 1000 + event.value.confirmedAge.nanos / 1e6 : Number.POSITIVE_INFINITY;
           // The server proves completeness up to `ageMs` before it sent this; measured on our clock, conservatively.
           this.cache.confirmUntil(this.lastEventAt - ageMs);
@@ -158,14 +238,19 @@ export class IntrospectionClient {
           break;
         }
         case "reset":
+          // What was missed is unknown: drop every answer, and check none against the past until the next heartbeat.
           this.cache.clear();
+          this.knownAfter = Number.POSITIVE_INFINITY;
+          // The service could not resume from our position (too old, or not its log): take its next one.
+          this.position = undefined;
           break;
       }
     });
     const restart = () => {
       if (this.stream !== stream) return;
       this.stream = undefined;
-      this.cache.clear();
+      // The cache is kept: without heartbeats its answers age out within the
+      // bound, and the next stream resumes from our position with what we missed.
       if (this.closed) return;
       this.retry = setTimeout(() => this.watch(), this.backoffMs);
       this.retry.unref();
@@ -173,6 +258,18 @@ export class IntrospectionClient {
     };
     stream.on("error", restart);
     stream.on("end", restart);
+  }
+
+  /** Remembers a revocation heard on the stream, forgetting the oldest beyond the memory's bound. */
+  private remember(key: string, position: number): void {
+    if (position > 0 && (this.position === undefined || position > this.position)) this.position = position;
+    this.revoked.delete(key);
+    this.revoked.set(key, position);
+    if (this.revoked.size > this.maxRemembered) {
+      const [oldest, at] = this.revoked.entries().next().value!;
+      this.revoked.delete(oldest);
+      if (at > this.knownAfter) this.knownAfter = at;
+    }
   }
 
   /** A stream that has gone quiet is as good as broken: cancel it and start over. */

@@ -3,8 +3,8 @@ import type { RevocationHub } from "./revocation-hub.js";
 
 /** One event of a revocation stream. */
 export type WatchEvent =
-  | { readonly kind: "revocation"; readonly key: string; readonly tokenId: string }
-  | { readonly kind: "heartbeat"; readonly atMs: number; readonly confirmedAgeMs: number }
+  | { readonly kind: "revocation"; readonly key: string; readonly tokenId: string; readonly position?: number | undefined }
+  | { readonly kind: "heartbeat"; readonly atMs: number; readonly confirmedAgeMs: number; readonly position?: number }
   | { readonly kind: "reset" };
 
 /** Most events held for a slow reader before the stream is reset instead. */
@@ -38,6 +38,11 @@ export interface StreamOwner {
  * Ends when `signal` aborts, and with `owner`, throws `unauthenticated`
  * once the owner's credential is revoked or expires (after delivering what
  * was queued, the owner's own revocation included).
+ *
+ * With `resumeAfter` (a revocation log position the gateway has seen), the
+ * stream starts instead with every revocation after it, read from the log,
+ * and a `reset` only when the log no longer reaches back that far. Heartbeats
+ * carry the position this replica has applied.
  */
 export async function* watchRevocations(
   hub: RevocationHub,
@@ -45,8 +50,9 @@ export async function* watchRevocations(
   signal: AbortSignal,
   now: () => number = Date.now,
   owner?: StreamOwner,
+  resumeAfter?: number,
 ): AsyncGenerator<WatchEvent> {
-  let queue: WatchEvent[] = [{ kind: "reset" }];
+  let queue: WatchEvent[] = resumeAfter === undefined ? [{ kind: "reset" }] : [];
   let wake: (() => void) | undefined;
   let ended: TokenError | undefined;
   const end = (error: TokenError) => {
@@ -61,16 +67,22 @@ export async function* watchRevocations(
   const heartbeat = () => {
     const at = now();
     // Never confirmed yet: nothing is proven, so the age covers all time.
-    push({ kind: "heartbeat", atMs: at, confirmedAgeMs: hub.confirmedAt === 0 ? at : Math.max(0, at - hub.confirmedAt) });
+    push({ kind: "heartbeat", atMs: at, confirmedAgeMs: hub.confirmedAt === 0 ? at : Math.max(0, at - hub.confirmedAt), position: hub.position });
   };
   const unsubscribe = hub.subscribe({
-    revoked: (key, tokenId) => {
-      push({ kind: "revocation", key, tokenId });
+    revoked: (key, tokenId, position) => {
+      push({ kind: "revocation", key, tokenId, position });
       if (tokenId === owner?.tokenId) end(new TokenError("unauthenticated", "caller credential refused: The token has been revoked."));
     },
     confirmed: () => undefined, // reported by the heartbeat's age
     reset: () => push({ kind: "reset" }),
   });
+  if (resumeAfter !== undefined) {
+    // Subscribed first, so nothing committed after this read can fall between the two.
+    const missed = await hub.since(resumeAfter, MAX_QUEUED).catch(() => undefined);
+    const caughtUp: WatchEvent[] = missed === undefined ? [{ kind: "reset" }] : missed.flatMap((e) => (e.key === undefined ? [] : [{ kind: "revocation" as const, key: e.key, tokenId: e.id, position: e.position }]));
+    queue = [...caughtUp, ...queue];
+  }
   const timer = setInterval(heartbeat, heartbeatMs);
   let checking = false;
   const recheck = () => {

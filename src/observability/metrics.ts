@@ -80,6 +80,8 @@ export interface MetricsSources {
   readonly listener?: { stats(): { up: boolean; reconnects: number; losses: number } };
   /** `OpenedDatabase.poolStats` (PostgreSQL only). */
   readonly pool?: () => { total: number; idle: number; waiting: number; max: number };
+  /** `RevocationHub.mark()`: the revocation log position applied and when it was last confirmed (ms). */
+  readonly revocations?: { mark(): { position: number; confirmedAt: number } };
 }
 
 /** Constant facts about this process, exported as `token_service_info` labels. */
@@ -297,7 +299,7 @@ export class ServiceMetrics implements DomainMetrics, SecurityEventMetrics, Call
   /** Registers the scrape-time readings of the cache, the listener and the pool. */
   watch(sources: MetricsSources): void {
     const registers = [this.registry];
-    const { cache, listener, pool } = sources;
+    const { cache, listener, pool, revocations } = sources;
     if (cache !== undefined) {
       scrapedCounter(registers, "cache_hits_total", "Introspection cache lookups answered from the cache.", () => cache.stats().hits);
       scrapedCounter(registers, "cache_misses_total", "Introspection cache lookups that went to the store (absent, or too stale to serve).", () => cache.stats().misses);
@@ -309,6 +311,28 @@ export class ServiceMetrics implements DomainMetrics, SecurityEventMetrics, Call
       scrapedGauge(registers, "revocation_listener_up", "1 while the revocation channel (LISTEN) is subscribed and proving itself, 0 while it is being reopened.", () => (listener.stats().up ? 1 : 0));
       scrapedCounter(registers, "revocation_listener_reconnects_total", "Times the revocation channel was reopened after its first subscription.", () => listener.stats().reconnects);
       scrapedCounter(registers, "revocation_listener_losses_total", "Times the revocation channel was declared lost (connection error or no heartbeat back in time).", () => listener.stats().losses);
+    }
+    if (revocations !== undefined) {
+      // Under WORKERS the cluster reports the worst worker: the lowest position, the oldest confirmation.
+      new Gauge({
+        name: `${METRIC_PREFIX}revocation_log_position`,
+        help: "The revocation log position this replica has applied: every revocation up to it has reached its cache. A replica trailing the others is lagging behind the log.",
+        registers,
+        aggregator: "min",
+        collect() {
+          this.set(revocations.mark().position);
+        },
+      });
+      new Gauge({
+        name: `${METRIC_PREFIX}revocation_confirmed_age_seconds`,
+        help: "Seconds since this replica last proved it had heard every revocation (heartbeat back, or successful poll); cached answers are served only while this is within CACHE_STALENESS.",
+        registers,
+        aggregator: "max",
+        collect() {
+          const at = revocations.mark().confirmedAt;
+          this.set(at === 0 ? Number.POSITIVE_INFINITY : Math.max(0, Date.now() - at) / 1000);
+        },
+      });
     }
     if (pool !== undefined) {
       scrapedGauge(registers, "store_pool_connections", "PostgreSQL connections open in the pool (in use and idle).", () => pool().total);

@@ -36,6 +36,7 @@ import type { Metadata, UntypedHandleCall } from "@grpc/grpc-js";
 import { redactUrl, type Config } from "../config.js";
 import type { CacheOutcome, DomainTracing, Logger, TokenStore } from "../domain/ports.js";
 import type { IntrospectionUse } from "../domain/introspect.js";
+import { GRPC_CODE_NAMES } from "./metrics.js";
 
 /**
  * OpenTelemetry tracing, instrumented by hand (no auto-instrumentation: it
@@ -363,26 +364,6 @@ const RPC_SYSTEM_NAME_VALUE_CONNECTRPC = "connectrpc";
 const OK = 0;
 const CANCELLED = 1;
 
-/** gRPC status names by code, the `rpc.status_code` values. */
-const GRPC_CODE_NAMES = [
-  "OK",
-  "CANCELLED",
-  "UNKNOWN",
-  "INVALID_ARGUMENT",
-  "DEADLINE_EXCEEDED",
-  "NOT_FOUND",
-  "ALREADY_EXISTS",
-  "PERMISSION_DENIED",
-  "RESOURCE_EXHAUSTED",
-  "FAILED_PRECONDITION",
-  "ABORTED",
-  "OUT_OF_RANGE",
-  "UNIMPLEMENTED",
-  "INTERNAL",
-  "UNAVAILABLE",
-  "DATA_LOSS",
-  "UNAUTHENTICATED",
-] as const;
 
 /**
  * Codes that mark a server span as failed (RPC semantic conventions, gRPC):

@@ -227,6 +227,34 @@ export function introspectAnswer(result: IntrospectResult, claimsContext: { read
 }
 
 /**
+ * An answer stamped with the revocation position and freshness its replica
+ * had when it started answering (read before the cache or the store, so the
+ * answer reflects at least that much). A copy: answers may be shared, frozen.
+ */
+export function withRevocationMark(answer: IntrospectTokenResponse, mark: { readonly position: number; readonly confirmedAt: number }): IntrospectTokenResponse {
+  if (!Object.isFrozen(answer)) {
+    // Built for this call alone: stamp it in place.
+    answer.revocationPosition = BigInt(mark.position);
+    if (mark.confirmedAt > 0) answer.revocationConfirmedAt = timestampFromMs(mark.confirmedAt);
+    return answer;
+  }
+  // A shared hot answer: one frozen stamped copy per mark (the hub hands out
+  // the same mark object until it changes), so its encoding is reused too.
+  const known = STAMPED.get(answer);
+  if (known !== undefined && known.mark === mark) return known.stamped;
+  const stamped = Object.freeze({
+    ...answer,
+    revocationPosition: BigInt(mark.position),
+    ...(mark.confirmedAt > 0 ? { revocationConfirmedAt: timestampFromMs(mark.confirmedAt) } : {}),
+  });
+  STAMPED.set(answer, { mark, stamped });
+  return stamped;
+}
+
+/** Hot answers stamped with the latest mark they were sent with. */
+const STAMPED = new WeakMap<IntrospectTokenResponse, { readonly mark: object; readonly stamped: IntrospectTokenResponse }>();
+
+/**
  * The response headers for a legacy JWT answer, so a gateway can pass the
  * notice on unchanged: `X-Auth-Deprecation`, `Deprecation` (RFC 9745, an
  * `@`-prefixed epoch), `Sunset` (RFC 8594, an HTTP-date) and `Link` to the
@@ -274,9 +302,9 @@ export function jsonWebKey(jwk: Readonly<Record<string, unknown>>): MessageInitS
 export function watchResponse(event: WatchEvent): MessageInitShape<typeof WatchRevocationsResponseSchema> {
   switch (event.kind) {
     case "revocation":
-      return { event: { case: "revocation", value: { tokenDigest: Buffer.from(event.key, "base64"), tokenId: event.tokenId } } };
+      return { event: { case: "revocation", value: { tokenDigest: Buffer.from(event.key, "base64"), tokenId: event.tokenId, position: BigInt(event.position ?? 0) } } };
     case "heartbeat":
-      return { event: { case: "heartbeat", value: { time: timestampFromMs(event.atMs), confirmedAge: durationFromMs(event.confirmedAgeMs) } } };
+      return { event: { case: "heartbeat", value: { time: timestampFromMs(event.atMs), confirmedAge: durationFromMs(event.confirmedAgeMs), position: BigInt(event.position ?? 0) } } };
     case "reset":
       return { event: { case: "reset", value: {} } };
   }

@@ -19,7 +19,7 @@ import { durationWithin } from "../domain/validation.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 import { callerCredential, requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
-import { dateFromPb, deprecationHeaders, durationMsFromPb, introspectAnswer, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo } from "./mapping.js";
+import { dateFromPb, deprecationHeaders, durationMsFromPb, introspectAnswer, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo, withRevocationMark } from "./mapping.js";
 
 type Impl = ServiceImpl<typeof TokenService>;
 
@@ -112,11 +112,13 @@ export class TokenServiceHandler implements Impl {
       if (req.token.length > MAX_PRESENTED_TOKEN_LENGTH) throw invalidArgument("token", `must be at most ${MAX_PRESENTED_TOKEN_LENGTH} characters`);
       if (req.tokenTypeHint.length > 64) throw invalidArgument("token_type_hint", "must be at most 64 characters");
       const { caller, meta } = await this.caller(ctx, SCOPES.introspect, "introspect");
+      // Before the lookup: the answer reflects at least every revocation up to this mark.
+      const mark = this.deps.revocations.mark();
       const result = await introspectToken(this.deps, req.token, meta, { backendJwt: req.includeBackendJwt, lookupOwner: caller.tokenId });
       if (result.active && result.deprecation) {
         for (const [name, value] of deprecationHeaders(result.deprecation)) ctx.responseHeader.set(name, value);
       }
-      return introspectAnswer(result, this.deps.policy);
+      return withRevocationMark(introspectAnswer(result, this.deps.policy), mark);
     });
 
   revokeToken: Impl["revokeToken"] = (req, ctx) =>
@@ -211,12 +213,13 @@ export class TokenServiceHandler implements Impl {
       return { events: page.items.map(securityEvent), nextPageToken: page.nextPageToken };
     });
 
-  watchRevocations: Impl["watchRevocations"] = (req, ctx) => this.watch(req.heartbeatInterval, ctx);
+  watchRevocations: Impl["watchRevocations"] = (req, ctx) => this.watch(req.heartbeatInterval, ctx, req.resumeAfterPosition);
 
-  private async *watch(interval: Duration | undefined, ctx: HandlerContext): AsyncGenerator<MessageInitShape<typeof WatchRevocationsResponseSchema>> {
+  private async *watch(interval: Duration | undefined, ctx: HandlerContext, resumeAfter?: bigint): AsyncGenerator<MessageInitShape<typeof WatchRevocationsResponseSchema>> {
     try {
       const asked = interval === undefined ? 1000 : durationWithin("heartbeat_interval", durationMsFromPb(interval), HEARTBEAT_RANGE_MS.min, HEARTBEAT_RANGE_MS.max);
       const heartbeatMs = Math.max(asked, this.minHeartbeatMs);
+      if (resumeAfter !== undefined && resumeAfter > BigInt(Number.MAX_SAFE_INTEGER)) throw invalidArgument("resume_after_position", "is beyond any position this service hands out");
       const credential = callerCredential(ctx);
       const { caller, meta } = await this.caller(ctx, SCOPES.introspect, "list");
       const release = this.streams.acquire(caller.tokenId);
@@ -236,7 +239,7 @@ export class TokenServiceHandler implements Impl {
             await authenticate(this.deps, credential, meta);
           },
         };
-        for await (const event of watchRevocations(this.deps.revocations, heartbeatMs, ctx.signal, Date.now, owner)) {
+        for await (const event of watchRevocations(this.deps.revocations, heartbeatMs, ctx.signal, Date.now, owner, resumeAfter === undefined ? undefined : Number(resumeAfter))) {
           yield watchResponse(event);
         }
       } finally {

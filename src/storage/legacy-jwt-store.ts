@@ -23,6 +23,8 @@ export class KyselyLegacyJwtStore implements LegacyJwtStore {
   /** Records a revoked `jti`; a second revocation keeps the first record. */
   revoke(jti: string, r: { by: string; reason: string; at: Date; expiresAt: Date | null }): Promise<{ alreadyRevoked: boolean }> {
     return translatingErrors(async () => {
+      // The row trigger of migration 0009 logs (and notifies) it in the same
+      // statement; a repeat inserts nothing and logs nothing.
       const inserted = await this.db
         .insertInto("legacy_jwt_revocations")
         .values({ jti, revoked_at: r.at, revoked_by: r.by, revoke_reason: r.reason, expires_at: r.expiresAt })

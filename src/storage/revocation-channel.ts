@@ -9,8 +9,9 @@
  * heartbeat sent at time T proves every revocation committed before T has
  * been received: `confirmed(T)`. No heartbeat back within the timeout: the
  * channel is declared lost, its connection destroyed and a new one opened
- * with back-off; once listening again, `restored()` tells the cache to
- * forget everything it heard nothing about while deaf.
+ * with back-off; once listening again, `restored()` tells the owner to catch
+ * up on what it missed from the revocation log (migration 0009), whose
+ * positions every notice carries.
  *
  * Never run the listener through a transaction-pooling proxy (PgBouncer in
  * transaction mode): LISTEN is session state and would be lost or land on
@@ -22,11 +23,14 @@ import type { Logger } from "../domain/ports.js";
 /** The NOTIFY channel. */
 export const REVOCATION_CHANNEL = "token_revocations";
 /**
- * Payload prefix of a revoked opaque token: `r:<base64 digest>:<token id>:<ms>`,
+ * Payload prefix of a revoked opaque token: `r:<base64 digest>:<token id>:<ms>:<position>`,
  * where `<ms>` is the database's clock (epoch milliseconds) when the revoking
- * statement ran, for the propagation-lag metric. Older writers omit `:<ms>`.
+ * statement ran, for the propagation-lag metric, and `<position>` its place in
+ * the revocation log. Older writers omit `:<position>`, or both.
  */
 export const REVOKED_PREFIX = "r:";
+/** Payload prefix of a log position with nothing to evict (a legacy jti): `l:<position>`. */
+export const LOGGED_PREFIX = "l:";
 /** Payload prefix of a heartbeat: `h:<replica nonce>:<sequence>`. */
 const HEARTBEAT_PREFIX = "h:";
 
@@ -49,10 +53,12 @@ export interface RevocationHandlers {
    * A token was revoked: its digest key (base64), id, and when the database
    * committed it (epoch ms by the database's clock), if the notice says.
    */
-  revoked(key: string, tokenId: string, committedAtMs: number | undefined): void;
+  revoked(key: string, tokenId: string, committedAtMs: number | undefined, position: number | undefined): void;
+  /** A revocation log position with nothing to evict (a legacy jti). */
+  noticed?(position: number): void;
   /** Every revocation committed before `atMs` has been received. */
   confirmed(atMs: number): void;
-  /** Listening (again): whatever was cached while deaf must go. */
+  /** Listening (again): what was missed while deaf must be caught up on (or, failing that, dropped). */
   restored(): void;
   /** The channel was lost; cached answers age out within the staleness bound. */
   lost(error: unknown): void;
@@ -65,6 +71,11 @@ export interface RevocationChannelOptions {
   readonly timeoutMs: number;
   /** Longest wait between reconnection attempts. */
   readonly maxBackoffMs: number;
+  /**
+   * Tests only: hold every payload this long before acting on it, in order,
+   * to make one replica lag behind the others. 0 or unset in production.
+   */
+  readonly noticeDelayMs?: number;
 }
 
 /** The self-checking revocation channel of one replica. */
@@ -128,7 +139,7 @@ export class RevocationChannel {
     const generation = ++this.generation;
     try {
       const session = await this.open(
-        (payload) => this.receive(payload, generation),
+        (payload) => this.deliver(payload, generation),
         (error) => this.fail(error, generation),
       );
       if (this.stopped || generation !== this.generation) {
@@ -148,15 +159,31 @@ export class RevocationChannel {
     }
   }
 
+  private deliver(payload: string, generation: number): void {
+    const delay = this.options.noticeDelayMs ?? 0;
+    if (delay <= 0) this.receive(payload, generation);
+    // Equal delays fire in the order set: notices keep their order.
+    else setTimeout(() => this.receive(payload, generation), delay).unref();
+  }
+
   private receive(payload: string, generation: number): void {
     if (generation !== this.generation) return;
     if (payload.startsWith(REVOKED_PREFIX)) {
-      // `<digest>:<id>` or `<digest>:<id>:<ms>`; base64 and UUIDs hold no colon.
-      const [key, tokenId, ms] = payload.slice(REVOKED_PREFIX.length).split(":", 3);
+      // `<digest>:<id>`, `…:<ms>` or `…:<ms>:<position>`; base64 and UUIDs hold no colon.
+      const [key, tokenId, ms, pos] = payload.slice(REVOKED_PREFIX.length).split(":", 4);
       if (key && tokenId) {
         const committedAtMs = ms === undefined ? undefined : Number(ms);
-        this.handlers.revoked(key, tokenId, committedAtMs !== undefined && Number.isFinite(committedAtMs) ? committedAtMs : undefined);
+        const position = pos === undefined ? undefined : Number(pos);
+        this.handlers.revoked(
+          key,
+          tokenId,
+          committedAtMs !== undefined && Number.isFinite(committedAtMs) ? committedAtMs : undefined,
+          position !== undefined && Number.isSafeInteger(position) ? position : undefined,
+        );
       }
+    } else if (payload.startsWith(LOGGED_PREFIX)) {
+      const position = Number(payload.slice(LOGGED_PREFIX.length));
+      if (Number.isSafeInteger(position)) this.handlers.noticed?.(position);
     } else if (payload.startsWith(HEARTBEAT_PREFIX)) {
       const [nonce, seq] = payload.slice(HEARTBEAT_PREFIX.length).split(":");
       if (nonce !== this.nonce) return; // another replica's heartbeat

@@ -143,6 +143,23 @@ export interface ServerSecretsTable {
   created_at: ColumnType<Date, never, never>;
 }
 
+/** The `revocation_log_counter` table (migration 0009): one row, the last position handed out and the pruning mark. */
+export interface RevocationLogCounterTable {
+  singleton: boolean;
+  /** `bigint`: a string from `pg`, a number from PGlite. */
+  position: ColumnType<string | number, never, never>;
+  pruned_through: ColumnType<string | number, never, never>;
+}
+
+/** The `revocation_log` table (migration 0009): one row per revocation, by position. */
+export interface RevocationLogTable {
+  position: ColumnType<string | number, never, never>;
+  kind: "token" | "legacy_jti";
+  subject_id: string;
+  digest: Uint8Array | null;
+  logged_at: Date;
+}
+
 /** Every table the service owns (Kysely's migration tables are Kysely's). */
 export interface Database {
   tokens: TokensTable;
@@ -151,5 +168,7 @@ export interface Database {
   legacy_jwt_usage: LegacyJwtUsageTable;
   signing_keys: SigningKeysTable;
   server_secrets: ServerSecretsTable;
+  revocation_log_counter: RevocationLogCounterTable;
+  revocation_log: RevocationLogTable;
   bulk_revocations: BulkRevocationsTable;
 }

@@ -21,7 +21,6 @@ import type {
 import { translateStoreError, translatingErrors } from "./errors.js";
 import { CAP_REACHED_SQLSTATE } from "./migrations/0004_capped_insert.js";
 import { ISSUER_REVOKED_SQLSTATE } from "./migrations/0006_issued_by.js";
-import { REVOCATION_CHANNEL, REVOKED_PREFIX } from "./revocation-channel.js";
 import type { BulkRevocationsTable, Database, TokensTable } from "./schema.js";
 import type { OpenedDatabase } from "./database.js";
 
@@ -148,23 +147,14 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
   revoke(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOutcome | undefined> {
     return translatingErrors(async () => {
       if (!isUuid(id)) return undefined;
-      // One statement, so one transaction: the revocation and its notice to
-      // every replica (LISTEN/NOTIFY) commit together or not at all, and the
-      // notice is delivered only once the revocation is durable.
+      // One statement, so one transaction: the revocation, its entry in the
+      // revocation log and its notice to every replica (LISTEN/NOTIFY), both
+      // written by the row trigger of migration 0009, commit together or not
+      // at all, and the notice is delivered only once the revocation is durable.
       const { rows } = await sql<Selectable<TokensTable>>`
-        WITH revoked AS (
-          UPDATE tokens SET revoked_at = ${revocation.at}, revoked_by = ${revocation.by}, revoke_reason = ${revocation.reason}
-          WHERE id = ${id} AND revoked_at IS NULL
-          RETURNING *
-        )
-        SELECT revoked.*, pg_notify(
-          ${REVOCATION_CHANNEL},
-          ${REVOKED_PREFIX} || encode(revoked.digest, 'base64') || ':' || revoked.id::text
-            -- The database's clock as the statement ends, in epoch ms: receivers
-            -- measure propagation lag from it (the commit follows within the statement).
-            || ':' || floor(extract(epoch from clock_timestamp()) * 1000)::bigint::text
-        ) AS notified
-        FROM revoked`.execute(this.db);
+        UPDATE tokens SET revoked_at = ${revocation.at}, revoked_by = ${revocation.by}, revoke_reason = ${revocation.reason}
+        WHERE id = ${id} AND revoked_at IS NULL
+        RETURNING *`.execute(this.db);
       const row = rows[0];
       if (row !== undefined) return { record: toRecord(row), alreadyRevoked: false };
       // No unrevoked row: either no such id, or revoked before (revocation is never undone).
@@ -178,12 +168,18 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
    * statement: a recursive walk down `issued_by_token_id` from the root
    * (through tokens revoked before too: what they issued came from the same
    * authority), row locks on the unrevoked ones taken in id order (so two
-   * overlapping cascades cannot deadlock), the UPDATE, and a `pg_notify` per
-   * revoked row exactly as a single revocation sends it. Passes repeat until
+   * overlapping cascades cannot deadlock) and the UPDATE. Passes repeat until
    * one revokes nothing: a child whose insert committed after a pass's
    * snapshot but before its locks is caught by the next pass, and a later
    * insert under a locked (or revoked) issuer is refused by the insert
-   * itself (migration 0006). Notices are delivered at commit, once durable.
+   * itself (migration 0006). Each revoked row gets its revocation log
+   * position and its `pg_notify` from the row trigger, exactly as a single
+   * revocation does (migration 0009); notices are delivered at commit, once
+   * durable. (The trigger takes the log's counter lock in the first pass; a
+   * later pass that must wait for a row a concurrent single revocation holds
+   * while that one waits for the counter is a deadlock PostgreSQL detects and
+   * breaks. It needs a child inserted in the instant between a pass's
+   * snapshot and its locks, revoked alone at that same instant.)
    */
   revokeCascade(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<CascadeOutcome | undefined> {
     return translatingErrors(async () => {
@@ -210,12 +206,7 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
               WHERE tokens.id = locked.id AND tokens.revoked_at IS NULL
               RETURNING tokens.*
             )
-            SELECT revoked.*, pg_notify(
-              ${REVOCATION_CHANNEL},
-              ${REVOKED_PREFIX} || encode(revoked.digest, 'base64') || ':' || revoked.id::text
-                || ':' || floor(extract(epoch from clock_timestamp()) * 1000)::bigint::text
-            ) AS notified
-            FROM revoked`.execute(trx);
+            SELECT revoked.* FROM revoked`.execute(trx);
           for (const row of rows) revoked.set(row.id, toRecord(row));
           if (rows.length === 0) break;
         }
@@ -332,8 +323,9 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
    * One statement, as `revokeCascade`'s passes: row locks in id order (so
    * overlapping batches cannot deadlock; a replica racing for the same rows
    * waits, then re-reads them and skips the ones revoked meanwhile, so each
-   * is revoked once), the conditional UPDATE, and a `pg_notify` per revoked
-   * row exactly as a single revocation sends it, delivered at commit.
+   * is revoked once) and the conditional UPDATE; the row trigger of
+   * migration 0009 logs and announces each revoked row exactly as a single
+   * revocation, delivered at commit.
    */
   revokeMany(ids: readonly string[], revocation: Revocation, options: { readonly dueBy?: Date } = {}): Promise<TokenRecord[]> {
     return translatingErrors(async () => {
@@ -530,8 +522,9 @@ function toRecord(row: Selectable<TokensTable>): TokenRecord {
 
 /**
  * Revokes the unrevoked tokens among `ids` in one statement (see
- * `KyselyTokenStore.revokeMany`). The NOTIFY payload is the one
- * `revoke` and `revokeCascade` send (`revocation-channel.ts`).
+ * `KyselyTokenStore.revokeMany`). Each revoked row gets its revocation log
+ * position and its notice from the row trigger of migration 0009, exactly as
+ * `revoke` and `revokeCascade` do.
  */
 async function revokeIds(db: Kysely<Database>, ids: readonly string[], revocation: Revocation, dueBy?: Date): Promise<TokenRecord[]> {
   const due = dueBy === undefined ? sql`` : sql`AND scheduled_revoke_at IS NOT NULL AND scheduled_revoke_at <= ${dueBy}`;
@@ -548,12 +541,7 @@ async function revokeIds(db: Kysely<Database>, ids: readonly string[], revocatio
       WHERE tokens.id = locked.id AND tokens.revoked_at IS NULL
       RETURNING tokens.*
     )
-    SELECT revoked.*, pg_notify(
-      ${REVOCATION_CHANNEL},
-      ${REVOKED_PREFIX} || encode(revoked.digest, 'base64') || ':' || revoked.id::text
-        || ':' || floor(extract(epoch from clock_timestamp()) * 1000)::bigint::text
-    ) AS notified
-    FROM revoked`.execute(db);
+    SELECT revoked.* FROM revoked`.execute(db);
   return rows.map(toRecord);
 }
 

@@ -6,7 +6,8 @@ import { grpcClient, startTestService, type ServiceUnderTest } from "../support/
 import { startTcpProxy } from "../support/tcp-proxy.js";
 
 /** The gateway client library against the real service on PostgreSQL. */
-describe("the introspection client library", () => {
+/** Every case runs with both transports: pushed (LISTEN/NOTIFY) and polled (the revocation log). */
+describe.each(["notify", "poll"] as const)("the introspection client library (REVOCATION_TRANSPORT=%s)", (transport) => {
   let db: TestDatabase;
   let sut: ServiceUnderTest;
   let admin: ReturnType<typeof grpcClient>;
@@ -15,7 +16,7 @@ describe("the introspection client library", () => {
 
   beforeAll(async () => {
     db = await createTestDatabase();
-    sut = await startTestService({ DATABASE_URL: db.url, REVOCATION_HEARTBEAT: "200ms" });
+    sut = await startTestService({ DATABASE_URL: db.url, REVOCATION_HEARTBEAT: "200ms", REVOCATION_TRANSPORT: transport });
     adminToken = sut.bootstrapToken!;
     admin = grpcClient(TokenService, `127.0.0.1:${sut.service.grpcPort}`);
   });
@@ -84,6 +85,35 @@ describe("the introspection client library", () => {
       await expect.poll(() => client.stats().streaming, { timeout: 5_000 }).toBe(false);
       proxy.restore();
       await expect.poll(async () => client.introspect(token).then((a) => a.active, () => "error"), { timeout: 15_000, interval: 200 }).toBe(true);
+    } finally {
+      client.close();
+      await proxy.close();
+    }
+  });
+
+  it("resumes its stream from its last position after a break: evicts what was revoked meanwhile, keeps the rest", async () => {
+    const proxy = await startTcpProxy(sut.service.grpcPort);
+    const client = new IntrospectionClient({ address: `127.0.0.1:${proxy.port}`, callerToken: adminToken, stalenessMs: 1000, heartbeatMs: 200, deadlineMs: 500 });
+    try {
+      await client.ready();
+      const revoked = await issue();
+      const kept = await issue();
+      expect((await client.introspect(revoked.token)).active).toBe(true);
+      expect((await client.introspect(kept.token)).active).toBe(true);
+      proxy.cut();
+      await expect.poll(() => client.stats().streaming, { timeout: 5_000 }).toBe(false);
+      const before = sut.service.deps.revocations.position;
+      await admin.unary("revokeToken", { target: { case: "token", value: revoked.token } }, auth());
+      await expect.poll(() => sut.service.deps.revocations.position, { timeout: 5_000 }).toBeGreaterThan(before);
+      const target = sut.service.deps.revocations.position;
+      proxy.restore();
+      // The resumed stream brings the revocation missed while cut, and then heartbeats again.
+      await expect.poll(() => (client.stats().position ?? 0) >= target && client.stats().streaming, { timeout: 15_000, interval: 50 }).toBe(true);
+      // The other answer was not forgotten: served from the cache, no call to the service.
+      const misses = client.stats().misses;
+      expect((await client.introspect(kept.token)).active).toBe(true);
+      expect(client.stats().misses).toBe(misses);
+      expect((await client.introspect(revoked.token)).reason).toBe(InactiveReason.REVOKED);
     } finally {
       client.close();
       await proxy.close();

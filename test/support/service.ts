@@ -37,7 +37,7 @@ export interface ServiceUnderTest {
 export const TEST_KEK = Buffer.alloc(32, 7).toString("base64");
 
 /** Starts the whole service as `npm start` would, with test overrides. */
-export async function startTestService(env: Record<string, string>): Promise<ServiceUnderTest> {
+export async function startTestService(env: Record<string, string>, options: { readonly revocationNoticeDelayMs?: number } = {}): Promise<ServiceUnderTest> {
   // Every test client is 127.0.0.1 and many tests send bad credentials on
   // purpose: the per-address budget of failed authentications is off unless a
   // test (of the limit itself) sets it.
@@ -45,6 +45,7 @@ export async function startTestService(env: Record<string, string>): Promise<Ser
   const logs = new LogCapture();
   let bootstrapToken: string | undefined;
   const service = await startService(config, {
+    ...options,
     log: createLogger(config.logLevel, logs),
     showBootstrapToken: (token) => {
       bootstrapToken = token;

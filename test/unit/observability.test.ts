@@ -110,11 +110,12 @@ describe("revocation notices", () => {
     return seen;
   }
 
-  it("read the commit time when the notice carries it, and accept older notices without it", async () => {
-    expect(await received(["r:q83vEjRWeJA=:0b7e1c2a-4d5e-4f60-8a9b-c0d1e2f3a4b5:1790000000123", "r:q83vEjRWeJA=:0b7e1c2a-4d5e-4f60-8a9b-c0d1e2f3a4b5", "r:k:id:garbage", "r:", "r:k"])).toEqual([
-      ["q83vEjRWeJA=", "0b7e1c2a-4d5e-4f60-8a9b-c0d1e2f3a4b5", 1790000000123],
-      ["q83vEjRWeJA=", "0b7e1c2a-4d5e-4f60-8a9b-c0d1e2f3a4b5", undefined],
-      ["k", "id", undefined],
+  it("read the commit time and log position when the notice carries them, and accept older notices without them", async () => {
+    expect(await received(["r:q83vEjRWeJA=:0b7e1c2a-4d5e-4f60-8a9b-c0d1e2f3a4b5:1790000000123:42", "r:q83vEjRWeJA=:0b7e1c2a-4d5e-4f60-8a9b-c0d1e2f3a4b5:1790000000123", "r:q83vEjRWeJA=:0b7e1c2a-4d5e-4f60-8a9b-c0d1e2f3a4b5", "r:k:id:garbage", "r:", "r:k"])).toEqual([
+      ["q83vEjRWeJA=", "0b7e1c2a-4d5e-4f60-8a9b-c0d1e2f3a4b5", 1790000000123, 42],
+      ["q83vEjRWeJA=", "0b7e1c2a-4d5e-4f60-8a9b-c0d1e2f3a4b5", 1790000000123, undefined],
+      ["q83vEjRWeJA=", "0b7e1c2a-4d5e-4f60-8a9b-c0d1e2f3a4b5", undefined, undefined],
+      ["k", "id", undefined, undefined],
     ]);
   });
 });

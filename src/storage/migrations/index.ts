@@ -11,6 +11,7 @@ import * as m0005 from "./0005_wrapped_signing_keys.js";
 import * as m0006 from "./0006_issued_by.js";
 import * as m0007 from "./0007_server_secrets.js";
 import * as m0008 from "./0008_security_event_folding.js";
+import * as m0009 from "./0009_revocation_log.js";
 import * as m0010 from "./0010_rotation_and_bulk_revocation.js";
 
 /**
@@ -26,6 +27,7 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0006_issued_by": m0006,
   "0007_server_secrets": m0007,
   "0008_security_event_folding": m0008,
+  "0009_revocation_log": m0009,
   "0010_rotation_and_bulk_revocation": m0010,
 });
 
