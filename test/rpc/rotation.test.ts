@@ -4,6 +4,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { InactiveReason, TokenService, TokenState } from "../../gen/tokens/v1/token_service_pb.js";
 import { bootstrapAdmin } from "../../src/domain/issue.js";
 import type { TokenDeps } from "../../src/domain/ports.js";
+import { RateLimits } from "../../src/domain/rate-limit.js";
 import { RevocationScheduler } from "../../src/domain/revocation-scheduler.js";
 import { RotationWatcher } from "../../src/domain/rotate.js";
 import { TokenServiceHandler } from "../../src/rpc/token-service.js";
@@ -309,5 +310,26 @@ describe("RevokeTokens", () => {
     expect((await s.client.revokeTokens({ selector: { subject, name: "abandoned" }, dryRun: true }, as(admin))).matchedCount).toBe(0n);
     const events = s.events.events.filter((e) => e.type === "tokens_bulk_revoked");
     expect(events.map((e) => e.message)).toEqual([`3 tokens revoked in bulk (subject=${subject}, name=abandoned)`]);
+  });
+});
+
+describe("rate limit classes", () => {
+  it("limits RotateToken as an issue and RevokeTokens as a revoke", async () => {
+    const s = setup();
+    const bucket = { ratePerSecond: 0.001, burst: 1 };
+    const limits = new RateLimits(
+      { perCaller: { introspect: { ratePerSecond: 1000, burst: 1000 }, issue: bucket, revoke: bucket, list: { ratePerSecond: 1000, burst: 1000 } }, failedAuthPerPeer: { ratePerSecond: 1000, burst: 1000 }, maxKeys: 100, lookupsInFlightPerCaller: 8, lookupsQueuedPerCaller: 100 },
+      "development",
+      s.events,
+    );
+    const deps: TokenDeps = { ...s.deps, limits };
+    const client = createClient(TokenService, createRouterTransport(({ service }) => service(TokenService, new TokenServiceHandler(deps))));
+    const admin = (await bootstrapAdmin(deps, "admin@example.com", "cli")).token;
+    // One issue spends the issue bucket: a rotation is then refused, a bulk revocation is not (yet).
+    const issued = await client.issueToken({ name: "x", subject: "limited@example.com" }, as(admin));
+    expect((await code(client.rotateToken({ target: { case: "token", value: issued.token } }, as(admin)))).code).toBe(Code.ResourceExhausted);
+    await client.revokeTokens({ selector: { subject: "limited@example.com" }, dryRun: true }, as(admin));
+    expect((await code(client.revokeTokens({ selector: { subject: "limited@example.com" } }, as(admin)))).code).toBe(Code.ResourceExhausted);
+    expect((await code(client.revokeToken({ target: { case: "token", value: issued.token } }, as(admin)))).code).toBe(Code.ResourceExhausted);
   });
 });
