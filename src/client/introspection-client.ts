@@ -249,7 +249,7 @@ export class IntrospectionClient {
     if (this.closed) return;
     // Resume where the last stream left off: the service sends what we missed (or a reset if it cannot).
     const stream = this.client.watchRevocations(
-      { heartbeatInterval: durationFromMs(this.heartbeatMs), ...(this.position !== undefined ? { resumeAfterPosition: BigInt(this.position) } : {}) },
+      { heartbeatInterval: durationFromMs(this.heartbeatMs), ...(this.position !== undefined && this.position > 0 ? { resumeAfterPosition: BigInt(this.position) } : {}) },
       this.metadata,
     );
     this.stream = stream;
