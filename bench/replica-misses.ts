@@ -12,7 +12,7 @@
  *   npm run build && npx tsc -p bench/tsconfig.json && \
  *     nice taskset -c 1 node dist/bench/replica-misses.js
  *
- * Writes bench/results/tmp/replica-misses.json and prints a table. Both
+ * Writes bench/results/replica-misses.json and prints a table. Both
  * PostgreSQL servers run on this same machine (two cores shared with
  * everything else), so the figures compare the two read paths' cost; they
  * do not show the primary being relieved, which needs the standby elsewhere.
@@ -23,7 +23,7 @@ import { resolve } from "node:path";
 import { sql } from "kysely";
 import { migrateToLatest, openDatabase } from "../src/storage/database.js";
 import { startPgCluster } from "../test/support/pg-cluster.js";
-import { TMP_DIR, cpuMicros, round, runLoadScript } from "./common.js";
+import { RESULTS_DIR, TMP_DIR, cpuMicros, round, runLoadScript } from "./common.js";
 import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
 import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
 import { startTokenService } from "./processes.js";
@@ -139,7 +139,7 @@ async function main(): Promise<void> {
       rows,
       summary,
     };
-    writeFileSync(resolve(TMP_DIR, "replica-misses.json"), `${JSON.stringify(out, null, 2)}\n`);
+    writeFileSync(resolve(RESULTS_DIR, "replica-misses.json"), `${JSON.stringify(out, null, 2)}\n`);
     process.stdout.write("\n| misses read from | misses/s | p50 ms | p99 ms | service CPU µs/call | raw pg lookups/s on that server |\n|---|---|---|---|---|---|\n");
     for (const reads of ["primary", "replica"] as const) {
       const s = summary[reads]!;
