@@ -1,6 +1,7 @@
 import { parseEnvironment, type Environment } from "./domain/environment.js";
 import { LEGACY_ALGORITHMS, type LegacyAlgorithm } from "./domain/legacy-jwt.js";
 import type { BucketSpec } from "./domain/rate-limit.js";
+import { validateNetworks } from "./domain/usage-binding.js";
 
 /**
  * Configuration: the only reader of `process.env`. Every key is declared once
@@ -130,6 +131,12 @@ export interface Config {
   // Read replicas for cache misses (issue 10, item 6).
   readonly databaseReadUrl: string | undefined;
   readonly databaseReadPoolMax: number;
+  // Usage binding and leak revocation (issue 13).
+  readonly trustedProxies: readonly string[];
+  readonly githubScanningKeysFile: string | undefined;
+  readonly leakReportMaxTokens: number;
+  readonly leakReportMaxBytes: number;
+  readonly gitlabRevocationToken: string | undefined;
 }
 
 /** The samplers `OTEL_TRACES_SAMPLER` names (OpenTelemetry SDK environment variable specification). */
@@ -397,7 +404,7 @@ export const CONFIG_KEYS = {
   RATE_LIMIT_REVOKE: spec("rateLimitRevoke", "50,100", "Per caller, per replica: RevokeToken calls and POST /oauth2/revoke, as `<per second>,<burst>`, or off.", bucket),
   RATE_LIMIT_LIST: spec("rateLimitList", "20,50", "Per caller, per replica: ListTokens, ListSecurityEvents, ListLegacyJwtUsage, GetJwks and opening WatchRevocations, as `<per second>,<burst>`, or off.", bucket),
   RATE_LIMIT_FAILED_AUTH: spec("rateLimitFailedAuth", "2,10", "Per peer address (IPv6: per /64), per replica: failed caller authentications (and wrong /auth proxy secrets), as `<per second>,<burst>`, or off. Past it, calls from that address are refused with RESOURCE_EXHAUSTED / 429 before any work, unless their credential is already cached as active.", bucket),
-  RATE_LIMIT_MAX_KEYS: spec("rateLimitMaxKeys", "50000", "Most callers (per method class) and addresses tracked by the rate limits; idle ones are dropped, and beyond this newcomers share one bucket.", integer(100, 10_000_000)),
+  RATE_LIMIT_MAX_KEYS: spec("rateLimitMaxKeys", "50000", "Most callers (per method class) and addresses tracked by the rate limits; idle ones are dropped, and beyond this newcomers share one bucket. Also the most tokens with a rate limit of their own tracked at once (beyond it, the longest-tracked one starts afresh).", integer(100, 10_000_000)),
   LOOKUPS_IN_FLIGHT_PER_CALLER: spec("lookupsInFlightPerCaller", "64", "Store lookups (cache misses) one caller, or one address for credentials and /auth, may have in flight; identical misses share one.", integer(1, 100_000)),
   LOOKUPS_QUEUED_PER_CALLER: spec("lookupsQueuedPerCaller", "1024", "More lookups that may wait for one caller; beyond, RESOURCE_EXHAUSTED (429 on HTTP) with retry-after 1s.", integer(0, 1_000_000)),
   DATABASE_WRITE_CONCURRENCY: spec("databaseWriteConcurrency", "0", "Store operations other than token lookups (issue, revoke, list, last-used writes) running at once, so they never hold the whole pool; the rest wait. 0: half of DATABASE_POOL_MAX, at least 1. Must be below DATABASE_POOL_MAX.", integer(0, 1000)),
@@ -478,10 +485,19 @@ export const CONFIG_KEYS = {
     return raw;
   }),
   DATABASE_READ_POOL_MAX: spec("databaseReadPoolMax", "10", "Most connections in the read replica's pool (with DATABASE_READ_URL).", integer(1, 1000)),
+  // ---- Usage binding and leak revocation (issue 13: networks, per-token limits, secret scanning).
+  TRUSTED_PROXIES: spec("trustedProxies", "", "Comma-separated CIDRs of the proxies whose `X-Forwarded-For` is believed on /auth: the client is the right-most address that is not one of them. Empty: the header is ignored and the connecting peer is the client (so tokens bound to networks see the proxy's address).", (raw) => validateNetworks("TRUSTED_PROXIES", list(raw))),
+  GITHUB_SCANNING_KEYS_FILE: spec("githubScanningKeysFile", undefined, "JSON file of GitHub's secret scanning public keys (`{\"public_keys\":[{\"key_identifier\",\"key\"}]}` as served by api.github.com/meta/public_keys/secret_scanning). Set: POST /secret-scanning/github is served. Unset: not served.", text),
+  LEAK_REPORT_MAX_TOKENS: spec("leakReportMaxTokens", "100", "Most tokens one secret-scanning report (GitHub or GitLab) may name; a longer report is refused whole (413).", integer(1, 10_000)),
+  LEAK_REPORT_MAX_BYTES: spec("leakReportMaxBytes", "262144", "Largest secret-scanning request body read; a larger one is refused (413) before its signature is checked.", integer(1024, 16 * 1024 * 1024)),
+  GITLAB_REVOCATION_TOKEN: spec("gitlabRevocationToken", undefined, "Bearer token a GitLab instance sends to GET /v1/revocable_token_types and POST /v1/revoke (32 to 256 printable ASCII characters). Unset: those endpoints are not served.", (raw) => {
+    if (!/^[\x21-\x7e]{32,256}$/.test(raw)) throw new Error("must be 32 to 256 printable ASCII characters without spaces");
+    return raw;
+  }),
 } as const satisfies Record<string, KeySpec<keyof Config>>;
 
 /** Keys whose values are secrets: never echoed in an error. */
-const SECRET_KEYS: ReadonlySet<string> = new Set(["LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS", "EXT_AUTHZ_SECRET", "OTEL_EXPORTER_OTLP_HEADERS"]);
+const SECRET_KEYS: ReadonlySet<string> = new Set(["GITLAB_REVOCATION_TOKEN", "LEGACY_JWT_HMAC_SECRET", "LEGACY_JWT_HMAC_SECRET_PREVIOUS", "FORWARD_AUTH_SECRET", "KEY_ENCRYPTION_KEY", "KEY_ENCRYPTION_KEY_PREVIOUS", "EXT_AUTHZ_SECRET", "OTEL_EXPORTER_OTLP_HEADERS"]);
 
 /**
  * The default of a key in an environment: its one default, or the one for

@@ -28,6 +28,8 @@ import { RevocationLogPruner, RevocationPoller } from "./domain/revocation-tasks
 import { httpRoutes } from "./server/http-routes.js";
 import { oauthMetadataOptions } from "./server/http/metadata.js";
 import { forwardAuthOptions } from "./server/http/forward-auth.js";
+import { leakEndpointOptions } from "./server/http/secret-scanning.js";
+import { TokenRateLimiter } from "./domain/usage-binding.js";
 import { createLogger } from "./logger.js";
 import { ServiceMetrics } from "./observability/metrics.js";
 import { metricsRoute, withRoute } from "./observability/metrics-route.js";
@@ -223,6 +225,8 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     ...(metrics ? { metrics } : {}),
     limits,
     ...(tracing ? { tracing: tracing.domain } : {}),
+    // Tokens with a rate limit of their own: per replica, like every limit.
+    tokenRates: new TokenRateLimiter(config.rateLimitMaxKeys),
     policy: {
       environment: config.environment,
       issuer: config.tokenIssuer,
@@ -273,6 +277,8 @@ export async function startService(config: Config, options: StartOptions = {}): 
   }
   // Before the store: a bad certificate should fail start-up at once, named.
   const tls = await loadTlsMaterial(config, log);
+  // So is an unreadable secret-scanning key file.
+  const leaks = leakEndpointOptions(config, log);
   // Calls are observed for metrics and, at debug, for the per-request log line.
   const metrics =
     config.metricsEnabled || log.isLevelEnabled("debug")
@@ -363,6 +369,7 @@ export async function startService(config: Config, options: StartOptions = {}): 
       oauthMetadata: oauthMetadataOptions(config, log, httpTlsOptions(tls) !== undefined),
       signIntrospection: (payload) => backendJwt.signPayload(payload, "token-introspection+jwt"),
       forwardAuth: forwardAuthOptions(config, log),
+      leaks,
       readiness: { store: () => deps.store.ping(), revocationChannel: () => channel.up },
     }))),
   }).catch(async (error: unknown) => {

@@ -145,6 +145,8 @@ async function issue(args: readonly string[], open: Open, _io: CliIo, out: Outpu
       namespaces: { type: "string", multiple: true },
       ttl: { type: "string" },
       metadata: { type: "string", multiple: true },
+      networks: { type: "string", multiple: true },
+      "rate-limit": { type: "string" },
       json: { type: "boolean" },
     },
   });
@@ -164,6 +166,8 @@ async function issue(args: readonly string[], open: Open, _io: CliIo, out: Outpu
     namespaces: commaList(values.namespaces),
     metadata: metadataOf(values.metadata),
     ...(values.ttl !== undefined ? { expiry: { case: "ttl", value: durationFromMs(ttlMs(values.ttl)) } } : {}),
+    allowedNetworks: commaList(values.networks),
+    ...(values["rate-limit"] !== undefined ? { rateLimit: rateLimitOf(values["rate-limit"]) } : {}),
   };
 
   const client = await open(values);
@@ -337,6 +341,21 @@ function metadataOf(pairs: readonly string[] | undefined): Record<string, string
     metadata[key] = pair.slice(eq + 1);
   }
   return metadata;
+}
+
+/** `--rate-limit <requests>/<window>`, e.g. `600/1m`; the server checks the ranges. */
+function rateLimitOf(raw: string): { requests: number; window: ReturnType<typeof durationFromMs> } {
+  const slash = raw.indexOf("/");
+  if (slash < 0) throw new UsageError("--rate-limit must be <requests>/<window>, e.g. 600/1m");
+  const requests = wholeNumber("--rate-limit requests", raw.slice(0, slash));
+  let ms: number;
+  try {
+    ms = parseDuration(raw.slice(slash + 1));
+  } catch (error) {
+    throw new UsageError(`--rate-limit window ${(error as Error).message}`);
+  }
+  if (!Number.isSafeInteger(ms)) throw new UsageError("--rate-limit window is too long");
+  return { requests, window: durationFromMs(ms) };
 }
 
 /** `--ttl` in the service's duration syntax (src/config.ts): `90m`, `12h`, `30d`, `3600s`. */

@@ -4,6 +4,7 @@ import type { Logger } from "../domain/ports.js";
 import { describeKeyEncryptionKeys } from "../keys/kek-config.js";
 import { loadLegacyJwtPolicy } from "../keys/legacy-keys.js";
 import { loadTlsMaterial } from "../server/tls.js";
+import { leakEndpointOptions } from "../server/http/secret-scanning.js";
 import { UsageError } from "./usage.js";
 
 /** Where `tokenctl config` writes. */
@@ -53,6 +54,7 @@ export async function configCommand(args: readonly string[], env: Readonly<Recor
       loadLegacyJwtPolicy(config, log).catch((error: unknown) => fileProblem(error, problems)),
       loadTlsMaterial(config, log).catch((error: unknown) => fileProblem(error, problems)),
       describeKeyEncryptionKeys(config, log).catch((error: unknown) => fileProblem(error, problems)),
+      Promise.resolve(config).then((c) => leakEndpointOptions(c, log)).catch((error: unknown) => fileProblem(error, problems)),
     ]);
     summary = [
       `store:           ${config.databaseUrl ? `PostgreSQL ${redactUrl(config.databaseUrl)}` : `embedded PGlite in ${config.dataDir}`}`,

@@ -14,7 +14,7 @@ Usage:
 Commands that call the running service's API (Connect port):
   issue --name <name> [--subject <s>] [--full-name <n>] [--admin]
         [--teams a,b] [--scopes a,b] [--namespaces a,b] [--ttl 30d|12h|90m|3600s]
-        [--metadata k=v]... [--json]
+        [--metadata k=v]... [--networks cidr,cidr] [--rate-limit 600/1m] [--json]
       Issue a token and print only the token on stdout (with --json the whole
       answer, token included: it is shown this once). Lists are split on
       commas and sent as typed; the service decides the claims. Warns on

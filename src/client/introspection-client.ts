@@ -10,8 +10,9 @@ import {
   type IntrospectTokenResponse,
   type WatchRevocationsResponse,
 } from "../../gen/tokens/v1/token_service_pb.js";
-import { TokenCache } from "../domain/token-cache.js";
-import { methodDefinition } from "../server/grpc-adapter.js";
+import { AnswerCache } from "./answer-cache.js";
+import { IntrospectionError, ServiceBusyError, retryDelayMs } from "./errors.js";
+import { grpcService } from "./grpc-methods.js";
 
 /** How a gateway's client reaches the service and caches its answers. */
 export interface IntrospectionClientOptions {
@@ -37,6 +38,12 @@ export interface IntrospectionClientOptions {
    * further behind than this memory reaches is passed on but not cached.
    */
   readonly maxRememberedRevocations?: number;
+  /**
+   * Longest pause honoured when the service answers `RESOURCE_EXHAUSTED`
+   * with `grpc-retry-pushback-ms` or `retry-after`. Default 60 s. Without
+   * either, the client pauses 1 s.
+   */
+  readonly maxPushbackMs?: number;
 }
 
 /** What the client says about a token it has seen revoked on its stream, whatever a lagging replica answers. */
@@ -83,7 +90,12 @@ interface RawClient extends grpc.Client {
 export class IntrospectionClient {
   private readonly client: RawClient;
   private readonly metadata: grpc.Metadata;
-  private readonly cache: TokenCache<IntrospectTokenResponse>;
+  private readonly cache: AnswerCache<IntrospectTokenResponse>;
+  private readonly maxPushbackMs: number;
+  /** No call is sent to the service before this time (ms since the epoch): it asked us to back off. */
+  private busyUntil = 0;
+  /** How many calls were refused locally while backing off. */
+  private refusedWhileBusy = 0;
   private readonly deadlineMs: number;
   private readonly heartbeatMs: number;
   private stream: grpc.ClientReadableStream<WatchRevocationsResponse> | undefined;
@@ -113,22 +125,19 @@ export class IntrospectionClient {
   private knownAfter = Number.POSITIVE_INFINITY;
 
   constructor(options: IntrospectionClientOptions) {
-    const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
-    for (const method of TokenService.methods) definition[method.localName] = methodDefinition(method);
-    const Client = grpc.makeGenericClientConstructor(definition, TokenService.typeName);
+    const Client = grpc.makeGenericClientConstructor(grpcService(TokenService), TokenService.typeName);
     this.client = new Client(options.address, options.credentials ?? grpc.credentials.createInsecure()) as unknown as RawClient;
     this.metadata = new grpc.Metadata();
     this.metadata.set("authorization", `Bearer ${options.callerToken}`);
     this.deadlineMs = options.deadlineMs ?? 2000;
     this.heartbeatMs = options.heartbeatMs ?? 500;
     this.maxRemembered = options.maxRememberedRevocations ?? 100_000;
-    this.cache = new TokenCache<IntrospectTokenResponse>({
+    this.maxPushbackMs = options.maxPushbackMs ?? 60_000;
+    this.cache = new AnswerCache<IntrospectTokenResponse>({
       maxEntries: options.maxEntries ?? 100_000,
-      maxBytes: (options.maxEntries ?? 100_000) * 2048,
       stalenessMs: options.stalenessMs ?? 2000,
       negativeTtlMs: options.negativeTtlMs ?? 2000,
       isNegative: (answer) => !answer.active,
-      sizeOf: () => 2048,
     });
     this.firstHeartbeat = new Promise((resolve) => (this.heard = resolve));
     this.watch();
@@ -144,19 +153,30 @@ export class IntrospectionClient {
   /**
    * What a token stands for: from the cache when a fresh answer is there,
    * otherwise from the service (and then cached).
+   *
+   * Rejects with an {@link IntrospectionError} (its `code` is the gRPC status)
+   * when the service cannot answer: treat that as "unavailable", never as
+   * "inactive". When the service refused with `RESOURCE_EXHAUSTED`, the
+   * error is a {@link ServiceBusyError}, and until its `retryAfterMs` has
+   * passed every call that would reach the service is refused the same way
+   * at once, without sending it (cached answers are still served).
    */
-  introspect(token: string): Promise<IntrospectTokenResponse> {
+  introspect(token: string, clientAddress?: string): Promise<IntrospectTokenResponse> {
     const key = hash("sha256", token, "base64");
     const now = Date.now();
     const hit = this.cache.get(key, now);
-    if (hit !== undefined && (!hit.record.active || hit.record.exp === 0n || Number(hit.record.exp) * 1000 > now)) {
-      return Promise.resolve(hit.record);
+    if (hit !== undefined && (!hit.active || hit.exp === 0n || Number(hit.exp) * 1000 > now)) {
+      return Promise.resolve(hit);
+    }
+    if (now < this.busyUntil) {
+      this.refusedWhileBusy++;
+      return Promise.reject(new ServiceBusyError(this.busyUntil - now, true));
     }
     const fence = this.cache.fence();
     return new Promise((resolve, reject) => {
-      this.client.introspectToken({ token }, this.metadata, { deadline: now + this.deadlineMs }, (error, answer) => {
+      this.client.introspectToken({ token, clientAddress: clientAddress ?? "" }, this.metadata, { deadline: now + this.deadlineMs }, (error, answer) => {
         if (error || !answer) {
-          reject(error ?? new Error("no answer"));
+          reject(this.failure(error));
           return;
         }
         resolve(this.accept(key, answer, fence, now));
@@ -172,7 +192,9 @@ export class IntrospectionClient {
     // Revocation is never undone: a replica saying active has not heard of it yet.
     if (answer.active && this.revoked.has(key)) return REVOKED_ANSWER;
     // Legacy JWT revocations are not streamed: never cache their answers.
-    if (answer.tokenKind === TokenKind.LEGACY_JWT) return answer;
+    // Nor answers that depend on the use (a token bound to networks or to a
+    // rate limit of its own): a cached one would skip the check.
+    if (answer.tokenKind === TokenKind.LEGACY_JWT || usageBound(answer)) return answer;
     // (A server that predates positions says 0 everywhere, the stream too: all answers pass.)
     const replicaPosition = Number(answer.revocationPosition);
     if (answer.active && replicaPosition < this.knownAfter) {
@@ -185,11 +207,29 @@ export class IntrospectionClient {
     return answer;
   }
 
-  /** Cache counters, whether the revocation stream is live (heard from within three heartbeats), and its position. */
+  /** Turns a failed call into the error a caller sees, and starts backing off when the service asked for it. */
+  private failure(error: grpc.ServiceError | null): IntrospectionError {
+    if (error === null) return new IntrospectionError("the token service sent no answer", grpc.status.INTERNAL);
+    if (error.code === grpc.status.RESOURCE_EXHAUSTED) {
+      const waitMs = Math.min(retryDelayMs(error.metadata) ?? 1000, this.maxPushbackMs);
+      this.busyUntil = Math.max(this.busyUntil, Date.now() + waitMs);
+      return new ServiceBusyError(waitMs, false, error);
+    }
+    return new IntrospectionError(`the token service did not answer: ${error.details || grpc.status[error.code]}`, error.code, error);
+  }
+
+  /**
+   * Cache counters, whether the revocation stream is live (heard from within
+   * three heartbeats), its position, and back-off state (`busyForMs` left of a
+   * pause the service asked for, `refusedWhileBusy` calls not sent because of it).
+   */
   stats() {
+    const now = Date.now();
     return {
       ...this.cache.stats(),
-      streaming: this.stream !== undefined && Date.now() - this.lastHeardAt <= 3 * this.heartbeatMs,
+      busyForMs: Math.max(0, this.busyUntil - now),
+      refusedWhileBusy: this.refusedWhileBusy,
+      streaming: this.stream !== undefined && now - this.lastHeardAt <= 3 * this.heartbeatMs,
       position: this.position,
       rememberedRevocations: this.revoked.size,
     };
@@ -246,18 +286,21 @@ export class IntrospectionClient {
           break;
       }
     });
-    const restart = () => {
+    const restart = (error?: grpc.ServiceError) => {
       if (this.stream !== stream) return;
       this.stream = undefined;
       // The cache is kept: without heartbeats its answers age out within the
       // bound, and the next stream resumes from our position with what we missed.
       if (this.closed) return;
-      this.retry = setTimeout(() => this.watch(), this.backoffMs);
+      let delayMs = this.backoffMs;
+      // Too many streams (or calls) for this caller: come back when the service says, not sooner.
+      if (error?.code === grpc.status.RESOURCE_EXHAUSTED) delayMs = Math.max(delayMs, Math.min(retryDelayMs(error.metadata) ?? 1000, this.maxPushbackMs));
+      this.retry = setTimeout(() => this.watch(), delayMs);
       this.retry.unref();
       this.backoffMs = Math.min(this.backoffMs * 2, 5000);
     };
     stream.on("error", restart);
-    stream.on("end", restart);
+    stream.on("end", () => restart());
   }
 
   /** Remembers a revocation heard on the stream, forgetting the oldest beyond the memory's bound. */
@@ -279,4 +322,14 @@ export class IntrospectionClient {
       stream.cancel();
     }
   }
+}
+
+/** Whether an answer depends on who uses the token, how often, or from where: never cached. */
+function usageBound(answer: IntrospectTokenResponse): boolean {
+  return (
+    answer.allowedNetworks.length > 0 ||
+    answer.rateLimit !== undefined ||
+    answer.reason === InactiveReason.NETWORK_NOT_ALLOWED ||
+    answer.reason === InactiveReason.TOKEN_RATE_LIMITED
+  );
 }

@@ -1,6 +1,7 @@
 import { TokenError } from "./errors.js";
 import { introspectToken, metaFields, type IntrospectedClaims } from "./introspect.js";
 import { memoByObject } from "./memo.js";
+import { RateLimitedError } from "./rate-limit.js";
 import type { Caller, RequestMeta, ServiceScope } from "./model.js";
 import type { TokenDeps } from "./ports.js";
 import { MAX_PRESENTED_TOKEN_LENGTH, displayHint } from "./token-format.js";
@@ -29,6 +30,8 @@ export async function authenticate(deps: TokenDeps, authorization: string | unde
 
   const result = await introspectToken(deps, token, meta, AS_CALLER);
   if (!result.active) {
+    // A valid credential over its own limit: come back later, not "who are you?".
+    if (result.reason === "token_rate_limited") throw new RateLimitedError(result.message, result.retryAfterMs ?? 1000, "token_own");
     // The environment guard raised its own event already.
     if (result.reason !== "environment_mismatch") {
       deps.events.record({
@@ -61,6 +64,8 @@ function buildCaller(claims: IntrospectedClaims): Caller {
     namespaces: claims.namespaces,
     isAdmin: claims.isAdmin,
     expiresAt: claims.expiresAt,
+    ...(claims.allowedNetworks !== undefined && claims.allowedNetworks.length > 0 ? { allowedNetworks: claims.allowedNetworks } : {}),
+    ...(claims.rateLimit !== undefined ? { rateLimit: claims.rateLimit } : {}),
   };
 }
 

@@ -3,6 +3,7 @@ import type { Environment } from "./environment.js";
 import type { TokenClaims } from "./model.js";
 import type { NewToken } from "./ports.js";
 import type { MintedToken } from "./token-format.js";
+import type { TokenRateLimit } from "./usage-binding.js";
 
 /** What any issuing path knows about the token it is about to create. */
 export interface ClaimsParams {
@@ -17,6 +18,9 @@ export interface ClaimsParams {
   readonly namespaces?: readonly string[];
   readonly isAdmin?: boolean;
   readonly metadata?: Readonly<Record<string, string>>;
+  /** Canonical CIDRs, validated; empty or absent: any network. */
+  readonly allowedNetworks?: readonly string[];
+  readonly rateLimit?: TokenRateLimit | undefined;
 }
 
 /**
@@ -37,6 +41,9 @@ export function buildClaims(params: ClaimsParams): TokenClaims {
     environment: params.environment,
     issuedAt: params.issuedAt,
     expiresAt: params.expiresAt,
+    // Only when set, so an unbound token's claims are what they always were.
+    ...(params.allowedNetworks !== undefined && params.allowedNetworks.length > 0 ? { allowedNetworks: Object.freeze([...params.allowedNetworks]) } : {}),
+    ...(params.rateLimit !== undefined ? { rateLimit: params.rateLimit } : {}),
   });
 }
 
@@ -64,6 +71,8 @@ export function newTokenRecord(claims: TokenClaims, minted: MintedToken, created
     createdBy,
     issuedByTokenId,
     expiresAt: claims.expiresAt,
+    ...(claims.allowedNetworks !== undefined ? { allowedNetworks: claims.allowedNetworks } : {}),
+    ...(claims.rateLimit !== undefined ? { rateLimit: claims.rateLimit } : {}),
   };
 }
 

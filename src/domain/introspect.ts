@@ -4,9 +4,21 @@ import type { TokenDeps } from "./ports.js";
 import { classifyToken, digestKey, displayHint } from "./token-format.js";
 import { TokenCache, type TokenCacheOptions } from "./token-cache.js";
 import { deprecationOf, sunsetMessage, verifyLegacyJwt, type Deprecation } from "./legacy-jwt.js";
+import { TokenRateLimiter, UsageBinding, type BindingRefusal, type TokenRateLimit } from "./usage-binding.js";
 
 /** Why a presented token is not active. */
-export type InactiveReason = "malformed" | "invalid" | "unknown" | "expired" | "revoked" | "environment_mismatch" | "legacy_jwt_sunset";
+export type InactiveReason =
+  | "malformed"
+  | "invalid"
+  | "unknown"
+  | "expired"
+  | "revoked"
+  | "environment_mismatch"
+  | "legacy_jwt_sunset"
+  /** Bound to networks, used from outside them or without a client address (`usage-binding.ts`). */
+  | "network_not_allowed"
+  /** Over its own rate limit on this replica; `retryAfterMs` says when to come back. */
+  | "token_rate_limited";
 
 /** What kind of credential was presented. */
 export type TokenKind = "opaque" | "legacy_jwt";
@@ -46,6 +58,8 @@ export type IntrospectResult =
       readonly message: string;
       /** The environment the token belongs to, when its shape says. */
       readonly tokenEnvironment?: Environment;
+      /** With `token_rate_limited`: ms until the token may be used again here. */
+      readonly retryAfterMs?: number;
     };
 
 const MESSAGES: Readonly<Record<"malformed" | "unknown" | "expired" | "revoked", string>> = Object.freeze({
@@ -89,6 +103,15 @@ export interface IntrospectOptions {
    * own credential, `/auth`): the request's peer address.
    */
   readonly lookupOwner?: string;
+  /**
+   * The end client's address, for tokens bound to networks: from the
+   * gateway (`client_address`) or the proxy's `X-Forwarded-For`. Unset: a
+   * caller's own credential is judged by the request's peer address, an
+   * introspected token by nothing, so a bound one is refused (fail closed).
+   * A function is called only for a bound token (parsing `X-Forwarded-For`
+   * is work an unbound token should not pay for).
+   */
+  readonly clientAddress?: string | (() => string | undefined) | undefined;
 }
 
 const NO_OPTIONS: IntrospectOptions = Object.freeze({});
@@ -132,6 +155,12 @@ export async function introspectToken(
   if (token === null || token.environment !== service) return answered(deps, options, "opaque", INACTIVE.unknown);
   if (token.revoked) return answered(deps, options, "opaque", INACTIVE.revoked);
   if (token.expiresAtMs <= nowMs) return answered(deps, options, "opaque", INACTIVE.expired);
+  if (token.binding !== undefined) {
+    const given = options.clientAddress;
+    const client = typeof given === "function" ? given() : (given ?? (options.use === "authenticate" ? meta.peer : undefined));
+    const refused = token.binding.check(token.id, client, deps.tokenRates ?? SHARED_TOKEN_RATES, nowMs);
+    if (refused !== undefined) return answered(deps, options, "opaque", bindingRefused(deps, token, refused, meta));
+  }
   const claims: IntrospectedClaims = token;
 
   deps.usage.note(claims.id, now);
@@ -160,6 +189,25 @@ function lookUp(deps: TokenDeps, key: string, owner: string, provenAt: (atMs: nu
 function answered(deps: TokenDeps, options: IntrospectOptions, kind: TokenKind | "unrecognized", result: IntrospectResult): IntrospectResult {
   deps.metrics?.introspected(kind, result.active ? "active" : result.reason, options.use ?? "introspect");
   return result;
+}
+
+/** Per-token buckets when the deps bring none (tools, tests): one per process, like the deps' own. */
+const SHARED_TOKEN_RATES = new TokenRateLimiter();
+
+const NETWORK_NOT_ALLOWED: IntrospectResult = Object.freeze({ active: false, reason: "network_not_allowed", message: "The token may not be used from this network." });
+
+/** The answer for a bound token's refused use, with its security event. */
+function bindingRefused(deps: TokenDeps, token: CachedToken, refused: BindingRefusal, meta: RequestMeta): IntrospectResult {
+  const common = { serviceEnvironment: deps.policy.environment, tokenId: token.id, ...metaFields(meta) };
+  if (refused.kind === "network") {
+    // The client's address is not in the event's fold key on purpose: a
+    // stolen token tried from many addresses is one row with a count.
+    deps.events.record({ type: "token_network_denied", severity: "warning", message: "token bound to networks used from outside them (or without a client address)", ...common });
+    return NETWORK_NOT_ALLOWED;
+  }
+  deps.events.record({ type: "rate_limit_exceeded", severity: "warning", message: "token over its own rate limit", ...common });
+  const seconds = Math.max(1, Math.ceil(refused.retryAfterMs / 1000));
+  return { active: false, reason: "token_rate_limited", message: `The token is over its rate limit; retry after ${seconds}s.`, retryAfterMs: refused.retryAfterMs };
 }
 
 /** Refuses a token of another environment and raises the critical security event. */
@@ -259,6 +307,10 @@ export class CachedToken implements IntrospectedClaims {
   /** Infinity when the token never expires. */
   readonly expiresAtMs: number;
   readonly revoked: boolean;
+  readonly allowedNetworks: readonly string[];
+  readonly rateLimit: TokenRateLimit | undefined;
+  /** Parsed once; undefined for a token bound to nothing, so the hot path checks one field. */
+  readonly binding: UsageBinding | undefined;
 
   constructor(record: TokenRecord) {
     this.id = record.id;
@@ -274,6 +326,9 @@ export class CachedToken implements IntrospectedClaims {
     this.issuedAtMs = record.createdAt.getTime();
     this.expiresAtMs = record.expiresAt === null ? Number.POSITIVE_INFINITY : record.expiresAt.getTime();
     this.revoked = record.revokedAt !== null;
+    this.allowedNetworks = internList(record.allowedNetworks ?? NO_STRINGS);
+    this.rateLimit = record.rateLimit;
+    this.binding = UsageBinding.of(this.allowedNetworks, this.rateLimit);
   }
 
   get issuedAt(): Date {

@@ -6,6 +6,7 @@ import { SCOPES } from "./model.js";
 import type { TokenDeps } from "./ports.js";
 import { displayHint, mintToken } from "./token-format.js";
 import * as rules from "./validation.js";
+import { networksOutside, rateLimitWithin, validateNetworks, validateRateLimit, type TokenRateLimit } from "./usage-binding.js";
 
 /** An `IssueToken` request, as the domain sees it. */
 export interface IssueInput {
@@ -24,6 +25,10 @@ export interface IssueInput {
   readonly fullName: string;
   /** Admins only. */
   readonly isAdmin: boolean;
+  /** CIDRs the token may be used from; empty or absent: any (or the caller's, see {@link issueToken}). */
+  readonly allowedNetworks?: readonly string[];
+  /** The token's own rate limit; absent: none (or the caller's). */
+  readonly rateLimit?: TokenRateLimit | undefined;
 }
 
 /** A newly issued token: the secret, shown once, and its stored record. */
@@ -49,6 +54,8 @@ export async function issueToken(deps: TokenDeps, caller: Caller, input: IssueIn
   const requestedSubject = rules.optionalText("subject", input.subject, 256);
   const fullName = rules.optionalText("full_name", input.fullName, 256);
   let expiresAt = expiryOf(deps, input, now);
+  let allowedNetworks = validateNetworks("allowed_networks", input.allowedNetworks ?? []);
+  let rateLimit = input.rateLimit === undefined ? undefined : validateRateLimit("rate_limit", input.rateLimit);
 
   let subject = caller.subject;
   if (!caller.isAdmin) {
@@ -64,6 +71,21 @@ export async function issueToken(deps: TokenDeps, caller: Caller, input: IssueIn
       // Unasked, the default lifetime is simply cut to the caller's own.
       if (!askedForExpiry) expiresAt = caller.expiresAt;
       else deny(deps, caller, meta, `the new token may not outlive yours (which expires at ${caller.expiresAt.toISOString()})`);
+    }
+    // Bindings narrow like expiry: unasked, the caller's own are inherited;
+    // asked, they may be no broader (every network inside one of the
+    // caller's; no larger burst and no higher rate).
+    const heldNetworks = caller.allowedNetworks ?? [];
+    if (heldNetworks.length > 0) {
+      if (allowedNetworks.length === 0) allowedNetworks = heldNetworks;
+      else {
+        const outside = networksOutside(allowedNetworks, heldNetworks);
+        if (outside > 0) deny(deps, caller, meta, `allowed_networks: the new token may be used only within your own networks; ${outside} of those asked for are not inside them`);
+      }
+    }
+    if (caller.rateLimit !== undefined) {
+      if (rateLimit === undefined) rateLimit = caller.rateLimit;
+      else if (!rateLimitWithin(rateLimit, caller.rateLimit)) deny(deps, caller, meta, "rate_limit: the new token's limit may be no looser than yours (no more requests, no higher rate)");
     }
   } else if (requestedSubject !== "") {
     subject = requestedSubject;
@@ -81,6 +103,8 @@ export async function issueToken(deps: TokenDeps, caller: Caller, input: IssueIn
     environment: policy.environment,
     issuedAt: now,
     expiresAt,
+    allowedNetworks,
+    rateLimit,
   });
   const minted = mintToken(policy.environment);
   // The caller's own token id is recorded, so a leak can be followed to everything it made.

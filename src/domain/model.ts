@@ -1,4 +1,5 @@
 import type { Environment } from "./environment.js";
+import type { TokenRateLimit } from "./usage-binding.js";
 
 /** What a token says about its holder: the attributes every kind of token carries. */
 export interface TokenAttributes {
@@ -14,6 +15,10 @@ export interface TokenAttributes {
   readonly environment: Environment;
   /** Null only when the service allows tokens without expiry. */
   readonly expiresAt: Date | null;
+  /** Networks (canonical CIDR) the token may be used from; absent or empty: any (see `usage-binding.ts`). */
+  readonly allowedNetworks?: readonly string[];
+  /** The token's own rate limit, per replica; absent: none. */
+  readonly rateLimit?: TokenRateLimit | undefined;
 }
 
 /** A stored token: everything the service keeps about it. Never the token itself. */
@@ -63,6 +68,10 @@ export interface Caller {
   readonly namespaces: readonly string[];
   readonly isAdmin: boolean;
   readonly expiresAt: Date | null;
+  /** The caller's token's networks: a non-admin may not issue a token usable from elsewhere. */
+  readonly allowedNetworks?: readonly string[];
+  /** The caller's token's rate limit: a non-admin may not issue a looser one. */
+  readonly rateLimit?: TokenRateLimit | undefined;
 }
 
 /** Facts about the request, for security events. Never the credentials. */
@@ -99,7 +108,11 @@ export type SecurityEventType =
   | "legacy_jwt_without_jti"
   | "legacy_jwt_without_env"
   /** A caller or an address went past a rate limit (see `domain/rate-limit.ts`). */
-  | "rate_limit_exceeded";
+  | "rate_limit_exceeded"
+  /** A token bound to networks was used from outside them, or without a client address (`usage-binding.ts`). */
+  | "token_network_denied"
+  /** A token was reported leaked (secret scanning) and revoked. */
+  | "token_leaked";
 
 /** A security event as raised. Identical events are folded into one stored row with a count. */
 export interface SecurityEvent {

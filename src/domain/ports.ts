@@ -2,6 +2,7 @@ import type { Environment } from "./environment.js";
 import type { InactiveReason, IntrospectedClaims, IntrospectionUse, TokenKind, IntrospectionCache } from "./introspect.js";
 
 import type { RateLimits } from "./rate-limit.js";
+import type { TokenRateLimiter } from "./usage-binding.js";
 import type { RevocationHub } from "./revocation-hub.js";
 import type { LegacyJwtPolicy } from "./legacy-jwt.js";
 import type { SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
@@ -275,6 +276,8 @@ export interface TokenDeps {
   readonly limits?: RateLimits;
   /** Where the current call's trace is annotated; absent when tracing is off. */
   readonly tracing?: DomainTracing;
+  /** Buckets of tokens with a rate limit of their own; absent: one shared per process. */
+  readonly tokenRates?: TokenRateLimiter;
 }
 
 /** Use of legacy JWTs by one subject, so operators know who still has to migrate. */

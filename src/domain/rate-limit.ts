@@ -227,7 +227,7 @@ function once(fn: () => void): Release {
 export type MethodClass = "introspect" | "issue" | "revoke" | "list";
 
 /** Which limit refused: the `limit` label of `token_service_rate_limited_total`. */
-export type LimitName = `caller_${MethodClass}` | "failed_auth_peer" | "store_lookups" | "store_writes";
+export type LimitName = `caller_${MethodClass}` | "failed_auth_peer" | "store_lookups" | "store_writes" | "token_own";
 
 /** Configuration of {@link RateLimits}. */
 export interface RateLimitOptions {

@@ -1,8 +1,7 @@
-import { create, type JsonObject } from "@bufbuild/protobuf";
+import { create, isMessage, type JsonObject } from "@bufbuild/protobuf";
 import { Code, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { HeaderValueOptionSchema, HeaderValueOption_HeaderAppendAction, type HeaderValueOption } from "../../gen/envoy/config/core/v3/base_pb.js";
-import type { AttributeContext_HttpRequest } from "../../gen/envoy/service/auth/v3/attribute_context_pb.js";
-import { CheckResponseSchema, type Authorization, type CheckResponse } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
+import { CheckRequestSchema, CheckResponseSchema, type Authorization, type CheckRequest, type CheckResponse } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
 import { StatusCode } from "../../gen/envoy/type/v3/http_status_pb.js";
 import { EXT_AUTHZ_FIX, extAuthzProtected, type Config } from "../config.js";
 import { introspectToken, metaFields, type IntrospectResult, type IntrospectedClaims } from "../domain/introspect.js";
@@ -11,6 +10,7 @@ import type { Logger, TokenDeps } from "../domain/ports.js";
 import { requestHeaderValue } from "../server/context.js";
 import { requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
+import { checkFactsOf, checkRequestDecoder, type CheckFacts } from "./ext-authz-wire.js";
 import { bearerChallenge, bearerToken, claimHeaders, headerSafe, secretMatcher } from "./gateway-auth.js";
 import { deprecationHeaders } from "./mapping.js";
 
@@ -59,6 +59,12 @@ export class ExtAuthzHandler implements ServiceImpl<typeof Authorization> {
   private readonly hot = new Map<IntrospectedClaims, CheckResponse>();
   /** Denials per inactive result: the common ones are shared frozen objects, so this allocates nothing per call. */
   private readonly denials = new WeakMap<IntrospectResult, CheckResponse>();
+  /**
+   * The gRPC server decodes Check's requests with this (see `grpcServiceDefinition`):
+   * the few facts Check reads, straight from the wire, instead of the whole
+   * message with its map of headers (`ext-authz-wire.ts`).
+   */
+  readonly grpcRequestDecoders: { readonly check: (bytes: Uint8Array) => CheckFacts | CheckRequest };
 
   constructor(
     private readonly deps: TokenDeps,
@@ -66,11 +72,13 @@ export class ExtAuthzHandler implements ServiceImpl<typeof Authorization> {
   ) {
     this.answers = fixedAnswers();
     this.fromEnvoy = options.secret === undefined ? undefined : secretMatcher(options.secret);
+    this.grpcRequestDecoders = { check: checkRequestDecoder(options.header) };
   }
 
-  check: ServiceImpl<typeof Authorization>["check"] = async (req, ctx) => {
-    const http = req.attributes?.request?.http;
-    const meta = new CheckMeta(ctx, http);
+  /** A CheckRequest from the Connect router or `fromBinary`, or its facts from the gRPC server's wire reader. */
+  check = async (req: CheckRequest | CheckFacts, ctx: HandlerContext): Promise<CheckResponse> => {
+    const facts = isMessage(req, CheckRequestSchema) ? checkFactsOf(req, this.options.header) : req;
+    const meta = new CheckMeta(ctx, facts);
     try {
       if (this.fromEnvoy !== undefined && !this.fromEnvoy(requestHeaderValue(ctx, EXT_AUTHZ_SECRET_METADATA))) {
         this.deps.events.record({
@@ -82,7 +90,7 @@ export class ExtAuthzHandler implements ServiceImpl<typeof Authorization> {
         });
         return this.answers.forbidden;
       }
-      const credential = http === undefined ? undefined : headerOf(http, this.options.header);
+      const credential = facts.credential;
       // RFC 6750 §3.1: no error code when the request carried no credentials.
       if (credential === undefined || credential === "") return this.answers.noCredentials;
       const token = bearerToken(credential);
@@ -204,7 +212,7 @@ class CheckMeta implements RequestMeta {
   readonly method = CHECK_METHOD;
   constructor(
     private readonly ctx: HandlerContext,
-    private readonly http: AttributeContext_HttpRequest | undefined,
+    private readonly facts: CheckFacts,
   ) {}
 
   get peer(): string | undefined {
@@ -212,25 +220,12 @@ class CheckMeta implements RequestMeta {
   }
 
   get userAgent(): string | undefined {
-    return (this.http === undefined ? undefined : headerOf(this.http, "user-agent"))?.slice(0, 256) ?? requestMeta(this.ctx).userAgent;
+    return this.facts.userAgent?.slice(0, 256) ?? requestMeta(this.ctx).userAgent;
   }
 
   get requestId(): string | undefined {
-    return this.http !== undefined && REQUEST_ID.test(this.http.id) ? this.http.id : requestMeta(this.ctx).requestId;
+    return this.facts.http && REQUEST_ID.test(this.facts.id) ? this.facts.id : requestMeta(this.ctx).requestId;
   }
-}
-
-/**
- * A request header as Envoy sent it: in `headers` (names lower-cased, repeats
- * merged), or in `header_map` when the filter has `encode_raw_headers: true`.
- */
-function headerOf(http: AttributeContext_HttpRequest, name: string): string | undefined {
-  const value = http.headers[name];
-  if (value !== undefined) return value;
-  for (const h of http.headerMap?.headers ?? []) {
-    if (h.key.toLowerCase() === name) return h.value !== "" ? h.value : Buffer.from(h.rawValue).toString("utf8");
-  }
-  return undefined;
 }
 
 /**

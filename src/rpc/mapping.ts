@@ -14,7 +14,9 @@ import {
   type WatchRevocationsResponseSchema,
   type SecurityEventSchema,
   type TokenInfoSchema,
+  type TokenRateLimitSchema,
 } from "../../gen/tokens/v1/token_service_pb.js";
+import type { TokenRateLimit } from "../domain/usage-binding.js";
 import type { Environment } from "../domain/environment.js";
 import type { InactiveReason, IntrospectResult, TokenKind } from "../domain/introspect.js";
 import type { Deprecation } from "../domain/legacy-jwt.js";
@@ -41,7 +43,23 @@ const PB_REASON: Readonly<Record<InactiveReason, PbInactiveReason>> = Object.fre
   environment_mismatch: PbInactiveReason.ENVIRONMENT_MISMATCH,
   invalid: PbInactiveReason.INVALID,
   legacy_jwt_sunset: PbInactiveReason.LEGACY_JWT_SUNSET,
+  network_not_allowed: PbInactiveReason.NETWORK_NOT_ALLOWED,
+  token_rate_limited: PbInactiveReason.TOKEN_RATE_LIMITED,
 });
+
+/** A token's own rate limit → `TokenRateLimit`; undefined when it has none. */
+function rateLimitPb(limit: TokenRateLimit | undefined): MessageInitShape<typeof TokenRateLimitSchema> | undefined {
+  return limit === undefined ? undefined : { requests: limit.requests, window: durationFromMs(limit.windowMs) };
+}
+
+/**
+ * `TokenRateLimit` → domain, for the issue request: undefined when unset; an
+ * invalid window becomes NaN, which the domain's range check refuses by name.
+ */
+export function rateLimitFromPb(limit: { readonly requests: number; readonly window?: Duration | undefined } | undefined): TokenRateLimit | undefined {
+  if (limit === undefined) return undefined;
+  return { requests: limit.requests, windowMs: limit.window === undefined ? Number.NaN : durationMsFromPb(limit.window) };
+}
 
 const PB_KIND: Readonly<Record<TokenKind, PbTokenKind>> = Object.freeze({
   opaque: PbTokenKind.OPAQUE,
@@ -140,6 +158,8 @@ export function tokenInfo(record: TokenRecord, now: Date): MessageInitShape<type
     revokeTime: ts(record.revokedAt),
     revokedBy: record.revokedBy ?? "",
     revokeReason: record.revokeReason ?? "",
+    allowedNetworks: [...(record.allowedNetworks ?? [])],
+    ...(record.rateLimit !== undefined ? { rateLimit: rateLimitPb(record.rateLimit) } : {}),
   };
 }
 
@@ -153,7 +173,10 @@ export function introspectResponse(
   result: IntrospectResult,
   claimsContext: { readonly issuer: string; readonly audience: readonly string[] },
 ): MessageInitShape<typeof IntrospectTokenResponseSchema> {
-  if (!result.active) return { active: false, reason: PB_REASON[result.reason], message: result.message };
+  if (!result.active) {
+    const retryAfter = result.retryAfterMs === undefined ? {} : { retryAfter: durationFromMs(result.retryAfterMs) };
+    return { active: false, reason: PB_REASON[result.reason], message: result.message, ...retryAfter };
+  }
   const c = result.claims;
   const d = result.deprecation;
   return {
@@ -179,6 +202,8 @@ export function introspectResponse(
     fullName: c.fullName,
     tokenKind: PB_KIND[c.kind],
     backendJwt: result.backendJwt ?? "",
+    allowedNetworks: [...(c.allowedNetworks ?? [])],
+    ...(c.rateLimit !== undefined ? { rateLimit: rateLimitPb(c.rateLimit) } : {}),
     ...(d ? { deprecation: { notice: d.notice, link: d.link, sunsetTime: ts(d.sunsetAt), deprecatedSinceTime: ts(d.deprecatedSince) } } : {}),
   };
 }
@@ -198,7 +223,8 @@ const MAX_HOT_ANSWERS = 10_000;
 export function introspectAnswer(result: IntrospectResult, claimsContext: { readonly issuer: string; readonly audience: readonly string[] }): IntrospectTokenResponse {
   // Only tokens seen again (answered from the cache) earn a kept answer: a
   // one-off token would only churn the hot set.
-  const memoKey = result.active ? (result.fromCache === true && result.backendJwt === undefined && result.deprecation === undefined ? result.claims : undefined) : result;
+  // A rate-limited answer is new each time (its retry-after): not kept.
+  const memoKey = result.active ? (result.fromCache === true && result.backendJwt === undefined && result.deprecation === undefined ? result.claims : undefined) : result.retryAfterMs === undefined ? result : undefined;
   if (memoKey !== undefined) {
     const known = HOT_ANSWERS.get(memoKey);
     if (known !== undefined) return known;

@@ -17,7 +17,8 @@ import { durationWithin } from "../domain/validation.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 import { callerCredential, requestMeta } from "./auth.js";
 import { toConnectError } from "./errors.js";
-import { dateFromPb, deprecationHeaders, durationMsFromPb, introspectAnswer, jsonWebKey, watchResponse, securityEvent, severityFromPb, tokenInfo, withRevocationMark } from "./mapping.js";
+import { dateFromPb, deprecationHeaders, durationMsFromPb, introspectAnswer, jsonWebKey, rateLimitFromPb, watchResponse, securityEvent, severityFromPb, tokenInfo, withRevocationMark } from "./mapping.js";
+import { isClientAddress } from "../domain/usage-binding.js";
 
 type Impl = ServiceImpl<typeof TokenService>;
 
@@ -95,6 +96,8 @@ export class TokenServiceHandler implements Impl {
           subject: req.subject,
           fullName: req.fullName,
           isAdmin: req.isAdmin,
+          allowedNetworks: req.allowedNetworks,
+          rateLimit: rateLimitFromPb(req.rateLimit),
           ...(req.expiry.case === "ttl" ? { ttlMs: durationMsFromPb(req.expiry.value) } : {}),
           ...(req.expiry.case === "expireTime" ? { expiresAt: dateFromPb(req.expiry.value)! } : {}),
         },
@@ -112,7 +115,9 @@ export class TokenServiceHandler implements Impl {
       const { caller, meta } = await this.caller(ctx, SCOPES.introspect, "introspect");
       // Before the lookup: the answer reflects at least every revocation up to this mark.
       const mark = this.deps.revocations.mark();
-      const result = await introspectToken(this.deps, req.token, meta, { backendJwt: req.includeBackendJwt, lookupOwner: caller.tokenId });
+      if (req.clientAddress !== "" && !isClientAddress(req.clientAddress)) throw invalidArgument("client_address", "must be an IPv4 or IPv6 address (no port, no brackets), at most 64 characters");
+      const clientAddress = req.clientAddress === "" ? undefined : req.clientAddress;
+      const result = await introspectToken(this.deps, req.token, meta, { backendJwt: req.includeBackendJwt, lookupOwner: caller.tokenId, clientAddress });
       if (result.active && result.deprecation) {
         for (const [name, value] of deprecationHeaders(result.deprecation)) ctx.responseHeader.set(name, value);
       }

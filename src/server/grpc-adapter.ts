@@ -59,6 +59,16 @@ export interface GrpcCallTracing {
     | undefined;
 }
 
+/**
+ * What an implementation may carry to decode some requests itself on this
+ * server: bytes → the request its method takes (a reader that extracts only
+ * what the handler needs; e.g. ext_authz Check). A decoder that throws means
+ * "not a valid request" (INVALID_ARGUMENT), like protobuf-es's `fromBinary`.
+ */
+export interface GrpcRequestDecoders {
+  readonly grpcRequestDecoders?: { readonly [localName: string]: ((bytes: Buffer) => unknown) | undefined };
+}
+
 /** What {@link grpcServiceDefinition} returns: the two halves `grpc.Server.addService` wants. */
 export interface GrpcServiceMount {
   /** Paths and (de)serializers, keyed by the method's local name. */
@@ -123,7 +133,7 @@ export function grpcServiceDefinition<S extends DescService>(
   for (const method of service.methods) {
     const methodSpec = spec.methods[method.localName];
     if (methodSpec === undefined) continue;
-    definition[method.localName] = methodDefinition(method);
+    definition[method.localName] = methodDefinition(method, (impl as GrpcRequestDecoders).grpcRequestDecoders?.[method.localName]);
     implementation[method.localName] = handlerFor(service, methodSpec, options);
   }
   return { definition, implementation };
@@ -131,11 +141,12 @@ export function grpcServiceDefinition<S extends DescService>(
 
 /**
  * Builds the grpc-js method definition for one protobuf method: the path
- * `/${service.typeName}/${method.name}` and protobuf-es (de)serializers. The
+ * `/${service.typeName}/${method.name}` and protobuf-es (de)serializers
+ * (requests through `decode` instead, when given: see {@link GrpcRequestDecoders}). The
  * server half decodes requests and encodes responses; the client half (used by
  * tests and tooling through `makeGenericClientConstructor`) does the reverse.
  */
-export function methodDefinition(method: DescMethod): MethodDefinition<unknown, unknown> {
+export function methodDefinition(method: DescMethod, decode?: (bytes: Buffer) => unknown): MethodDefinition<unknown, unknown> {
   const input = method.input;
   const output = method.output;
   const kind = method.methodKind;
@@ -145,7 +156,7 @@ export function methodDefinition(method: DescMethod): MethodDefinition<unknown, 
     responseStream: kind === "server_streaming" || kind === "bidi_streaming",
     originalName: method.name,
     // Server side.
-    requestDeserialize: (bytes: Buffer) => decodeOrMark(input, bytes),
+    requestDeserialize: decode === undefined ? (bytes: Buffer) => decodeOrMark(input, bytes) : (bytes: Buffer) => decodeWithOrMark(decode, bytes),
     responseSerialize: (value: unknown) => encodeResponse(output, value as MessageShape<DescMessage>),
     // Client side: accept init shapes, like a connect client does.
     requestSerialize: (value: unknown) => asBuffer(toBinary(input, create(input, value as MessageShape<DescMessage>))),
@@ -183,6 +194,14 @@ function asBuffer(bytes: Uint8Array): Buffer {
 function decodeOrMark(desc: DescMessage, bytes: Buffer): unknown {
   try {
     return fromBinary(desc, bytes);
+  } catch {
+    return DECODE_FAILED;
+  }
+}
+
+function decodeWithOrMark(decode: (bytes: Buffer) => unknown, bytes: Buffer): unknown {
+  try {
+    return decode(bytes);
   } catch {
     return DECODE_FAILED;
   }

@@ -4,6 +4,8 @@ import { healthz, readiness, type ReadinessChecks } from "./http/health.js";
 import { httpError, methodNotAllowed, sendJson } from "./http/io.js";
 import { isMetadataPath, metadataEndpoint, type OAuthMetadataOptions } from "./http/metadata.js";
 import { introspectEndpoint, revokeEndpoint } from "./http/oauth.js";
+import { gitlabRevocationRoute, type GitlabRevocationOptions } from "./http/gitlab-revocation.js";
+import { GITHUB_SECRET_SCANNING_PATH, githubSecretScanningEndpoint, type GithubSecretScanningOptions } from "./http/secret-scanning.js";
 import type { HttpRequest, HttpResponse } from "./http-server.js";
 
 /** What the plain HTTP endpoints read. */
@@ -22,6 +24,8 @@ export interface HttpRoutesDeps {
   readonly forwardAuth: ForwardAuthOptions | undefined;
   /** What `/readyz` checks. */
   readonly readiness: ReadinessChecks;
+  /** Leak reports: GitHub secret scanning and GitLab's revocation API, each absent when not configured. */
+  readonly leaks?: { readonly github?: GithubSecretScanningOptions; readonly gitlab?: GitlabRevocationOptions };
 }
 
 const GET = "GET, HEAD";
@@ -83,6 +87,17 @@ export function httpRoutes(deps: HttpRoutesDeps): (req: HttpRequest, res: HttpRe
     // Envoy's ext_authz appends the original path to its path prefix: /auth/<anything>.
     if (forwardAuth !== undefined && (path === "/auth" || path.startsWith("/auth/"))) {
       settle(deps.tokens, req, res, "/auth", forwardAuthEndpoint(deps.tokens, forwardAuth, req, res));
+      return true;
+    }
+    const github = deps.leaks?.github;
+    if (github !== undefined && path === GITHUB_SECRET_SCANNING_PATH) {
+      if (req.method !== "POST") methodNotAllowed(req, res, "POST");
+      else settle(deps.tokens, req, res, path, githubSecretScanningEndpoint(deps.tokens, github, req, res));
+      return true;
+    }
+    const gitlab = deps.leaks?.gitlab === undefined ? false : gitlabRevocationRoute(deps.tokens, deps.leaks.gitlab, path, req, res);
+    if (gitlab !== false) {
+      settle(deps.tokens, req, res, path, gitlab);
       return true;
     }
     return false;

@@ -37,6 +37,11 @@ export interface TokensTable {
   revoked_at: Date | null;
   revoked_by: string | null;
   revoke_reason: string | null;
+  /** Migration 0011: canonical CIDRs the token may be used from; empty: any. */
+  allowed_networks: ColumnType<string[], string[] | undefined, string[]>;
+  /** Migration 0011: the token's own rate limit, both set or both null. */
+  rate_limit_requests: ColumnType<number | null, number | null | undefined, number | null>;
+  rate_limit_window_ms: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 /** The `security_events` table: folded occurrences of one event. */

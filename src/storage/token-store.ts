@@ -58,11 +58,12 @@ export class KyselyTokenStore implements TokenStore {
         [...token.teams], [...token.scopes], [...token.namespaces], token.isAdmin,
         JSON.stringify(token.metadata), token.environment, token.createdAt, token.createdBy, token.expiresAt,
         token.issuedByTokenId, Math.min(limits.maxActivePerSubject, Number.MAX_SAFE_INTEGER), limits.now,
+        [...(token.allowedNetworks ?? [])], token.rateLimit?.requests ?? null, token.rateLimit?.windowMs ?? null,
       ];
-      const text = `SELECT * FROM insert_token_capped_v2($1, $2, $3, $4, $5, $6, $7::text[], $8::text[], $9::text[], $10, $11::jsonb, $12, $13, $14, $15, $16::uuid, $17, $18)`;
+      const text = `SELECT * FROM insert_token_capped_v3($1, $2, $3, $4, $5, $6, $7::text[], $8::text[], $9::text[], $10, $11::jsonb, $12, $13, $14, $15, $16::uuid, $17, $18, $19::text[], $20::integer, $21::integer)`;
       const rows = this.prepared
-        ? await this.prepared<Selectable<TokensTable>>("insert_token_capped_v2", text, values)
-        : (await sql<Selectable<TokensTable>>`SELECT * FROM insert_token_capped_v2(${sql.join(values)})`.execute(this.db)).rows;
+        ? await this.prepared<Selectable<TokensTable>>("insert_token_capped_v3", text, values)
+        : (await sql<Selectable<TokensTable>>`SELECT * FROM insert_token_capped_v3(${values[0]}, ${values[1]}, ${values[2]}, ${values[3]}, ${values[4]}, ${values[5]}, ${values[6]}::text[], ${values[7]}::text[], ${values[8]}::text[], ${values[9]}, ${values[10]}::jsonb, ${values[11]}, ${values[12]}, ${values[13]}, ${values[14]}, ${values[15]}::uuid, ${values[16]}, ${values[17]}, ${values[18]}::text[], ${values[19]}::integer, ${values[20]}::integer)`.execute(this.db)).rows;
       const row = rows[0];
       if (row === undefined) throw new TokenError("internal", "internal error", { cause: new Error("insert_token_capped returned no row") });
       return toRecord(row);
@@ -307,5 +308,8 @@ export function toRecord(row: Selectable<TokensTable>): TokenRecord {
     revokedAt: row.revoked_at,
     revokedBy: row.revoked_by,
     revokeReason: row.revoke_reason,
+    // Only when set: an unbound token's record is what it was before migration 0011.
+    ...(row.allowed_networks != null && row.allowed_networks.length > 0 ? { allowedNetworks: row.allowed_networks } : {}),
+    ...(row.rate_limit_requests != null && row.rate_limit_window_ms != null ? { rateLimit: { requests: row.rate_limit_requests, windowMs: row.rate_limit_window_ms } } : {}),
   };
 }

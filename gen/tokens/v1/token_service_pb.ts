@@ -17,7 +17,62 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokens/v1/token_service.proto.
  */
 export const file_tokens_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIpcBCgtEZXByZWNhdGlvbhIOCgZub3RpY2UYASABKAkSDAoEbGluaxgCIAEoCRIvCgtzdW5zZXRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoVZGVwcmVjYXRlZF9zaW5jZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKABQoJVG9rZW5JbmZvEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHc3ViamVjdBgDIAEoCRIRCglmdWxsX25hbWUYBCABKAkSDQoFdGVhbXMYBSADKAkSDgoGc2NvcGVzGAYgAygJEhIKCm5hbWVzcGFjZXMYByADKAkSEAoIaXNfYWRtaW4YCCABKAgSNAoIbWV0YWRhdGEYCSADKAsyIi50b2tlbnMudjEuVG9rZW5JbmZvLk1ldGFkYXRhRW50cnkSKwoLZW52aXJvbm1lbnQYCiABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFAoMZGlzcGxheV9oaW50GAsgASgJEiQKBXN0YXRlGAwgASgOMhUudG9rZW5zLnYxLlRva2VuU3RhdGUSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYDiABKAkSLwoLZXhwaXJlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3RfdXNlZF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmV2b2tlZF9ieRgSIAEoCRIVCg1yZXZva2VfcmVhc29uGBMgASgJEhoKEmlzc3VlZF9ieV90b2tlbl9pZBgUIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi4AIKEUlzc3VlVG9rZW5SZXF1ZXN0EgwKBG5hbWUYASABKAkSDgoGc2NvcGVzGAIgAygJEg0KBXRlYW1zGAMgAygJEhIKCm5hbWVzcGFjZXMYBCADKAkSKAoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSAASMQoLZXhwaXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASPAoIbWV0YWRhdGEYByADKAsyKi50b2tlbnMudjEuSXNzdWVUb2tlblJlcXVlc3QuTWV0YWRhdGFFbnRyeRIPCgdzdWJqZWN0GAggASgJEhEKCWZ1bGxfbmFtZRgJIAEoCRIQCghpc19hZG1pbhgKIAEoCBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCAoGZXhwaXJ5IkcKEklzc3VlVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIiCgRpbmZvGAIgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbyJdChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJEhcKD3Rva2VuX3R5cGVfaGludBgCIAEoCRIbChNpbmNsdWRlX2JhY2tlbmRfand0GAMgASgIItwFChdJbnRyb3NwZWN0VG9rZW5SZXNwb25zZRIOCgZhY3RpdmUYASABKAgSDQoFc2NvcGUYAiABKAkSDgoGc2NvcGVzGAMgAygJEhEKCWNsaWVudF9pZBgEIAEoCRIQCgh1c2VybmFtZRgFIAEoCRISCgp0b2tlbl90eXBlGAYgASgJEgsKA2V4cBgHIAEoAxILCgNpYXQYCCABKAMSCwoDbmJmGAkgASgDEgsKA3N1YhgKIAEoCRILCgNhdWQYCyADKAkSCwoDaXNzGAwgASgJEgsKA2p0aRgNIAEoCRINCgV0ZWFtcxgOIAMoCRISCgpuYW1lc3BhY2VzGA8gAygJEhAKCGlzX2FkbWluGBAgASgIEisKC2Vudmlyb25tZW50GBEgASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhIKCnRva2VuX25hbWUYEiABKAkSQgoIbWV0YWRhdGEYEyADKAsyMC50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2UuTWV0YWRhdGFFbnRyeRIRCglmdWxsX25hbWUYFCABKAkSKAoKdG9rZW5fa2luZBgVIAEoDjIULnRva2Vucy52MS5Ub2tlbktpbmQSKQoGcmVhc29uGBYgASgOMhkudG9rZW5zLnYxLkluYWN0aXZlUmVhc29uEg8KB21lc3NhZ2UYFyABKAkSKwoLZGVwcmVjYXRpb24YGCABKAsyFi50b2tlbnMudjEuRGVwcmVjYXRpb24SEwoLYmFja2VuZF9qd3QYGSABKAkSGwoTcmV2b2NhdGlvbl9wb3NpdGlvbhgaIAEoBBI7ChdyZXZvY2F0aW9uX2NvbmZpcm1lZF9hdBgbIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInoKElJldm9rZVRva2VuUmVxdWVzdBIPCgV0b2tlbhgBIAEoCUgAEhIKCHRva2VuX2lkGAIgASgJSAASFAoKbGVnYWN5X2p0aRgEIAEoCUgAEg4KBnJlYXNvbhgDIAEoCRIPCgdjYXNjYWRlGAUgASgIQggKBnRhcmdldCJpChNSZXZva2VUb2tlblJlc3BvbnNlEiIKBGluZm8YASABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhcKD2FscmVhZHlfcmV2b2tlZBgCIAEoCBIVCg1yZXZva2VkX2NvdW50GAMgASgFIqcBChFMaXN0VG9rZW5zUmVxdWVzdBIPCgdzdWJqZWN0GAEgASgJEgwKBHRlYW0YAiABKAkSFwoPaW5jbHVkZV9yZXZva2VkGAMgASgIEhcKD2luY2x1ZGVfZXhwaXJlZBgEIAEoCBIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCRIaChJpc3N1ZWRfYnlfdG9rZW5faWQYByABKAkiUwoSTGlzdFRva2Vuc1Jlc3BvbnNlEiQKBnRva2VucxgBIAMoCzIULnRva2Vucy52MS5Ub2tlbkluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIsoDCg1TZWN1cml0eUV2ZW50EgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSJQoIc2V2ZXJpdHkYAyABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSMwoPZmlyc3Rfc2Vlbl90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFY291bnQYBiABKAMSMwoTc2VydmljZV9lbnZpcm9ubWVudBgHIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIxChF0b2tlbl9lbnZpcm9ubWVudBgIIAEoDjIWLnRva2Vucy52MS5FbnZpcm9ubWVudBIXCg9jYWxsZXJfdG9rZW5faWQYCSABKAkSFgoOY2FsbGVyX3N1YmplY3QYCiABKAkSDAoEcGVlchgLIAEoCRISCgp1c2VyX2FnZW50GAwgASgJEhIKCnRva2VuX2hpbnQYDSABKAkSEAoIdG9rZW5faWQYDiABKAkSDwoHbWVzc2FnZRgPIAEoCRIOCgZtZXRob2QYECABKAkipgEKGUxpc3RTZWN1cml0eUV2ZW50c1JlcXVlc3QSDAoEdHlwZRgBIAEoCRIpCgxtaW5fc2V2ZXJpdHkYAiABKA4yEy50b2tlbnMudjEuU2V2ZXJpdHkSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIl8KGkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlEigKBmV2ZW50cxgBIAMoCzIYLnRva2Vucy52MS5TZWN1cml0eUV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJCChlMaXN0TGVnYWN5Snd0VXNhZ2VSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIqcBCg5MZWdhY3lKd3RVc2FnZRIPCgdzdWJqZWN0GAEgASgJEhsKE2ludHJvc3BlY3Rpb25fY291bnQYAiABKAMSMwoPZmlyc3Rfc2Vlbl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXwoaTGlzdExlZ2FjeUp3dFVzYWdlUmVzcG9uc2USKAoFdXNhZ2UYASADKAsyGS50b2tlbnMudjEuTGVnYWN5Snd0VXNhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIhAKDkdldEp3a3NSZXF1ZXN0ImMKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2tpZBgCIAEoCRILCgNhbGcYAyABKAkSCwoDdXNlGAQgASgJEgsKA2NydhgFIAEoCRIJCgF4GAYgASgJEgkKAXkYByABKAkiSQoPR2V0Sndrc1Jlc3BvbnNlEiMKBGtleXMYASADKAsyFS50b2tlbnMudjEuSnNvbldlYktleRIRCglqd2tzX2pzb24YAiABKAkijgEKF1dhdGNoUmV2b2NhdGlvbnNSZXF1ZXN0EjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIiChVyZXN1bWVfYWZ0ZXJfcG9zaXRpb24YAiABKARIAIgBAUIYChZfcmVzdW1lX2FmdGVyX3Bvc2l0aW9uIp4BChhXYXRjaFJldm9jYXRpb25zUmVzcG9uc2USKwoKcmV2b2NhdGlvbhgBIAEoCzIVLnRva2Vucy52MS5SZXZvY2F0aW9uSAASKQoJaGVhcnRiZWF0GAIgASgLMhQudG9rZW5zLnYxLkhlYXJ0YmVhdEgAEiEKBXJlc2V0GAMgASgLMhAudG9rZW5zLnYxLlJlc2V0SABCBwoFZXZlbnQiBwoFUmVzZXQiRgoKUmV2b2NhdGlvbhIUCgx0b2tlbl9kaWdlc3QYASABKAwSEAoIdG9rZW5faWQYAiABKAkSEAoIcG9zaXRpb24YAyABKAQieQoJSGVhcnRiZWF0EigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDWNvbmZpcm1lZF9hZ2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEAoIcG9zaXRpb24YAyABKAQqfAoLRW52aXJvbm1lbnQSGwoXRU5WSVJPTk1FTlRfVU5TUEVDSUZJRUQQABIbChdFTlZJUk9OTUVOVF9ERVZFTE9QTUVOVBABEhcKE0VOVklST05NRU5UX1NUQUdJTkcQAhIaChZFTlZJUk9OTUVOVF9QUk9EVUNUSU9OEAMqcwoKVG9rZW5TdGF0ZRIbChdUT0tFTl9TVEFURV9VTlNQRUNJRklFRBAAEhYKElRPS0VOX1NUQVRFX0FDVElWRRABEhcKE1RPS0VOX1NUQVRFX0VYUElSRUQQAhIXChNUT0tFTl9TVEFURV9SRVZPS0VEEAMqWQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9LSU5EX09QQVFVRRABEhkKFVRPS0VOX0tJTkRfTEVHQUNZX0pXVBACKpUCCg5JbmFjdGl2ZVJlYXNvbhIfChtJTkFDVElWRV9SRUFTT05fVU5TUEVDSUZJRUQQABIdChlJTkFDVElWRV9SRUFTT05fTUFMRk9STUVEEAESGwoXSU5BQ1RJVkVfUkVBU09OX1VOS05PV04QAhIbChdJTkFDVElWRV9SRUFTT05fRVhQSVJFRBADEhsKF0lOQUNUSVZFX1JFQVNPTl9SRVZPS0VEEAQSKAokSU5BQ1RJVkVfUkVBU09OX0VOVklST05NRU5UX01JU01BVENIEAUSGwoXSU5BQ1RJVkVfUkVBU09OX0lOVkFMSUQQBhIlCiFJTkFDVElWRV9SRUFTT05fTEVHQUNZX0pXVF9TVU5TRVQQBypkCghTZXZlcml0eRIYChRTRVZFUklUWV9VTlNQRUNJRklFRBAAEhEKDVNFVkVSSVRZX0lORk8QARIUChBTRVZFUklUWV9XQVJOSU5HEAISFQoRU0VWRVJJVFlfQ1JJVElDQUwQAzLMBQoMVG9rZW5TZXJ2aWNlEkkKCklzc3VlVG9rZW4SHC50b2tlbnMudjEuSXNzdWVUb2tlblJlcXVlc3QaHS50b2tlbnMudjEuSXNzdWVUb2tlblJlc3BvbnNlElgKD0ludHJvc3BlY3RUb2tlbhIhLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXF1ZXN0GiIudG9rZW5zLnYxLkludHJvc3BlY3RUb2tlblJlc3BvbnNlElEKC1Jldm9rZVRva2VuEh0udG9rZW5zLnYxLlJldm9rZVRva2VuUmVxdWVzdBoeLnRva2Vucy52MS5SZXZva2VUb2tlblJlc3BvbnNlIgOQAgISTgoKTGlzdFRva2VucxIcLnRva2Vucy52MS5MaXN0VG9rZW5zUmVxdWVzdBodLnRva2Vucy52MS5MaXN0VG9rZW5zUmVzcG9uc2UiA5ACARJmChJMaXN0U2VjdXJpdHlFdmVudHMSJC50b2tlbnMudjEuTGlzdFNlY3VyaXR5RXZlbnRzUmVxdWVzdBolLnRva2Vucy52MS5MaXN0U2VjdXJpdHlFdmVudHNSZXNwb25zZSIDkAIBEmYKEkxpc3RMZWdhY3lKd3RVc2FnZRIkLnRva2Vucy52MS5MaXN0TGVnYWN5Snd0VXNhZ2VSZXF1ZXN0GiUudG9rZW5zLnYxLkxpc3RMZWdhY3lKd3RVc2FnZVJlc3BvbnNlIgOQAgESXQoQV2F0Y2hSZXZvY2F0aW9ucxIiLnRva2Vucy52MS5XYXRjaFJldm9jYXRpb25zUmVxdWVzdBojLnRva2Vucy52MS5XYXRjaFJldm9jYXRpb25zUmVzcG9uc2UwARJFCgdHZXRKd2tzEhkudG9rZW5zLnYxLkdldEp3a3NSZXF1ZXN0GhoudG9rZW5zLnYxLkdldEp3a3NSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIk0KDlRva2VuUmF0ZUxpbWl0EhAKCHJlcXVlc3RzGAEgASgFEikKBndpbmRvdxgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKXAQoLRGVwcmVjYXRpb24SDgoGbm90aWNlGAEgASgJEgwKBGxpbmsYAiABKAkSLwoLc3Vuc2V0X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjkKFWRlcHJlY2F0ZWRfc2luY2VfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiyQUKCVRva2VuSW5mbxIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB3N1YmplY3QYAyABKAkSEQoJZnVsbF9uYW1lGAQgASgJEg0KBXRlYW1zGAUgAygJEg4KBnNjb3BlcxgGIAMoCRISCgpuYW1lc3BhY2VzGAcgAygJEhAKCGlzX2FkbWluGAggASgIEjQKCG1ldGFkYXRhGAkgAygLMiIudG9rZW5zLnYxLlRva2VuSW5mby5NZXRhZGF0YUVudHJ5EisKC2Vudmlyb25tZW50GAogASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhQKDGRpc3BsYXlfaGludBgLIAEoCRIkCgVzdGF0ZRgMIAEoDjIVLnRva2Vucy52MS5Ub2tlblN0YXRlEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpjcmVhdGVkX2J5GA4gASgJEi8KC2V4cGlyZV90aW1lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3VzZWRfdGltZRgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnJldm9rZWRfYnkYEiABKAkSFQoNcmV2b2tlX3JlYXNvbhgTIAEoCRIaChJpc3N1ZWRfYnlfdG9rZW5faWQYFCABKAkSGAoQYWxsb3dlZF9uZXR3b3JrcxgoIAMoCRItCgpyYXRlX2xpbWl0GCkgASgLMhkudG9rZW5zLnYxLlRva2VuUmF0ZUxpbWl0Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKpAwoRSXNzdWVUb2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDQoFdGVhbXMYAyADKAkSEgoKbmFtZXNwYWNlcxgEIAMoCRIoCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IABIxCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABI8CghtZXRhZGF0YRgHIAMoCzIqLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdC5NZXRhZGF0YUVudHJ5Eg8KB3N1YmplY3QYCCABKAkSEQoJZnVsbF9uYW1lGAkgASgJEhAKCGlzX2FkbWluGAogASgIEhgKEGFsbG93ZWRfbmV0d29ya3MYKCADKAkSLQoKcmF0ZV9saW1pdBgpIAEoCzIZLnRva2Vucy52MS5Ub2tlblJhdGVMaW1pdBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCAoGZXhwaXJ5IkcKEklzc3VlVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIiCgRpbmZvGAIgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbyJ1ChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJEhcKD3Rva2VuX3R5cGVfaGludBgCIAEoCRIbChNpbmNsdWRlX2JhY2tlbmRfand0GAMgASgIEhYKDmNsaWVudF9hZGRyZXNzGCggASgJItUGChdJbnRyb3NwZWN0VG9rZW5SZXNwb25zZRIOCgZhY3RpdmUYASABKAgSDQoFc2NvcGUYAiABKAkSDgoGc2NvcGVzGAMgAygJEhEKCWNsaWVudF9pZBgEIAEoCRIQCgh1c2VybmFtZRgFIAEoCRISCgp0b2tlbl90eXBlGAYgASgJEgsKA2V4cBgHIAEoAxILCgNpYXQYCCABKAMSCwoDbmJmGAkgASgDEgsKA3N1YhgKIAEoCRILCgNhdWQYCyADKAkSCwoDaXNzGAwgASgJEgsKA2p0aRgNIAEoCRINCgV0ZWFtcxgOIAMoCRISCgpuYW1lc3BhY2VzGA8gAygJEhAKCGlzX2FkbWluGBAgASgIEisKC2Vudmlyb25tZW50GBEgASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhIKCnRva2VuX25hbWUYEiABKAkSQgoIbWV0YWRhdGEYEyADKAsyMC50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2UuTWV0YWRhdGFFbnRyeRIRCglmdWxsX25hbWUYFCABKAkSKAoKdG9rZW5fa2luZBgVIAEoDjIULnRva2Vucy52MS5Ub2tlbktpbmQSKQoGcmVhc29uGBYgASgOMhkudG9rZW5zLnYxLkluYWN0aXZlUmVhc29uEg8KB21lc3NhZ2UYFyABKAkSKwoLZGVwcmVjYXRpb24YGCABKAsyFi50b2tlbnMudjEuRGVwcmVjYXRpb24SEwoLYmFja2VuZF9qd3QYGSABKAkSGwoTcmV2b2NhdGlvbl9wb3NpdGlvbhgaIAEoBBI7ChdyZXZvY2F0aW9uX2NvbmZpcm1lZF9hdBgbIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoQYWxsb3dlZF9uZXR3b3JrcxgoIAMoCRItCgpyYXRlX2xpbWl0GCkgASgLMhkudG9rZW5zLnYxLlRva2VuUmF0ZUxpbWl0Ei4KC3JldHJ5X2FmdGVyGCogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ6ChJSZXZva2VUb2tlblJlcXVlc3QSDwoFdG9rZW4YASABKAlIABISCgh0b2tlbl9pZBgCIAEoCUgAEhQKCmxlZ2FjeV9qdGkYBCABKAlIABIOCgZyZWFzb24YAyABKAkSDwoHY2FzY2FkZRgFIAEoCEIICgZ0YXJnZXQiaQoTUmV2b2tlVG9rZW5SZXNwb25zZRIiCgRpbmZvGAEgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbxIXCg9hbHJlYWR5X3Jldm9rZWQYAiABKAgSFQoNcmV2b2tlZF9jb3VudBgDIAEoBSKnAQoRTGlzdFRva2Vuc1JlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIMCgR0ZWFtGAIgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgDIAEoCBIXCg9pbmNsdWRlX2V4cGlyZWQYBCABKAgSEQoJcGFnZV9zaXplGAUgASgFEhIKCnBhZ2VfdG9rZW4YBiABKAkSGgoSaXNzdWVkX2J5X3Rva2VuX2lkGAcgASgJIlMKEkxpc3RUb2tlbnNSZXNwb25zZRIkCgZ0b2tlbnMYASADKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLKAwoNU2VjdXJpdHlFdmVudBIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEiUKCHNldmVyaXR5GAMgASgOMhMudG9rZW5zLnYxLlNldmVyaXR5EjMKD2ZpcnN0X3NlZW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWNvdW50GAYgASgDEjMKE3NlcnZpY2VfZW52aXJvbm1lbnQYByABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSMQoRdG9rZW5fZW52aXJvbm1lbnQYCCABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFwoPY2FsbGVyX3Rva2VuX2lkGAkgASgJEhYKDmNhbGxlcl9zdWJqZWN0GAogASgJEgwKBHBlZXIYCyABKAkSEgoKdXNlcl9hZ2VudBgMIAEoCRISCgp0b2tlbl9oaW50GA0gASgJEhAKCHRva2VuX2lkGA4gASgJEg8KB21lc3NhZ2UYDyABKAkSDgoGbWV0aG9kGBAgASgJIqYBChlMaXN0U2VjdXJpdHlFdmVudHNSZXF1ZXN0EgwKBHR5cGUYASABKAkSKQoMbWluX3NldmVyaXR5GAIgASgOMhMudG9rZW5zLnYxLlNldmVyaXR5EikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJfChpMaXN0U2VjdXJpdHlFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC50b2tlbnMudjEuU2VjdXJpdHlFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQgoZTGlzdExlZ2FjeUp3dFVzYWdlUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSKnAQoOTGVnYWN5Snd0VXNhZ2USDwoHc3ViamVjdBgBIAEoCRIbChNpbnRyb3NwZWN0aW9uX2NvdW50GAIgASgDEjMKD2ZpcnN0X3NlZW5fdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl8KGkxpc3RMZWdhY3lKd3RVc2FnZVJlc3BvbnNlEigKBXVzYWdlGAEgAygLMhkudG9rZW5zLnYxLkxlZ2FjeUp3dFVzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIQCg5HZXRKd2tzUmVxdWVzdCJjCgpKc29uV2ViS2V5EgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDYWxnGAMgASgJEgsKA3VzZRgEIAEoCRILCgNjcnYYBSABKAkSCQoBeBgGIAEoCRIJCgF5GAcgASgJIkkKD0dldEp3a3NSZXNwb25zZRIjCgRrZXlzGAEgAygLMhUudG9rZW5zLnYxLkpzb25XZWJLZXkSEQoJandrc19qc29uGAIgASgJIo4BChdXYXRjaFJldm9jYXRpb25zUmVxdWVzdBI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SIgoVcmVzdW1lX2FmdGVyX3Bvc2l0aW9uGAIgASgESACIAQFCGAoWX3Jlc3VtZV9hZnRlcl9wb3NpdGlvbiKeAQoYV2F0Y2hSZXZvY2F0aW9uc1Jlc3BvbnNlEisKCnJldm9jYXRpb24YASABKAsyFS50b2tlbnMudjEuUmV2b2NhdGlvbkgAEikKCWhlYXJ0YmVhdBgCIAEoCzIULnRva2Vucy52MS5IZWFydGJlYXRIABIhCgVyZXNldBgDIAEoCzIQLnRva2Vucy52MS5SZXNldEgAQgcKBWV2ZW50IgcKBVJlc2V0IkYKClJldm9jYXRpb24SFAoMdG9rZW5fZGlnZXN0GAEgASgMEhAKCHRva2VuX2lkGAIgASgJEhAKCHBvc2l0aW9uGAMgASgEInkKCUhlYXJ0YmVhdBIoCgR0aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCg1jb25maXJtZWRfYWdlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHBvc2l0aW9uGAMgASgEKnwKC0Vudmlyb25tZW50EhsKF0VOVklST05NRU5UX1VOU1BFQ0lGSUVEEAASGwoXRU5WSVJPTk1FTlRfREVWRUxPUE1FTlQQARIXChNFTlZJUk9OTUVOVF9TVEFHSU5HEAISGgoWRU5WSVJPTk1FTlRfUFJPRFVDVElPThADKnMKClRva2VuU3RhdGUSGwoXVE9LRU5fU1RBVEVfVU5TUEVDSUZJRUQQABIWChJUT0tFTl9TVEFURV9BQ1RJVkUQARIXChNUT0tFTl9TVEFURV9FWFBJUkVEEAISFwoTVE9LRU5fU1RBVEVfUkVWT0tFRBADKlkKCVRva2VuS2luZBIaChZUT0tFTl9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRVE9LRU5fS0lORF9PUEFRVUUQARIZChVUT0tFTl9LSU5EX0xFR0FDWV9KV1QQAirmAgoOSW5hY3RpdmVSZWFzb24SHwobSU5BQ1RJVkVfUkVBU09OX1VOU1BFQ0lGSUVEEAASHQoZSU5BQ1RJVkVfUkVBU09OX01BTEZPUk1FRBABEhsKF0lOQUNUSVZFX1JFQVNPTl9VTktOT1dOEAISGwoXSU5BQ1RJVkVfUkVBU09OX0VYUElSRUQQAxIbChdJTkFDVElWRV9SRUFTT05fUkVWT0tFRBAEEigKJElOQUNUSVZFX1JFQVNPTl9FTlZJUk9OTUVOVF9NSVNNQVRDSBAFEhsKF0lOQUNUSVZFX1JFQVNPTl9JTlZBTElEEAYSJQohSU5BQ1RJVkVfUkVBU09OX0xFR0FDWV9KV1RfU1VOU0VUEAcSJwojSU5BQ1RJVkVfUkVBU09OX05FVFdPUktfTk9UX0FMTE9XRUQQCBImCiJJTkFDVElWRV9SRUFTT05fVE9LRU5fUkFURV9MSU1JVEVEEAkqZAoIU2V2ZXJpdHkSGAoUU0VWRVJJVFlfVU5TUEVDSUZJRUQQABIRCg1TRVZFUklUWV9JTkZPEAESFAoQU0VWRVJJVFlfV0FSTklORxACEhUKEVNFVkVSSVRZX0NSSVRJQ0FMEAMyzAUKDFRva2VuU2VydmljZRJJCgpJc3N1ZVRva2VuEhwudG9rZW5zLnYxLklzc3VlVG9rZW5SZXF1ZXN0Gh0udG9rZW5zLnYxLklzc3VlVG9rZW5SZXNwb25zZRJYCg9JbnRyb3NwZWN0VG9rZW4SIS50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVxdWVzdBoiLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXNwb25zZRJRCgtSZXZva2VUb2tlbhIdLnRva2Vucy52MS5SZXZva2VUb2tlblJlcXVlc3QaHi50b2tlbnMudjEuUmV2b2tlVG9rZW5SZXNwb25zZSIDkAICEk4KCkxpc3RUb2tlbnMSHC50b2tlbnMudjEuTGlzdFRva2Vuc1JlcXVlc3QaHS50b2tlbnMudjEuTGlzdFRva2Vuc1Jlc3BvbnNlIgOQAgESZgoSTGlzdFNlY3VyaXR5RXZlbnRzEiQudG9rZW5zLnYxLkxpc3RTZWN1cml0eUV2ZW50c1JlcXVlc3QaJS50b2tlbnMudjEuTGlzdFNlY3VyaXR5RXZlbnRzUmVzcG9uc2UiA5ACARJmChJMaXN0TGVnYWN5Snd0VXNhZ2USJC50b2tlbnMudjEuTGlzdExlZ2FjeUp3dFVzYWdlUmVxdWVzdBolLnRva2Vucy52MS5MaXN0TGVnYWN5Snd0VXNhZ2VSZXNwb25zZSIDkAIBEl0KEFdhdGNoUmV2b2NhdGlvbnMSIi50b2tlbnMudjEuV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QaIy50b2tlbnMudjEuV2F0Y2hSZXZvY2F0aW9uc1Jlc3BvbnNlMAESRQoHR2V0SndrcxIZLnRva2Vucy52MS5HZXRKd2tzUmVxdWVzdBoaLnRva2Vucy52MS5HZXRKd2tzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * TokenRateLimit is a per-token rate limit: at most `requests` uses per
+ * `window`, enforced as a token bucket (a burst of `requests`, refilled
+ * evenly over `window`). Counted per replica: N replicas admit up to N times
+ * the limit.
+ *
+ * @generated from message tokens.v1.TokenRateLimit
+ */
+export type TokenRateLimit = Message<"tokens.v1.TokenRateLimit"> & {
+  /**
+   * Uses per window: 1 to 1,000,000.
+   *
+   * @generated from field: int32 requests = 1;
+   */
+  requests: number;
+
+  /**
+   * The window: 1s to 1d.
+   *
+   * @generated from field: google.protobuf.Duration window = 2;
+   */
+  window?: Duration | undefined;
+};
+
+/**
+ * TokenRateLimit is a per-token rate limit: at most `requests` uses per
+ * `window`, enforced as a token bucket (a burst of `requests`, refilled
+ * evenly over `window`). Counted per replica: N replicas admit up to N times
+ * the limit.
+ *
+ * @generated from message tokens.v1.TokenRateLimit
+ */
+export type TokenRateLimitJson = {
+  /**
+   * Uses per window: 1 to 1,000,000.
+   *
+   * @generated from field: int32 requests = 1;
+   */
+  requests?: number;
+
+  /**
+   * The window: 1s to 1d.
+   *
+   * @generated from field: google.protobuf.Duration window = 2;
+   */
+  window?: DurationJson;
+};
+
+/**
+ * Describes the message tokens.v1.TokenRateLimit.
+ * Use `create(TokenRateLimitSchema)` to create a new message.
+ */
+export const TokenRateLimitSchema: GenMessage<TokenRateLimit, {jsonType: TokenRateLimitJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 0);
 
 /**
  * Deprecation is the notice carried by every successful answer about a
@@ -100,7 +155,7 @@ export type DeprecationJson = {
  * Use `create(DeprecationSchema)` to create a new message.
  */
 export const DeprecationSchema: GenMessage<Deprecation, {jsonType: DeprecationJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 0);
+  messageDesc(file_tokens_v1_token_service, 1);
 
 /**
  * TokenInfo is a token's metadata. It never holds the token or its digest.
@@ -252,6 +307,20 @@ export type TokenInfo = Message<"tokens.v1.TokenInfo"> & {
    * @generated from field: string issued_by_token_id = 20;
    */
   issuedByTokenId: string;
+
+  /**
+   * Networks (CIDR, IPv4 or IPv6) the token may be used from; empty: any.
+   *
+   * @generated from field: repeated string allowed_networks = 40;
+   */
+  allowedNetworks: string[];
+
+  /**
+   * The token's own rate limit; unset: none.
+   *
+   * @generated from field: tokens.v1.TokenRateLimit rate_limit = 41;
+   */
+  rateLimit?: TokenRateLimit | undefined;
 };
 
 /**
@@ -404,6 +473,20 @@ export type TokenInfoJson = {
    * @generated from field: string issued_by_token_id = 20;
    */
   issuedByTokenId?: string;
+
+  /**
+   * Networks (CIDR, IPv4 or IPv6) the token may be used from; empty: any.
+   *
+   * @generated from field: repeated string allowed_networks = 40;
+   */
+  allowedNetworks?: string[];
+
+  /**
+   * The token's own rate limit; unset: none.
+   *
+   * @generated from field: tokens.v1.TokenRateLimit rate_limit = 41;
+   */
+  rateLimit?: TokenRateLimitJson;
 };
 
 /**
@@ -411,7 +494,7 @@ export type TokenInfoJson = {
  * Use `create(TokenInfoSchema)` to create a new message.
  */
 export const TokenInfoSchema: GenMessage<TokenInfo, {jsonType: TokenInfoJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 1);
+  messageDesc(file_tokens_v1_token_service, 2);
 
 /**
  * IssueTokenRequest asks for a new token.
@@ -506,6 +589,27 @@ export type IssueTokenRequest = Message<"tokens.v1.IssueTokenRequest"> & {
    * @generated from field: bool is_admin = 10;
    */
   isAdmin: boolean;
+
+  /**
+   * Networks the token may be used from, in CIDR notation (`10.0.0.0/8`,
+   * `2001:db8::/32`; a bare address is a /32 or /128). At most 32. Empty:
+   * any network, unless the caller's own token is bound to networks (then
+   * the new token inherits them). A non-admin caller bound to networks may
+   * only name networks inside its own.
+   *
+   * @generated from field: repeated string allowed_networks = 40;
+   */
+  allowedNetworks: string[];
+
+  /**
+   * A rate limit of the token's own. Unset: none, unless the caller's own
+   * token has one (then the new token inherits it). A non-admin caller with
+   * a limit may only set one no looser: at most as many requests, and at
+   * most the same rate (requests per second).
+   *
+   * @generated from field: tokens.v1.TokenRateLimit rate_limit = 41;
+   */
+  rateLimit?: TokenRateLimit | undefined;
 };
 
 /**
@@ -591,6 +695,27 @@ export type IssueTokenRequestJson = {
    * @generated from field: bool is_admin = 10;
    */
   isAdmin?: boolean;
+
+  /**
+   * Networks the token may be used from, in CIDR notation (`10.0.0.0/8`,
+   * `2001:db8::/32`; a bare address is a /32 or /128). At most 32. Empty:
+   * any network, unless the caller's own token is bound to networks (then
+   * the new token inherits them). A non-admin caller bound to networks may
+   * only name networks inside its own.
+   *
+   * @generated from field: repeated string allowed_networks = 40;
+   */
+  allowedNetworks?: string[];
+
+  /**
+   * A rate limit of the token's own. Unset: none, unless the caller's own
+   * token has one (then the new token inherits it). A non-admin caller with
+   * a limit may only set one no looser: at most as many requests, and at
+   * most the same rate (requests per second).
+   *
+   * @generated from field: tokens.v1.TokenRateLimit rate_limit = 41;
+   */
+  rateLimit?: TokenRateLimitJson;
 };
 
 /**
@@ -598,7 +723,7 @@ export type IssueTokenRequestJson = {
  * Use `create(IssueTokenRequestSchema)` to create a new message.
  */
 export const IssueTokenRequestSchema: GenMessage<IssueTokenRequest, {jsonType: IssueTokenRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 2);
+  messageDesc(file_tokens_v1_token_service, 3);
 
 /**
  * IssueTokenResponse holds the new token. It is shown this once.
@@ -647,7 +772,7 @@ export type IssueTokenResponseJson = {
  * Use `create(IssueTokenResponseSchema)` to create a new message.
  */
 export const IssueTokenResponseSchema: GenMessage<IssueTokenResponse, {jsonType: IssueTokenResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 3);
+  messageDesc(file_tokens_v1_token_service, 4);
 
 /**
  * IntrospectTokenRequest asks what a presented token stands for.
@@ -680,6 +805,15 @@ export type IntrospectTokenRequest = Message<"tokens.v1.IntrospectTokenRequest">
    * @generated from field: bool include_backend_jwt = 3;
    */
   includeBackendJwt: boolean;
+
+  /**
+   * The end client's IP address as the gateway sees it (IPv4 or IPv6,
+   * without port). Needed for tokens bound to networks: such a token
+   * introspected without it is inactive (NETWORK_NOT_ALLOWED).
+   *
+   * @generated from field: string client_address = 40;
+   */
+  clientAddress: string;
 };
 
 /**
@@ -713,6 +847,15 @@ export type IntrospectTokenRequestJson = {
    * @generated from field: bool include_backend_jwt = 3;
    */
   includeBackendJwt?: boolean;
+
+  /**
+   * The end client's IP address as the gateway sees it (IPv4 or IPv6,
+   * without port). Needed for tokens bound to networks: such a token
+   * introspected without it is inactive (NETWORK_NOT_ALLOWED).
+   *
+   * @generated from field: string client_address = 40;
+   */
+  clientAddress?: string;
 };
 
 /**
@@ -720,11 +863,12 @@ export type IntrospectTokenRequestJson = {
  * Use `create(IntrospectTokenRequestSchema)` to create a new message.
  */
 export const IntrospectTokenRequestSchema: GenMessage<IntrospectTokenRequest, {jsonType: IntrospectTokenRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 4);
+  messageDesc(file_tokens_v1_token_service, 5);
 
 /**
  * IntrospectTokenResponse is RFC 7662-shaped. When `active` is false, no claim
- * is set: only `reason` and `message`.
+ * is set: only `reason` and `message` (and `retry_after` with
+ * TOKEN_RATE_LIMITED).
  *
  * @generated from message tokens.v1.IntrospectTokenResponse
  */
@@ -929,11 +1073,34 @@ export type IntrospectTokenResponse = Message<"tokens.v1.IntrospectTokenResponse
    * @generated from field: google.protobuf.Timestamp revocation_confirmed_at = 27;
    */
   revocationConfirmedAt?: Timestamp | undefined;
+
+  /**
+   * Networks the token is bound to (active answers only).
+   *
+   * @generated from field: repeated string allowed_networks = 40;
+   */
+  allowedNetworks: string[];
+
+  /**
+   * The token's own rate limit (active answers only).
+   *
+   * @generated from field: tokens.v1.TokenRateLimit rate_limit = 41;
+   */
+  rateLimit?: TokenRateLimit | undefined;
+
+  /**
+   * With reason TOKEN_RATE_LIMITED: when the token may be used again on
+   * this replica, at the earliest.
+   *
+   * @generated from field: google.protobuf.Duration retry_after = 42;
+   */
+  retryAfter?: Duration | undefined;
 };
 
 /**
  * IntrospectTokenResponse is RFC 7662-shaped. When `active` is false, no claim
- * is set: only `reason` and `message`.
+ * is set: only `reason` and `message` (and `retry_after` with
+ * TOKEN_RATE_LIMITED).
  *
  * @generated from message tokens.v1.IntrospectTokenResponse
  */
@@ -1138,6 +1305,28 @@ export type IntrospectTokenResponseJson = {
    * @generated from field: google.protobuf.Timestamp revocation_confirmed_at = 27;
    */
   revocationConfirmedAt?: TimestampJson;
+
+  /**
+   * Networks the token is bound to (active answers only).
+   *
+   * @generated from field: repeated string allowed_networks = 40;
+   */
+  allowedNetworks?: string[];
+
+  /**
+   * The token's own rate limit (active answers only).
+   *
+   * @generated from field: tokens.v1.TokenRateLimit rate_limit = 41;
+   */
+  rateLimit?: TokenRateLimitJson;
+
+  /**
+   * With reason TOKEN_RATE_LIMITED: when the token may be used again on
+   * this replica, at the earliest.
+   *
+   * @generated from field: google.protobuf.Duration retry_after = 42;
+   */
+  retryAfter?: DurationJson;
 };
 
 /**
@@ -1145,7 +1334,7 @@ export type IntrospectTokenResponseJson = {
  * Use `create(IntrospectTokenResponseSchema)` to create a new message.
  */
 export const IntrospectTokenResponseSchema: GenMessage<IntrospectTokenResponse, {jsonType: IntrospectTokenResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 5);
+  messageDesc(file_tokens_v1_token_service, 6);
 
 /**
  * RevokeTokenRequest names the token to revoke.
@@ -1262,7 +1451,7 @@ export type RevokeTokenRequestJson = {
  * Use `create(RevokeTokenRequestSchema)` to create a new message.
  */
 export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest, {jsonType: RevokeTokenRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 6);
+  messageDesc(file_tokens_v1_token_service, 7);
 
 /**
  * RevokeTokenResponse confirms a revocation.
@@ -1331,7 +1520,7 @@ export type RevokeTokenResponseJson = {
  * Use `create(RevokeTokenResponseSchema)` to create a new message.
  */
 export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse, {jsonType: RevokeTokenResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 7);
+  messageDesc(file_tokens_v1_token_service, 8);
 
 /**
  * ListTokensRequest filters and pages the token list.
@@ -1454,7 +1643,7 @@ export type ListTokensRequestJson = {
  * Use `create(ListTokensRequestSchema)` to create a new message.
  */
 export const ListTokensRequestSchema: GenMessage<ListTokensRequest, {jsonType: ListTokensRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 8);
+  messageDesc(file_tokens_v1_token_service, 9);
 
 /**
  * ListTokensResponse is one page of tokens, newest first.
@@ -1503,7 +1692,7 @@ export type ListTokensResponseJson = {
  * Use `create(ListTokensResponseSchema)` to create a new message.
  */
 export const ListTokensResponseSchema: GenMessage<ListTokensResponse, {jsonType: ListTokensResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 9);
+  messageDesc(file_tokens_v1_token_service, 10);
 
 /**
  * SecurityEvent is one recorded event, or a burst of identical ones folded
@@ -1752,7 +1941,7 @@ export type SecurityEventJson = {
  * Use `create(SecurityEventSchema)` to create a new message.
  */
 export const SecurityEventSchema: GenMessage<SecurityEvent, {jsonType: SecurityEventJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 10);
+  messageDesc(file_tokens_v1_token_service, 11);
 
 /**
  * ListSecurityEventsRequest filters and pages security events.
@@ -1843,7 +2032,7 @@ export type ListSecurityEventsRequestJson = {
  * Use `create(ListSecurityEventsRequestSchema)` to create a new message.
  */
 export const ListSecurityEventsRequestSchema: GenMessage<ListSecurityEventsRequest, {jsonType: ListSecurityEventsRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 11);
+  messageDesc(file_tokens_v1_token_service, 12);
 
 /**
  * ListSecurityEventsResponse is one page of events, newest first.
@@ -1892,7 +2081,7 @@ export type ListSecurityEventsResponseJson = {
  * Use `create(ListSecurityEventsResponseSchema)` to create a new message.
  */
 export const ListSecurityEventsResponseSchema: GenMessage<ListSecurityEventsResponse, {jsonType: ListSecurityEventsResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 12);
+  messageDesc(file_tokens_v1_token_service, 13);
 
 /**
  * ListLegacyJwtUsageRequest pages legacy JWT usage.
@@ -1941,7 +2130,7 @@ export type ListLegacyJwtUsageRequestJson = {
  * Use `create(ListLegacyJwtUsageRequestSchema)` to create a new message.
  */
 export const ListLegacyJwtUsageRequestSchema: GenMessage<ListLegacyJwtUsageRequest, {jsonType: ListLegacyJwtUsageRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 13);
+  messageDesc(file_tokens_v1_token_service, 14);
 
 /**
  * LegacyJwtUsage is one subject's use of legacy JWTs. Recorded in batches, so
@@ -2020,7 +2209,7 @@ export type LegacyJwtUsageJson = {
  * Use `create(LegacyJwtUsageSchema)` to create a new message.
  */
 export const LegacyJwtUsageSchema: GenMessage<LegacyJwtUsage, {jsonType: LegacyJwtUsageJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 14);
+  messageDesc(file_tokens_v1_token_service, 15);
 
 /**
  * ListLegacyJwtUsageResponse is one page of usage, most recently seen first.
@@ -2069,7 +2258,7 @@ export type ListLegacyJwtUsageResponseJson = {
  * Use `create(ListLegacyJwtUsageResponseSchema)` to create a new message.
  */
 export const ListLegacyJwtUsageResponseSchema: GenMessage<ListLegacyJwtUsageResponse, {jsonType: ListLegacyJwtUsageResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 15);
+  messageDesc(file_tokens_v1_token_service, 16);
 
 /**
  * GetJwksRequest asks for the backend JWT verification keys.
@@ -2092,7 +2281,7 @@ export type GetJwksRequestJson = {
  * Use `create(GetJwksRequestSchema)` to create a new message.
  */
 export const GetJwksRequestSchema: GenMessage<GetJwksRequest, {jsonType: GetJwksRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 16);
+  messageDesc(file_tokens_v1_token_service, 17);
 
 /**
  * JsonWebKey is a public key as RFC 7517 §4 and RFC 7518 §6 spell it.
@@ -2211,7 +2400,7 @@ export type JsonWebKeyJson = {
  * Use `create(JsonWebKeySchema)` to create a new message.
  */
 export const JsonWebKeySchema: GenMessage<JsonWebKey, {jsonType: JsonWebKeyJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 17);
+  messageDesc(file_tokens_v1_token_service, 18);
 
 /**
  * GetJwksResponse is the JSON Web Key Set.
@@ -2260,7 +2449,7 @@ export type GetJwksResponseJson = {
  * Use `create(GetJwksResponseSchema)` to create a new message.
  */
 export const GetJwksResponseSchema: GenMessage<GetJwksResponse, {jsonType: GetJwksResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 18);
+  messageDesc(file_tokens_v1_token_service, 19);
 
 /**
  * WatchRevocationsRequest opens a revocation stream.
@@ -2315,7 +2504,7 @@ export type WatchRevocationsRequestJson = {
  * Use `create(WatchRevocationsRequestSchema)` to create a new message.
  */
 export const WatchRevocationsRequestSchema: GenMessage<WatchRevocationsRequest, {jsonType: WatchRevocationsRequestJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 19);
+  messageDesc(file_tokens_v1_token_service, 20);
 
 /**
  * WatchRevocationsResponse is one event on the stream.
@@ -2388,7 +2577,7 @@ export type WatchRevocationsResponseJson = {
  * Use `create(WatchRevocationsResponseSchema)` to create a new message.
  */
 export const WatchRevocationsResponseSchema: GenMessage<WatchRevocationsResponse, {jsonType: WatchRevocationsResponseJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 20);
+  messageDesc(file_tokens_v1_token_service, 21);
 
 /**
  * Reset tells a gateway that the service's own notification channel was
@@ -2415,7 +2604,7 @@ export type ResetJson = {
  * Use `create(ResetSchema)` to create a new message.
  */
 export const ResetSchema: GenMessage<Reset, {jsonType: ResetJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 21);
+  messageDesc(file_tokens_v1_token_service, 22);
 
 /**
  * Revocation names a revoked token by its digest, never by its value.
@@ -2478,7 +2667,7 @@ export type RevocationJson = {
  * Use `create(RevocationSchema)` to create a new message.
  */
 export const RevocationSchema: GenMessage<Revocation, {jsonType: RevocationJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 22);
+  messageDesc(file_tokens_v1_token_service, 23);
 
 /**
  * Heartbeat proves the stream is alive and complete: every revocation that
@@ -2553,7 +2742,7 @@ export type HeartbeatJson = {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat, {jsonType: HeartbeatJson}> = /*@__PURE__*/
-  messageDesc(file_tokens_v1_token_service, 23);
+  messageDesc(file_tokens_v1_token_service, 24);
 
 /**
  * Environment is where a token may be used. Its prefix says which:
@@ -2760,6 +2949,26 @@ export enum InactiveReason {
    * @generated from enum value: INACTIVE_REASON_LEGACY_JWT_SUNSET = 7;
    */
   LEGACY_JWT_SUNSET = 7,
+
+  /**
+   * The token is bound to networks (`allowed_networks`) and the client
+   * address is outside them, or was not given (fail closed). A security
+   * event is raised.
+   *
+   * @generated from enum value: INACTIVE_REASON_NETWORK_NOT_ALLOWED = 8;
+   */
+  NETWORK_NOT_ALLOWED = 8,
+
+  /**
+   * The token is over its own rate limit (`rate_limit`) on this replica. The
+   * token is otherwise valid: refuse the request with HTTP 429 (gRPC
+   * RESOURCE_EXHAUSTED) and `Retry-After` from `retry_after`, and do not
+   * cache this answer. Reported as inactive so that a gateway that does not
+   * know this reason still refuses.
+   *
+   * @generated from enum value: INACTIVE_REASON_TOKEN_RATE_LIMITED = 9;
+   */
+  TOKEN_RATE_LIMITED = 9,
 }
 
 /**
@@ -2769,7 +2978,7 @@ export enum InactiveReason {
  *
  * @generated from enum tokens.v1.InactiveReason
  */
-export type InactiveReasonJson = "INACTIVE_REASON_UNSPECIFIED" | "INACTIVE_REASON_MALFORMED" | "INACTIVE_REASON_UNKNOWN" | "INACTIVE_REASON_EXPIRED" | "INACTIVE_REASON_REVOKED" | "INACTIVE_REASON_ENVIRONMENT_MISMATCH" | "INACTIVE_REASON_INVALID" | "INACTIVE_REASON_LEGACY_JWT_SUNSET";
+export type InactiveReasonJson = "INACTIVE_REASON_UNSPECIFIED" | "INACTIVE_REASON_MALFORMED" | "INACTIVE_REASON_UNKNOWN" | "INACTIVE_REASON_EXPIRED" | "INACTIVE_REASON_REVOKED" | "INACTIVE_REASON_ENVIRONMENT_MISMATCH" | "INACTIVE_REASON_INVALID" | "INACTIVE_REASON_LEGACY_JWT_SUNSET" | "INACTIVE_REASON_NETWORK_NOT_ALLOWED" | "INACTIVE_REASON_TOKEN_RATE_LIMITED";
 
 /**
  * Describes the enum tokens.v1.InactiveReason.

@@ -4,6 +4,7 @@ import type { Logger, TokenDeps } from "../../domain/ports.js";
 import { RateLimitedError, retryAfterSeconds } from "../../domain/rate-limit.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../../domain/token-format.js";
 import { bearerChallenge, bearerToken, claimHeaders, headerSafe, secretMatches } from "../../rpc/gateway-auth.js";
+import { ProxyTrust, normalizeAddress } from "../../domain/usage-binding.js";
 import { deprecationHeaders } from "../../rpc/mapping.js";
 import type { HttpRequest, HttpResponse } from "../http-server.js";
 import { RETRY_AFTER, header, httpError, requestMeta, send, sendJson, type Headers } from "./io.js";
@@ -17,13 +18,16 @@ export interface ForwardAuthOptions {
   readonly secret: string | undefined;
   /** Whether an active opaque token's answer carries `X-Auth-Backend-Jwt`. */
   readonly backendJwt: boolean;
+  /** Whose `X-Forwarded-For` is believed, for tokens bound to networks (`TRUSTED_PROXIES`). */
+  readonly proxyTrust?: ProxyTrust;
 }
 
 /** The configuration {@link forwardAuthOptions} reads. */
 export type ForwardAuthConfig = Pick<
   Config,
   "environment" | "forwardAuthEnabled" | "forwardAuthSecret" | "forwardAuthBackendJwt" | "tlsCertFile" | "tlsClientCaFile" | "tlsPorts"
->;
+> &
+  Partial<Pick<Config, "trustedProxies">>;
 
 /**
  * Whether `/auth` is served, decided once at start-up and said in the log.
@@ -45,7 +49,7 @@ export type ForwardAuthConfig = Pick<
  */
 export function forwardAuthOptions(config: ForwardAuthConfig, log: Logger): ForwardAuthOptions | undefined {
   if (!config.forwardAuthEnabled) return undefined;
-  const options = { secret: config.forwardAuthSecret, backendJwt: config.forwardAuthBackendJwt };
+  const options = { secret: config.forwardAuthSecret, backendJwt: config.forwardAuthBackendJwt, proxyTrust: new ProxyTrust(config.trustedProxies ?? []) };
   if (forwardAuthProtected(config)) return options;
   if (config.environment === "development") {
     log.warn({ forward_auth: "open" }, `forward auth: /auth is served without FORWARD_AUTH_SECRET or mutual TLS, so anyone who can reach the HTTP port may ask it about any token (tolerated in development only; in staging and production it is not served): ${FORWARD_AUTH_FIX}`);
@@ -111,8 +115,15 @@ export async function forwardAuthEndpoint(deps: TokenDeps, options: ForwardAuthO
     const token = bearerToken(authorization);
     if (token === undefined) return challenge(req, res, "invalid_request", "The Authorization header must be `Bearer <token>`.");
 
-    const result = await introspectToken(deps, token, meta, { backendJwt: options.backendJwt });
-    if (!result.active) return challenge(req, res, "invalid_token", result.message);
+    // The end client's address, for tokens bound to networks: read lazily, only they need it.
+    const result = await introspectToken(deps, token, meta, { backendJwt: options.backendJwt, clientAddress: () => clientAddressOf(options, req) });
+    if (!result.active) {
+      if (result.reason === "token_rate_limited") {
+        // RFC 6585 §4: the token is fine, it is used too often; RFC 9110 §10.2.3 says when to return.
+        return sendJson(req, res, 429, { error: "rate_limited", error_description: result.message }, { ...NO_STORE, "retry-after": String(retryAfterSeconds(result.retryAfterMs ?? 1000)) });
+      }
+      return challenge(req, res, "invalid_token", result.message);
+    }
     const headers: Headers = { ...NO_STORE, ...claimHeaders(result.claims) };
     if (result.backendJwt !== undefined) headers["x-auth-backend-jwt"] = headerSafe(result.backendJwt);
     if (result.deprecation) Object.assign(headers, Object.fromEntries(deprecationHeaders(result.deprecation)));
@@ -127,6 +138,17 @@ export async function forwardAuthEndpoint(deps: TokenDeps, options: ForwardAuthO
     const status = e.status === 503 ? 503 : 500;
     sendJson(req, res, status, { error: e.error, error_description: e.description }, { ...NO_STORE, ...(status === 503 ? RETRY_AFTER : {}) });
   }
+}
+
+/**
+ * The end client's address: the right-most `X-Forwarded-For` entry not
+ * appended by a trusted proxy (see `ProxyTrust`); the socket's peer when the
+ * peer is not a trusted proxy. Never the header taken blindly.
+ */
+function clientAddressOf(options: ForwardAuthOptions, req: HttpRequest): string | undefined {
+  const peer = req.socket?.remoteAddress;
+  if (options.proxyTrust === undefined) return normalizeAddress(peer)?.address;
+  return options.proxyTrust.clientAddress(peer, header(req, "x-forwarded-for"));
 }
 
 /** 401 with `WWW-Authenticate: Bearer error=…, error_description=…` (RFC 6750 §3) and the same in JSON. */
