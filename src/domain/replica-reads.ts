@@ -30,9 +30,13 @@
  * No row on the replica is read again from the primary: a token issued a
  * moment ago may not have been replayed yet, and "unknown" is cached.
  * A replica that fails is left alone (misses go to the primary) until a
- * background probe reaches it again; one that lags behind the hub is left
- * alone for a short while, so a lagging standby costs one wasted read per
- * `lagBackoffMs`, not one per miss.
+ * background probe reaches it again. The highest log head any replica read
+ * has shown is remembered: while the hub's position is beyond it (a
+ * revocation applied here that the replica has not been seen to hold), at
+ * most one miss per `lagRetryMs` tries the replica and the rest go straight
+ * to the primary, so a standby that stays behind costs a few wasted reads a
+ * second, not one per miss; the first read that shows it caught up sends
+ * every miss back to it.
  */
 import type { TokenRecord } from "./model.js";
 import type { Logger, TokenStore } from "./ports.js";
@@ -65,8 +69,8 @@ export interface ReplicaReadOptions {
   readonly stalenessMs: number;
   /** How often an unreachable replica is probed (default 1 s). */
   readonly probeMs?: number;
-  /** How long misses skip a replica found lagging (default 1 s). */
-  readonly lagBackoffMs?: number;
+  /** While the replica is not known to hold every revocation applied here, at most one miss per this tries it (default 100 ms). */
+  readonly lagRetryMs?: number;
 }
 
 /**
@@ -78,7 +82,10 @@ export class ReplicaReadRouter {
   private readonly counts = new Map<ReplicaReadOutcome, number>(REPLICA_READ_OUTCOMES.map((o) => [o, 0]));
   private down = false;
   private probe: NodeJS.Timeout | undefined;
-  private skipUntil = 0;
+  /** The highest revocation log head a replica read has shown: the replica holds every revocation up to it. */
+  private replicaHead = 0;
+  /** When a miss last tried the replica while it was not known to be caught up. */
+  private lastBehindTry = Number.NEGATIVE_INFINITY;
   private stopped = false;
 
   /**
@@ -113,9 +120,15 @@ export class ReplicaReadRouter {
    */
   async findByDigest(digest: Uint8Array, provenAt?: (atMs: number) => void): Promise<TokenRecord | undefined> {
     const startedAt = this.now();
-    if (this.down || startedAt < this.skipUntil) return this.fromPrimary(digest, "skipped");
+    if (this.down) return this.fromPrimary(digest, "skipped");
+    const before = this.revocations.mark();
     // Checked before as well as after: no replica read when its answer could not be used anyway.
-    if (startedAt - this.revocations.mark().confirmedAt > this.options.stalenessMs) return this.fromPrimary(digest, "unconfirmed");
+    if (startedAt - before.confirmedAt > this.options.stalenessMs) return this.fromPrimary(digest, "unconfirmed");
+    if (before.position > this.replicaHead) {
+      // Not known to hold a revocation applied here: one miss at a time finds out.
+      if (startedAt - this.lastBehindTry < (this.options.lagRetryMs ?? 100)) return this.fromPrimary(digest, "skipped");
+      this.lastBehindTry = startedAt;
+    }
     let read: ReplicaLookup;
     try {
       read = await this.replica.findByDigest(digest);
@@ -123,13 +136,11 @@ export class ReplicaReadRouter {
       this.lost(error);
       return this.fromPrimary(digest, "failed");
     }
+    if (read.position > this.replicaHead) this.replicaHead = read.position;
     if (read.record === undefined) return this.fromPrimary(digest, "not_found");
     // After the read: the position now covers every notice this process has acted on.
     const mark = this.revocations.mark();
-    if (read.position < mark.position) {
-      this.skipUntil = this.now() + (this.options.lagBackoffMs ?? 1_000);
-      return this.fromPrimary(digest, "lagging");
-    }
+    if (read.position < mark.position) return this.fromPrimary(digest, "lagging");
     if (this.now() - mark.confirmedAt > this.options.stalenessMs) return this.fromPrimary(digest, "unconfirmed");
     provenAt?.(mark.confirmedAt);
     this.count("served");

@@ -78,7 +78,7 @@ describe("read replicas for cache misses", () => {
       return issued;
     }
 
-    /** Whether a fresh replicated token's miss is served by the standby now (not skipped after a lagging answer). */
+    /** Whether a fresh replicated token's miss is served by the standby now (not skipped while it is not known to be caught up). */
     async function servedNow(): Promise<boolean> {
       const { token } = await replicated("probe");
       const before = (await replicaReads())["served"] ?? 0;
@@ -170,7 +170,7 @@ describe("read replicas for cache misses", () => {
     });
 
     it("falls back to the primary while the standby is down, with a log line and a metric, and returns to it", async () => {
-      // A lagging answer in an earlier case makes misses skip the standby for a second.
+      // After an earlier case's revocations, misses try the standby again once it is seen to have replayed them.
       await expect.poll(servedNow, { timeout: 10_000, interval: 200 }).toBe(true);
       const tokens = await Promise.all(["down-1", "down-2", "down-3"].map((n) => issue(n)));
       await cluster.waitForReplay();

@@ -32,7 +32,7 @@ function setup(replicaAnswer: () => Promise<ReplicaLookup>) {
     replica,
     async () => (primaryReads++, record("primary", true)),
     { mark: () => ({ ...mark }) },
-    { stalenessMs: 2_000, lagBackoffMs: 1_000, probeMs: 5 },
+    { stalenessMs: 2_000, lagRetryMs: 100, probeMs: 5 },
     silent,
     () => now,
   );
@@ -52,16 +52,33 @@ describe("a replica answer is used", () => {
 
 describe("the primary answers instead", () => {
   it("when the replica has not replayed a revocation applied here (the primary says revoked)", async () => {
-    const f = setup(async () => ({ record: record("replica"), position: 4 }));
+    let head = 4;
+    const f = setup(async () => ({ record: record("replica"), position: head }));
     const answer = await f.router.findByDigest(new Uint8Array(32));
     expect(answer?.revokedAt).not.toBeNull();
     expect(f.router.stats().lagging).toBe(1);
-    // And for a while misses skip the lagging replica.
+    // While it is not known to have caught up, one miss per 100 ms tries it; the rest go straight to the primary.
     await f.router.findByDigest(new Uint8Array(32));
     expect(f.router.stats().skipped).toBe(1);
-    f.advance(1_001);
+    f.advance(101);
     await f.router.findByDigest(new Uint8Array(32));
     expect(f.router.stats().lagging).toBe(2);
+    // Caught up: the next try is served, and every miss after it goes to the replica again.
+    head = 5;
+    f.advance(101);
+    expect((await f.router.findByDigest(new Uint8Array(32)))?.name).toBe("replica");
+    expect((await f.router.findByDigest(new Uint8Array(32)))?.name).toBe("replica");
+    expect(f.router.stats()).toMatchObject({ served: 2, lagging: 2, skipped: 1 });
+  });
+
+  it("a revocation applied here sends one miss to find out whether the replica holds it, not all of them", async () => {
+    const f = setup(async () => ({ record: record("replica"), position: f.mark.position }));
+    await f.router.findByDigest(new Uint8Array(32)); // the replica is seen at head 5
+    f.advance(500);
+    f.mark.position = 6; // a notice; the replica replays it at once (the common case)
+    const answers = await Promise.all([1, 2, 3].map(() => f.router.findByDigest(new Uint8Array(32))));
+    expect(answers.map((a) => a?.name)).toEqual(["replica", "primary", "primary"]);
+    expect((await f.router.findByDigest(new Uint8Array(32)))?.name).toBe("replica");
   });
 
   it("when a notice is applied while the replica read is in flight (the position is read after the read)", async () => {
@@ -97,6 +114,7 @@ describe("the primary answers instead", () => {
     await expect.poll(() => f.replica.pings).toBeGreaterThan(1);
     f.replica.fail = false;
     await expect.poll(() => f.router.replicaDown).toBe(false);
+    f.advance(101); // the first try after its return (it may have missed revocations while away)
     expect((await f.router.findByDigest(new Uint8Array(32)))?.name).toBe("replica");
     f.router.stop();
   });
