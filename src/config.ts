@@ -31,6 +31,9 @@ export interface Config {
   readonly tokenRequireExpiry: boolean;
   readonly maxActiveTokensPerSubject: number;
   readonly lastUsedFlushMs: number;
+  readonly rotationMaxGraceMs: number;
+  readonly rotationDefaultGraceMs: number;
+  readonly revocationSchedulerMs: number;
   readonly securityEventWindowMs: number;
   readonly securityEventRowsPerWindow: number;
   readonly securityEventBufferRows: number;
@@ -393,6 +396,10 @@ export const CONFIG_KEYS = {
     for (const key of keys) if (!/^[A-Za-z0-9_.-]{1,64}$/.test(key)) throw new Error("each key must be 1 to 64 letters, digits or ._-");
     return keys;
   }),
+  // Rotation with grace and bulk revocation (issue 13).
+  ROTATION_MAX_GRACE: spec("rotationMaxGraceMs", "7d", "Longest grace period RotateToken may ask for: the old token is revoked at its end (0s: at once).", duration(0)),
+  ROTATION_DEFAULT_GRACE: spec("rotationDefaultGraceMs", "24h", "Grace period of a RotateToken that asks for none. At most ROTATION_MAX_GRACE.", duration(0)),
+  REVOCATION_SCHEDULER_INTERVAL: spec("revocationSchedulerMs", "1s", "How often each replica carries out due scheduled revocations (ends of rotation grace periods) and resumes bulk revocations whose replica stopped: the most a scheduled revocation is late.", duration(50)),
   // Keys at rest: the key-encryption key (KEK) that wraps the stored backend JWT signing keys (src/keys/key-wrap.ts).
   KEY_ENCRYPTION_KEY: spec("keyEncryptionKey", undefined, "Key-encryption key: 32 random bytes in base64 (`openssl rand -base64 32`). Encrypts the stored private signing keys (AES-256-GCM); keep it outside the database and its backups. Required in staging and production (this or KEY_ENCRYPTION_KEY_FILE); development without one keeps a generated one in DATA_DIR/key-encryption-key.", kek),
   KEY_ENCRYPTION_KEY_FILE: spec("keyEncryptionKeyFile", undefined, "File holding the key-encryption key (base64, as KEY_ENCRYPTION_KEY), e.g. a mounted secret; instead of KEY_ENCRYPTION_KEY.", text),
@@ -535,6 +542,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   const config = out as unknown as Config;
   if (problems.length === 0 && config.tokenDefaultTtlMs > config.tokenMaxTtlMs) {
     problems.push("TOKEN_DEFAULT_TTL: must not be longer than TOKEN_MAX_TTL");
+  }
+  if (problems.length === 0 && config.rotationDefaultGraceMs > config.rotationMaxGraceMs) {
+    problems.push("ROTATION_DEFAULT_GRACE: must not be longer than ROTATION_MAX_GRACE");
   }
   if (problems.length === 0 && config.legacySunsetDate !== undefined && config.legacySunsetDate <= config.legacyReleaseDate) {
     problems.push("LEGACY_JWT_SUNSET_DATE: must be after LEGACY_JWT_RELEASE_DATE");

@@ -22,6 +22,8 @@ import { createIntrospectionCache } from "./domain/introspect.js";
 import { RevocationHub } from "./domain/revocation-hub.js";
 import { RateLimits, isLimited } from "./domain/rate-limit.js";
 import { GatedTokenStore } from "./domain/write-gate.js";
+import { RevocationScheduler } from "./domain/revocation-scheduler.js";
+import { RotationWatcher } from "./domain/rotate.js";
 import { RevocationChannel } from "./storage/revocation-channel.js";
 import { KyselyRevocationLog } from "./storage/revocation-log.js";
 import { RevocationLogPruner, RevocationPoller } from "./domain/revocation-tasks.js";
@@ -210,6 +212,9 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
           log,
         );
   const pruner = new RevocationLogPruner(revocationLog, config.revocationLogRetentionMs, log);
+  // Rotation and bulk revocation share the write gate (issue 13).
+  const lifecycleStore = store.lifecycle(kyselyStore);
+  const scheduler = new RevocationScheduler({ store: lifecycleStore, cache, events, clock, log, environment: config.environment }, config.revocationSchedulerMs);
   const deps: TokenDeps = {
     cache,
     revocations,
@@ -224,6 +229,12 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     pageTokens,
     ...(metrics ? { metrics } : {}),
     limits,
+    lifecycle: {
+      store: lifecycleStore,
+      maxGraceMs: config.rotationMaxGraceMs,
+      defaultGraceMs: config.rotationDefaultGraceMs,
+      watcher: new RotationWatcher({ lifecycle: lifecycleStore, tokens: store, cache, events, clock, log, environment: config.environment }),
+    },
     ...(tracing ? { tracing: tracing.domain } : {}),
     // Tokens with a rate limit of their own: per replica, like every limit.
     tokenRates: new TokenRateLimiter(config.rateLimitMaxKeys),
@@ -246,9 +257,11 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     events.start();
     usage.start();
     legacyUsage.start();
+    scheduler.start();
   };
   /** Stops them, writing what is pending (a clean shutdown loses nothing). */
   const stopBatches = async () => {
+    await scheduler.stop();
     await Promise.all([usage.stop(), legacyUsage.stop()]);
     await events.stop();
   };

@@ -68,7 +68,7 @@ const CALL_TIMEOUT_MS = 30_000;
 const MAX_STDIN_BYTES = 64 * 1024;
 
 /** Options every API command takes: where the service is and who is calling. */
-const CONNECTION_OPTIONS = {
+export const CONNECTION_OPTIONS = {
   addr: { type: "string" },
   "token-file": { type: "string" },
 } as const;
@@ -81,6 +81,20 @@ const CONNECTION_OPTIONS = {
  */
 export async function runApiCommand(
   command: ApiCommand,
+  args: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+  io: CliIo,
+): Promise<number> {
+  return runCommand(COMMANDS[command], args, env, io);
+}
+
+/**
+ * Runs any API command function with the shared connection handling, token
+ * scrubbing and error reporting (the rotation and bulk-revocation commands
+ * of `lifecycle-commands.ts` use it too).
+ */
+export async function runCommand(
+  command: Command,
   args: readonly string[],
   env: Readonly<Record<string, string | undefined>>,
   io: CliIo,
@@ -99,7 +113,7 @@ export async function runApiCommand(
       connection = connect(target, token);
       return connection.client;
     };
-    return await COMMANDS[command](args, open, io, out);
+    return await command(args, open, io, out);
   } catch (error) {
     if (error instanceof UsageError) throw error;
     // parseArgs' own errors are usage errors too (exit 64). They never quote a
@@ -120,9 +134,9 @@ export async function runApiCommand(
  * Resolves the address and the caller's token from the command's parsed
  * options and makes a client. Nothing goes over the wire until the first call.
  */
-type Open = (values: { readonly addr?: string | undefined; readonly "token-file"?: string | undefined }) => Promise<Client<typeof TokenService>>;
+export type Open = (values: { readonly addr?: string | undefined; readonly "token-file"?: string | undefined }) => Promise<Client<typeof TokenService>>;
 
-type Command = (args: readonly string[], open: Open, io: CliIo, out: Output) => Promise<number>;
+export type Command = (args: readonly string[], open: Open, io: CliIo, out: Output) => Promise<number>;
 
 // Hoisted function declarations, so the table may come first.
 const COMMANDS: Readonly<Record<ApiCommand, Command>> = { issue, list, revoke, introspect };
@@ -320,7 +334,7 @@ function refusePlainTokenFlag(args: readonly string[]): void {
  * that argument may well be a token pasted in the wrong place: check here,
  * without quoting it.
  */
-function noPositionals(command: string, positionals: readonly string[]): void {
+export function noPositionals(command: string, positionals: readonly string[]): void {
   if (positionals.length > 0) throw new UsageError(`${command} takes no arguments besides its options`);
 }
 
@@ -359,7 +373,7 @@ function rateLimitOf(raw: string): { requests: number; window: ReturnType<typeof
 }
 
 /** `--ttl` in the service's duration syntax (src/config.ts): `90m`, `12h`, `30d`, `3600s`. */
-function ttlMs(raw: string): number {
+export function ttlMs(raw: string): number {
   let ms: number;
   try {
     ms = parseDuration(raw);
@@ -370,7 +384,7 @@ function ttlMs(raw: string): number {
   return ms;
 }
 
-function wholeNumber(option: string, raw: string): number {
+export function wholeNumber(option: string, raw: string): number {
   if (!/^\d{1,9}$/.test(raw)) throw new UsageError(`${option} must be a whole number`);
   return Number(raw);
 }
@@ -379,7 +393,7 @@ function wholeNumber(option: string, raw: string): number {
  * The token a command acts on: the argument itself, or, for `-`, the first
  * line of stdin, which keeps it out of shell history and `ps`.
  */
-async function tokenArgument(arg: string, io: CliIo, out: Output): Promise<string> {
+export async function tokenArgument(arg: string, io: CliIo, out: Output): Promise<string> {
   if (arg !== "-") {
     out.secret(arg);
     return arg;
@@ -510,7 +524,7 @@ export function codeName(code: Code): string {
  * an issued token), whatever produced them: a server message, a network
  * error, a bug.
  */
-class Output {
+export class Output {
   private readonly secrets: string[] = [];
 
   constructor(private readonly io: CliIo) {}
@@ -567,14 +581,14 @@ class Output {
 }
 
 /** Control characters as escapes, so a name or label from the store cannot drive the terminal. */
-function safe(text: string): string {
+export function safe(text: string): string {
   // eslint-disable-next-line no-control-regex -- matching control characters is the point
   return text.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 const lower = (name: string | undefined, fallback: string) => (name ?? fallback).toLowerCase();
 
-function isoTime(value: Timestamp | undefined): string {
+export function isoTime(value: Timestamp | undefined): string {
   // Whole seconds are enough to read, and keep the column narrow.
   return value ? timestampDate(value).toISOString().replace(/\.\d{3}Z$/, "Z") : "never";
 }
@@ -583,7 +597,7 @@ function epochTime(seconds: bigint): string {
   return seconds === 0n ? "never" : new Date(Number(seconds) * 1000).toISOString().replace(/\.000Z$/, "Z");
 }
 
-function tokenRow(info: TokenInfo): string[] {
+export function tokenRow(info: TokenInfo): string[] {
   return [info.id, safe(info.name), safe(info.subject), lower(TokenState[info.state], "unspecified"), safe(info.displayHint), isoTime(info.expireTime)];
 }
 

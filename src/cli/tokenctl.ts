@@ -2,7 +2,8 @@ import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "../config.js";
 import { TokenError } from "../domain/errors.js";
-import { DEFAULT_ADDR, isApiCommand, runApiCommand, type CliIo } from "./api-commands.js";
+import { DEFAULT_ADDR, isApiCommand, runApiCommand, runCommand, type CliIo } from "./api-commands.js";
+import { LIFECYCLE, LIFECYCLE_USAGE, isLifecycleCommand } from "./lifecycle-commands.js";
 import { KEYS_USAGE } from "./keys.js";
 import { UsageError } from "./usage.js";
 
@@ -30,7 +31,7 @@ Commands that call the running service's API (Connect port):
       also revokes every token it issued, and theirs, all the way down.
   introspect (<token> | -) [--json]
       Show whether a token is active (or why not) and its claims.
-
+${LIFECYCLE_USAGE}
   A token argument of - is read from stdin, which keeps it out of shell
   history and ps:   tokenctl revoke - < leaked.txt
 
@@ -77,6 +78,7 @@ export async function run(argv: readonly string[], env: Readonly<Record<string, 
   // API commands are clients: they need neither the server's configuration
   // nor its store, so they skip both (and the cost of loading them).
   if (isApiCommand(command)) return runApiCommand(command, rest, env, io);
+  if (isLifecycleCommand(command)) return runCommand(LIFECYCLE[command], rest, env, io);
   // Loaded on demand, like the store modules: it pulls in the TLS and JWT key loaders.
   if (command === "config") return (await import("./config-check.js")).configCommand(rest, env, io);
   if (command === "keys") return (await import("./keys.js")).keysCommand(rest, env, io);

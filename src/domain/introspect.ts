@@ -164,6 +164,9 @@ export async function introspectToken(
   const claims: IntrospectedClaims = token;
 
   deps.usage.note(claims.id, now);
+  // Only tokens linked by rotation pay for this (domain/rotate.ts); the watcher returns at once.
+  if (token.predecessorId !== undefined) deps.lifecycle?.watcher.successorUsed(token.id, token.predecessorId);
+  if (token.successorId !== undefined) deps.lifecycle?.watcher.rotatedTokenUsed(token.id, displayHint(presented), meta);
   if (options.backendJwt) return answered(deps, options, "opaque", { active: true, claims, backendJwt: await deps.backendJwt.mint(claims, now) });
   return answered(deps, options, "opaque", { active: true, claims, fromCache });
 }
@@ -311,6 +314,10 @@ export class CachedToken implements IntrospectedClaims {
   readonly rateLimit: TokenRateLimit | undefined;
   /** Parsed once; undefined for a token bound to nothing, so the hot path checks one field. */
   readonly binding: UsageBinding | undefined;
+  /** The token this one replaced through rotation, if any. */
+  readonly predecessorId: string | undefined;
+  /** The token that replaced this one through rotation, if any. */
+  readonly successorId: string | undefined;
 
   constructor(record: TokenRecord) {
     this.id = record.id;
@@ -329,6 +336,8 @@ export class CachedToken implements IntrospectedClaims {
     this.allowedNetworks = internList(record.allowedNetworks ?? NO_STRINGS);
     this.rateLimit = record.rateLimit;
     this.binding = UsageBinding.of(this.allowedNetworks, this.rateLimit);
+    this.predecessorId = record.rotation?.predecessorId ?? undefined;
+    this.successorId = record.rotation?.successorId ?? undefined;
   }
 
   get issuedAt(): Date {

@@ -41,6 +41,22 @@ export interface TokenRecord extends TokenAttributes {
   readonly revokedAt: Date | null;
   readonly revokedBy: string | null;
   readonly revokeReason: string | null;
+  /** Set only for a token that was rotated or is a rotation's successor (see `domain/rotate.ts`). */
+  readonly rotation?: RotationLinks;
+}
+
+/** How a token is linked through rotation (`RotateToken`). */
+export interface RotationLinks {
+  /** The token this one replaced. */
+  readonly predecessorId: string | null;
+  /** The token that replaced this one. */
+  readonly successorId: string | null;
+  /** When this token's grace period ends and it is revoked. */
+  readonly scheduledRevokeAt: Date | null;
+  /** Revoke this token at its successor's first use. */
+  readonly revokeOnSuccessorUse: boolean;
+  /** When the successor was first used (on any replica). */
+  readonly successorUsedAt: Date | null;
 }
 
 /** What a token stands for: the claims every issuing path builds through `buildClaims`. */
@@ -112,7 +128,11 @@ export type SecurityEventType =
   /** A token bound to networks was used from outside them, or without a client address (`usage-binding.ts`). */
   | "token_network_denied"
   /** A token was reported leaked (secret scanning) and revoked. */
-  | "token_leaked";
+  | "token_leaked"
+  /** A rotated token was used after its successor had been used: an old copy is still deployed. */
+  | "rotated_token_reused"
+  /** A `RevokeTokens` operation finished: one event with the selector and the count. */
+  | "tokens_bulk_revoked";
 
 /** A security event as raised. Identical events are folded into one stored row with a count. */
 export interface SecurityEvent {

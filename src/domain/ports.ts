@@ -5,7 +5,7 @@ import type { RateLimits } from "./rate-limit.js";
 import type { TokenRateLimiter } from "./usage-binding.js";
 import type { RevocationHub } from "./revocation-hub.js";
 import type { LegacyJwtPolicy } from "./legacy-jwt.js";
-import type { SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
+import type { RequestMeta, SecurityEvent, SecurityEventRow, Severity, TokenRecord } from "./model.js";
 
 /** A token about to be stored. */
 export type NewToken = Omit<TokenRecord, "lastUsedAt" | "revokedAt" | "revokedBy" | "revokeReason">;
@@ -83,6 +83,88 @@ export interface TokenStore {
   count(): Promise<number>;
   /** Resolves when the store answers a trivial query. */
   ping(): Promise<void>;
+}
+
+/** What a revocation records. */
+export interface Revocation {
+  readonly by: string;
+  readonly reason: string;
+  readonly at: Date;
+}
+
+/**
+ * Picks tokens for `RevokeTokens`: every field set must match. Always within
+ * one environment.
+ */
+export interface TokenSelector {
+  readonly subject?: string;
+  readonly team?: string;
+  readonly issuedByTokenId?: string;
+  readonly name?: string;
+  readonly createdBefore?: Date;
+  readonly expireBefore?: Date;
+}
+
+/** A recorded `RevokeTokens` operation. */
+export interface BulkRevocation {
+  readonly id: string;
+  readonly environment: Environment;
+  readonly selector: TokenSelector;
+  readonly reason: string;
+  readonly requestedBy: string;
+  readonly callerTokenId: string | null;
+  /** Only tokens issued at or before this time are revoked: the set cannot grow while it runs. */
+  readonly startedAt: Date;
+  readonly revokedCount: number;
+  readonly finishedAt: Date | null;
+}
+
+/**
+ * Persistence for rotation and bulk revocation (issue 13). Every revocation
+ * here is the same conditional UPDATE as `TokenStore.revoke`, with the same
+ * notice to every replica, so each token is revoked exactly once whoever
+ * races for it.
+ */
+export interface LifecycleStore {
+  /**
+   * Links a successor to the token it replaces and schedules the old one's
+   * revocation, in one transaction; undefined (nothing changed) when the old
+   * token is revoked or already has a successor.
+   */
+  linkRotation(oldId: string, successorId: string, link: { readonly scheduledRevokeAt: Date | null; readonly revokeOnSuccessorUse: boolean }): Promise<{ readonly predecessor: TokenRecord; readonly successor: TokenRecord } | undefined>;
+  /** Ids of unrevoked tokens of the environment whose scheduled revocation is due at `now`, soonest first. */
+  dueRevocations(environment: Environment, now: Date, limit: number): Promise<string[]>;
+  /**
+   * Revokes those of `ids` still unrevoked (and, with `dueBy`, only those
+   * whose scheduled revocation is due by then), durably, each announced like
+   * a single revocation; returns the tokens this call revoked.
+   */
+  revokeMany(ids: readonly string[], revocation: Revocation, options?: { readonly dueBy?: Date }): Promise<TokenRecord[]>;
+  /**
+   * Records the first use of a successor on its predecessor; returns the
+   * predecessor's record (undefined when the link does not hold).
+   */
+  markSuccessorUsed(predecessorId: string, successorId: string, at: Date): Promise<TokenRecord | undefined>;
+  /**
+   * Unrevoked rotated tokens of the environment whose successor has been
+   * used (at most `limit`): replicas drop their cached answers once, so the
+   * next use of an old copy sees the link and raises `rotated_token_reused`.
+   */
+  usedRotations(environment: Environment, limit: number): Promise<TokenRecord[]>;
+  /** Unrevoked tokens matching the selector: how many, and the newest `limit`. */
+  matching(environment: Environment, selector: TokenSelector, limit: number): Promise<{ readonly count: number; readonly first: TokenRecord[] }>;
+  /** Records a bulk revocation before any token is revoked, leased to the caller until `leaseUntil`. */
+  createBulkRevocation(operation: BulkRevocation, leaseUntil: Date): Promise<void>;
+  /**
+   * Revokes up to `limit` more tokens of the operation in one transaction,
+   * adds them to its count and extends its lease; returns those revoked
+   * (none: the operation has nothing left).
+   */
+  bulkRevokeBatch(id: string, at: Date, limit: number, leaseUntil: Date): Promise<TokenRecord[]>;
+  /** Marks the operation finished; returns it only to the one caller that finished it. */
+  finishBulkRevocation(id: string, at: Date): Promise<BulkRevocation | undefined>;
+  /** Takes over an unfinished operation of the environment whose lease ran out, if any. */
+  claimBulkRevocation(environment: Environment, now: Date, leaseUntil: Date): Promise<BulkRevocation | undefined>;
 }
 
 /** Filters and keyset position for listing security events, newest first. */
@@ -278,6 +360,27 @@ export interface TokenDeps {
   readonly tracing?: DomainTracing;
   /** Buckets of tokens with a rate limit of their own; absent: one shared per process. */
   readonly tokenRates?: TokenRateLimiter;
+  /** Rotation and bulk revocation; absent: those calls answer FAILED_PRECONDITION (tools, most tests). */
+  readonly lifecycle?: LifecycleDeps;
+}
+
+/** What rotation and bulk revocation need. */
+export interface LifecycleDeps {
+  readonly store: LifecycleStore;
+  /** Longest grace period a rotation may ask for, in milliseconds. */
+  readonly maxGraceMs: number;
+  /** Grace period of a rotation that asks for none, in milliseconds. */
+  readonly defaultGraceMs: number;
+  /** Watches rotated tokens and successors being used (see `domain/rotate.ts`). */
+  readonly watcher: RotationUseWatcher;
+}
+
+/** Told by introspection when a token linked by rotation is used. Never throws, never waits. */
+export interface RotationUseWatcher {
+  /** An active token with a predecessor was used. */
+  successorUsed(successorId: string, predecessorId: string): void;
+  /** An active token with a successor was used. */
+  rotatedTokenUsed(tokenId: string, hint: string | undefined, meta: RequestMeta): void;
 }
 
 /** Use of legacy JWTs by one subject, so operators know who still has to migrate. */

@@ -103,6 +103,8 @@ export function pageSize(field: string, value: number, defaultSize: number, max:
 
 /** Milliseconds as the largest whole unit, e.g. `90d`, `12h`, `1s`, `100ms`. */
 export function formatDuration(ms: number): string {
+  // Zero is a whole number of every unit; "0s" reads best.
+  if (ms === 0) return "0s";
   const units: [string, number][] = [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]];
   for (const [unit, size] of units) if (ms % size === 0) return `${ms / size}${unit}`;
   return `${ms}ms`;

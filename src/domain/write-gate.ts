@@ -1,5 +1,6 @@
 import { ConcurrencyLimit, type LimitName } from "./rate-limit.js";
-import type { CascadeOutcome, NewToken, RevokeOutcome, TokenListQuery, TokenStore } from "./ports.js";
+import type { BulkRevocation, CascadeOutcome, LifecycleStore, NewToken, Revocation, RevokeOutcome, TokenListQuery, TokenSelector, TokenStore } from "./ports.js";
+import type { Environment } from "./environment.js";
 import type { TokenRecord } from "./model.js";
 
 /**
@@ -78,5 +79,28 @@ export class GatedTokenStore implements TokenStore {
   /** Readiness must see the store, not the queue: never gated. */
   ping(): Promise<void> {
     return this.inner.ping();
+  }
+
+  /**
+   * The rotation and bulk-revocation store behind the same gate: each call
+   * (one bulk batch, one scheduler pass) takes a slot like any write, so a
+   * 100,000-token revocation interleaves with issues and revokes instead of
+   * holding the pool, and the hot path's lookups never wait for it.
+   */
+  lifecycle(inner: LifecycleStore): LifecycleStore {
+    const gate = this.gate;
+    return {
+      linkRotation: (oldId: string, successorId: string, link: { readonly scheduledRevokeAt: Date | null; readonly revokeOnSuccessorUse: boolean }) =>
+        gate.run("", () => inner.linkRotation(oldId, successorId, link)),
+      dueRevocations: (environment: Environment, now: Date, limit: number) => gate.run("", () => inner.dueRevocations(environment, now, limit)),
+      revokeMany: (ids: readonly string[], revocation: Revocation, options?: { readonly dueBy?: Date }) => gate.run("", () => inner.revokeMany(ids, revocation, options)),
+      usedRotations: (environment: Environment, limit: number) => gate.run("", () => inner.usedRotations(environment, limit)),
+      markSuccessorUsed: (predecessorId: string, successorId: string, at: Date) => gate.run("", () => inner.markSuccessorUsed(predecessorId, successorId, at)),
+      matching: (environment: Environment, selector: TokenSelector, limit: number) => gate.run("", () => inner.matching(environment, selector, limit)),
+      createBulkRevocation: (operation: BulkRevocation, leaseUntil: Date) => gate.run("", () => inner.createBulkRevocation(operation, leaseUntil)),
+      bulkRevokeBatch: (id: string, at: Date, limit: number, leaseUntil: Date) => gate.run("", () => inner.bulkRevokeBatch(id, at, limit, leaseUntil)),
+      finishBulkRevocation: (id: string, at: Date) => gate.run("", () => inner.finishBulkRevocation(id, at)),
+      claimBulkRevocation: (environment: Environment, now: Date, leaseUntil: Date) => gate.run("", () => inner.claimBulkRevocation(environment, now, leaseUntil)),
+    };
   }
 }

@@ -160,6 +160,20 @@ export function tokenInfo(record: TokenRecord, now: Date): MessageInitShape<type
     revokeReason: record.revokeReason ?? "",
     allowedNetworks: [...(record.allowedNetworks ?? [])],
     ...(record.rateLimit !== undefined ? { rateLimit: rateLimitPb(record.rateLimit) } : {}),
+    ...rotationInfo(record),
+  };
+}
+
+/** The rotation links of `TokenInfo` (fields 30–33); nothing for a token never rotated. */
+function rotationInfo(record: TokenRecord): { predecessorId?: string; successorId?: string; scheduledRevokeTime?: Timestamp; revokeOnSuccessorUse?: boolean } {
+  const rotation = record.rotation;
+  if (rotation === undefined) return {};
+  return {
+    predecessorId: rotation.predecessorId ?? "",
+    successorId: rotation.successorId ?? "",
+    // Pending only: once revoked, `revoke_time` tells when it happened.
+    ...(rotation.scheduledRevokeAt !== null && record.revokedAt === null ? { scheduledRevokeTime: timestampFromDate(rotation.scheduledRevokeAt) } : {}),
+    revokeOnSuccessorUse: rotation.revokeOnSuccessorUse,
   };
 }
 

@@ -13,6 +13,8 @@ import { listLegacyJwtUsage, listSecurityEvents, listTokens } from "../domain/li
 import { SCOPES, type Caller, type RequestMeta, type ServiceScope } from "../domain/model.js";
 import type { TokenDeps } from "../domain/ports.js";
 import { revokeToken } from "../domain/revoke.js";
+import { rotateToken } from "../domain/rotate.js";
+import { revokeTokens } from "../domain/bulk-revoke.js";
 import { durationWithin } from "../domain/validation.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../domain/token-format.js";
 import { callerCredential, requestMeta } from "./auth.js";
@@ -140,6 +142,57 @@ export class TokenServiceHandler implements Impl {
         ...(result.record ? { info: tokenInfo(result.record, this.deps.clock.now()) } : {}),
         alreadyRevoked: result.alreadyRevoked,
         revokedCount: result.revokedCount,
+      };
+    });
+
+  rotateToken: Impl["rotateToken"] = (req, ctx) =>
+    this.run(ctx, async () => {
+      if (req.target.case === undefined) throw invalidArgument("target", "set one of token or token_id");
+      // A rotation issues a token: it is limited as an issue.
+      const { caller, meta } = await this.caller(ctx, SCOPES.create, "issue");
+      const options = {
+        revokeOnSuccessorUse: req.revokeOnSuccessorUse,
+        reason: req.reason,
+        ...(req.gracePeriod !== undefined ? { graceMs: durationMsFromPb(req.gracePeriod) } : {}),
+        ...(req.ttl !== undefined ? { ttlMs: durationMsFromPb(req.ttl) } : {}),
+      };
+      const target = req.target.case === "token" ? { token: req.target.value } : { tokenId: req.target.value };
+      const result = await rotateToken(this.deps, caller, { ...target, ...options }, meta);
+      const now = this.deps.clock.now();
+      return { token: result.token, info: tokenInfo(result.successor, now), predecessor: tokenInfo(result.predecessor, now) };
+    });
+
+  revokeTokens: Impl["revokeTokens"] = (req, ctx) =>
+    this.run(ctx, async () => {
+      if (req.selector === undefined) throw invalidArgument("selector", "is required");
+      const { caller, meta } = await this.caller(ctx, SCOPES.revoke, "revoke");
+      const sel = req.selector;
+      const createdBefore = dateFromPb(sel.createdBefore);
+      const expireBefore = dateFromPb(sel.expireBefore);
+      const result = await revokeTokens(
+        this.deps,
+        caller,
+        {
+          selector: {
+            subject: sel.subject,
+            team: sel.team,
+            issuedByTokenId: sel.issuedByTokenId,
+            name: sel.name,
+            ...(createdBefore !== undefined ? { createdBefore } : {}),
+            ...(expireBefore !== undefined ? { expireBefore } : {}),
+          },
+          dryRun: req.dryRun,
+          reason: req.reason,
+          pageSize: req.pageSize,
+        },
+        meta,
+      );
+      const now = this.deps.clock.now();
+      return {
+        matchedCount: BigInt(result.matchedCount),
+        revokedCount: BigInt(result.revokedCount),
+        tokens: result.first.map((record) => tokenInfo(record, now)),
+        operationId: result.operationId,
       };
     });
 

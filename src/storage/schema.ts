@@ -42,6 +42,36 @@ export interface TokensTable {
   /** Migration 0011: the token's own rate limit, both set or both null. */
   rate_limit_requests: ColumnType<number | null, number | null | undefined, number | null>;
   rate_limit_window_ms: ColumnType<number | null, number | null | undefined, number | null>;
+  /** Migration 0010: the token this one replaced through rotation. */
+  predecessor_id: ColumnType<string | null, string | null | undefined, string | null>;
+  /** Migration 0010: the token that replaced this one through rotation. */
+  successor_id: ColumnType<string | null, string | null | undefined, string | null>;
+  /** Migration 0010: when a rotated token's grace period ends. */
+  scheduled_revoke_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
+  /** Migration 0010: revoke this token at its successor's first use. */
+  revoke_on_successor_use: ColumnType<boolean, boolean | undefined, boolean>;
+  /** Migration 0010: when the successor was first used. */
+  successor_used_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
+}
+
+/** The `bulk_revocations` table (migration 0010): one row per `RevokeTokens` operation. */
+export interface BulkRevocationsTable {
+  id: string;
+  environment: Environment;
+  subject: string | null;
+  team: string | null;
+  issued_by_token_id: string | null;
+  name: string | null;
+  created_before: Date | null;
+  expire_before: Date | null;
+  reason: string;
+  requested_by: string;
+  caller_token_id: string | null;
+  started_at: Date;
+  lease_until: Date;
+  /** `bigint`: a string from `pg`, a number from PGlite. */
+  revoked_count: ColumnType<string | number | bigint, number | undefined, number>;
+  finished_at: Date | null;
 }
 
 /** The `security_events` table: folded occurrences of one event. */
@@ -145,4 +175,5 @@ export interface Database {
   server_secrets: ServerSecretsTable;
   revocation_log_counter: RevocationLogCounterTable;
   revocation_log: RevocationLogTable;
+  bulk_revocations: BulkRevocationsTable;
 }

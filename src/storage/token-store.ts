@@ -5,12 +5,23 @@
 import { sql } from "kysely";
 import type { Kysely, Selectable } from "kysely";
 import { TokenError } from "../domain/errors.js";
+import type { Environment } from "../domain/environment.js";
 import type { TokenRecord } from "../domain/model.js";
-import type { CascadeOutcome, NewToken, RevokeOutcome, TokenListQuery, TokenStore } from "../domain/ports.js";
+import type {
+  BulkRevocation,
+  CascadeOutcome,
+  LifecycleStore,
+  NewToken,
+  Revocation,
+  RevokeOutcome,
+  TokenListQuery,
+  TokenSelector,
+  TokenStore,
+} from "../domain/ports.js";
 import { translateStoreError, translatingErrors } from "./errors.js";
 import { CAP_REACHED_SQLSTATE } from "./migrations/0004_capped_insert.js";
 import { ISSUER_REVOKED_SQLSTATE } from "./migrations/0006_issued_by.js";
-import type { Database, TokensTable } from "./schema.js";
+import type { BulkRevocationsTable, Database, TokensTable } from "./schema.js";
 import type { OpenedDatabase } from "./database.js";
 
 /** Most digests looked up in one query. */
@@ -32,7 +43,7 @@ export function isUuid(id: string): boolean {
 }
 
 /** Token persistence in the `tokens` table. Every failure surfaces as a {@link TokenError}. */
-export class KyselyTokenStore implements TokenStore {
+export class KyselyTokenStore implements TokenStore, LifecycleStore {
   /** @param db the handle from `openDatabase`, already migrated */
   /**
    * @param prepared when given (from `openDatabase`), the digest lookup, the
@@ -259,6 +270,193 @@ export class KyselyTokenStore implements TokenStore {
     });
   }
 
+
+  // ---- Rotation and bulk revocation (issue 13, migration 0010) ----
+
+  /**
+   * Both updates in one transaction: the old token gains its successor and
+   * schedule only while unrevoked and not yet rotated (the condition makes
+   * two concurrent rotations of one token leave exactly one successor
+   * linked), and the successor names its predecessor.
+   */
+  linkRotation(
+    oldId: string,
+    successorId: string,
+    link: { readonly scheduledRevokeAt: Date | null; readonly revokeOnSuccessorUse: boolean },
+  ): Promise<{ readonly predecessor: TokenRecord; readonly successor: TokenRecord } | undefined> {
+    return translatingErrors(async () => {
+      if (!isUuid(oldId) || !isUuid(successorId)) return undefined;
+      return this.db.transaction().execute(async (trx) => {
+        const old = await trx
+          .updateTable("tokens")
+          .set({ successor_id: successorId, scheduled_revoke_at: link.scheduledRevokeAt, revoke_on_successor_use: link.revokeOnSuccessorUse })
+          .where("id", "=", oldId)
+          .where("revoked_at", "is", null)
+          .where("successor_id", "is", null)
+          .returningAll()
+          .executeTakeFirst();
+        if (old === undefined) return undefined;
+        const successor = await trx.updateTable("tokens").set({ predecessor_id: oldId }).where("id", "=", successorId).returningAll().executeTakeFirst();
+        if (successor === undefined) return undefined;
+        return { predecessor: toRecord(old), successor: toRecord(successor) };
+      });
+    });
+  }
+
+  /** Served by the partial index of migration 0010, which holds only pending schedules. */
+  dueRevocations(environment: Environment, now: Date, limit: number): Promise<string[]> {
+    return translatingErrors(async () => {
+      const rows = await this.db
+        .selectFrom("tokens")
+        .select("id")
+        .where("scheduled_revoke_at", "is not", null)
+        .where("scheduled_revoke_at", "<=", now)
+        .where("revoked_at", "is", null)
+        .where("environment", "=", environment)
+        .orderBy("scheduled_revoke_at")
+        .limit(limit)
+        .execute();
+      return rows.map((row) => row.id);
+    });
+  }
+
+  /**
+   * One statement, as `revokeCascade`'s passes: row locks in id order (so
+   * overlapping batches cannot deadlock; a replica racing for the same rows
+   * waits, then re-reads them and skips the ones revoked meanwhile, so each
+   * is revoked once) and the conditional UPDATE; the row trigger of
+   * migration 0009 logs and announces each revoked row exactly as a single
+   * revocation, delivered at commit.
+   */
+  revokeMany(ids: readonly string[], revocation: Revocation, options: { readonly dueBy?: Date } = {}): Promise<TokenRecord[]> {
+    return translatingErrors(async () => {
+      const valid = ids.filter(isUuid);
+      if (valid.length === 0) return [];
+      return revokeIds(this.db, valid, revocation, options.dueBy);
+    });
+  }
+
+  /** Served by the partial index of migration 0010: a rotated token in its grace period has a schedule. */
+  usedRotations(environment: Environment, limit: number): Promise<TokenRecord[]> {
+    return translatingErrors(async () => {
+      const rows = await this.db
+        .selectFrom("tokens")
+        .selectAll()
+        .where("scheduled_revoke_at", "is not", null)
+        .where("revoked_at", "is", null)
+        .where("successor_used_at", "is not", null)
+        .where("environment", "=", environment)
+        .limit(limit)
+        .execute();
+      return rows.map(toRecord);
+    });
+  }
+
+  /** A conditional UPDATE on the predecessor: the link must hold both ways. */
+  markSuccessorUsed(predecessorId: string, successorId: string, at: Date): Promise<TokenRecord | undefined> {
+    return translatingErrors(async () => {
+      if (!isUuid(predecessorId) || !isUuid(successorId)) return undefined;
+      const row = await this.db
+        .updateTable("tokens")
+        .set({ successor_used_at: sql<Date>`COALESCE(successor_used_at, ${at})` })
+        .where("id", "=", predecessorId)
+        .where("successor_id", "=", successorId)
+        .returningAll()
+        .executeTakeFirst();
+      return row === undefined ? undefined : toRecord(row);
+    });
+  }
+
+  /** A count and the newest page, with the same predicate the operation's batches use. */
+  matching(environment: Environment, selector: TokenSelector, limit: number): Promise<{ readonly count: number; readonly first: TokenRecord[] }> {
+    return translatingErrors(async () => {
+      const where = selectorWhere(environment, selector, undefined);
+      if (where === undefined) return { count: 0, first: [] };
+      const counted = await sql<{ total: string | number }>`SELECT count(*) AS total FROM tokens WHERE ${where}`.execute(this.db);
+      const first = limit <= 0 ? [] : (await sql<Selectable<TokensTable>>`SELECT * FROM tokens WHERE ${where} ORDER BY created_at DESC, id DESC LIMIT ${limit}`.execute(this.db)).rows;
+      return { count: Number(counted.rows[0]?.total ?? 0), first: first.map(toRecord) };
+    });
+  }
+
+  /** One row with the selector as columns, so a resuming replica rebuilds the same predicate. */
+  createBulkRevocation(operation: BulkRevocation, leaseUntil: Date): Promise<void> {
+    return translatingErrors(async () => {
+      const s = operation.selector;
+      await this.db
+        .insertInto("bulk_revocations")
+        .values({
+          id: operation.id,
+          environment: operation.environment,
+          subject: s.subject ?? null,
+          team: s.team ?? null,
+          issued_by_token_id: s.issuedByTokenId ?? null,
+          name: s.name ?? null,
+          created_before: s.createdBefore ?? null,
+          expire_before: s.expireBefore ?? null,
+          reason: operation.reason,
+          requested_by: operation.requestedBy,
+          caller_token_id: operation.callerTokenId,
+          started_at: operation.startedAt,
+          lease_until: leaseUntil,
+          finished_at: null,
+        })
+        .execute();
+    });
+  }
+
+  /**
+   * The batch's revocations and the operation's count change in one
+   * transaction, so the count stays exact however often the batch is
+   * interrupted and resumed. The operation's row is locked first: two
+   * replicas that both believe they hold it take turns.
+   */
+  bulkRevokeBatch(id: string, at: Date, limit: number, leaseUntil: Date): Promise<TokenRecord[]> {
+    return translatingErrors(async () => {
+      if (!isUuid(id)) return [];
+      return this.db.transaction().execute(async (trx) => {
+        const op = await trx.selectFrom("bulk_revocations").selectAll().where("id", "=", id).forUpdate().executeTakeFirst();
+        if (op === undefined || op.finished_at !== null) return [];
+        const operation = toBulkRevocation(op);
+        const where = selectorWhere(operation.environment, operation.selector, operation.startedAt);
+        if (where === undefined) return [];
+        const picked = await sql<{ id: string }>`SELECT id FROM tokens WHERE ${where} LIMIT ${limit}`.execute(trx);
+        const revoked = picked.rows.length === 0 ? [] : await revokeIds(trx, picked.rows.map((row) => row.id), { by: operation.requestedBy, reason: operation.reason, at });
+        await trx
+          .updateTable("bulk_revocations")
+          .set({ revoked_count: sql<number>`revoked_count + ${revoked.length}`, lease_until: leaseUntil })
+          .where("id", "=", id)
+          .execute();
+        return revoked;
+      });
+    });
+  }
+
+  /** A conditional UPDATE: only the first caller gets the row back, so one event is raised. */
+  finishBulkRevocation(id: string, at: Date): Promise<BulkRevocation | undefined> {
+    return translatingErrors(async () => {
+      if (!isUuid(id)) return undefined;
+      const row = await this.db.updateTable("bulk_revocations").set({ finished_at: at }).where("id", "=", id).where("finished_at", "is", null).returningAll().executeTakeFirst();
+      return row === undefined ? undefined : toBulkRevocation(row);
+    });
+  }
+
+  /** `FOR UPDATE SKIP LOCKED`, then a conditional lease: two replicas never take the same operation. */
+  claimBulkRevocation(environment: Environment, now: Date, leaseUntil: Date): Promise<BulkRevocation | undefined> {
+    return translatingErrors(async () => {
+      const { rows } = await sql<Selectable<BulkRevocationsTable>>`
+        UPDATE bulk_revocations SET lease_until = ${leaseUntil}
+        WHERE id = (
+          SELECT id FROM bulk_revocations
+          WHERE finished_at IS NULL AND environment = ${environment} AND lease_until < ${now}
+          ORDER BY started_at LIMIT 1
+          FOR UPDATE SKIP LOCKED
+        ) AND lease_until < ${now}
+        RETURNING *`.execute(this.db);
+      const row = rows[0];
+      return row === undefined ? undefined : toBulkRevocation(row);
+    });
+  }
+
   /** Counts every token ever stored, revoked and expired included. */
   count(): Promise<number> {
     return translatingErrors(async () => {
@@ -311,5 +509,89 @@ export function toRecord(row: Selectable<TokensTable>): TokenRecord {
     // Only when set: an unbound token's record is what it was before migration 0011.
     ...(row.allowed_networks != null && row.allowed_networks.length > 0 ? { allowedNetworks: row.allowed_networks } : {}),
     ...(row.rate_limit_requests != null && row.rate_limit_window_ms != null ? { rateLimit: { requests: row.rate_limit_requests, windowMs: row.rate_limit_window_ms } } : {}),
+    // Only rotated tokens and successors carry links, so every other record is as it was.
+    ...(row.predecessor_id != null || row.successor_id != null
+      ? {
+          rotation: {
+            predecessorId: row.predecessor_id ?? null,
+            successorId: row.successor_id ?? null,
+            scheduledRevokeAt: row.scheduled_revoke_at ?? null,
+            revokeOnSuccessorUse: row.revoke_on_successor_use === true,
+            successorUsedAt: row.successor_used_at ?? null,
+          },
+        }
+      : {}),
+  };
+}
+
+/**
+ * Revokes the unrevoked tokens among `ids` in one statement (see
+ * `KyselyTokenStore.revokeMany`). Each revoked row gets its revocation log
+ * position and its notice from the row trigger of migration 0009, exactly as
+ * `revoke` and `revokeCascade` do.
+ */
+async function revokeIds(db: Kysely<Database>, ids: readonly string[], revocation: Revocation, dueBy?: Date): Promise<TokenRecord[]> {
+  const due = dueBy === undefined ? sql`` : sql`AND scheduled_revoke_at IS NOT NULL AND scheduled_revoke_at <= ${dueBy}`;
+  const { rows } = await sql<Selectable<TokensTable>>`
+    WITH locked AS (
+      SELECT id FROM tokens
+      WHERE id = ANY(${[...ids]}::uuid[]) AND revoked_at IS NULL ${due}
+      ORDER BY id
+      FOR UPDATE
+    ),
+    revoked AS (
+      UPDATE tokens SET revoked_at = ${revocation.at}, revoked_by = ${revocation.by}, revoke_reason = ${revocation.reason}
+      FROM locked
+      WHERE tokens.id = locked.id AND tokens.revoked_at IS NULL
+      RETURNING tokens.*
+    )
+    SELECT revoked.* FROM revoked`.execute(db);
+  return rows.map(toRecord);
+}
+
+/**
+ * The selector as SQL over unrevoked tokens of one environment (and, for a
+ * running operation, issued at or before its start). Undefined for an empty
+ * selector or an issuer id that is not a UUID (nothing can match). Values
+ * are bound parameters, never spliced.
+ */
+function selectorWhere(environment: Environment, selector: TokenSelector, startedAt: Date | undefined) {
+  const parts = [sql`environment = ${environment}`, sql`revoked_at IS NULL`];
+  let narrowed = false;
+  if (selector.subject !== undefined) (parts.push(sql`subject = ${selector.subject}`), (narrowed = true));
+  // `@>` rather than `= ANY(teams)` so the GIN index on teams can serve it.
+  if (selector.team !== undefined) (parts.push(sql`teams @> ARRAY[${selector.team}]::text[]`), (narrowed = true));
+  if (selector.issuedByTokenId !== undefined) {
+    if (!isUuid(selector.issuedByTokenId)) return undefined;
+    parts.push(sql`issued_by_token_id = ${selector.issuedByTokenId}::uuid`);
+    narrowed = true;
+  }
+  if (selector.name !== undefined) (parts.push(sql`name = ${selector.name}`), (narrowed = true));
+  if (selector.createdBefore !== undefined) (parts.push(sql`created_at < ${selector.createdBefore}`), (narrowed = true));
+  if (selector.expireBefore !== undefined) (parts.push(sql`expires_at < ${selector.expireBefore}`), (narrowed = true));
+  if (!narrowed) return undefined;
+  if (startedAt !== undefined) parts.push(sql`created_at <= ${startedAt}`);
+  return sql.join(parts, sql` AND `);
+}
+
+/** Maps an operation row to the domain's shape. */
+function toBulkRevocation(row: Selectable<BulkRevocationsTable>): BulkRevocation {
+  return {
+    id: row.id,
+    environment: row.environment,
+    selector: {
+      ...(row.subject !== null ? { subject: row.subject } : {}),
+      ...(row.team !== null ? { team: row.team } : {}),
+      ...(row.issued_by_token_id !== null ? { issuedByTokenId: row.issued_by_token_id } : {}),
+      ...(row.name !== null ? { name: row.name } : {}),
+      ...(row.created_before !== null ? { createdBefore: row.created_before } : {}),
+      ...(row.expire_before !== null ? { expireBefore: row.expire_before } : {}),
+    },
+    reason: row.reason,
+    requestedBy: row.requested_by,
+    callerTokenId: row.caller_token_id,
+    startedAt: row.started_at,
+    revokedCount: Number(row.revoked_count),
+    finishedAt: row.finished_at,
   };
 }

@@ -120,6 +120,15 @@ describe("no credential in any log or output", () => {
       await client.listSecurityEvents({}, { headers: asCaller(admin) });
       await client.listLegacyJwtUsage({}, { headers: asCaller(admin) });
       await client.getJwks({}, { headers: gw });
+      // Rotation and bulk revocation (issue 13): the successor is a secret too.
+      const rotatable = await client.issueToken({ name: `leak-rotated-${i}`, scopes: ["orders.read"] }, { headers: asCaller(admin) });
+      keep(rotatable.token);
+      const rotated = await client.rotateToken({ target: { case: "token", value: rotatable.token }, gracePeriod: { seconds: 0n, nanos: 0 }, reason: "leak test" }, { headers: asCaller(admin) });
+      keep(rotated.token);
+      await client.introspectToken({ token: rotated.token }, { headers: gw });
+      await swallow(client.rotateToken({ target: { case: "token", value: keep(mintToken("development").token) } }, { headers: asCaller(admin) }));
+      await client.revokeTokens({ selector: { name: `leak-rotated-${i}` }, dryRun: true }, { headers: asCaller(admin) });
+      await client.revokeTokens({ selector: { name: `leak-rotated-${i}` }, reason: "leak test" }, { headers: asCaller(admin) });
       await client.revokeToken({ target: { case: "tokenId", value: user.info!.id } }, { headers: asCaller(admin) });
       await client.revokeToken({ target: { case: "legacyJti", value: "leak-1" } }, { headers: asCaller(admin) });
       await client.revokeToken({ target: { case: "token", value: keep(mintToken("development").token) } }, { headers: gw });

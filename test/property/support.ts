@@ -181,4 +181,8 @@ export const VOCABULARY = [
   "caller credential refused: missing or malformed Authorization header this call needs the scope, which your token does not have",
   "The token is malformed. The token is not signed with an accepted key and algorithm. Unsigned JWTs are not accepted. Encrypted JWTs (JWE) are not accepted. The token has expired.",
   "Token environment mismatch: development token used in production staging token used in development production token used in development",
+  // RotateToken and RevokeTokens (issue 13).
+  "selector selector.subject selector.team selector.issued_by_token_id selector.name selector.created_before selector.expire_before grace_period dry_run revoke_on_successor_use",
+  "set at least one of subject, team, issued_by_token_id, name, created_before, expire_before set one of token or token_id must be between 0s and 7d token: no such token",
+  "the token is active expired revoked; only an active token can be rotated the token was rotated already; rotate its successor (successor_id) instead only admins may revoke another subject's tokens",
 ].join(" ");

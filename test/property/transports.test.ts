@@ -37,7 +37,7 @@ function expectNoFaultNoEcho(got: { code: Code | "ok"; message: string }, presen
   expect(echoIn(got.message, presented, VOCABULARY), `message "${got.message}" repeats presented text`).toBeUndefined();
 }
 
-const UNARY = ["IssueToken", "IntrospectToken", "RevokeToken", "ListTokens", "ListSecurityEvents", "ListLegacyJwtUsage", "GetJwks"] as const;
+const UNARY = ["IssueToken", "IntrospectToken", "RevokeToken", "ListTokens", "ListSecurityEvents", "ListLegacyJwtUsage", "GetJwks", "RotateToken", "RevokeTokens"] as const;
 const methodOf = (name: string) => TokenService.methods.find((m) => m.name === name)!;
 
 /** A random request for one of the unary methods, as an init shape. */
@@ -49,6 +49,11 @@ const anyRequest = fc.oneof(
   fc.record({ subject: nastyString, team: nastyString, includeRevoked: fc.boolean(), pageSize: int32, pageToken }).map((init) => ({ method: "ListTokens", init })),
   fc.record({ type: nastyString, minSeverity: int32, since: secondsAndNanos, pageSize: int32, pageToken }).map((init) => ({ method: "ListSecurityEvents", init })),
   fc.record({ pageSize: int32, pageToken }).map((init) => ({ method: "ListLegacyJwtUsage", init })),
+  fc.oneof(nastyString.map((value) => ({ case: "token", value })), fc.oneof(nastyString, fc.uuid()).map((value) => ({ case: "tokenId", value })))
+    .chain((target) => fc.record({ gracePeriod: secondsAndNanos, ttl: secondsAndNanos, revokeOnSuccessorUse: fc.boolean(), reason: nastyString }).map((rest) => ({ method: "RotateToken", init: { target, ...rest } as object }))),
+  // Always a dry run: a random selector must not revoke the test's own callers.
+  fc.record({ subject: nastyString, team: nastyString, issuedByTokenId: fc.oneof(nastyString, fc.uuid()), name: nastyString, createdBefore: secondsAndNanos, expireBefore: secondsAndNanos })
+    .chain((selector) => fc.record({ reason: nastyString, pageSize: int32 }).map((rest) => ({ method: "RevokeTokens", init: { selector, dryRun: true, ...rest } as object }))),
 );
 
 /** Any JSON for a request body: wrong types in every field, unknown fields, and values past int64. */

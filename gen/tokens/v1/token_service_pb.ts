@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokens/v1/token_service.proto.
  */
 export const file_tokens_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIk0KDlRva2VuUmF0ZUxpbWl0EhAKCHJlcXVlc3RzGAEgASgFEikKBndpbmRvdxgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKXAQoLRGVwcmVjYXRpb24SDgoGbm90aWNlGAEgASgJEgwKBGxpbmsYAiABKAkSLwoLc3Vuc2V0X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjkKFWRlcHJlY2F0ZWRfc2luY2VfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiyQUKCVRva2VuSW5mbxIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB3N1YmplY3QYAyABKAkSEQoJZnVsbF9uYW1lGAQgASgJEg0KBXRlYW1zGAUgAygJEg4KBnNjb3BlcxgGIAMoCRISCgpuYW1lc3BhY2VzGAcgAygJEhAKCGlzX2FkbWluGAggASgIEjQKCG1ldGFkYXRhGAkgAygLMiIudG9rZW5zLnYxLlRva2VuSW5mby5NZXRhZGF0YUVudHJ5EisKC2Vudmlyb25tZW50GAogASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhQKDGRpc3BsYXlfaGludBgLIAEoCRIkCgVzdGF0ZRgMIAEoDjIVLnRva2Vucy52MS5Ub2tlblN0YXRlEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpjcmVhdGVkX2J5GA4gASgJEi8KC2V4cGlyZV90aW1lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3VzZWRfdGltZRgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnJldm9rZWRfYnkYEiABKAkSFQoNcmV2b2tlX3JlYXNvbhgTIAEoCRIaChJpc3N1ZWRfYnlfdG9rZW5faWQYFCABKAkSGAoQYWxsb3dlZF9uZXR3b3JrcxgoIAMoCRItCgpyYXRlX2xpbWl0GCkgASgLMhkudG9rZW5zLnYxLlRva2VuUmF0ZUxpbWl0Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKpAwoRSXNzdWVUb2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDQoFdGVhbXMYAyADKAkSEgoKbmFtZXNwYWNlcxgEIAMoCRIoCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IABIxCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABI8CghtZXRhZGF0YRgHIAMoCzIqLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdC5NZXRhZGF0YUVudHJ5Eg8KB3N1YmplY3QYCCABKAkSEQoJZnVsbF9uYW1lGAkgASgJEhAKCGlzX2FkbWluGAogASgIEhgKEGFsbG93ZWRfbmV0d29ya3MYKCADKAkSLQoKcmF0ZV9saW1pdBgpIAEoCzIZLnRva2Vucy52MS5Ub2tlblJhdGVMaW1pdBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCAoGZXhwaXJ5IkcKEklzc3VlVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIiCgRpbmZvGAIgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbyJ1ChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJEhcKD3Rva2VuX3R5cGVfaGludBgCIAEoCRIbChNpbmNsdWRlX2JhY2tlbmRfand0GAMgASgIEhYKDmNsaWVudF9hZGRyZXNzGCggASgJItUGChdJbnRyb3NwZWN0VG9rZW5SZXNwb25zZRIOCgZhY3RpdmUYASABKAgSDQoFc2NvcGUYAiABKAkSDgoGc2NvcGVzGAMgAygJEhEKCWNsaWVudF9pZBgEIAEoCRIQCgh1c2VybmFtZRgFIAEoCRISCgp0b2tlbl90eXBlGAYgASgJEgsKA2V4cBgHIAEoAxILCgNpYXQYCCABKAMSCwoDbmJmGAkgASgDEgsKA3N1YhgKIAEoCRILCgNhdWQYCyADKAkSCwoDaXNzGAwgASgJEgsKA2p0aRgNIAEoCRINCgV0ZWFtcxgOIAMoCRISCgpuYW1lc3BhY2VzGA8gAygJEhAKCGlzX2FkbWluGBAgASgIEisKC2Vudmlyb25tZW50GBEgASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhIKCnRva2VuX25hbWUYEiABKAkSQgoIbWV0YWRhdGEYEyADKAsyMC50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2UuTWV0YWRhdGFFbnRyeRIRCglmdWxsX25hbWUYFCABKAkSKAoKdG9rZW5fa2luZBgVIAEoDjIULnRva2Vucy52MS5Ub2tlbktpbmQSKQoGcmVhc29uGBYgASgOMhkudG9rZW5zLnYxLkluYWN0aXZlUmVhc29uEg8KB21lc3NhZ2UYFyABKAkSKwoLZGVwcmVjYXRpb24YGCABKAsyFi50b2tlbnMudjEuRGVwcmVjYXRpb24SEwoLYmFja2VuZF9qd3QYGSABKAkSGwoTcmV2b2NhdGlvbl9wb3NpdGlvbhgaIAEoBBI7ChdyZXZvY2F0aW9uX2NvbmZpcm1lZF9hdBgbIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoQYWxsb3dlZF9uZXR3b3JrcxgoIAMoCRItCgpyYXRlX2xpbWl0GCkgASgLMhkudG9rZW5zLnYxLlRva2VuUmF0ZUxpbWl0Ei4KC3JldHJ5X2FmdGVyGCogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ6ChJSZXZva2VUb2tlblJlcXVlc3QSDwoFdG9rZW4YASABKAlIABISCgh0b2tlbl9pZBgCIAEoCUgAEhQKCmxlZ2FjeV9qdGkYBCABKAlIABIOCgZyZWFzb24YAyABKAkSDwoHY2FzY2FkZRgFIAEoCEIICgZ0YXJnZXQiaQoTUmV2b2tlVG9rZW5SZXNwb25zZRIiCgRpbmZvGAEgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbxIXCg9hbHJlYWR5X3Jldm9rZWQYAiABKAgSFQoNcmV2b2tlZF9jb3VudBgDIAEoBSKnAQoRTGlzdFRva2Vuc1JlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIMCgR0ZWFtGAIgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgDIAEoCBIXCg9pbmNsdWRlX2V4cGlyZWQYBCABKAgSEQoJcGFnZV9zaXplGAUgASgFEhIKCnBhZ2VfdG9rZW4YBiABKAkSGgoSaXNzdWVkX2J5X3Rva2VuX2lkGAcgASgJIlMKEkxpc3RUb2tlbnNSZXNwb25zZRIkCgZ0b2tlbnMYASADKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLKAwoNU2VjdXJpdHlFdmVudBIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEiUKCHNldmVyaXR5GAMgASgOMhMudG9rZW5zLnYxLlNldmVyaXR5EjMKD2ZpcnN0X3NlZW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWNvdW50GAYgASgDEjMKE3NlcnZpY2VfZW52aXJvbm1lbnQYByABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSMQoRdG9rZW5fZW52aXJvbm1lbnQYCCABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFwoPY2FsbGVyX3Rva2VuX2lkGAkgASgJEhYKDmNhbGxlcl9zdWJqZWN0GAogASgJEgwKBHBlZXIYCyABKAkSEgoKdXNlcl9hZ2VudBgMIAEoCRISCgp0b2tlbl9oaW50GA0gASgJEhAKCHRva2VuX2lkGA4gASgJEg8KB21lc3NhZ2UYDyABKAkSDgoGbWV0aG9kGBAgASgJIqYBChlMaXN0U2VjdXJpdHlFdmVudHNSZXF1ZXN0EgwKBHR5cGUYASABKAkSKQoMbWluX3NldmVyaXR5GAIgASgOMhMudG9rZW5zLnYxLlNldmVyaXR5EikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJfChpMaXN0U2VjdXJpdHlFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC50b2tlbnMudjEuU2VjdXJpdHlFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQgoZTGlzdExlZ2FjeUp3dFVzYWdlUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSKnAQoOTGVnYWN5Snd0VXNhZ2USDwoHc3ViamVjdBgBIAEoCRIbChNpbnRyb3NwZWN0aW9uX2NvdW50GAIgASgDEjMKD2ZpcnN0X3NlZW5fdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl8KGkxpc3RMZWdhY3lKd3RVc2FnZVJlc3BvbnNlEigKBXVzYWdlGAEgAygLMhkudG9rZW5zLnYxLkxlZ2FjeUp3dFVzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIQCg5HZXRKd2tzUmVxdWVzdCJjCgpKc29uV2ViS2V5EgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDYWxnGAMgASgJEgsKA3VzZRgEIAEoCRILCgNjcnYYBSABKAkSCQoBeBgGIAEoCRIJCgF5GAcgASgJIkkKD0dldEp3a3NSZXNwb25zZRIjCgRrZXlzGAEgAygLMhUudG9rZW5zLnYxLkpzb25XZWJLZXkSEQoJandrc19qc29uGAIgASgJIo4BChdXYXRjaFJldm9jYXRpb25zUmVxdWVzdBI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SIgoVcmVzdW1lX2FmdGVyX3Bvc2l0aW9uGAIgASgESACIAQFCGAoWX3Jlc3VtZV9hZnRlcl9wb3NpdGlvbiKeAQoYV2F0Y2hSZXZvY2F0aW9uc1Jlc3BvbnNlEisKCnJldm9jYXRpb24YASABKAsyFS50b2tlbnMudjEuUmV2b2NhdGlvbkgAEikKCWhlYXJ0YmVhdBgCIAEoCzIULnRva2Vucy52MS5IZWFydGJlYXRIABIhCgVyZXNldBgDIAEoCzIQLnRva2Vucy52MS5SZXNldEgAQgcKBWV2ZW50IgcKBVJlc2V0IkYKClJldm9jYXRpb24SFAoMdG9rZW5fZGlnZXN0GAEgASgMEhAKCHRva2VuX2lkGAIgASgJEhAKCHBvc2l0aW9uGAMgASgEInkKCUhlYXJ0YmVhdBIoCgR0aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCg1jb25maXJtZWRfYWdlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHBvc2l0aW9uGAMgASgEKnwKC0Vudmlyb25tZW50EhsKF0VOVklST05NRU5UX1VOU1BFQ0lGSUVEEAASGwoXRU5WSVJPTk1FTlRfREVWRUxPUE1FTlQQARIXChNFTlZJUk9OTUVOVF9TVEFHSU5HEAISGgoWRU5WSVJPTk1FTlRfUFJPRFVDVElPThADKnMKClRva2VuU3RhdGUSGwoXVE9LRU5fU1RBVEVfVU5TUEVDSUZJRUQQABIWChJUT0tFTl9TVEFURV9BQ1RJVkUQARIXChNUT0tFTl9TVEFURV9FWFBJUkVEEAISFwoTVE9LRU5fU1RBVEVfUkVWT0tFRBADKlkKCVRva2VuS2luZBIaChZUT0tFTl9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRVE9LRU5fS0lORF9PUEFRVUUQARIZChVUT0tFTl9LSU5EX0xFR0FDWV9KV1QQAirmAgoOSW5hY3RpdmVSZWFzb24SHwobSU5BQ1RJVkVfUkVBU09OX1VOU1BFQ0lGSUVEEAASHQoZSU5BQ1RJVkVfUkVBU09OX01BTEZPUk1FRBABEhsKF0lOQUNUSVZFX1JFQVNPTl9VTktOT1dOEAISGwoXSU5BQ1RJVkVfUkVBU09OX0VYUElSRUQQAxIbChdJTkFDVElWRV9SRUFTT05fUkVWT0tFRBAEEigKJElOQUNUSVZFX1JFQVNPTl9FTlZJUk9OTUVOVF9NSVNNQVRDSBAFEhsKF0lOQUNUSVZFX1JFQVNPTl9JTlZBTElEEAYSJQohSU5BQ1RJVkVfUkVBU09OX0xFR0FDWV9KV1RfU1VOU0VUEAcSJwojSU5BQ1RJVkVfUkVBU09OX05FVFdPUktfTk9UX0FMTE9XRUQQCBImCiJJTkFDVElWRV9SRUFTT05fVE9LRU5fUkFURV9MSU1JVEVEEAkqZAoIU2V2ZXJpdHkSGAoUU0VWRVJJVFlfVU5TUEVDSUZJRUQQABIRCg1TRVZFUklUWV9JTkZPEAESFAoQU0VWRVJJVFlfV0FSTklORxACEhUKEVNFVkVSSVRZX0NSSVRJQ0FMEAMyzAUKDFRva2VuU2VydmljZRJJCgpJc3N1ZVRva2VuEhwudG9rZW5zLnYxLklzc3VlVG9rZW5SZXF1ZXN0Gh0udG9rZW5zLnYxLklzc3VlVG9rZW5SZXNwb25zZRJYCg9JbnRyb3NwZWN0VG9rZW4SIS50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVxdWVzdBoiLnRva2Vucy52MS5JbnRyb3NwZWN0VG9rZW5SZXNwb25zZRJRCgtSZXZva2VUb2tlbhIdLnRva2Vucy52MS5SZXZva2VUb2tlblJlcXVlc3QaHi50b2tlbnMudjEuUmV2b2tlVG9rZW5SZXNwb25zZSIDkAICEk4KCkxpc3RUb2tlbnMSHC50b2tlbnMudjEuTGlzdFRva2Vuc1JlcXVlc3QaHS50b2tlbnMudjEuTGlzdFRva2Vuc1Jlc3BvbnNlIgOQAgESZgoSTGlzdFNlY3VyaXR5RXZlbnRzEiQudG9rZW5zLnYxLkxpc3RTZWN1cml0eUV2ZW50c1JlcXVlc3QaJS50b2tlbnMudjEuTGlzdFNlY3VyaXR5RXZlbnRzUmVzcG9uc2UiA5ACARJmChJMaXN0TGVnYWN5Snd0VXNhZ2USJC50b2tlbnMudjEuTGlzdExlZ2FjeUp3dFVzYWdlUmVxdWVzdBolLnRva2Vucy52MS5MaXN0TGVnYWN5Snd0VXNhZ2VSZXNwb25zZSIDkAIBEl0KEFdhdGNoUmV2b2NhdGlvbnMSIi50b2tlbnMudjEuV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QaIy50b2tlbnMudjEuV2F0Y2hSZXZvY2F0aW9uc1Jlc3BvbnNlMAESRQoHR2V0SndrcxIZLnRva2Vucy52MS5HZXRKd2tzUmVxdWVzdBoaLnRva2Vucy52MS5HZXRKd2tzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch10b2tlbnMvdjEvdG9rZW5fc2VydmljZS5wcm90bxIJdG9rZW5zLnYxIk0KDlRva2VuUmF0ZUxpbWl0EhAKCHJlcXVlc3RzGAEgASgFEikKBndpbmRvdxgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKXAQoLRGVwcmVjYXRpb24SDgoGbm90aWNlGAEgASgJEgwKBGxpbmsYAiABKAkSLwoLc3Vuc2V0X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjkKFWRlcHJlY2F0ZWRfc2luY2VfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi0wYKCVRva2VuSW5mbxIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB3N1YmplY3QYAyABKAkSEQoJZnVsbF9uYW1lGAQgASgJEg0KBXRlYW1zGAUgAygJEg4KBnNjb3BlcxgGIAMoCRISCgpuYW1lc3BhY2VzGAcgAygJEhAKCGlzX2FkbWluGAggASgIEjQKCG1ldGFkYXRhGAkgAygLMiIudG9rZW5zLnYxLlRva2VuSW5mby5NZXRhZGF0YUVudHJ5EisKC2Vudmlyb25tZW50GAogASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhQKDGRpc3BsYXlfaGludBgLIAEoCRIkCgVzdGF0ZRgMIAEoDjIVLnRva2Vucy52MS5Ub2tlblN0YXRlEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpjcmVhdGVkX2J5GA4gASgJEi8KC2V4cGlyZV90aW1lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3VzZWRfdGltZRgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnJldm9rZWRfYnkYEiABKAkSFQoNcmV2b2tlX3JlYXNvbhgTIAEoCRIaChJpc3N1ZWRfYnlfdG9rZW5faWQYFCABKAkSGAoQYWxsb3dlZF9uZXR3b3JrcxgoIAMoCRItCgpyYXRlX2xpbWl0GCkgASgLMhkudG9rZW5zLnYxLlRva2VuUmF0ZUxpbWl0EhYKDnByZWRlY2Vzc29yX2lkGB4gASgJEhQKDHN1Y2Nlc3Nvcl9pZBgfIAEoCRI5ChVzY2hlZHVsZWRfcmV2b2tlX3RpbWUYICABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh8KF3Jldm9rZV9vbl9zdWNjZXNzb3JfdXNlGCEgASgIGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKpAwoRSXNzdWVUb2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZzY29wZXMYAiADKAkSDQoFdGVhbXMYAyADKAkSEgoKbmFtZXNwYWNlcxgEIAMoCRIoCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IABIxCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABI8CghtZXRhZGF0YRgHIAMoCzIqLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdC5NZXRhZGF0YUVudHJ5Eg8KB3N1YmplY3QYCCABKAkSEQoJZnVsbF9uYW1lGAkgASgJEhAKCGlzX2FkbWluGAogASgIEhgKEGFsbG93ZWRfbmV0d29ya3MYKCADKAkSLQoKcmF0ZV9saW1pdBgpIAEoCzIZLnRva2Vucy52MS5Ub2tlblJhdGVMaW1pdBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCAoGZXhwaXJ5IkcKEklzc3VlVG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRIiCgRpbmZvGAIgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbyJ1ChZJbnRyb3NwZWN0VG9rZW5SZXF1ZXN0Eg0KBXRva2VuGAEgASgJEhcKD3Rva2VuX3R5cGVfaGludBgCIAEoCRIbChNpbmNsdWRlX2JhY2tlbmRfand0GAMgASgIEhYKDmNsaWVudF9hZGRyZXNzGCggASgJItUGChdJbnRyb3NwZWN0VG9rZW5SZXNwb25zZRIOCgZhY3RpdmUYASABKAgSDQoFc2NvcGUYAiABKAkSDgoGc2NvcGVzGAMgAygJEhEKCWNsaWVudF9pZBgEIAEoCRIQCgh1c2VybmFtZRgFIAEoCRISCgp0b2tlbl90eXBlGAYgASgJEgsKA2V4cBgHIAEoAxILCgNpYXQYCCABKAMSCwoDbmJmGAkgASgDEgsKA3N1YhgKIAEoCRILCgNhdWQYCyADKAkSCwoDaXNzGAwgASgJEgsKA2p0aRgNIAEoCRINCgV0ZWFtcxgOIAMoCRISCgpuYW1lc3BhY2VzGA8gAygJEhAKCGlzX2FkbWluGBAgASgIEisKC2Vudmlyb25tZW50GBEgASgOMhYudG9rZW5zLnYxLkVudmlyb25tZW50EhIKCnRva2VuX25hbWUYEiABKAkSQgoIbWV0YWRhdGEYEyADKAsyMC50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2UuTWV0YWRhdGFFbnRyeRIRCglmdWxsX25hbWUYFCABKAkSKAoKdG9rZW5fa2luZBgVIAEoDjIULnRva2Vucy52MS5Ub2tlbktpbmQSKQoGcmVhc29uGBYgASgOMhkudG9rZW5zLnYxLkluYWN0aXZlUmVhc29uEg8KB21lc3NhZ2UYFyABKAkSKwoLZGVwcmVjYXRpb24YGCABKAsyFi50b2tlbnMudjEuRGVwcmVjYXRpb24SEwoLYmFja2VuZF9qd3QYGSABKAkSGwoTcmV2b2NhdGlvbl9wb3NpdGlvbhgaIAEoBBI7ChdyZXZvY2F0aW9uX2NvbmZpcm1lZF9hdBgbIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoQYWxsb3dlZF9uZXR3b3JrcxgoIAMoCRItCgpyYXRlX2xpbWl0GCkgASgLMhkudG9rZW5zLnYxLlRva2VuUmF0ZUxpbWl0Ei4KC3JldHJ5X2FmdGVyGCogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ6ChJSZXZva2VUb2tlblJlcXVlc3QSDwoFdG9rZW4YASABKAlIABISCgh0b2tlbl9pZBgCIAEoCUgAEhQKCmxlZ2FjeV9qdGkYBCABKAlIABIOCgZyZWFzb24YAyABKAkSDwoHY2FzY2FkZRgFIAEoCEIICgZ0YXJnZXQiaQoTUmV2b2tlVG9rZW5SZXNwb25zZRIiCgRpbmZvGAEgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbxIXCg9hbHJlYWR5X3Jldm9rZWQYAiABKAgSFQoNcmV2b2tlZF9jb3VudBgDIAEoBSKnAQoRTGlzdFRva2Vuc1JlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIMCgR0ZWFtGAIgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgDIAEoCBIXCg9pbmNsdWRlX2V4cGlyZWQYBCABKAgSEQoJcGFnZV9zaXplGAUgASgFEhIKCnBhZ2VfdG9rZW4YBiABKAkSGgoSaXNzdWVkX2J5X3Rva2VuX2lkGAcgASgJIlMKEkxpc3RUb2tlbnNSZXNwb25zZRIkCgZ0b2tlbnMYASADKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLKAwoNU2VjdXJpdHlFdmVudBIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEiUKCHNldmVyaXR5GAMgASgOMhMudG9rZW5zLnYxLlNldmVyaXR5EjMKD2ZpcnN0X3NlZW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWNvdW50GAYgASgDEjMKE3NlcnZpY2VfZW52aXJvbm1lbnQYByABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSMQoRdG9rZW5fZW52aXJvbm1lbnQYCCABKA4yFi50b2tlbnMudjEuRW52aXJvbm1lbnQSFwoPY2FsbGVyX3Rva2VuX2lkGAkgASgJEhYKDmNhbGxlcl9zdWJqZWN0GAogASgJEgwKBHBlZXIYCyABKAkSEgoKdXNlcl9hZ2VudBgMIAEoCRISCgp0b2tlbl9oaW50GA0gASgJEhAKCHRva2VuX2lkGA4gASgJEg8KB21lc3NhZ2UYDyABKAkSDgoGbWV0aG9kGBAgASgJIqYBChlMaXN0U2VjdXJpdHlFdmVudHNSZXF1ZXN0EgwKBHR5cGUYASABKAkSKQoMbWluX3NldmVyaXR5GAIgASgOMhMudG9rZW5zLnYxLlNldmVyaXR5EikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJfChpMaXN0U2VjdXJpdHlFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC50b2tlbnMudjEuU2VjdXJpdHlFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQgoZTGlzdExlZ2FjeUp3dFVzYWdlUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSKnAQoOTGVnYWN5Snd0VXNhZ2USDwoHc3ViamVjdBgBIAEoCRIbChNpbnRyb3NwZWN0aW9uX2NvdW50GAIgASgDEjMKD2ZpcnN0X3NlZW5fdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl8KGkxpc3RMZWdhY3lKd3RVc2FnZVJlc3BvbnNlEigKBXVzYWdlGAEgAygLMhkudG9rZW5zLnYxLkxlZ2FjeUp3dFVzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIQCg5HZXRKd2tzUmVxdWVzdCJjCgpKc29uV2ViS2V5EgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDYWxnGAMgASgJEgsKA3VzZRgEIAEoCRILCgNjcnYYBSABKAkSCQoBeBgGIAEoCRIJCgF5GAcgASgJIkkKD0dldEp3a3NSZXNwb25zZRIjCgRrZXlzGAEgAygLMhUudG9rZW5zLnYxLkpzb25XZWJLZXkSEQoJandrc19qc29uGAIgASgJIo4BChdXYXRjaFJldm9jYXRpb25zUmVxdWVzdBI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SIgoVcmVzdW1lX2FmdGVyX3Bvc2l0aW9uGAIgASgESACIAQFCGAoWX3Jlc3VtZV9hZnRlcl9wb3NpdGlvbiKeAQoYV2F0Y2hSZXZvY2F0aW9uc1Jlc3BvbnNlEisKCnJldm9jYXRpb24YASABKAsyFS50b2tlbnMudjEuUmV2b2NhdGlvbkgAEikKCWhlYXJ0YmVhdBgCIAEoCzIULnRva2Vucy52MS5IZWFydGJlYXRIABIhCgVyZXNldBgDIAEoCzIQLnRva2Vucy52MS5SZXNldEgAQgcKBWV2ZW50IgcKBVJlc2V0IkYKClJldm9jYXRpb24SFAoMdG9rZW5fZGlnZXN0GAEgASgMEhAKCHRva2VuX2lkGAIgASgJEhAKCHBvc2l0aW9uGAMgASgEInkKCUhlYXJ0YmVhdBIoCgR0aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCg1jb25maXJtZWRfYWdlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHBvc2l0aW9uGAMgASgEIs0BChJSb3RhdGVUb2tlblJlcXVlc3QSDwoFdG9rZW4YASABKAlIABISCgh0b2tlbl9pZBgCIAEoCUgAEi8KDGdyYWNlX3BlcmlvZBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SHwoXcmV2b2tlX29uX3N1Y2Nlc3Nvcl91c2UYBSABKAgSDgoGcmVhc29uGAYgASgJQggKBnRhcmdldCJzChNSb3RhdGVUb2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEiIKBGluZm8YAiABKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEikKC3ByZWRlY2Vzc29yGAMgASgLMhQudG9rZW5zLnYxLlRva2VuSW5mbyK/AQoNVG9rZW5TZWxlY3RvchIPCgdzdWJqZWN0GAEgASgJEgwKBHRlYW0YAiABKAkSGgoSaXNzdWVkX2J5X3Rva2VuX2lkGAMgASgJEgwKBG5hbWUYBCABKAkSMgoOY3JlYXRlZF9iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWV4cGlyZV9iZWZvcmUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInUKE1Jldm9rZVRva2Vuc1JlcXVlc3QSKgoIc2VsZWN0b3IYASABKAsyGC50b2tlbnMudjEuVG9rZW5TZWxlY3RvchIPCgdkcnlfcnVuGAIgASgIEg4KBnJlYXNvbhgDIAEoCRIRCglwYWdlX3NpemUYBCABKAUigAEKFFJldm9rZVRva2Vuc1Jlc3BvbnNlEhUKDW1hdGNoZWRfY291bnQYASABKAMSFQoNcmV2b2tlZF9jb3VudBgCIAEoAxIkCgZ0b2tlbnMYAyADKAsyFC50b2tlbnMudjEuVG9rZW5JbmZvEhQKDG9wZXJhdGlvbl9pZBgEIAEoCSp8CgtFbnZpcm9ubWVudBIbChdFTlZJUk9OTUVOVF9VTlNQRUNJRklFRBAAEhsKF0VOVklST05NRU5UX0RFVkVMT1BNRU5UEAESFwoTRU5WSVJPTk1FTlRfU1RBR0lORxACEhoKFkVOVklST05NRU5UX1BST0RVQ1RJT04QAypzCgpUb2tlblN0YXRlEhsKF1RPS0VOX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSVE9LRU5fU1RBVEVfQUNUSVZFEAESFwoTVE9LRU5fU1RBVEVfRVhQSVJFRBACEhcKE1RPS0VOX1NUQVRFX1JFVk9LRUQQAypZCglUb2tlbktpbmQSGgoWVE9LRU5fS0lORF9VTlNQRUNJRklFRBAAEhUKEVRPS0VOX0tJTkRfT1BBUVVFEAESGQoVVE9LRU5fS0lORF9MRUdBQ1lfSldUEAIq5gIKDkluYWN0aXZlUmVhc29uEh8KG0lOQUNUSVZFX1JFQVNPTl9VTlNQRUNJRklFRBAAEh0KGUlOQUNUSVZFX1JFQVNPTl9NQUxGT1JNRUQQARIbChdJTkFDVElWRV9SRUFTT05fVU5LTk9XThACEhsKF0lOQUNUSVZFX1JFQVNPTl9FWFBJUkVEEAMSGwoXSU5BQ1RJVkVfUkVBU09OX1JFVk9LRUQQBBIoCiRJTkFDVElWRV9SRUFTT05fRU5WSVJPTk1FTlRfTUlTTUFUQ0gQBRIbChdJTkFDVElWRV9SRUFTT05fSU5WQUxJRBAGEiUKIUlOQUNUSVZFX1JFQVNPTl9MRUdBQ1lfSldUX1NVTlNFVBAHEicKI0lOQUNUSVZFX1JFQVNPTl9ORVRXT1JLX05PVF9BTExPV0VEEAgSJgoiSU5BQ1RJVkVfUkVBU09OX1RPS0VOX1JBVEVfTElNSVRFRBAJKmQKCFNldmVyaXR5EhgKFFNFVkVSSVRZX1VOU1BFQ0lGSUVEEAASEQoNU0VWRVJJVFlfSU5GTxABEhQKEFNFVkVSSVRZX1dBUk5JTkcQAhIVChFTRVZFUklUWV9DUklUSUNBTBADMusGCgxUb2tlblNlcnZpY2USSQoKSXNzdWVUb2tlbhIcLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVxdWVzdBodLnRva2Vucy52MS5Jc3N1ZVRva2VuUmVzcG9uc2USWAoPSW50cm9zcGVjdFRva2VuEiEudG9rZW5zLnYxLkludHJvc3BlY3RUb2tlblJlcXVlc3QaIi50b2tlbnMudjEuSW50cm9zcGVjdFRva2VuUmVzcG9uc2USUQoLUmV2b2tlVG9rZW4SHS50b2tlbnMudjEuUmV2b2tlVG9rZW5SZXF1ZXN0Gh4udG9rZW5zLnYxLlJldm9rZVRva2VuUmVzcG9uc2UiA5ACAhJOCgpMaXN0VG9rZW5zEhwudG9rZW5zLnYxLkxpc3RUb2tlbnNSZXF1ZXN0Gh0udG9rZW5zLnYxLkxpc3RUb2tlbnNSZXNwb25zZSIDkAIBEmYKEkxpc3RTZWN1cml0eUV2ZW50cxIkLnRva2Vucy52MS5MaXN0U2VjdXJpdHlFdmVudHNSZXF1ZXN0GiUudG9rZW5zLnYxLkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlIgOQAgESZgoSTGlzdExlZ2FjeUp3dFVzYWdlEiQudG9rZW5zLnYxLkxpc3RMZWdhY3lKd3RVc2FnZVJlcXVlc3QaJS50b2tlbnMudjEuTGlzdExlZ2FjeUp3dFVzYWdlUmVzcG9uc2UiA5ACARJdChBXYXRjaFJldm9jYXRpb25zEiIudG9rZW5zLnYxLldhdGNoUmV2b2NhdGlvbnNSZXF1ZXN0GiMudG9rZW5zLnYxLldhdGNoUmV2b2NhdGlvbnNSZXNwb25zZTABEkUKB0dldEp3a3MSGS50b2tlbnMudjEuR2V0Sndrc1JlcXVlc3QaGi50b2tlbnMudjEuR2V0Sndrc1Jlc3BvbnNlIgOQAgESTAoLUm90YXRlVG9rZW4SHS50b2tlbnMudjEuUm90YXRlVG9rZW5SZXF1ZXN0Gh4udG9rZW5zLnYxLlJvdGF0ZVRva2VuUmVzcG9uc2USTwoMUmV2b2tlVG9rZW5zEh4udG9rZW5zLnYxLlJldm9rZVRva2Vuc1JlcXVlc3QaHy50b2tlbnMudjEuUmV2b2tlVG9rZW5zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * TokenRateLimit is a per-token rate limit: at most `requests` uses per
@@ -321,6 +321,36 @@ export type TokenInfo = Message<"tokens.v1.TokenInfo"> & {
    * @generated from field: tokens.v1.TokenRateLimit rate_limit = 41;
    */
   rateLimit?: TokenRateLimit | undefined;
+
+  /**
+   * The token this one replaced through `RotateToken`; empty if none.
+   *
+   * @generated from field: string predecessor_id = 30;
+   */
+  predecessorId: string;
+
+  /**
+   * The token that replaced this one through `RotateToken`; empty if none.
+   *
+   * @generated from field: string successor_id = 31;
+   */
+  successorId: string;
+
+  /**
+   * When this token will be revoked because it was rotated (the end of the
+   * grace period); unset if no revocation is scheduled or it has happened.
+   *
+   * @generated from field: google.protobuf.Timestamp scheduled_revoke_time = 32;
+   */
+  scheduledRevokeTime?: Timestamp | undefined;
+
+  /**
+   * Whether this rotated token is revoked as soon as its successor is first
+   * used (`RotateTokenRequest.revoke_on_successor_use`).
+   *
+   * @generated from field: bool revoke_on_successor_use = 33;
+   */
+  revokeOnSuccessorUse: boolean;
 };
 
 /**
@@ -487,6 +517,36 @@ export type TokenInfoJson = {
    * @generated from field: tokens.v1.TokenRateLimit rate_limit = 41;
    */
   rateLimit?: TokenRateLimitJson;
+
+  /**
+   * The token this one replaced through `RotateToken`; empty if none.
+   *
+   * @generated from field: string predecessor_id = 30;
+   */
+  predecessorId?: string;
+
+  /**
+   * The token that replaced this one through `RotateToken`; empty if none.
+   *
+   * @generated from field: string successor_id = 31;
+   */
+  successorId?: string;
+
+  /**
+   * When this token will be revoked because it was rotated (the end of the
+   * grace period); unset if no revocation is scheduled or it has happened.
+   *
+   * @generated from field: google.protobuf.Timestamp scheduled_revoke_time = 32;
+   */
+  scheduledRevokeTime?: TimestampJson;
+
+  /**
+   * Whether this rotated token is revoked as soon as its successor is first
+   * used (`RotateTokenRequest.revoke_on_successor_use`).
+   *
+   * @generated from field: bool revoke_on_successor_use = 33;
+   */
+  revokeOnSuccessorUse?: boolean;
 };
 
 /**
@@ -2745,6 +2805,462 @@ export const HeartbeatSchema: GenMessage<Heartbeat, {jsonType: HeartbeatJson}> =
   messageDesc(file_tokens_v1_token_service, 24);
 
 /**
+ * RotateTokenRequest names the token to rotate and how.
+ *
+ * @generated from message tokens.v1.RotateTokenRequest
+ */
+export type RotateTokenRequest = Message<"tokens.v1.RotateTokenRequest"> & {
+  /**
+   * Which token. Exactly one is required.
+   *
+   * @generated from oneof tokens.v1.RotateTokenRequest.target
+   */
+  target: {
+    /**
+     * The token's value: its holder may rotate it.
+     *
+     * @generated from field: string token = 1;
+     */
+    value: string;
+    case: "token";
+  } | {
+    /**
+     * The token's id (UUID): admins may rotate any, others only their own.
+     *
+     * @generated from field: string token_id = 2;
+     */
+    value: string;
+    case: "tokenId";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * How long the old token stays usable: 0 s up to the service's maximum
+   * (`ROTATION_MAX_GRACE`, 7 days by default); 0 revokes it at once. Unset
+   * means the service's default (`ROTATION_DEFAULT_GRACE`).
+   *
+   * @generated from field: google.protobuf.Duration grace_period = 3;
+   */
+  gracePeriod?: Duration | undefined;
+
+  /**
+   * The successor's lifetime from now, renewing it (the `IssueToken` rules
+   * apply). Unset: the successor expires when the old token does (its
+   * remaining lifetime).
+   *
+   * @generated from field: google.protobuf.Duration ttl = 4;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Revoke the old token as soon as the successor is first used
+   * successfully, on any replica, even within the grace period.
+   *
+   * @generated from field: bool revoke_on_successor_use = 5;
+   */
+  revokeOnSuccessorUse: boolean;
+
+  /**
+   * Why, for the record: at most 512 characters.
+   *
+   * @generated from field: string reason = 6;
+   */
+  reason: string;
+};
+
+/**
+ * RotateTokenRequest names the token to rotate and how.
+ *
+ * @generated from message tokens.v1.RotateTokenRequest
+ */
+export type RotateTokenRequestJson = {
+  /**
+   * The token's value: its holder may rotate it.
+   *
+   * @generated from field: string token = 1;
+   */
+  token?: string;
+
+  /**
+   * The token's id (UUID): admins may rotate any, others only their own.
+   *
+   * @generated from field: string token_id = 2;
+   */
+  tokenId?: string;
+
+  /**
+   * How long the old token stays usable: 0 s up to the service's maximum
+   * (`ROTATION_MAX_GRACE`, 7 days by default); 0 revokes it at once. Unset
+   * means the service's default (`ROTATION_DEFAULT_GRACE`).
+   *
+   * @generated from field: google.protobuf.Duration grace_period = 3;
+   */
+  gracePeriod?: DurationJson;
+
+  /**
+   * The successor's lifetime from now, renewing it (the `IssueToken` rules
+   * apply). Unset: the successor expires when the old token does (its
+   * remaining lifetime).
+   *
+   * @generated from field: google.protobuf.Duration ttl = 4;
+   */
+  ttl?: DurationJson;
+
+  /**
+   * Revoke the old token as soon as the successor is first used
+   * successfully, on any replica, even within the grace period.
+   *
+   * @generated from field: bool revoke_on_successor_use = 5;
+   */
+  revokeOnSuccessorUse?: boolean;
+
+  /**
+   * Why, for the record: at most 512 characters.
+   *
+   * @generated from field: string reason = 6;
+   */
+  reason?: string;
+};
+
+/**
+ * Describes the message tokens.v1.RotateTokenRequest.
+ * Use `create(RotateTokenRequestSchema)` to create a new message.
+ */
+export const RotateTokenRequestSchema: GenMessage<RotateTokenRequest, {jsonType: RotateTokenRequestJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 25);
+
+/**
+ * RotateTokenResponse holds the successor. It is shown this once.
+ *
+ * @generated from message tokens.v1.RotateTokenResponse
+ */
+export type RotateTokenResponse = Message<"tokens.v1.RotateTokenResponse"> & {
+  /**
+   * The successor token. Store it safely: it cannot be retrieved again.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * The successor's metadata (`predecessor_id` names the old token).
+   *
+   * @generated from field: tokens.v1.TokenInfo info = 2;
+   */
+  info?: TokenInfo | undefined;
+
+  /**
+   * The old token's metadata after rotation (`successor_id`,
+   * `scheduled_revoke_time`, or `revoke_time` for a zero grace period).
+   *
+   * @generated from field: tokens.v1.TokenInfo predecessor = 3;
+   */
+  predecessor?: TokenInfo | undefined;
+};
+
+/**
+ * RotateTokenResponse holds the successor. It is shown this once.
+ *
+ * @generated from message tokens.v1.RotateTokenResponse
+ */
+export type RotateTokenResponseJson = {
+  /**
+   * The successor token. Store it safely: it cannot be retrieved again.
+   *
+   * @generated from field: string token = 1;
+   */
+  token?: string;
+
+  /**
+   * The successor's metadata (`predecessor_id` names the old token).
+   *
+   * @generated from field: tokens.v1.TokenInfo info = 2;
+   */
+  info?: TokenInfoJson;
+
+  /**
+   * The old token's metadata after rotation (`successor_id`,
+   * `scheduled_revoke_time`, or `revoke_time` for a zero grace period).
+   *
+   * @generated from field: tokens.v1.TokenInfo predecessor = 3;
+   */
+  predecessor?: TokenInfoJson;
+};
+
+/**
+ * Describes the message tokens.v1.RotateTokenResponse.
+ * Use `create(RotateTokenResponseSchema)` to create a new message.
+ */
+export const RotateTokenResponseSchema: GenMessage<RotateTokenResponse, {jsonType: RotateTokenResponseJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 26);
+
+/**
+ * TokenSelector picks tokens of this environment; every field set must
+ * match (AND). At least one field must be set.
+ *
+ * @generated from message tokens.v1.TokenSelector
+ */
+export type TokenSelector = Message<"tokens.v1.TokenSelector"> & {
+  /**
+   * Tokens of this subject. Non-admins may give only their own, and their
+   * selection is always limited to it.
+   *
+   * @generated from field: string subject = 1;
+   */
+  subject: string;
+
+  /**
+   * Tokens acting for this team.
+   *
+   * @generated from field: string team = 2;
+   */
+  team: string;
+
+  /**
+   * Tokens issued directly by the token with this id (UUID).
+   *
+   * @generated from field: string issued_by_token_id = 3;
+   */
+  issuedByTokenId: string;
+
+  /**
+   * Tokens with exactly this name.
+   *
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * Tokens issued before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 5;
+   */
+  createdBefore?: Timestamp | undefined;
+
+  /**
+   * Tokens that expire before this time (tokens without expiry never match).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_before = 6;
+   */
+  expireBefore?: Timestamp | undefined;
+};
+
+/**
+ * TokenSelector picks tokens of this environment; every field set must
+ * match (AND). At least one field must be set.
+ *
+ * @generated from message tokens.v1.TokenSelector
+ */
+export type TokenSelectorJson = {
+  /**
+   * Tokens of this subject. Non-admins may give only their own, and their
+   * selection is always limited to it.
+   *
+   * @generated from field: string subject = 1;
+   */
+  subject?: string;
+
+  /**
+   * Tokens acting for this team.
+   *
+   * @generated from field: string team = 2;
+   */
+  team?: string;
+
+  /**
+   * Tokens issued directly by the token with this id (UUID).
+   *
+   * @generated from field: string issued_by_token_id = 3;
+   */
+  issuedByTokenId?: string;
+
+  /**
+   * Tokens with exactly this name.
+   *
+   * @generated from field: string name = 4;
+   */
+  name?: string;
+
+  /**
+   * Tokens issued before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 5;
+   */
+  createdBefore?: TimestampJson;
+
+  /**
+   * Tokens that expire before this time (tokens without expiry never match).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_before = 6;
+   */
+  expireBefore?: TimestampJson;
+};
+
+/**
+ * Describes the message tokens.v1.TokenSelector.
+ * Use `create(TokenSelectorSchema)` to create a new message.
+ */
+export const TokenSelectorSchema: GenMessage<TokenSelector, {jsonType: TokenSelectorJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 27);
+
+/**
+ * RevokeTokensRequest selects tokens to revoke.
+ *
+ * @generated from message tokens.v1.RevokeTokensRequest
+ */
+export type RevokeTokensRequest = Message<"tokens.v1.RevokeTokensRequest"> & {
+  /**
+   * Which tokens. Required, with at least one field set. Only tokens not
+   * yet revoked and issued before the operation started are revoked.
+   *
+   * @generated from field: tokens.v1.TokenSelector selector = 1;
+   */
+  selector?: TokenSelector | undefined;
+
+  /**
+   * Count and show a first page, change nothing.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * Why, for the record: at most 512 characters.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * Size of the page of `tokens` answered for a dry run: 1 to 500; 0 means 50.
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+};
+
+/**
+ * RevokeTokensRequest selects tokens to revoke.
+ *
+ * @generated from message tokens.v1.RevokeTokensRequest
+ */
+export type RevokeTokensRequestJson = {
+  /**
+   * Which tokens. Required, with at least one field set. Only tokens not
+   * yet revoked and issued before the operation started are revoked.
+   *
+   * @generated from field: tokens.v1.TokenSelector selector = 1;
+   */
+  selector?: TokenSelectorJson;
+
+  /**
+   * Count and show a first page, change nothing.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun?: boolean;
+
+  /**
+   * Why, for the record: at most 512 characters.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason?: string;
+
+  /**
+   * Size of the page of `tokens` answered for a dry run: 1 to 500; 0 means 50.
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize?: number;
+};
+
+/**
+ * Describes the message tokens.v1.RevokeTokensRequest.
+ * Use `create(RevokeTokensRequestSchema)` to create a new message.
+ */
+export const RevokeTokensRequestSchema: GenMessage<RevokeTokensRequest, {jsonType: RevokeTokensRequestJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 28);
+
+/**
+ * RevokeTokensResponse reports a bulk revocation or its dry run.
+ *
+ * @generated from message tokens.v1.RevokeTokensResponse
+ */
+export type RevokeTokensResponse = Message<"tokens.v1.RevokeTokensResponse"> & {
+  /**
+   * How many unrevoked tokens matched the selector (for a dry run: would be
+   * revoked now).
+   *
+   * @generated from field: int64 matched_count = 1;
+   */
+  matchedCount: bigint;
+
+  /**
+   * How many tokens this operation revoked (0 for a dry run).
+   *
+   * @generated from field: int64 revoked_count = 2;
+   */
+  revokedCount: bigint;
+
+  /**
+   * For a dry run: the first page of matching tokens, newest first.
+   *
+   * @generated from field: repeated tokens.v1.TokenInfo tokens = 3;
+   */
+  tokens: TokenInfo[];
+
+  /**
+   * The operation's id (UUID), as recorded; empty for a dry run.
+   *
+   * @generated from field: string operation_id = 4;
+   */
+  operationId: string;
+};
+
+/**
+ * RevokeTokensResponse reports a bulk revocation or its dry run.
+ *
+ * @generated from message tokens.v1.RevokeTokensResponse
+ */
+export type RevokeTokensResponseJson = {
+  /**
+   * How many unrevoked tokens matched the selector (for a dry run: would be
+   * revoked now).
+   *
+   * @generated from field: int64 matched_count = 1;
+   */
+  matchedCount?: string;
+
+  /**
+   * How many tokens this operation revoked (0 for a dry run).
+   *
+   * @generated from field: int64 revoked_count = 2;
+   */
+  revokedCount?: string;
+
+  /**
+   * For a dry run: the first page of matching tokens, newest first.
+   *
+   * @generated from field: repeated tokens.v1.TokenInfo tokens = 3;
+   */
+  tokens?: TokenInfoJson[];
+
+  /**
+   * The operation's id (UUID), as recorded; empty for a dry run.
+   *
+   * @generated from field: string operation_id = 4;
+   */
+  operationId?: string;
+};
+
+/**
+ * Describes the message tokens.v1.RevokeTokensResponse.
+ * Use `create(RevokeTokensResponseSchema)` to create a new message.
+ */
+export const RevokeTokensResponseSchema: GenMessage<RevokeTokensResponse, {jsonType: RevokeTokensResponseJson}> = /*@__PURE__*/
+  messageDesc(file_tokens_v1_token_service, 29);
+
+/**
  * Environment is where a token may be used. Its prefix says which:
  * `cf-` development, `cfstg-` staging, `cfprd-` production.
  *
@@ -3147,6 +3663,41 @@ export const TokenService: GenService<{
     methodKind: "unary";
     input: typeof GetJwksRequestSchema;
     output: typeof GetJwksResponseSchema;
+  },
+  /**
+   * RotateToken issues a successor with the same claims as a token (by value
+   * or by id) and schedules the old token's revocation at the end of a grace
+   * period. The successor is returned once, like any new token. Needs
+   * `tokens.create` and `tokens.revoke`; by id, admins may rotate any token
+   * and others only their own subject's (others are NOT_FOUND, as for
+   * `RevokeToken`); by value, the holder may rotate it. Either way the
+   * successor may not exceed what the caller may issue (`IssueToken`'s
+   * rules). A token that already has a successor, or is revoked or expired,
+   * is FAILED_PRECONDITION.
+   *
+   * @generated from rpc tokens.v1.TokenService.RotateToken
+   */
+  rotateToken: {
+    methodKind: "unary";
+    input: typeof RotateTokenRequestSchema;
+    output: typeof RotateTokenResponseSchema;
+  },
+  /**
+   * RevokeTokens revokes every token of this environment matching a
+   * selector, as one durable operation: it finishes (in batches, each
+   * pushed to every replica and `WatchRevocations` stream like any
+   * revocation) even if the replica running it stops midway, and raises one
+   * `tokens_bulk_revoked` security event naming the selector and the count.
+   * An empty selector is INVALID_ARGUMENT. Needs `tokens.revoke`; admins may
+   * select anything, others only their own subject's tokens. With
+   * `dry_run`, nothing changes: the answer holds the count and a first page.
+   *
+   * @generated from rpc tokens.v1.TokenService.RevokeTokens
+   */
+  revokeTokens: {
+    methodKind: "unary";
+    input: typeof RevokeTokensRequestSchema;
+    output: typeof RevokeTokensResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tokens_v1_token_service, 0);

@@ -12,6 +12,7 @@ import * as m0006 from "./0006_issued_by.js";
 import * as m0007 from "./0007_server_secrets.js";
 import * as m0008 from "./0008_security_event_folding.js";
 import * as m0009 from "./0009_revocation_log.js";
+import * as m0010 from "./0010_rotation_and_bulk_revocation.js";
 import * as m0011 from "./0011_usage_binding.js";
 
 /**
@@ -28,6 +29,7 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0007_server_secrets": m0007,
   "0008_security_event_folding": m0008,
   "0009_revocation_log": m0009,
+  "0010_rotation_and_bulk_revocation": m0010,
   "0011_usage_binding": m0011,
 });
 
