@@ -46,7 +46,9 @@ import { startHttpServer, type HttpRequest, type HttpResponse } from "./server/h
 import { grpcServerCredentials, httpTlsOptions, loadTlsMaterial } from "./server/tls.js";
 import { createReflectionServices } from "./server/reflection.js";
 import { routeServices } from "./server/http-server.js";
-import { migrateToLatest, openDatabase, type OpenedDatabase } from "./storage/database.js";
+import { migrateToLatest, openDatabase, openReadReplica, type OpenedDatabase } from "./storage/database.js";
+import { ReplicaReadRouter, withReplicaReads } from "./domain/replica-reads.js";
+import { PgReplicaReads } from "./storage/replica-reads.js";
 import { KyselySecurityEventStore } from "./storage/security-event-store.js";
 import { KyselyTokenStore } from "./storage/token-store.js";
 
@@ -110,8 +112,20 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   // Writes and other slow operations get part of the pool, never all of it: the
   // hot path's lookups keep the rest (see domain/write-gate.ts).
   const kyselyStore = new KyselyTokenStore(database.db, database.prepared);
+  // Cache misses from a streaming replica (DATABASE_READ_URL), proven against
+  // this replica's revocation position; everything else stays on the primary
+  // (domain/replica-reads.ts). The hub is read at call time only.
+  const readReplica = config.databaseReadUrl === undefined ? undefined : openReadReplica(config.databaseReadUrl, {
+    poolMax: config.databaseReadPoolMax,
+    connectTimeoutMs: config.databaseConnectTimeoutMs,
+    statementTimeoutMs: config.databaseStatementTimeoutMs,
+    onIdleClientError: (err) => log.warn({ err }, "a read replica connection failed; the pool replaces it"),
+  });
+  const replicaReads = readReplica === undefined ? undefined : new ReplicaReadRouter(new PgReplicaReads(readReplica), (digest) => kyselyStore.findByDigest(digest), { mark: () => revocations.mark() }, { stalenessMs: config.cacheStalenessMs }, log);
+  if (config.databaseReadUrl !== undefined) log.info({ read_replica: redactUrl(config.databaseReadUrl) }, "cache misses are read from the read replica");
+  const routedStore = replicaReads === undefined ? kyselyStore : withReplicaReads(kyselyStore, replicaReads);
   // Traced: each store query inside a traced call gets a child span.
-  const store = new GatedTokenStore(tracing ? tracing.traceStore(kyselyStore) : kyselyStore, {
+  const store = new GatedTokenStore(tracing ? tracing.traceStore(routedStore) : routedStore, {
     maxConcurrent: config.databaseWriteConcurrency > 0 ? config.databaseWriteConcurrency : Math.max(1, Math.floor(config.databasePoolMax / 2)),
     maxQueued: config.databaseWriteQueue,
     ...(metrics ? { onRefused: (limit: Parameters<ServiceMetrics["rateLimited"]>[0]) => metrics.rateLimited(limit) } : {}),
@@ -237,6 +251,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   };
   metrics?.watch({ cache, listener: channel, revocations, ...(database.poolStats ? { pool: database.poolStats } : {}) });
   metrics?.watchLimits({ limits, writes: store, cache });
+  if (replicaReads !== undefined && readReplica !== undefined) metrics?.watchReplicaReads(replicaReads, readReplica.poolStats);
   /** Starts the periodic writers of batched bookkeeping. */
   const startBatches = () => {
     events.start();
@@ -250,7 +265,18 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await Promise.all([usage.stop(), legacyUsage.stop()]);
     await events.stop();
   };
-  return { database, deps, events, backendJwt, keks: keks.keys, channel, pruner, startBatches, stopBatches };
+  // Closing the store closes the replica's pool too.
+  const opened: OpenedDatabase =
+    readReplica === undefined || replicaReads === undefined
+      ? database
+      : {
+          ...database,
+          close: async () => {
+            replicaReads.stop();
+            await Promise.all([readReplica.close(), database.close()]);
+          },
+        };
+  return { database: opened, deps, events, backendJwt, keks: keks.keys, channel, pruner, startBatches, stopBatches };
 }
 
 /**

@@ -146,7 +146,7 @@ export async function introspectToken(
   if (hit !== undefined) {
     token = hit.record;
   } else {
-    token = await deps.cache.load(key, nowMs, () => lookUp(deps, key, options.lookupOwner ?? `peer:${meta.peer ?? ""}`));
+    token = await deps.cache.load(key, nowMs, (provenAt) => lookUp(deps, key, options.lookupOwner ?? `peer:${meta.peer ?? ""}`, provenAt));
   }
   deps.tracing?.cacheOutcome(hit === undefined ? "miss" : hit.record === null ? "negative" : "hit", options.use ?? "introspect");
   // A row from another environment can only exist in a store shared across
@@ -180,9 +180,9 @@ export async function introspectToken(
  * gateway is never throttled for the tokens it relays (RFC 7662 §4 asks us to
  * resist token scanning, not to punish the relay).
  */
-function lookUp(deps: TokenDeps, key: string, owner: string): Promise<CachedToken | null> {
+function lookUp(deps: TokenDeps, key: string, owner: string, provenAt: (atMs: number) => void): Promise<CachedToken | null> {
   const read = async () => {
-    const record = await deps.store.findByDigest(Buffer.from(key, "base64"));
+    const record = await deps.store.findByDigest(Buffer.from(key, "base64"), provenAt);
     return record === undefined ? null : new CachedToken(record);
   };
   return deps.limits === undefined ? read() : deps.limits.lookups.run(owner, read);

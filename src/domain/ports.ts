@@ -57,8 +57,13 @@ export interface TokenStore {
    * row is written (so a cascade racing an issue cannot leave a live child).
    */
   insert(token: NewToken, limits: { readonly maxActivePerSubject: number; readonly now: Date }): Promise<TokenRecord>;
-  /** The token with this SHA-256 digest, if any. */
-  findByDigest(digest: Uint8Array): Promise<TokenRecord | undefined>;
+  /**
+   * The token with this SHA-256 digest, if any. A store that may answer from
+   * a read replica calls `provenAt` with the time (ms) up to which its answer
+   * is proven to reflect every revocation (earlier than the call); an answer
+   * without it is current as of the call (see domain/replica-reads.ts).
+   */
+  findByDigest(digest: Uint8Array, provenAt?: (atMs: number) => void): Promise<TokenRecord | undefined>;
   /** The token with this id, if any. */
   findById(id: string): Promise<TokenRecord | undefined>;
   /** Marks a token revoked, durably, before resolving. Undefined when no such id. */

@@ -143,9 +143,11 @@ export class TokenCache<V> {
    * under a fence taken now. Identical misses while that read is in flight
    * share it (one store read for a burst of the same unknown token), unless an
    * eviction or flush happened since it started: a read that may predate a
-   * revocation is never handed to a request that arrived after it.
+   * revocation is never handed to a request that arrived after it. The
+   * loader may say its answer is proven only up to an earlier time (a read
+   * replica's, see domain/replica-reads.ts): it is cached as of then.
    */
-  load(key: string, fetchedAt: number, loader: () => Promise<V>): Promise<V> {
+  load(key: string, fetchedAt: number, loader: (provenAt: (atMs: number) => void) => Promise<V>): Promise<V> {
     const pending = this.loading.get(key);
     if (pending !== undefined && pending.generation === this.generation) {
       this.coalesced++;
@@ -156,12 +158,16 @@ export class TokenCache<V> {
       if (this.loading.get(key)?.promise === promise) this.loading.delete(key);
     };
     // Callbacks run later, so `promise` is assigned by the time they read it.
+    let asOf = fetchedAt;
+    const provenAt = (atMs: number) => {
+      if (atMs < asOf) asOf = atMs;
+    };
     const promise: Promise<V> = Promise.resolve()
-      .then(loader)
+      .then(() => loader(provenAt))
       .then(
         (value) => {
           settled();
-          this.put(key, value, fence, fetchedAt);
+          this.put(key, value, fence, asOf);
           return value;
         },
         (error: unknown) => {
