@@ -326,7 +326,12 @@ export class LegacyJwtCache<V extends LegacyCacheable> {
     const entry: CacheEntry<V> | undefined = this.cache.get(key, nowMs);
     if (entry === undefined) return undefined;
     const value = entry.record;
-    return nowMs < value.expiresAtMs && nowMs >= value.validFromMs ? value : undefined;
+    if (nowMs >= value.expiresAtMs) {
+      // Never again: an expired JWT stays expired.
+      this.cache.drop(key);
+      return undefined;
+    }
+    return nowMs >= value.validFromMs ? value : undefined;
   }
 
   /** The generation to hand back to `put`: take it before the store read of the revocation. */

@@ -185,6 +185,14 @@ export class TokenCache<V> {
     if (this.remove(key)) this.evictions++;
   }
 
+  /**
+   * Drops one entry that can no longer be served (expired), without fencing
+   * lookups in flight: nothing was revoked.
+   */
+  drop(key: string): void {
+    if (this.remove(key)) this.evictions++;
+  }
+
   /** Drops everything (the revocation channel was lost or came back) and fences in-flight lookups. */
   clear(): void {
     this.generation++;
