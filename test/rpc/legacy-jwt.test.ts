@@ -470,6 +470,21 @@ describe("legacy JWT introspection, kept answers", () => {
       expect(s.legacyCache.stats().size).toBe(0);
     });
 
+    it("keeps its jti index no larger than the cache (entries pushed out leave the index)", () => {
+      const cache = createLegacyAnswerCache({ maxEntries: 2, maxBytes: 1 << 20, stalenessMs: 2000 });
+      const at = NOW.getTime();
+      const kept = (jti: string) => ({ result: { active: false as const, reason: "revoked" as const, message: "" }, jti, expiresAtMs: at + 60_000, validFromMs: 0, subject: undefined, event: undefined });
+      for (const jti of ["a", "b", "c", "d"]) cache.put(`key-${jti}`, kept(jti), cache.fence(), at);
+      expect(cache.stats()).toMatchObject({ size: 2, jtis: 2 });
+      cache.evictJti("d");
+      expect(cache.stats()).toMatchObject({ size: 1, jtis: 1 });
+      expect(cache.get("key-d", at)).toBeUndefined();
+      // Past exp the entry goes, and the index with it.
+      cache.confirmUntil(at + 60_000);
+      expect(cache.get("key-c", at + 60_000)).toBeUndefined();
+      expect(cache.stats()).toMatchObject({ size: 0, jtis: 0 });
+    });
+
     it("streams a legacy revocation on WatchRevocations as a revocation with no digest and the jti as token_id", async () => {
       const s = await setup();
       s.revocations.restored();
