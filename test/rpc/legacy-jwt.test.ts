@@ -417,6 +417,32 @@ describe("legacy JWT introspection, kept answers", () => {
       expect((await s.introspect(other)).answer.active).toBe(true);
     });
 
+    it("reads the log again when a second jti is noticed while the first read is in flight", async () => {
+      const s = await setup();
+      s.revocations.restored();
+      await s.revocations.catchUp();
+      const one = await hs256(rich);
+      const two = await hs256({ ...rich, jti: "jti-2" });
+      for (const t of [one, two]) expect((await s.introspect(t)).answer.active).toBe(true);
+      // The first read takes its snapshot, then waits: the second revocation commits after it.
+      const read = s.log.readAfter.bind(s.log);
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      s.log.readAfter = async (position, limit) => {
+        const page = await read(position, limit);
+        s.log.readAfter = read;
+        await gate;
+        return page;
+      };
+      s.revocations.noticed(s.log.legacy("jti-1"));
+      s.revocations.noticed(s.log.legacy("jti-2"));
+      release();
+      await s.revocations.catchUp();
+      await s.revocations.catchUp();
+      expect(s.legacyCache.stats()).toMatchObject({ size: 0, jtis: 0 });
+      expect(s.revocations.position).toBe(2);
+    });
+
     it("holds confirmations back until the revoked jti has been read from the log", async () => {
       const s = await setup();
       s.revocations.restored();
