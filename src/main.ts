@@ -18,7 +18,7 @@ import { KyselyServerSecretStore } from "./storage/server-secret-store.js";
 import { loadPageTokens } from "./domain/paging.js";
 import { BackendJwtKeys } from "./keys/backend-jwt.js";
 import { loadKeyEncryptionKeys } from "./keys/kek-config.js";
-import { createIntrospectionCache } from "./domain/introspect.js";
+import { createIntrospectionCache, createLegacyAnswerCache } from "./domain/introspect.js";
 import { RevocationHub } from "./domain/revocation-hub.js";
 import { RateLimits, isLimited } from "./domain/rate-limit.js";
 import { GatedTokenStore } from "./domain/write-gate.js";
@@ -185,13 +185,27 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   // log and catches up from it after a blip instead of flushing the cache.
   const revocationLog = new KyselyRevocationLog(database.db);
   const revocations = new RevocationHub(revocationLog, log);
+  // Verified legacy JWTs, kept until exp and evicted by jti (domain/legacy-jwt.ts):
+  // few next to API tokens, so a tenth of the cache's bounds.
+  const legacyCache = createLegacyAnswerCache({
+    maxEntries: Math.max(1000, Math.floor(config.cacheMaxEntries / 10)),
+    maxBytes: Math.max(1 << 20, Math.floor((config.cacheMaxMegabytes * 1024 * 1024) / 10)),
+    stalenessMs: config.cacheStalenessMs,
+  });
   revocations.subscribe({
     revoked: (key, tokenId) => {
       cache.evict(key);
       backendJwt.forget(tokenId);
     },
-    confirmed: (atMs) => cache.confirmUntil(atMs),
-    reset: () => cache.clear(),
+    legacyRevoked: (jti) => legacyCache.evictJti(jti),
+    confirmed: (atMs) => {
+      cache.confirmUntil(atMs);
+      legacyCache.confirmUntil(atMs);
+    },
+    reset: () => {
+      cache.clear();
+      legacyCache.clear();
+    },
   });
   const channel: RevocationTransport =
     config.revocationTransport === "poll"
@@ -218,7 +232,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   const deps: TokenDeps = {
     cache,
     revocations,
-    legacy: { policy: legacyPolicy, store: legacyStore, usage: legacyUsage },
+    legacy: { policy: legacyPolicy, store: legacyStore, usage: legacyUsage, cache: legacyCache },
     backendJwt,
     store,
     securityEvents,

@@ -1,5 +1,5 @@
 import type { Environment } from "./environment.js";
-import type { InactiveReason, IntrospectedClaims, IntrospectionUse, TokenKind, IntrospectionCache } from "./introspect.js";
+import type { InactiveReason, IntrospectedClaims, IntrospectionUse, TokenKind, IntrospectionCache, LegacyAnswerCache } from "./introspect.js";
 
 import type { RateLimits } from "./rate-limit.js";
 import type { TokenRateLimiter } from "./usage-binding.js";
@@ -300,6 +300,11 @@ export interface LegacyDeps {
   readonly store: LegacyJwtStore;
   /** Notes a legacy introspection by a subject; batched off the request path. */
   readonly usage: { note(subject: string, at: Date): void };
+  /**
+   * Verified answers kept until the JWT's `exp`, evicted by `jti` on a
+   * revocation (`LegacyJwtCache`). Unset: every legacy JWT is verified anew.
+   */
+  readonly cache?: LegacyAnswerCache;
 }
 
 /** A keyset position in a list: the sort time and the id that breaks ties. */

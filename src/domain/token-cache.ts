@@ -26,6 +26,12 @@ export interface TokenCacheOptions<V> {
   readonly isNegative?: (value: V) => boolean;
   /** Estimated bytes of an entry, for the memory bound. */
   readonly sizeOf: (key: string, value: V) => number;
+  /**
+   * Called when an entry leaves the cache one by one (evicted, replaced, or
+   * pushed out by the bounds), not on `clear()`: lets an owner keep a
+   * secondary index (legacy JWTs by `jti`) exactly as large as the cache.
+   */
+  readonly onDrop?: (key: string, value: V) => void;
 }
 
 /** One cached answer (null, by default, for "no such token"). */
@@ -185,6 +191,14 @@ export class TokenCache<V> {
     if (this.remove(key)) this.evictions++;
   }
 
+  /**
+   * Drops one entry that can no longer be served (expired), without fencing
+   * lookups in flight: nothing was revoked.
+   */
+  drop(key: string): void {
+    if (this.remove(key)) this.evictions++;
+  }
+
   /** Drops everything (the revocation channel was lost or came back) and fences in-flight lookups. */
   clear(): void {
     this.generation++;
@@ -219,12 +233,14 @@ export class TokenCache<V> {
     if (entry !== undefined) {
       this.entries.delete(key);
       this.bytes -= entry.bytes;
+      this.options.onDrop?.(key, entry.record);
       return true;
     }
     const negative = this.negatives.get(key);
     if (negative === undefined) return false;
     this.negatives.delete(key);
     this.negativeBytes -= negative.bytes;
+    this.options.onDrop?.(key, negative.record);
     return true;
   }
 
@@ -234,6 +250,7 @@ export class TokenCache<V> {
       if (!entry.used) {
         this.bytes -= entry.bytes;
         this.evictions++;
+        this.options.onDrop?.(key, entry.record);
         return;
       }
       // Second chance: recently used, so it goes to the back of the line.
