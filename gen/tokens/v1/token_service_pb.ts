@@ -2679,14 +2679,16 @@ export const ResetSchema: GenMessage<Reset, {jsonType: ResetJson}> = /*@__PURE__
  */
 export type Revocation = Message<"tokens.v1.Revocation"> & {
   /**
-   * SHA-256 of the token (32 bytes): what a gateway cache keys on.
+   * SHA-256 of the token (32 bytes): what a gateway cache keys on. Empty for
+   * a legacy JWT's `jti` revocation: then `token_id` is that `jti`, and a
+   * gateway evicts every cached answer about a JWT with that `jti`.
    *
    * @generated from field: bytes token_digest = 1;
    */
   tokenDigest: Uint8Array;
 
   /**
-   * The token's id.
+   * The token's id (an API token's id, or a revoked legacy JWT's `jti`).
    *
    * @generated from field: string token_id = 2;
    */
@@ -2707,14 +2709,16 @@ export type Revocation = Message<"tokens.v1.Revocation"> & {
  */
 export type RevocationJson = {
   /**
-   * SHA-256 of the token (32 bytes): what a gateway cache keys on.
+   * SHA-256 of the token (32 bytes): what a gateway cache keys on. Empty for
+   * a legacy JWT's `jti` revocation: then `token_id` is that `jti`, and a
+   * gateway evicts every cached answer about a JWT with that `jti`.
    *
    * @generated from field: bytes token_digest = 1;
    */
   tokenDigest?: string;
 
   /**
-   * The token's id.
+   * The token's id (an API token's id, or a revoked legacy JWT's `jti`).
    *
    * @generated from field: string token_id = 2;
    */
