@@ -535,7 +535,7 @@ async function recordsOf(db: Kysely<Database>, rows: readonly Selectable<TokensT
 }
 
 /** Maps a row to the domain record; `digest` when the row was read without its own (the digest lookups). */
-function toRecord(row: LookedUpRow & { readonly digest?: Uint8Array }, digest: Uint8Array | undefined = row.digest): TokenRecord {
+export function toRecord(row: LookedUpRow & { readonly digest?: Uint8Array }, digest: Uint8Array | undefined = row.digest): TokenRecord {
   if (digest === undefined) throw new Error("toRecord: a row without its digest");
   return {
     id: row.id,
