@@ -38,6 +38,17 @@ export function cpuMicros(pid: number): number {
   return ((utime + stime) * 1_000_000) / CLOCK_TICKS;
 }
 
+/**
+ * The main thread's scheduler figures so far, in microseconds: time on a CPU
+ * and time runnable but waiting in a run queue (/proc/<pid>/schedstat). A
+ * process can show little CPU use because it had nothing to do, or because
+ * it waited for a core other work held: only the second figure tells them apart.
+ */
+export function schedMicros(pid: number | "self"): { onCpu: number; waiting: number } {
+  const [onCpu, waiting] = readFileSync(`/proc/${pid}/schedstat`, "utf8").trim().split(" ").map(Number);
+  return { onCpu: (onCpu ?? 0) / 1000, waiting: (waiting ?? 0) / 1000 };
+}
+
 /** Resident set size of a process, in KiB. */
 export function rssKiB(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");

@@ -10,6 +10,7 @@
 import { hash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Pool } from "pg";
+import { schedMicros } from "./common.js";
 
 /** What to run. */
 export interface PgLookupInput {
@@ -32,6 +33,8 @@ export interface PgLookupResult {
   readonly p99Ms: number;
   /** This process's CPU time over the run, as a share of one core. */
   readonly clientCpuPercent: number;
+  /** Share of the run its main thread spent runnable but waiting for a core. */
+  readonly runQueueWaitPercent: number;
 }
 
 async function main(): Promise<void> {
@@ -48,6 +51,7 @@ async function main(): Promise<void> {
   let done = 0;
   let found = 0;
   const cpuAtStart = process.cpuUsage();
+  const schedAtStart = schedMicros("self");
   const started = performance.now();
   const stopAt = started + input.maxSeconds * 1000;
   const worker = async () => {
@@ -62,10 +66,11 @@ async function main(): Promise<void> {
   await Promise.all(Array.from({ length: input.concurrency }, worker));
   const seconds = (performance.now() - started) / 1000;
   const cpu = process.cpuUsage(cpuAtStart);
+  const waited = schedMicros("self").waiting - schedAtStart.waiting;
   await pool.end();
   const sorted = latencies.subarray(0, done).sort();
   const q = (p: number) => (sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!);
-  const result: PgLookupResult = { calls: done, found, seconds, rate: done / seconds, p50Ms: q(0.5), p99Ms: q(0.99), clientCpuPercent: Math.round((cpu.user + cpu.system) / 10_000 / seconds) };
+  const result: PgLookupResult = { calls: done, found, seconds, rate: done / seconds, p50Ms: q(0.5), p99Ms: q(0.99), clientCpuPercent: Math.round((cpu.user + cpu.system) / 10_000 / seconds), runQueueWaitPercent: Math.round(waited / 10_000 / seconds) };
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 

@@ -37,7 +37,7 @@ import { CheckRequestSchema } from "../gen/envoy/service/auth/v3/external_auth_p
 import type { Environment } from "../src/domain/environment.js";
 import { migrateToLatest, openDatabase } from "../src/storage/database.js";
 import type { ClientBenchContext, ClientBenchModule } from "./client-bench-api.js";
-import { DIST_BENCH, RESULTS_DIR, ROOT, TMP_DIR, cpuMicros, localTcpPorts, quantile, round, rssKiB, runBounded, runLoadScript, sleep, sortedCopy } from "./common.js";
+import { DIST_BENCH, RESULTS_DIR, ROOT, TMP_DIR, cpuMicros, localTcpPorts, quantile, round, rssKiB, runBounded, runLoadScript, schedMicros, sleep, sortedCopy } from "./common.js";
 import { checkOnce, tokenClient } from "./grpc-client.js";
 import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
 import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
@@ -679,8 +679,27 @@ async function main(): Promise<void> {
       await sleep(1_000);
       const baseline = await memoryOf(m);
       const cpuBefore = cpuMicros(m.pid);
+      const schedBefore = schedMicros(m.pid);
+      // How many of the service's backends are busy, every 20 ms: a database
+      // that is mostly idle under load did not set the pace.
+      const watcher = new Client({ connectionString: dbUrl, application_name: "tis-bench/activity" });
+      await watcher.connect();
+      const busyBackends: number[] = [];
+      let watching = true;
+      const sampler = (async () => {
+        while (watching) {
+          const { rows } = await watcher.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'token-introspection-service' AND state = 'active'");
+          busyBackends.push(rows[0]?.n ?? 0);
+          await sleep(20);
+        }
+      })();
       const miss = await h2loader({ ...base, first: MISS_WARM_TOKENS, maxCalls: MISS_TOKENS, maxSeconds: MISS_SECONDS });
       const cpu = cpuMicros(m.pid) - cpuBefore;
+      const waited = schedMicros(m.pid).waiting - schedBefore.waiting;
+      watching = false;
+      await sampler;
+      await watcher.end();
+      const idleShare = Math.round((100 * busyBackends.filter((n) => n === 0).length) / Math.max(1, busyBackends.length));
       const okCalls = miss.statuses["0"] ?? 0;
       results.miss.postgres = {
         concurrency: MISS_IN_FLIGHT,
@@ -698,6 +717,15 @@ async function main(): Promise<void> {
       results.miss.ratio = round(results.miss.postgres.rate / results.miss.rawPg.rate);
       if (miss.active !== miss.calls || warm.active !== warm.calls) checks.push(`miss run: ${miss.calls - miss.active} of ${miss.calls} answers not active (${JSON.stringify(miss.statuses)})`);
       log(`miss on PostgreSQL: ${results.miss.postgres.rate}/s, p99 ${results.miss.postgres.p99Ms} ms (${results.miss.ratio}× raw pg); CPU: service ${results.miss.postgres.serverCpuPercent} %, loader ${miss.loaderCpuPercent} %`);
+      // Low CPU use is not idleness: the service is pinned to one core that
+      // PostgreSQL and anything else on the machine share. Waiting in the run
+      // queue is time it wanted a core and had none (see README, benchmark).
+      const waitedPercent = Math.round(waited / 10_000 / miss.seconds);
+      notes.push(
+        `miss window: the service's main thread waited for a core ${waitedPercent} % of the window (run queue, /proc/<pid>/schedstat; the raw pg client ${raw.runQueueWaitPercent} % of its own); ` +
+          `no service backend was active in ${idleShare} % of ${busyBackends.length} samples of pg_stat_activity (most at once: ${Math.max(0, ...busyBackends)})`,
+      );
+      log(`miss on PostgreSQL: service main thread waiting for a core ${waitedPercent} % of the window (raw pg client ${raw.runQueueWaitPercent} %); no service backend active in ${idleShare} % of ${busyBackends.length} samples`);
 
       // The rest of the 100,000, unmeasured, as fast as the service goes; bounded so the run stays within five minutes.
       const first = MISS_WARM_TOKENS + miss.calls;

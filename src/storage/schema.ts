@@ -33,6 +33,7 @@ export interface TokensTable {
   /** The token whose holder issued this one (migration 0006); null for bootstrap tokens and older rows. */
   issued_by_token_id: ColumnType<string | null, string | null | undefined, string | null>;
   expires_at: Date | null;
+  /** No longer written (migration 0012 moved last use to `token_last_used`); read as the earlier bound. */
   last_used_at: Date | null;
   revoked_at: Date | null;
   revoked_by: string | null;
@@ -165,9 +166,16 @@ export interface RevocationLogTable {
   logged_at: Date;
 }
 
+/** The `token_last_used` table (migration 0012): when each token was last used, apart from its row. */
+export interface TokenLastUsedTable {
+  token_id: string;
+  last_used_at: Date;
+}
+
 /** Every table the service owns (Kysely's migration tables are Kysely's). */
 export interface Database {
   tokens: TokensTable;
+  token_last_used: TokenLastUsedTable;
   security_events: SecurityEventsTable;
   legacy_jwt_revocations: LegacyJwtRevocationsTable;
   legacy_jwt_usage: LegacyJwtUsageTable;

@@ -27,6 +27,29 @@ import type { OpenedDatabase } from "./database.js";
 /** Most digests looked up in one query. */
 const MAX_LOOKUP_BATCH = 128;
 
+/**
+ * The columns a token record needs, without the digest (the lookup has it)
+ * and with last use from its own table (migration 0012), the later of it and
+ * the old column.
+ */
+const RECORD_COLUMNS = `t.id, t.display_hint, t.name, t.subject, t.full_name, t.teams, t.scopes, t.namespaces, t.is_admin,
+  t.metadata, t.environment, t.created_at, t.created_by, t.issued_by_token_id, t.expires_at,
+  GREATEST(t.last_used_at, u.last_used_at) AS last_used_at, t.revoked_at, t.revoked_by, t.revoke_reason,
+  t.allowed_networks, t.rate_limit_requests, t.rate_limit_window_ms,
+  t.predecessor_id, t.successor_id, t.scheduled_revoke_at, t.revoke_on_successor_use, t.successor_used_at`;
+
+/** One digest. */
+const BY_DIGEST = `SELECT ${RECORD_COLUMNS} FROM tokens t LEFT JOIN token_last_used u ON u.token_id = t.id WHERE t.digest = $1`;
+
+/** Several digests; each row says which (1-based position in the array). */
+const BY_DIGESTS = `SELECT d.i, ${RECORD_COLUMNS}
+  FROM unnest($1::bytea[]) WITH ORDINALITY AS d(digest, i)
+  JOIN tokens t ON t.digest = d.digest
+  LEFT JOIN token_last_used u ON u.token_id = t.id`;
+
+/** A row as the digest lookups read it. */
+type LookedUpRow = Omit<Selectable<TokensTable>, "digest">;
+
 /** A digest lookup waiting for its batch. */
 interface PendingLookup {
   readonly digest: Buffer;
@@ -97,7 +120,7 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
     if (this.prepared === undefined) {
       return translatingErrors(async () => {
         const row = await this.db.selectFrom("tokens").selectAll().where("digest", "=", digest).executeTakeFirst();
-        return row === undefined ? undefined : toRecord(row);
+        return row === undefined ? undefined : (await recordsOf(this.db, [row]))[0];
       });
     }
     // Lookups arriving in the same turn of the event loop share one query:
@@ -120,15 +143,22 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
   private async lookUp(batch: PendingLookup[]): Promise<void> {
     if (this.lookups === batch) this.lookups = undefined;
     try {
-      const rows =
-        batch.length === 1
-          ? await this.prepared!<Selectable<TokensTable>>("tokens_by_digest", "SELECT * FROM tokens WHERE digest = $1", [batch[0]!.digest])
-          : await this.prepared!<Selectable<TokensTable>>("tokens_by_digests", "SELECT * FROM tokens WHERE digest = ANY($1::bytea[])", [batch.map((b) => b.digest)]);
-      const byDigest = new Map<string, Selectable<TokensTable>>();
-      for (const row of rows) byDigest.set(Buffer.from(row.digest).toString("base64"), row);
-      for (const lookup of batch) {
-        const row = byDigest.get(lookup.digest.toString("base64"));
-        lookup.resolve(row === undefined ? undefined : toRecord(row));
+      if (batch.length === 1) {
+        const lookup = batch[0]!;
+        const rows = await this.prepared!<LookedUpRow>("token_by_digest_v2", BY_DIGEST, [lookup.digest]);
+        const row = rows[0];
+        lookup.resolve(row === undefined ? undefined : toRecord(row, lookup.digest));
+        return;
+      }
+      // Rows come back tagged with their digest's position in the array, so
+      // they are matched without reading (and re-encoding) the digest column.
+      const rows = await this.prepared!<LookedUpRow & { readonly i: string | number }>("tokens_by_digests_v2", BY_DIGESTS, [batch.map((b) => b.digest)]);
+      const found: (LookedUpRow | undefined)[] = new Array<LookedUpRow | undefined>(batch.length);
+      for (const row of rows) found[Number(row.i) - 1] = row;
+      for (let i = 0; i < batch.length; i++) {
+        const lookup = batch[i]!;
+        const row = found[i];
+        lookup.resolve(row === undefined ? undefined : toRecord(row, lookup.digest));
       }
     } catch (error) {
       const translated = translateStoreError(error);
@@ -157,7 +187,7 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
         WHERE id = ${id} AND revoked_at IS NULL
         RETURNING *`.execute(this.db);
       const row = rows[0];
-      if (row !== undefined) return { record: toRecord(row), alreadyRevoked: false };
+      if (row !== undefined) return { record: (await recordsOf(this.db, [row]))[0]!, alreadyRevoked: false };
       // No unrevoked row: either no such id, or revoked before (revocation is never undone).
       const existing = await this.selectById(id);
       return existing === undefined ? undefined : { record: existing, alreadyRevoked: true };
@@ -186,7 +216,7 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
     return translatingErrors(async () => {
       if (!isUuid(id)) return undefined;
       return this.db.transaction().execute(async (trx) => {
-        const revoked = new Map<string, TokenRecord>();
+        const revoked = new Map<string, Selectable<TokensTable>>();
         for (;;) {
           const { rows } = await sql<Selectable<TokensTable>>`
             WITH RECURSIVE tree (id, environment) AS (
@@ -208,14 +238,15 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
               RETURNING tokens.*
             )
             SELECT revoked.* FROM revoked`.execute(trx);
-          for (const row of rows) revoked.set(row.id, toRecord(row));
+          for (const row of rows) revoked.set(row.id, row);
           if (rows.length === 0) break;
         }
         const rootRevoked = revoked.get(id);
-        const root = rootRevoked ?? (await trx.selectFrom("tokens").selectAll().where("id", "=", id).executeTakeFirst().then((row) => (row === undefined ? undefined : toRecord(row))));
-        if (root === undefined) return undefined;
+        const rootRow = rootRevoked ?? (await trx.selectFrom("tokens").selectAll().where("id", "=", id).executeTakeFirst());
+        if (rootRow === undefined) return undefined;
         revoked.delete(id);
-        return { root: { record: root, alreadyRevoked: rootRevoked === undefined }, descendants: [...revoked.values()] };
+        const [root, ...descendants] = await recordsOf(trx, [rootRow, ...revoked.values()]);
+        return { root: { record: root!, alreadyRevoked: rootRevoked === undefined }, descendants };
       });
     });
   }
@@ -247,13 +278,16 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
         select = select.where((eb) => eb(eb.refTuple("created_at", "id"), "<", eb.tuple(after.createdAt, after.id)));
       }
       const rows = await select.orderBy("created_at", "desc").orderBy("id", "desc").limit(query.limit).execute();
-      return rows.map(toRecord);
+      return recordsOf(this.db, rows);
     });
   }
 
   /**
-   * One UPDATE for the whole batch. A time only moves forward, and rows whose
-   * stored time is already as late are not rewritten (no dead tuple for nothing).
+   * One upsert for the whole batch into `token_last_used` (migration 0012),
+   * never into `tokens`: bookkeeping must not rewrite a token's row and its
+   * indexes. A time only moves forward, and rows whose stored time is
+   * already as late are not rewritten (no dead tuple for nothing). Ids of no
+   * stored token are skipped.
    */
   touchLastUsed(entries: ReadonlyMap<string, Date>): Promise<void> {
     return translatingErrors(async () => {
@@ -264,12 +298,14 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
       const ids = batch.map(([id]) => id);
       const ats = batch.map(([, at]) => at);
       await sql`
-        UPDATE tokens SET last_used_at = v.at
-        FROM unnest(${ids}::uuid[], ${ats}::timestamptz[]) AS v(id, at)
-        WHERE tokens.id = v.id AND (tokens.last_used_at IS NULL OR tokens.last_used_at < v.at)`.execute(this.db);
+        INSERT INTO token_last_used (token_id, last_used_at)
+        SELECT v.id, v.at FROM unnest(${ids}::uuid[], ${ats}::timestamptz[]) AS v(id, at)
+        WHERE EXISTS (SELECT 1 FROM tokens WHERE tokens.id = v.id)
+        ORDER BY v.id
+        ON CONFLICT (token_id) DO UPDATE SET last_used_at = EXCLUDED.last_used_at
+        WHERE token_last_used.last_used_at < EXCLUDED.last_used_at`.execute(this.db);
     });
   }
-
 
   // ---- Rotation and bulk revocation (issue 13, migration 0010) ----
 
@@ -298,7 +334,8 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
         if (old === undefined) return undefined;
         const successor = await trx.updateTable("tokens").set({ predecessor_id: oldId }).where("id", "=", successorId).returningAll().executeTakeFirst();
         if (successor === undefined) return undefined;
-        return { predecessor: toRecord(old), successor: toRecord(successor) };
+        const [predecessor, linked] = await recordsOf(trx, [old, successor]);
+        return { predecessor: predecessor!, successor: linked! };
       });
     });
   }
@@ -348,7 +385,7 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
         .where("environment", "=", environment)
         .limit(limit)
         .execute();
-      return rows.map(toRecord);
+      return recordsOf(this.db, rows);
     });
   }
 
@@ -363,7 +400,7 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
         .where("successor_id", "=", successorId)
         .returningAll()
         .executeTakeFirst();
-      return row === undefined ? undefined : toRecord(row);
+      return row === undefined ? undefined : (await recordsOf(this.db, [row]))[0];
     });
   }
 
@@ -374,7 +411,7 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
       if (where === undefined) return { count: 0, first: [] };
       const counted = await sql<{ total: string | number }>`SELECT count(*) AS total FROM tokens WHERE ${where}`.execute(this.db);
       const first = limit <= 0 ? [] : (await sql<Selectable<TokensTable>>`SELECT * FROM tokens WHERE ${where} ORDER BY created_at DESC, id DESC LIMIT ${limit}`.execute(this.db)).rows;
-      return { count: Number(counted.rows[0]?.total ?? 0), first: first.map(toRecord) };
+      return { count: Number(counted.rows[0]?.total ?? 0), first: await recordsOf(this.db, first) };
     });
   }
 
@@ -478,16 +515,32 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
   private async selectById(id: string): Promise<TokenRecord | undefined> {
     if (!isUuid(id)) return undefined;
     const row = await this.db.selectFrom("tokens").selectAll().where("id", "=", id).executeTakeFirst();
-    return row === undefined ? undefined : toRecord(row);
+    return row === undefined ? undefined : (await recordsOf(this.db, [row]))[0];
   }
 }
 
-/** Maps a row to the domain record. */
-export function toRecord(row: Selectable<TokensTable>): TokenRecord {
+/**
+ * Records for rows read from `tokens`, with their last use from
+ * `token_last_used` (migration 0012) in one more query, the later of it and
+ * the old column (still written by replicas of the previous release).
+ */
+async function recordsOf(db: Kysely<Database>, rows: readonly Selectable<TokensTable>[]): Promise<TokenRecord[]> {
+  if (rows.length === 0) return [];
+  const used = await db.selectFrom("token_last_used").select(["token_id", "last_used_at"]).where("token_id", "in", rows.map((row) => row.id)).execute();
+  const at = new Map(used.map((u) => [u.token_id, u.last_used_at]));
+  return rows.map((row) => {
+    const known = at.get(row.id);
+    return toRecord(known !== undefined && (row.last_used_at === null || row.last_used_at < known) ? { ...row, last_used_at: known } : row);
+  });
+}
+
+/** Maps a row to the domain record; `digest` when the row was read without its own (the digest lookups). */
+export function toRecord(row: LookedUpRow & { readonly digest?: Uint8Array }, digest: Uint8Array | undefined = row.digest): TokenRecord {
+  if (digest === undefined) throw new Error("toRecord: a row without its digest");
   return {
     id: row.id,
     // `pg` returns a Buffer (often a view into a larger pooled one); the domain gets a plain, own copy.
-    digest: row.digest instanceof Buffer ? new Uint8Array(row.digest) : row.digest,
+    digest: digest instanceof Buffer ? new Uint8Array(digest) : digest,
     displayHint: row.display_hint,
     name: row.name,
     subject: row.subject,
@@ -546,7 +599,7 @@ async function revokeIds(db: Kysely<Database>, ids: readonly string[], revocatio
       RETURNING tokens.*
     )
     SELECT revoked.* FROM revoked`.execute(db);
-  return rows.map(toRecord);
+  return recordsOf(db, rows);
 }
 
 /**

@@ -162,7 +162,7 @@ describe("across environments on one PostgreSQL", () => {
     await sut.service.stop();
     const check = new pg.Client({ connectionString: db.url });
     await check.connect();
-    const { rows } = await check.query<{ n: string }>("select count(*) as n from tokens where last_used_at is not null");
+    const { rows } = await check.query<{ n: string }>("select count(*) as n from token_last_used");
     await check.end();
     await db.drop();
     expect(Number(rows[0]!.n)).toBe(1);

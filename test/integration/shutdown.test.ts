@@ -80,7 +80,7 @@ describe("graceful shutdown", () => {
     // The batched last-used time of the caller's token was written on the way out.
     const check = new pg.Client({ connectionString: db.url });
     await check.connect();
-    const { rows } = await check.query<{ n: string }>("select count(*) as n from tokens where last_used_at is not null");
+    const { rows } = await check.query<{ n: string }>("select count(*) as n from token_last_used");
     await check.end();
     expect(Number(rows[0]!.n)).toBe(1);
   });

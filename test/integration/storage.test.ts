@@ -9,7 +9,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { sql } from "kysely";
+import { Migrator, sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TokenError } from "../../src/domain/errors.js";
 import type { SecurityEventRow, TokenRecord } from "../../src/domain/model.js";
@@ -21,7 +21,7 @@ import { KyselySecurityEventStore } from "../../src/storage/security-event-store
 import { KyselyTokenStore } from "../../src/storage/token-store.js";
 import { KyselyLegacyJwtStore } from "../../src/storage/legacy-jwt-store.js";
 import { KyselySigningKeyStore } from "../../src/storage/signing-key-store.js";
-import { MIGRATIONS } from "../../src/storage/migrations/index.js";
+import { MIGRATIONS, migrationProvider } from "../../src/storage/migrations/index.js";
 import { createTestDatabase } from "../support/postgres.js";
 
 /** PGlite start-up takes seconds; PostgreSQL database creation under one. */
@@ -491,6 +491,58 @@ describe.each(backends)("storage on $name", (backend) => {
 
     it("does nothing for an empty batch", async () => {
       await expect(tokens.touchLastUsed(new Map())).resolves.toBeUndefined();
+    });
+
+    it("keeps last use out of the token's row (migration 0012): the row is not rewritten", async () => {
+      const t = newToken();
+      await tokens.insert(t, { maxActivePerSubject: 10, now: NOW });
+      const version = async () => (await sql<{ v: string }>`SELECT xmin::text AS v FROM tokens WHERE id = ${t.id}`.execute(opened.db)).rows[0]?.v;
+      const before = await version();
+      await tokens.touchLastUsed(new Map([[t.id, minutes(1)]]));
+      await tokens.touchLastUsed(new Map([[t.id, minutes(2)]]));
+      expect(await version()).toBe(before);
+      expect((await tokens.findById(t.id))?.lastUsedAt).toEqual(minutes(2));
+    });
+
+    it("reports last use wherever a record is read: by digest (alone and batched), list, revoke", async () => {
+      const a = newToken();
+      const b = newToken();
+      for (const t of [a, b]) await tokens.insert(t, { maxActivePerSubject: 10, now: NOW });
+      await tokens.touchLastUsed(new Map([[a.id, minutes(3)]]));
+      expect((await tokens.findByDigest(a.digest))?.lastUsedAt).toEqual(minutes(3));
+      const [both, unknown, other] = await Promise.all([tokens.findByDigest(a.digest), tokens.findByDigest(randomBytes(32)), tokens.findByDigest(b.digest)]);
+      expect(both).toMatchObject({ id: a.id, lastUsedAt: minutes(3) });
+      expect(both?.digest).toEqual(new Uint8Array(a.digest));
+      expect(unknown).toBeUndefined();
+      expect(other).toMatchObject({ id: b.id, lastUsedAt: null });
+      const listed = await tokens.list({ environment: a.environment, subject: a.subject, includeRevoked: true, includeExpired: true, now: NOW, limit: 10 });
+      expect(listed.find((r) => r.id === a.id)?.lastUsedAt).toEqual(minutes(3));
+      expect((await tokens.revoke(a.id, { by: "ops", reason: "test", at: NOW }))?.record.lastUsedAt).toEqual(minutes(3));
+    });
+
+    it("reads the later of the old column (written by the previous release) and its own table", async () => {
+      const t = newToken();
+      await tokens.insert(t, { maxActivePerSubject: 10, now: NOW });
+      await tokens.touchLastUsed(new Map([[t.id, minutes(1)]]));
+      await sql`UPDATE tokens SET last_used_at = ${minutes(9)} WHERE id = ${t.id}`.execute(opened.db);
+      expect((await tokens.findById(t.id))?.lastUsedAt).toEqual(minutes(9));
+      expect((await tokens.findByDigest(t.digest))?.lastUsedAt).toEqual(minutes(9));
+    });
+
+    it("migration 0012 carries existing last-use times over, and back down", async () => {
+      const t = newToken();
+      await tokens.insert(t, { maxActivePerSubject: 10, now: NOW });
+      await tokens.touchLastUsed(new Map([[t.id, minutes(4)]]));
+      const migrator = new Migrator({ db: opened.db, provider: migrationProvider });
+      const down = await migrator.migrateDown();
+      expect(down.error).toBeUndefined();
+      expect(down.results?.[0]?.migrationName).toBe("0012_token_last_used");
+      const old = (await sql<{ at: Date | null }>`SELECT last_used_at AS at FROM tokens WHERE id = ${t.id}`.execute(opened.db)).rows[0];
+      expect(old?.at).toEqual(minutes(4));
+      await sql`UPDATE tokens SET last_used_at = ${minutes(6)} WHERE id = ${t.id}`.execute(opened.db);
+      expect(await migrateToLatest(opened.db)).toEqual(["0012_token_last_used"]);
+      const moved = (await sql<{ at: Date }>`SELECT last_used_at AS at FROM token_last_used WHERE token_id = ${t.id}`.execute(opened.db)).rows[0];
+      expect(moved?.at).toEqual(minutes(6));
     });
   });
 

@@ -14,6 +14,7 @@ import * as m0008 from "./0008_security_event_folding.js";
 import * as m0009 from "./0009_revocation_log.js";
 import * as m0010 from "./0010_rotation_and_bulk_revocation.js";
 import * as m0011 from "./0011_usage_binding.js";
+import * as m0012 from "./0012_token_last_used.js";
 
 /**
  * The migrations by name. Kysely applies them in name order and refuses to
@@ -31,6 +32,7 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0009_revocation_log": m0009,
   "0010_rotation_and_bulk_revocation": m0010,
   "0011_usage_binding": m0011,
+  "0012_token_last_used": m0012,
 });
 
 /** A Kysely `MigrationProvider` serving {@link MIGRATIONS}. */
