@@ -99,6 +99,23 @@ export interface BenchResults {
    * each concurrency, every request carrying a sampled `traceparent`.
    */
   tracing?: { off: LoadRow[]; on: LoadRow[]; exportRequests: number; exportedKiB: number; spansExported: number; callsTraced: number };
+  /**
+   * The peer (phase `peer`): oidc-provider's RFC 7662 introspection (memory
+   * adapter, its own pinned child process) and the service's
+   * `POST /oauth2/introspect`, both driven by wrk with the same form and
+   * client_secret_basic, and the service's gRPC hit (h2load), in turns at
+   * each concurrency. Ratios are service ÷ oidc-provider requests/s, and
+   * oidc-provider's CPU per call ÷ the service's.
+   */
+  peer?: {
+    peer: string;
+    /** Bytes of one active answer's JSON body from each. */
+    answerBytes: { service: number; peer: number };
+    serviceHttp: LoadRow[];
+    peerHttp: LoadRow[];
+    serviceGrpc: LoadRow[];
+    ratios: { concurrency: number; http: number; grpc: number; peerCpuOverHttp: number; peerCpuOverGrpc: number }[];
+  };
   client: Record<string, number> | null;
   checks: string[];
   notes: string[];
@@ -160,6 +177,11 @@ export function renderTable(r: BenchResults): string {
     add("IntrospectToken hit, gRPC, tracing off, traceparent sent (h2load)", r.tracing.off, true);
     add("IntrospectToken hit, gRPC, tracing on, OTLP/protobuf export (h2load)", r.tracing.on, true);
   }
+  if (r.peer) {
+    add("RFC 7662 POST /oauth2/introspect hit, service (wrk)", r.peer.serviceHttp, false);
+    add(`RFC 7662 POST /introspect, peer: ${r.peer.peer} (wrk)`, r.peer.peerHttp, false);
+    add("IntrospectToken hit beside the peer, gRPC (h2load)", r.peer.serviceGrpc, true);
+  }
   const m = r.miss;
   loadRows.push(["IntrospectToken miss, PostgreSQL (h2 loader, 32 in flight)", fmt(m.postgres.rate), fmt(m.postgres.p50Ms), fmt(m.postgres.p99Ms), fmt(m.postgres.cpuUsPerCall), "", String(m.postgres.failures)]);
   loadRows.push(["IntrospectToken miss, PGlite in-process (h2 loader, 32 in flight)", fmt(m.pglite.rate), fmt(m.pglite.p50Ms), fmt(m.pglite.p99Ms), fmt(m.pglite.cpuUsPerCall), "", String(m.pglite.failures)]);
@@ -189,6 +211,13 @@ export function renderTable(r: BenchResults): string {
       if (off) other.push([`tracing on ÷ off, gRPC hit c=${on.concurrency}: req/s / server CPU per call`, `${fmt(on.rate / off.rate)}× / ${fmt(on.cpuUsPerCall / off.cpuUsPerCall)}× (+${fmt(on.cpuUsPerCall - off.cpuUsPerCall)} µs)`]);
     }
     other.push(["tracing on: spans exported / calls traced (OTLP requests, KiB)", `${r.tracing.spansExported.toLocaleString("en-US")} / ${r.tracing.callsTraced.toLocaleString("en-US")} (${r.tracing.exportRequests} requests, ${fmt(r.tracing.exportedKiB)} KiB)`]);
+  }
+  if (r.peer) {
+    for (const ratio of r.peer.ratios) {
+      other.push([`service ÷ ${r.peer.peer}, c=${ratio.concurrency}: req/s RFC 7662 / gRPC`, `${fmt(ratio.http)}× / ${fmt(ratio.grpc)}×`]);
+      other.push([`… oidc-provider's server CPU per call ÷ the service's, c=${ratio.concurrency}: RFC 7662 / gRPC`, `${fmt(ratio.peerCpuOverHttp)}× / ${fmt(ratio.peerCpuOverGrpc)}×`]);
+    }
+    other.push(["… one active answer's JSON: service / oidc-provider", `${r.peer.answerBytes.service} / ${r.peer.answerBytes.peer} bytes`]);
   }
   if (r.client) for (const [key, value] of Object.entries(r.client)) other.push([`client library: ${key}`, fmt(value)]);
   else other.push(["client library (bench/client-bench.ts)", "not present"]);
