@@ -217,6 +217,14 @@ export function renderTable(r: BenchResults): string {
       other.push([`service ÷ ${r.peer.peer}, c=${ratio.concurrency}: req/s RFC 7662 / gRPC`, `${fmt(ratio.http)}× / ${fmt(ratio.grpc)}×`]);
       other.push([`… oidc-provider's server CPU per call ÷ the service's, c=${ratio.concurrency}: RFC 7662 / gRPC`, `${fmt(ratio.peerCpuOverHttp)}× / ${fmt(ratio.peerCpuOverGrpc)}×`]);
     }
+    // Share of core 0 each server kept busy (rate × CPU per call): well under
+    // 100 % means something else set the pace (the shared machine, the loader),
+    // and the requests/s ratio says less than the CPU ratio above.
+    const busy = (row: LoadRow | undefined) => (row ? `${fmt((row.rate * row.cpuUsPerCall) / 10_000)} %` : "n/a");
+    for (const ratio of r.peer.ratios) {
+      const at = (rows: readonly LoadRow[]) => rows.find((row) => row.concurrency === ratio.concurrency);
+      other.push([`… server core busy, c=${ratio.concurrency}: service RFC 7662 / oidc-provider / service gRPC`, `${busy(at(r.peer.serviceHttp))} / ${busy(at(r.peer.peerHttp))} / ${busy(at(r.peer.serviceGrpc))}`]);
+    }
     other.push(["… one active answer's JSON: service / oidc-provider", `${r.peer.answerBytes.service} / ${r.peer.answerBytes.peer} bytes`]);
   }
   if (r.client) for (const [key, value] of Object.entries(r.client)) other.push([`client library: ${key}`, fmt(value)]);
