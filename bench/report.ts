@@ -114,6 +114,8 @@ export interface BenchResults {
     serviceHttp: LoadRow[];
     peerHttp: LoadRow[];
     serviceGrpc: LoadRow[];
+    /** How busy core 0 was over each point, by anyone (%): the server's own share is rate × CPU per call. */
+    coreBusy: { concurrency: number; serviceHttp: number; peerHttp: number; serviceGrpc: number }[];
     ratios: { concurrency: number; http: number; grpc: number; peerCpuOverHttp: number; peerCpuOverGrpc: number }[];
   };
   client: Record<string, number> | null;
@@ -223,7 +225,11 @@ export function renderTable(r: BenchResults): string {
     const busy = (row: LoadRow | undefined) => (row ? `${fmt((row.rate * row.cpuUsPerCall) / 10_000)} %` : "n/a");
     for (const ratio of r.peer.ratios) {
       const at = (rows: readonly LoadRow[]) => rows.find((row) => row.concurrency === ratio.concurrency);
-      other.push([`… server core busy, c=${ratio.concurrency}: service RFC 7662 / oidc-provider / service gRPC`, `${busy(at(r.peer.serviceHttp))} / ${busy(at(r.peer.peerHttp))} / ${busy(at(r.peer.serviceGrpc))}`]);
+      const core = r.peer.coreBusy.find((x) => x.concurrency === ratio.concurrency);
+      other.push([
+        `… core 0 busy with the server / with anything, c=${ratio.concurrency}: service RFC 7662; oidc-provider; service gRPC`,
+        `${busy(at(r.peer.serviceHttp))} / ${fmt(core?.serviceHttp ?? Number.NaN)} %; ${busy(at(r.peer.peerHttp))} / ${fmt(core?.peerHttp ?? Number.NaN)} %; ${busy(at(r.peer.serviceGrpc))} / ${fmt(core?.serviceGrpc ?? Number.NaN)} %`,
+      ]);
     }
     other.push(["… one active answer's JSON: service / oidc-provider", `${r.peer.answerBytes.service} / ${r.peer.answerBytes.peer} bytes`]);
   }

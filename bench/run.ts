@@ -38,7 +38,7 @@ import { CheckRequestSchema } from "../gen/envoy/service/auth/v3/external_auth_p
 import type { Environment } from "../src/domain/environment.js";
 import { migrateToLatest, openDatabase } from "../src/storage/database.js";
 import type { ClientBenchContext, ClientBenchModule } from "./client-bench-api.js";
-import { DIST_BENCH, RESULTS_DIR, ROOT, TMP_DIR, cpuMicros, localTcpPorts, quantile, round, rssKiB, runBounded, runLoadScript, sleep, sortedCopy } from "./common.js";
+import { DIST_BENCH, RESULTS_DIR, ROOT, SERVER_CPU, TMP_DIR, coreTicks, cpuMicros, localTcpPorts, quantile, round, rssKiB, runBounded, runLoadScript, sleep, sortedCopy } from "./common.js";
 import { checkOnce, tokenClient } from "./grpc-client.js";
 import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
 import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
@@ -332,7 +332,7 @@ async function main(): Promise<void> {
     floor: [],
     grpcHit: [],
     ...(wants("extauthz") ? { extAuthz: { introspect: [], check: [] } } : {}),
-    ...(wants("peer") ? { peer: { peer: PEER_NAME, answerBytes: { service: 0, peer: 0 }, serviceHttp: [], peerHttp: [], serviceGrpc: [], ratios: [] } } : {}),
+    ...(wants("peer") ? { peer: { peer: PEER_NAME, answerBytes: { service: 0, peer: 0 }, serviceHttp: [], peerHttp: [], serviceGrpc: [], coreBusy: [], ratios: [] } } : {}),
     connectProto: [],
     connectJson: [],
     legacy: { jwtChars: 0, jwtGrpc: [], joseLocalUsPerVerify: Number.NaN },
@@ -562,14 +562,26 @@ async function main(): Promise<void> {
       const serviceScript = wrkPostScript("rfc7662-service", form(userToken), { "Content-Type": "application/x-www-form-urlencoded", Authorization: serviceAuthorization });
       const peerScript = wrkPostScript("rfc7662-oidc-provider", form(peerToken), { "Content-Type": "application/x-www-form-urlencoded", Authorization: peerAuthorization });
       const grpcUrl = `http://${grpcA}${SERVICE_PATH}`;
+      /** A point, and how busy the server core was over it, whoever kept it busy (%). */
+      const withCore = async (point: () => Promise<LoadRow>): Promise<[LoadRow, number]> => {
+        const before = coreTicks(SERVER_CPU);
+        const row = await point();
+        const after = coreTicks(SERVER_CPU);
+        return [row, round((100 * (after.busy - before.busy)) / Math.max(1, after.total - before.total))];
+      };
       for (const [index, concurrency] of CONCURRENCIES.entries()) {
-        const warm = index === 0;
-        const serviceHttp = await wrkPoint("RFC 7662 hit, service", a, serviceUrl, serviceScript, concurrency, warm);
-        const peerHttp = await wrkPoint("RFC 7662, oidc-provider", peer, peerUrl, peerScript, concurrency, warm);
-        const serviceGrpc = await h2loadPoint("gRPC hit (beside the peer)", a, grpcUrl, grpcBodyFile, grpcHeaders, concurrency, warm);
+        if (index === 0) {
+          await wrk({ url: serviceUrl, script: serviceScript, connections: concurrency, seconds: WARM_UP_S });
+          await wrk({ url: peerUrl, script: peerScript, connections: concurrency, seconds: WARM_UP_S });
+          await h2load({ url: grpcUrl, bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency, seconds: WARM_UP_S, latencies: false });
+        }
+        const [serviceHttp, serviceHttpCore] = await withCore(() => wrkPoint("RFC 7662 hit, service", a, serviceUrl, serviceScript, concurrency, false));
+        const [peerHttp, peerHttpCore] = await withCore(() => wrkPoint("RFC 7662, oidc-provider", peer, peerUrl, peerScript, concurrency, false));
+        const [serviceGrpc, serviceGrpcCore] = await withCore(() => h2loadPoint("gRPC hit (beside the peer)", a, grpcUrl, grpcBodyFile, grpcHeaders, concurrency, false));
         results.peer.serviceHttp.push(serviceHttp);
         results.peer.peerHttp.push(peerHttp);
         results.peer.serviceGrpc.push(serviceGrpc);
+        results.peer.coreBusy.push({ concurrency, serviceHttp: serviceHttpCore, peerHttp: peerHttpCore, serviceGrpc: serviceGrpcCore });
         results.peer.ratios.push({
           concurrency,
           http: round(serviceHttp.rate / peerHttp.rate),
