@@ -9,8 +9,9 @@
  * `client_secret_basic` (RFC 6749 §2.3.1), `features.introspection` on, every
  * other feature at its default, `NODE_ENV=production` set by the runner. On
  * start it mints one opaque access token through the provider's own model API
- * (`new provider.AccessToken({ … }).save()`, which stores it in the memory
- * adapter and returns the token value), writes the value to `PEER_TOKEN_FILE`
+ * (a `Grant`, then `new provider.AccessToken({ … grantId }).save()`, which
+ * store them in the memory adapter and return the ids; the token's id is its
+ * value), writes the value to `PEER_TOKEN_FILE`
  * (not to the log), and prints `oidc-provider listening on 127.0.0.1:<port>`.
  *
  * Environment: PEER_CLIENT_ID, PEER_CLIENT_SECRET, PEER_TOKEN_FILE.
@@ -28,7 +29,8 @@ import ProviderModule from "oidc-provider";
 interface ProviderApi {
   callback(): (req: unknown, res: unknown) => void;
   Client: { find(id: string): Promise<unknown> };
-  AccessToken: new (fields: { accountId: string; client: unknown; scope: string; expiresIn: number }) => { save(): Promise<string> };
+  Grant: new (fields: { accountId: string; clientId: string }) => { addOIDCScope(scope: string): void; save(): Promise<string> };
+  AccessToken: new (fields: { accountId: string; client: unknown; grantId: string; scope: string; expiresIn: number }) => { save(): Promise<string> };
 }
 type ProviderClass = new (issuer: string, configuration: Record<string, unknown>) => ProviderApi;
 
@@ -62,6 +64,7 @@ async function main(): Promise<void> {
     ],
     features: { introspection: { enabled: true }, devInteractions: { enabled: false } },
     routes: { introspection: "/introspect" },
+    ttl: { Grant: 14 * 24 * 60 * 60 },
     jwks: { keys: [{ ...signingKey, alg: "RS256", use: "sig", kid: "bench" }] },
     cookies: { keys: [randomBytes(32).toString("hex")] },
     // The answer carries the token's subject, like the service's.
@@ -69,7 +72,13 @@ async function main(): Promise<void> {
   });
   const client = await provider.Client.find(clientId);
   if (!client) throw new Error("oidc-provider did not load the bench client");
-  const token = await new provider.AccessToken({ accountId: "alice@example.com", client, scope: "orders.read orders.write", expiresIn: 3600 }).save();
+  // A grant, as an access token from a real authorization flow carries one:
+  // introspection then also finds the grant and checks it (lib/actions/introspection.js).
+  const accountId = "alice@example.com";
+  const grant = new provider.Grant({ accountId, clientId });
+  grant.addOIDCScope("openid");
+  const grantId = await grant.save();
+  const token = await new provider.AccessToken({ accountId, client, grantId, scope: "openid orders.read orders.write", expiresIn: 3600 }).save();
   writeFileSync(tokenFile, token);
   server.on("request", provider.callback());
   process.on("SIGTERM", () => server.close(() => process.exit(0)));
