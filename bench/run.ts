@@ -56,6 +56,11 @@ const WARM_UP_S = 2;
 const MEASURE_S = 5;
 /** The runner's own time budget (the build before it takes ~20 s of the five minutes). */
 const RUNNER_BUDGET_S = 265;
+/**
+ * Seconds the peer phase took (about one minute): the budget grows by it, so
+ * the peer does not take its time from the memory phase's fill.
+ */
+let peerPhaseS = 0;
 const CONCURRENCIES = [1, 16, 64] as const;
 /** Connect JSON over HTTP/1.1 (wrk) at one point only, to keep within five minutes; Connect proto over h2c covers all three. */
 const JSON_CONCURRENCIES = [16] as const;
@@ -540,6 +545,7 @@ async function main(): Promise<void> {
       // service's gRPC hit is measured in the same turns. At each concurrency
       // the three run one after another so drift on the shared machine hits
       // all alike.
+      const peerStartedAt = Date.now();
       const peerClientId = "bench-resource-server";
       const peerSecret = randomBytes(24).toString("base64url");
       const peerTokenFile = resolve(TMP_DIR, "oidc-peer-token.txt");
@@ -596,6 +602,7 @@ async function main(): Promise<void> {
       if (serviceAfter.active !== 20) checks.push(`POST /oauth2/introspect: ${20 - serviceAfter.active} of 20 answers after the load not active: ${serviceAfter.last}`);
       await statusSample("gRPC hit (beside the peer)", grpcA, gatewayToken, userTokensFile, 500);
       await peer.stop(3_000);
+      peerPhaseS = Math.round((Date.now() - peerStartedAt) / 1000);
     }
 
     // The service must still answer, with a real client, after all that.
@@ -801,7 +808,7 @@ async function main(): Promise<void> {
       // The rest of the 100,000, unmeasured, as fast as the service goes; bounded so the run stays within five minutes.
       const first = MISS_WARM_TOKENS + miss.calls;
       const rest = MEMORY_TOKENS - first;
-      const fillSeconds = Math.max(15, Math.min(150, RUNNER_BUDGET_S - 40 - (Date.now() - startedAt) / 1000));
+      const fillSeconds = Math.max(15, Math.min(150, RUNNER_BUDGET_S + peerPhaseS - 40 - (Date.now() - startedAt) / 1000));
       log(`memory: introspecting the other ${rest.toLocaleString("en-US")} tokens once each (at most ${Math.round(fillSeconds)} s)`);
       const fill = await h2loader({ ...base, first, maxCalls: rest, maxSeconds: fillSeconds });
       if (fill.active !== fill.calls) checks.push(`memory fill: ${fill.calls - fill.active} of ${fill.calls} answers not active (${JSON.stringify(fill.statuses)})`);
@@ -922,7 +929,7 @@ async function main(): Promise<void> {
   writeFileSync(resolve(TMP_DIR, "latest-table.md"), `${text}\n`);
   process.stdout.write(`\n${text}\n\n`);
   log(`done in ${results.meta.elapsedS} s; wrote ${jsonFile}${partial ? "" : " and latest.svg"}`);
-  if (results.meta.elapsedS > 300) log("WARNING: the run took longer than five minutes");
+  if (results.meta.elapsedS > 300 + peerPhaseS) log(`WARNING: the run took longer than ${peerPhaseS > 0 ? "five minutes plus the peer phase" : "five minutes"}`);
   if (checks.length > 0) process.exitCode = 1;
 }
 
