@@ -337,7 +337,7 @@ async function main(): Promise<void> {
     floor: [],
     grpcHit: [],
     ...(wants("extauthz") ? { extAuthz: { introspect: [], check: [] } } : {}),
-    ...(wants("peer") ? { peer: { peer: PEER_NAME, answerBytes: { service: 0, peer: 0 }, serviceHttp: [], peerHttp: [], serviceGrpc: [], coreBusy: [], ratios: [] } } : {}),
+    ...(wants("peer") ? { peer: { peer: PEER_NAME, answerBytes: { service: 0, peer: 0 }, serviceHttp: [], peerHttp: [], serviceGrpc: [], floor: [], coreBusy: [], ratios: [] } } : {}),
     connectProto: [],
     connectJson: [],
     legacy: { jwtChars: 0, jwtGrpc: [], joseLocalUsPerVerify: Number.NaN },
@@ -568,6 +568,11 @@ async function main(): Promise<void> {
       const serviceScript = wrkPostScript("rfc7662-service", form(userToken), { "Content-Type": "application/x-www-form-urlencoded", Authorization: serviceAuthorization });
       const peerScript = wrkPostScript("rfc7662-oidc-provider", form(peerToken), { "Content-Type": "application/x-www-form-urlencoded", Authorization: peerAuthorization });
       const grpcUrl = `http://${grpcA}${SERVICE_PATH}`;
+      // The bare grpc-js echo floor in the same turns: what any service on
+      // grpc-js could reach over gRPC on this core, beside the peer.
+      const echo = await startEchoServer(responseBytes);
+      servers.push(echo);
+      const echoUrl = `http://127.0.0.1:${echo.grpcPort}/bench.v1.Echo/Echo`;
       /** A point, and how busy the server core was over it, whoever kept it busy (%). */
       const withCore = async (point: () => Promise<LoadRow>): Promise<[LoadRow, number]> => {
         const before = coreTicks(SERVER_CPU);
@@ -580,20 +585,25 @@ async function main(): Promise<void> {
           await wrk({ url: serviceUrl, script: serviceScript, connections: concurrency, seconds: WARM_UP_S });
           await wrk({ url: peerUrl, script: peerScript, connections: concurrency, seconds: WARM_UP_S });
           await h2load({ url: grpcUrl, bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency, seconds: WARM_UP_S, latencies: false });
+          await h2load({ url: echoUrl, bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency, seconds: WARM_UP_S, latencies: false });
         }
         const [serviceHttp, serviceHttpCore] = await withCore(() => wrkPoint("RFC 7662 hit, service", a, serviceUrl, serviceScript, concurrency, false));
         const [peerHttp, peerHttpCore] = await withCore(() => wrkPoint("RFC 7662, oidc-provider", peer, peerUrl, peerScript, concurrency, false));
         const [serviceGrpc, serviceGrpcCore] = await withCore(() => h2loadPoint("gRPC hit (beside the peer)", a, grpcUrl, grpcBodyFile, grpcHeaders, concurrency, false));
+        const [floor, floorCore] = await withCore(() => h2loadPoint("echo floor (beside the peer)", echo, echoUrl, grpcBodyFile, grpcHeaders, concurrency, false));
+        results.peer.floor.push(floor);
         results.peer.serviceHttp.push(serviceHttp);
         results.peer.peerHttp.push(peerHttp);
         results.peer.serviceGrpc.push(serviceGrpc);
-        results.peer.coreBusy.push({ concurrency, serviceHttp: serviceHttpCore, peerHttp: peerHttpCore, serviceGrpc: serviceGrpcCore });
+        results.peer.coreBusy.push({ concurrency, serviceHttp: serviceHttpCore, peerHttp: peerHttpCore, serviceGrpc: serviceGrpcCore, floor: floorCore });
         results.peer.ratios.push({
           concurrency,
           http: round(serviceHttp.rate / peerHttp.rate),
           grpc: round(serviceGrpc.rate / peerHttp.rate),
           peerCpuOverHttp: round(peerHttp.cpuUsPerCall / serviceHttp.cpuUsPerCall),
           peerCpuOverGrpc: round(peerHttp.cpuUsPerCall / serviceGrpc.cpuUsPerCall),
+          floor: round(floor.rate / peerHttp.rate),
+          peerCpuOverFloor: round(peerHttp.cpuUsPerCall / floor.cpuUsPerCall),
         });
       }
       const peerAfter = await introspectionSample(peerUrl, peerAuthorization, peerToken, 20);
@@ -601,6 +611,7 @@ async function main(): Promise<void> {
       if (peerAfter.active !== 20) checks.push(`oidc-provider: ${20 - peerAfter.active} of 20 answers after the load not active: ${peerAfter.last}`);
       if (serviceAfter.active !== 20) checks.push(`POST /oauth2/introspect: ${20 - serviceAfter.active} of 20 answers after the load not active: ${serviceAfter.last}`);
       await statusSample("gRPC hit (beside the peer)", grpcA, gatewayToken, userTokensFile, 500);
+      await echo.stop(3_000);
       await peer.stop(3_000);
       peerPhaseS = Math.round((Date.now() - peerStartedAt) / 1000);
     }
