@@ -131,6 +131,9 @@ export interface Config {
   readonly revocationTransport: "notify" | "poll";
   readonly revocationPollIntervalMs: number;
   readonly revocationLogRetentionMs: number;
+  // Read replicas for cache misses (issue 10, item 6).
+  readonly databaseReadUrl: string | undefined;
+  readonly databaseReadPoolMax: number;
   // Usage binding and leak revocation (issue 13).
   readonly trustedProxies: readonly string[];
   readonly githubScanningKeysFile: string | undefined;
@@ -483,6 +486,12 @@ export const CONFIG_KEYS = {
   }),
   REVOCATION_POLL_INTERVAL: spec("revocationPollIntervalMs", "250ms", "With REVOCATION_TRANSPORT=poll, how often each replica reads the revocation log (must be well under CACHE_STALENESS: each successful poll is what keeps cached answers fresh).", duration(10)),
   REVOCATION_LOG_RETENTION: spec("revocationLogRetentionMs", "24h", "How long revocation log entries are kept: a replica or gateway away for less than this catches up on just what it missed; one away longer drops its whole cache.", duration(60_000)),
+  // Read replicas for cache misses (issue 10, item 6).
+  DATABASE_READ_URL: spec("databaseReadUrl", undefined, "PostgreSQL streaming replica (hot standby) connection URL for cache misses (token lookups by digest). Writes, the revocation listener and revocation log reads stay on DATABASE_URL; an answer the replica cannot prove current (behind the revocations this replica applied, or no such token) is read again from the primary, as is every miss while the replica is unreachable. Needs DATABASE_URL. Unset: misses read the primary.", (raw) => {
+    if (!/^postgres(ql)?:\/\//.test(raw)) throw new Error("must start with postgres:// or postgresql://");
+    return raw;
+  }),
+  DATABASE_READ_POOL_MAX: spec("databaseReadPoolMax", "10", "Most connections in the read replica's pool (with DATABASE_READ_URL).", integer(1, 1000)),
   // ---- Usage binding and leak revocation (issue 13: networks, per-token limits, secret scanning).
   TRUSTED_PROXIES: spec("trustedProxies", "", "Comma-separated CIDRs of the proxies whose `X-Forwarded-For` is believed on /auth: the client is the right-most address that is not one of them. Empty: the header is ignored and the connecting peer is the client (so tokens bound to networks see the proxy's address).", (raw) => validateNetworks("TRUSTED_PROXIES", list(raw))),
   GITHUB_SCANNING_KEYS_FILE: spec("githubScanningKeysFile", undefined, "JSON file of GitHub's secret scanning public keys (`{\"public_keys\":[{\"key_identifier\",\"key\"}]}` as served by api.github.com/meta/public_keys/secret_scanning). Set: POST /secret-scanning/github is served. Unset: not served.", text),
@@ -526,7 +535,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     try {
       out[keySpec.field] = keySpec.parse(raw);
     } catch (error) {
-      const shown = SECRET_KEYS.has(key) ? "(secret)" : JSON.stringify(key === "DATABASE_URL" || key === "PUBLIC_BASE_URL" ? redactUrl(raw) : raw);
+      const shown = SECRET_KEYS.has(key) ? "(secret)" : JSON.stringify(key === "DATABASE_URL" || key === "DATABASE_READ_URL" || key === "PUBLIC_BASE_URL" ? redactUrl(raw) : raw);
       problems.push(`${key}=${shown}: ${(error as Error).message}`);
     }
   }
@@ -542,6 +551,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   }
   if (problems.length === 0 && config.workers > 1 && config.databaseUrl === undefined) {
     problems.push("WORKERS: more than 1 needs DATABASE_URL (the embedded PGlite store belongs to one process)");
+  }
+  if (problems.length === 0 && config.databaseReadUrl !== undefined && config.databaseUrl === undefined) {
+    problems.push("DATABASE_READ_URL: needs DATABASE_URL (a read replica serves a PostgreSQL primary; the embedded PGlite store has none)");
   }
   if (problems.length === 0 && config.revocationHeartbeatMs >= config.cacheStalenessMs) {
     problems.push("REVOCATION_HEARTBEAT: must be shorter than CACHE_STALENESS, or cached answers expire between heartbeats");

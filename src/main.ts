@@ -18,7 +18,7 @@ import { KyselyServerSecretStore } from "./storage/server-secret-store.js";
 import { loadPageTokens } from "./domain/paging.js";
 import { BackendJwtKeys } from "./keys/backend-jwt.js";
 import { loadKeyEncryptionKeys } from "./keys/kek-config.js";
-import { createIntrospectionCache } from "./domain/introspect.js";
+import { createIntrospectionCache, createLegacyAnswerCache } from "./domain/introspect.js";
 import { RevocationHub } from "./domain/revocation-hub.js";
 import { RateLimits, isLimited } from "./domain/rate-limit.js";
 import { GatedTokenStore } from "./domain/write-gate.js";
@@ -46,7 +46,9 @@ import { startHttpServer, type HttpRequest, type HttpResponse } from "./server/h
 import { grpcServerCredentials, httpTlsOptions, loadTlsMaterial } from "./server/tls.js";
 import { createReflectionServices } from "./server/reflection.js";
 import { routeServices } from "./server/http-server.js";
-import { migrateToLatest, openDatabase, type OpenedDatabase } from "./storage/database.js";
+import { migrateToLatest, openDatabase, openReadReplica, type OpenedDatabase } from "./storage/database.js";
+import { ReplicaReadRouter, withReplicaReads } from "./domain/replica-reads.js";
+import { PgReplicaReads } from "./storage/replica-reads.js";
 import { KyselySecurityEventStore } from "./storage/security-event-store.js";
 import { KyselyTokenStore } from "./storage/token-store.js";
 
@@ -110,8 +112,20 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   // Writes and other slow operations get part of the pool, never all of it: the
   // hot path's lookups keep the rest (see domain/write-gate.ts).
   const kyselyStore = new KyselyTokenStore(database.db, database.prepared);
+  // Cache misses from a streaming replica (DATABASE_READ_URL), proven against
+  // this replica's revocation position; everything else stays on the primary
+  // (domain/replica-reads.ts). The hub is read at call time only.
+  const readReplica = config.databaseReadUrl === undefined ? undefined : openReadReplica(config.databaseReadUrl, {
+    poolMax: config.databaseReadPoolMax,
+    connectTimeoutMs: config.databaseConnectTimeoutMs,
+    statementTimeoutMs: config.databaseStatementTimeoutMs,
+    onIdleClientError: (err) => log.warn({ err }, "a read replica connection failed; the pool replaces it"),
+  });
+  const replicaReads = readReplica === undefined ? undefined : new ReplicaReadRouter(new PgReplicaReads(readReplica), (digest) => kyselyStore.findByDigest(digest), { mark: () => revocations.mark() }, { stalenessMs: config.cacheStalenessMs }, log);
+  if (config.databaseReadUrl !== undefined) log.info({ read_replica: redactUrl(config.databaseReadUrl) }, "cache misses are read from the read replica");
+  const routedStore = replicaReads === undefined ? kyselyStore : withReplicaReads(kyselyStore, replicaReads);
   // Traced: each store query inside a traced call gets a child span.
-  const store = new GatedTokenStore(tracing ? tracing.traceStore(kyselyStore) : kyselyStore, {
+  const store = new GatedTokenStore(tracing ? tracing.traceStore(routedStore) : routedStore, {
     maxConcurrent: config.databaseWriteConcurrency > 0 ? config.databaseWriteConcurrency : Math.max(1, Math.floor(config.databasePoolMax / 2)),
     maxQueued: config.databaseWriteQueue,
     ...(metrics ? { onRefused: (limit: Parameters<ServiceMetrics["rateLimited"]>[0]) => metrics.rateLimited(limit) } : {}),
@@ -171,13 +185,27 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   // log and catches up from it after a blip instead of flushing the cache.
   const revocationLog = new KyselyRevocationLog(database.db);
   const revocations = new RevocationHub(revocationLog, log);
+  // Verified legacy JWTs, kept until exp and evicted by jti (domain/legacy-jwt.ts):
+  // few next to API tokens, so a tenth of the cache's bounds.
+  const legacyCache = createLegacyAnswerCache({
+    maxEntries: Math.max(1000, Math.floor(config.cacheMaxEntries / 10)),
+    maxBytes: Math.max(1 << 20, Math.floor((config.cacheMaxMegabytes * 1024 * 1024) / 10)),
+    stalenessMs: config.cacheStalenessMs,
+  });
   revocations.subscribe({
     revoked: (key, tokenId) => {
       cache.evict(key);
       backendJwt.forget(tokenId);
     },
-    confirmed: (atMs) => cache.confirmUntil(atMs),
-    reset: () => cache.clear(),
+    legacyRevoked: (jti) => legacyCache.evictJti(jti),
+    confirmed: (atMs) => {
+      cache.confirmUntil(atMs);
+      legacyCache.confirmUntil(atMs);
+    },
+    reset: () => {
+      cache.clear();
+      legacyCache.clear();
+    },
   });
   const channel: RevocationTransport =
     config.revocationTransport === "poll"
@@ -204,7 +232,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   const deps: TokenDeps = {
     cache,
     revocations,
-    legacy: { policy: legacyPolicy, store: legacyStore, usage: legacyUsage },
+    legacy: { policy: legacyPolicy, store: legacyStore, usage: legacyUsage, cache: legacyCache },
     backendJwt,
     store,
     securityEvents,
@@ -237,6 +265,7 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
   };
   metrics?.watch({ cache, listener: channel, revocations, ...(database.poolStats ? { pool: database.poolStats } : {}) });
   metrics?.watchLimits({ limits, writes: store, cache });
+  if (replicaReads !== undefined && readReplica !== undefined) metrics?.watchReplicaReads(replicaReads, readReplica.poolStats);
   /** Starts the periodic writers of batched bookkeeping. */
   const startBatches = () => {
     events.start();
@@ -250,7 +279,18 @@ export async function openDeps(config: Config, log: PinoLogger, clock: Clock = s
     await Promise.all([usage.stop(), legacyUsage.stop()]);
     await events.stop();
   };
-  return { database, deps, events, backendJwt, keks: keks.keys, channel, pruner, startBatches, stopBatches };
+  // Closing the store closes the replica's pool too.
+  const opened: OpenedDatabase =
+    readReplica === undefined || replicaReads === undefined
+      ? database
+      : {
+          ...database,
+          close: async () => {
+            replicaReads.stop();
+            await Promise.all([readReplica.close(), database.close()]);
+          },
+        };
+  return { database: opened, deps, events, backendJwt, keks: keks.keys, channel, pruner, startBatches, stopBatches };
 }
 
 /**

@@ -51,6 +51,11 @@ const REVOKED_ANSWER: IntrospectTokenResponse = Object.freeze(
   create(IntrospectTokenResponseSchema, { active: false, reason: InactiveReason.REVOKED, message: "The token has been revoked.", tokenKind: TokenKind.OPAQUE }),
 ) as IntrospectTokenResponse;
 
+/** The same for a legacy JWT whose jti the stream has brought. */
+const REVOKED_LEGACY_ANSWER: IntrospectTokenResponse = Object.freeze(
+  create(IntrospectTokenResponseSchema, { active: false, reason: InactiveReason.REVOKED, message: "The token has been revoked.", tokenKind: TokenKind.LEGACY_JWT }),
+) as IntrospectTokenResponse;
+
 type Callback<T> = (error: grpc.ServiceError | null, value?: T) => void;
 interface RawClient extends grpc.Client {
   introspectToken(request: object, metadata: grpc.Metadata, options: grpc.CallOptions, callback: Callback<IntrospectTokenResponse>): grpc.ClientUnaryCall;
@@ -85,6 +90,13 @@ interface RawClient extends grpc.Client {
  * After a break the stream resumes from the last position it saw, so the
  * revocations missed evict just those tokens instead of the whole cache.
  *
+ * Legacy JWT answers are cached too (until their `exp`, never on or after
+ * the sunset date they carry, nor before their `nbf`). The service knows a
+ * legacy JWT only by its `jti`: its revocations arrive as a `Revocation` with
+ * no digest and the jti in `token_id`, and the client keeps an index
+ * jti → digests of the answers it holds to evict them all. A legacy JWT
+ * without `jti` cannot be revoked one by one, here or anywhere.
+ *
  * Answers returned from the cache are shared objects: treat them as read-only.
  */
 export class IntrospectionClient {
@@ -117,6 +129,15 @@ export class IntrospectionClient {
    */
   private readonly revoked = new Map<string, number>();
   private readonly maxRemembered: number;
+  /** Legacy jtis heard revoked on the stream → position, oldest first; complete above `knownAfter` like `revoked`. */
+  private readonly revokedJtis = new Map<string, number>();
+  /**
+   * jti → digest keys of the legacy answers cached for it, oldest first, so a
+   * streamed jti revocation finds them. At most `maxEntries` jtis: beyond it
+   * the oldest jti's answers are evicted with it (never left unfindable).
+   */
+  private readonly legacyKeys = new Map<string, string[]>();
+  private readonly maxLegacyJtis: number;
   /**
    * Revocations at or below this position may have been missed (before the
    * stream started or reset, or forgotten from `revoked`). Infinity until a
@@ -133,6 +154,7 @@ export class IntrospectionClient {
     this.heartbeatMs = options.heartbeatMs ?? 500;
     this.maxRemembered = options.maxRememberedRevocations ?? 100_000;
     this.maxPushbackMs = options.maxPushbackMs ?? 60_000;
+    this.maxLegacyJtis = options.maxEntries ?? 100_000;
     this.cache = new AnswerCache<IntrospectTokenResponse>({
       maxEntries: options.maxEntries ?? 100_000,
       stalenessMs: options.stalenessMs ?? 2000,
@@ -165,7 +187,7 @@ export class IntrospectionClient {
     const key = hash("sha256", token, "base64");
     const now = Date.now();
     const hit = this.cache.get(key, now);
-    if (hit !== undefined && (!hit.active || hit.exp === 0n || Number(hit.exp) * 1000 > now)) {
+    if (hit !== undefined && (!hit.active || ((hit.exp === 0n || Number(hit.exp) * 1000 > now) && (hit.tokenKind !== TokenKind.LEGACY_JWT || legacyServable(hit, now))))) {
       return Promise.resolve(hit);
     }
     if (now < this.busyUntil) {
@@ -191,10 +213,12 @@ export class IntrospectionClient {
   private accept(key: string, answer: IntrospectTokenResponse, fence: number, sentAt: number): IntrospectTokenResponse {
     // Revocation is never undone: a replica saying active has not heard of it yet.
     if (answer.active && this.revoked.has(key)) return REVOKED_ANSWER;
-    // Legacy JWT revocations are not streamed: never cache their answers.
-    // Nor answers that depend on the use (a token bound to networks or to a
-    // rate limit of its own): a cached one would skip the check.
-    if (answer.tokenKind === TokenKind.LEGACY_JWT || usageBound(answer)) return answer;
+    const legacy = answer.tokenKind === TokenKind.LEGACY_JWT;
+    // A legacy JWT is revoked by jti: the stream names the jti (no digest).
+    if (legacy && answer.active && answer.jti !== "" && this.revokedJtis.has(answer.jti)) return REVOKED_LEGACY_ANSWER;
+    // Answers that depend on the use (a token bound to networks or to a
+    // rate limit of its own) are never cached: a cached one would skip the check.
+    if (usageBound(answer)) return answer;
     // (A server that predates positions says 0 everywhere, the stream too: all answers pass.)
     const replicaPosition = Number(answer.revocationPosition);
     if (answer.active && replicaPosition < this.knownAfter) {
@@ -203,6 +227,14 @@ export class IntrospectionClient {
     }
     // The answer is as old as its replica's last proof, not as new as its arrival.
     const confirmedAt = answer.revocationConfirmedAt === undefined ? sentAt : Math.min(sentAt, timestampMs(answer.revocationConfirmedAt));
+    // Legacy answers are kept only when the jti can be found again (active, with a jti) or
+    // cannot be revoked at all (no jti); inactive ones (expired, sunset, refused) are kept briefly like any.
+    if (legacy && answer.active && answer.jti !== "") {
+      if (fence !== this.cache.fence()) return answer;
+      this.cache.put(key, answer, fence, confirmedAt);
+      this.indexJti(answer.jti, key);
+      return answer;
+    }
     this.cache.put(key, answer, fence, confirmedAt);
     return answer;
   }
@@ -249,7 +281,7 @@ export class IntrospectionClient {
     if (this.closed) return;
     // Resume where the last stream left off: the service sends what we missed (or a reset if it cannot).
     const stream = this.client.watchRevocations(
-      { heartbeatInterval: durationFromMs(this.heartbeatMs), ...(this.position !== undefined ? { resumeAfterPosition: BigInt(this.position) } : {}) },
+      { heartbeatInterval: durationFromMs(this.heartbeatMs), ...(this.position !== undefined && this.position > 0 ? { resumeAfterPosition: BigInt(this.position) } : {}) },
       this.metadata,
     );
     this.stream = stream;
@@ -261,6 +293,11 @@ export class IntrospectionClient {
       const event = response.event;
       switch (event.case) {
         case "revocation": {
+          if (event.value.tokenDigest.length === 0) {
+            // A legacy JWT's jti (the service knows it by nothing else).
+            this.legacyRevoked(event.value.tokenId, Number(event.value.position));
+            break;
+          }
           const key = Buffer.from(event.value.tokenDigest).toString("base64");
           this.cache.evict(key);
           this.remember(key, Number(event.value.position));
@@ -280,6 +317,7 @@ export class IntrospectionClient {
         case "reset":
           // What was missed is unknown: drop every answer, and check none against the past until the next heartbeat.
           this.cache.clear();
+          this.legacyKeys.clear();
           this.knownAfter = Number.POSITIVE_INFINITY;
           // The service could not resume from our position (too old, or not its log): take its next one.
           this.position = undefined;
@@ -315,6 +353,39 @@ export class IntrospectionClient {
     }
   }
 
+  /** A legacy jti was revoked: evict every answer cached for it and remember it, like `remember` for a digest. */
+  private legacyRevoked(jti: string, position: number): void {
+    const keys = this.legacyKeys.get(jti);
+    // Always evict (an empty key if none): fences calls in flight that may bring this jti back.
+    if (keys === undefined) this.cache.evict("");
+    else for (const key of keys) this.cache.evict(key);
+    this.legacyKeys.delete(jti);
+    if (position > 0 && (this.position === undefined || position > this.position)) this.position = position;
+    this.revokedJtis.delete(jti);
+    this.revokedJtis.set(jti, position);
+    if (this.revokedJtis.size > this.maxRemembered) {
+      const [oldest, at] = this.revokedJtis.entries().next().value!;
+      this.revokedJtis.delete(oldest);
+      if (at > this.knownAfter) this.knownAfter = at;
+    }
+  }
+
+  /** Records that `key` holds a legacy answer for `jti`; beyond the bound, the oldest jti's answers go. */
+  private indexJti(jti: string, key: string): void {
+    const keys = this.legacyKeys.get(jti);
+    if (keys === undefined) this.legacyKeys.set(jti, [key]);
+    else if (!keys.includes(key)) {
+      // A few re-signed copies of one jti at most; a flood of copies keeps the newest.
+      if (keys.length >= 16) this.cache.evict(keys.shift()!);
+      keys.push(key);
+    }
+    if (this.legacyKeys.size > this.maxLegacyJtis) {
+      const [oldest, oldKeys] = this.legacyKeys.entries().next().value!;
+      this.legacyKeys.delete(oldest);
+      for (const k of oldKeys) this.cache.evict(k);
+    }
+  }
+
   /** A stream that has gone quiet is as good as broken: cancel it and start over. */
   private checkStream(): void {
     const stream = this.stream;
@@ -322,6 +393,17 @@ export class IntrospectionClient {
       stream.cancel();
     }
   }
+}
+
+/**
+ * Whether a cached active legacy answer may still be served at `nowMs`: not
+ * on or after the sunset date it carries (the service then answers
+ * LEGACY_JWT_SUNSET), nor before its `nbf`. Its `exp` is checked with every answer's.
+ */
+function legacyServable(answer: IntrospectTokenResponse, nowMs: number): boolean {
+  const sunset = answer.deprecation?.sunsetTime;
+  if (sunset !== undefined && timestampMs(sunset) <= nowMs) return false;
+  return Number(answer.nbf) * 1000 <= nowMs + 1000;
 }
 
 /** Whether an answer depends on who uses the token, how often, or from where: never cached. */

@@ -1,9 +1,9 @@
 import { ENVIRONMENTS, type Environment } from "./environment.js";
-import type { RequestMeta, TokenClaims, TokenRecord } from "./model.js";
+import type { RequestMeta, SecurityEvent, TokenClaims, TokenRecord } from "./model.js";
 import type { TokenDeps } from "./ports.js";
 import { classifyToken, digestKey, displayHint } from "./token-format.js";
 import { TokenCache, type TokenCacheOptions } from "./token-cache.js";
-import { deprecationOf, sunsetMessage, verifyLegacyJwt, type Deprecation } from "./legacy-jwt.js";
+import { LegacyJwtCache, deprecationOf, sunsetMessage, verifyLegacyJwt, type Deprecation, type LegacyCacheable, type LegacyJwtCacheOptions } from "./legacy-jwt.js";
 import { TokenRateLimiter, UsageBinding, type BindingRefusal, type TokenRateLimit } from "./usage-binding.js";
 
 /** Why a presented token is not active. */
@@ -146,7 +146,7 @@ export async function introspectToken(
   if (hit !== undefined) {
     token = hit.record;
   } else {
-    token = await deps.cache.load(key, nowMs, () => lookUp(deps, key, options.lookupOwner ?? `peer:${meta.peer ?? ""}`));
+    token = await deps.cache.load(key, nowMs, (provenAt) => lookUp(deps, key, options.lookupOwner ?? `peer:${meta.peer ?? ""}`, provenAt));
   }
   deps.tracing?.cacheOutcome(hit === undefined ? "miss" : hit.record === null ? "negative" : "hit", options.use ?? "introspect");
   // A row from another environment can only exist in a store shared across
@@ -180,9 +180,9 @@ export async function introspectToken(
  * gateway is never throttled for the tokens it relays (RFC 7662 §4 asks us to
  * resist token scanning, not to punish the relay).
  */
-function lookUp(deps: TokenDeps, key: string, owner: string): Promise<CachedToken | null> {
+function lookUp(deps: TokenDeps, key: string, owner: string, provenAt: (atMs: number) => void): Promise<CachedToken | null> {
   const read = async () => {
-    const record = await deps.store.findByDigest(Buffer.from(key, "base64"));
+    const record = await deps.store.findByDigest(Buffer.from(key, "base64"), provenAt);
     return record === undefined ? null : new CachedToken(record);
   };
   return deps.limits === undefined ? read() : deps.limits.lookups.run(owner, read);
@@ -236,55 +236,135 @@ function environmentMismatch(deps: TokenDeps, tokenEnvironment: Environment, tok
  * refused like a revoked token. Only an introspection is counted as a use
  * (`ListLegacyJwtUsage`): a legacy JWT sent as a caller's own credential is
  * always refused, so it is not one.
+ *
+ * A verified JWT's answer (active, revoked, or refused by the environment
+ * guard) is kept in `deps.legacy.cache` by digest until its `exp`
+ * (`LegacyJwtCache`): a repeat skips the signature and the store. What must
+ * hold at every read is checked at every read: the sunset date (before the
+ * cache), `exp` and `nbf` (by the cache), the use counted, the security
+ * event raised again. A revoked `jti` evicts its answers on every replica
+ * (the revocation log's notice, `RevocationHub`).
  */
 async function introspectLegacyJwt(deps: TokenDeps, jwt: string, meta: RequestMeta, use: IntrospectionUse): Promise<IntrospectResult> {
   const policy = deps.legacy.policy;
   if (policy.keys.length === 0) return { active: false, reason: "malformed", message: "Legacy JWTs are not accepted by this service; send an API token." };
   const now = deps.clock.now();
-  if (now.getTime() >= policy.sunsetAt.getTime()) return { active: false, reason: "legacy_jwt_sunset", message: sunsetMessage(policy) };
+  const nowMs = now.getTime();
+  // Checked at every read, before the cache: a kept answer turns into the sunset answer on the date.
+  if (nowMs >= policy.sunsetAt.getTime()) return { active: false, reason: "legacy_jwt_sunset", message: sunsetMessage(policy) };
 
+  const cache = deps.legacy.cache;
+  const key = cache !== undefined && jwt.length <= policy.maxLength ? digestKey(jwt) : undefined;
+  if (key !== undefined) {
+    const kept = cache!.get(key, nowMs);
+    if (kept !== undefined) {
+      if (kept.event !== undefined) deps.events.record({ ...kept.event, ...metaFields(meta) });
+      if (kept.subject !== undefined && use === "introspect") deps.legacy.usage.note(kept.subject, now);
+      return kept.result;
+    }
+  }
+  // Before the revocation read: a jti revoked meanwhile keeps this answer out of the cache.
+  const fence = cache?.fence() ?? 0;
+  const kept = await verifyLegacyAnswer(deps, policy, jwt, now);
+  if (kept.event !== undefined) deps.events.record({ ...kept.event, ...metaFields(meta) });
+  if (kept.subject !== undefined && use === "introspect") deps.legacy.usage.note(kept.subject, now);
+  if (key !== undefined && kept.expiresAtMs > nowMs) cache!.put(key, kept, fence, nowMs);
+  // `fromCache` only on a repeat: a one-off JWT must not churn the edge's built answers.
+  return kept.result.active ? { ...kept.result, fromCache: false } : kept.result;
+}
+
+/** A legacy JWT that did not verify: its answer, kept nowhere. */
+function legacyRefused(result: IntrospectResult): KeptLegacyAnswer {
+  return { result, jti: undefined, expiresAtMs: 0, validFromMs: 0, subject: undefined, event: undefined };
+}
+
+/** The full check of a legacy JWT: signature and claims, environment guard, jti revocation. */
+async function verifyLegacyAnswer(deps: TokenDeps, policy: TokenDeps["legacy"]["policy"], jwt: string, now: Date): Promise<KeptLegacyAnswer> {
   const checked = await verifyLegacyJwt(policy, jwt, now);
-  if (!checked.ok) return { active: false, reason: checked.reason, message: checked.message };
+  if (!checked.ok) return legacyRefused({ active: false, reason: checked.reason, message: checked.message });
   const claims = checked.claims;
   const service = deps.policy.environment;
+  const expiresAtMs = claims.expiresAt!.getTime();
+  // nbf was accepted with the clock tolerance: so is every later read (earlier only with a clock set back).
+  const validFromMs = (claims.notBefore?.getTime() ?? Number.NEGATIVE_INFINITY) - policy.clockToleranceSec * 1000;
+  const kept = (result: IntrospectResult, extra: Partial<KeptLegacyAnswer> = {}): KeptLegacyAnswer =>
+    Object.freeze({ result, jti: claims.jti, expiresAtMs, validFromMs, subject: undefined, event: undefined, ...extra });
   if (claims.claimedEnvironment !== undefined && claims.claimedEnvironment !== service) {
-    return environmentMismatch(deps, claims.claimedEnvironment, displayHint(jwt), meta);
+    // The environment guard's verdict is part of the kept answer, its critical event raised on every use.
+    const message = environmentMismatchMessage(claims.claimedEnvironment, service);
+    return kept(
+      { active: false, reason: "environment_mismatch", message, tokenEnvironment: claims.claimedEnvironment },
+      { event: { type: "environment_mismatch", severity: "critical", message, serviceEnvironment: service, tokenEnvironment: claims.claimedEnvironment, tokenHint: displayHint(jwt) } },
+    );
   }
   if (claims.claimedEnvironment === undefined && policy.requireEnv) {
     // Without `env` a JWT could come from any environment whose secret it
     // shares: refused, and said so to whoever watches security events.
-    deps.events.record({
-      type: "legacy_jwt_without_env",
-      severity: "warning",
-      message: "legacy JWT without env claim refused (LEGACY_JWT_REQUIRE_ENV)",
-      serviceEnvironment: service,
-      callerSubject: claims.subject,
-      tokenHint: displayHint(jwt),
-      ...metaFields(meta),
+    return kept(LEGACY_WITHOUT_ENV, {
+      event: {
+        type: "legacy_jwt_without_env",
+        severity: "warning",
+        message: "legacy JWT without env claim refused (LEGACY_JWT_REQUIRE_ENV)",
+        serviceEnvironment: service,
+        callerSubject: claims.subject,
+        tokenHint: displayHint(jwt),
+      },
     });
-    return LEGACY_WITHOUT_ENV;
   }
+  let event: KeptLegacyAnswer["event"];
   if (claims.jti === undefined) {
-    if (policy.requireJti) return { active: false, reason: "invalid", message: "The token has no jti claim; this service requires one." };
-    // Accepted, but it cannot be revoked one by one: say so once per window, count every use.
-    deps.events.record({
+    if (policy.requireJti) return legacyRefused({ active: false, reason: "invalid", message: "The token has no jti claim; this service requires one." });
+    // Accepted, but it cannot be revoked one by one: said on every use (folded into one row per window).
+    event = {
       type: "legacy_jwt_without_jti",
       severity: "warning",
       message: "legacy JWT without jti accepted; it cannot be revoked individually",
       serviceEnvironment: service,
       callerSubject: claims.subject,
       tokenHint: displayHint(jwt),
-      ...metaFields(meta),
-    });
+    };
   } else if (await deps.legacy.store.isRevoked(claims.jti)) {
-    return INACTIVE.revoked;
+    // Revocation is never undone: kept until exp like any other answer.
+    return kept(INACTIVE.revoked);
   }
-  if (use === "introspect") deps.legacy.usage.note(claims.subject, now);
-  return {
+  const result: IntrospectResult = Object.freeze({
     active: true,
-    claims: { ...claims, environment: service, id: claims.jti ?? "", kind: "legacy_jwt" },
-    deprecation: deprecationOf(policy),
-  };
+    claims: Object.freeze({ ...claims, environment: service, id: claims.jti ?? "", kind: "legacy_jwt" as const }),
+    deprecation: deprecationFor(policy),
+    // Each kept answer is one object shared by every hit: the edge may keep its encoding.
+    fromCache: true,
+  });
+  return kept(result, { subject: claims.subject, event });
+}
+
+/** The deprecation notice of a policy, built once per policy. */
+function deprecationFor(policy: TokenDeps["legacy"]["policy"]): Deprecation {
+  let notice = DEPRECATIONS.get(policy);
+  if (notice === undefined) DEPRECATIONS.set(policy, (notice = Object.freeze(deprecationOf(policy))));
+  return notice;
+}
+
+const DEPRECATIONS = new WeakMap<object, Deprecation>();
+
+/**
+ * A legacy answer as kept by `LegacyJwtCache` until the JWT's `exp`: the
+ * answer itself (one frozen object for every hit), whose use to count, and
+ * the security event to raise again on every use.
+ */
+export interface KeptLegacyAnswer extends LegacyCacheable {
+  readonly result: IntrospectResult;
+  /** Set on an active answer: the subject counted in `ListLegacyJwtUsage`. */
+  readonly subject: string | undefined;
+  /** Raised on every use, with the request's facts added. */
+  readonly event: Omit<SecurityEvent, "method" | "peer" | "userAgent" | "requestId"> | undefined;
+}
+
+/** The replica's cache of legacy JWT answers. */
+export type LegacyAnswerCache = LegacyJwtCache<KeptLegacyAnswer>;
+
+/** Builds the replica's legacy JWT answer cache. */
+export function createLegacyAnswerCache(options: LegacyJwtCacheOptions): LegacyAnswerCache {
+  return new LegacyJwtCache<KeptLegacyAnswer>(options);
 }
 
 /**

@@ -1,6 +1,7 @@
 import { errors, jwtVerify, type CryptoKey, type JWTPayload, type KeyObject } from "jose";
 import { parseEnvironment, type Environment } from "./environment.js";
 import type { TokenClaims } from "./model.js";
+import { TokenCache, type CacheEntry } from "./token-cache.js";
 
 /**
  * Legacy JWTs from the old system, accepted through a deprecation window.
@@ -262,4 +263,130 @@ export function deprecationOf(policy: LegacyJwtPolicy): Deprecation {
 /** The message for a legacy JWT presented after the sunset date. */
 export function sunsetMessage(policy: LegacyJwtPolicy): string {
   return `Legacy JWTs stopped working on ${policy.sunsetAt.toISOString().slice(0, 10)}. Create an API token (tokenctl issue, or the IssueToken RPC) and send it instead; see ${policy.migrationUrl}`;
+}
+
+/** What a cached legacy answer must say about itself for the cache to keep it honest. */
+export interface LegacyCacheable {
+  /** Its `jti`: a revocation of it evicts the answer. Undefined: cannot be revoked one by one. */
+  readonly jti: string | undefined;
+  /** Its `exp` (ms): never served at or past it. */
+  readonly expiresAtMs: number;
+  /** Its `nbf` (ms) less the clock tolerance: never served before it (a clock set back). */
+  readonly validFromMs: number;
+}
+
+/** Limits of a {@link LegacyJwtCache}. */
+export interface LegacyJwtCacheOptions {
+  readonly maxEntries: number;
+  readonly maxBytes: number;
+  /** As `TokenCacheOptions.stalenessMs`: confirmed by the revocation channel's heartbeats. */
+  readonly stalenessMs: number;
+}
+
+/**
+ * Verified legacy JWTs by digest, so a repeat costs one SHA-256 and one Map
+ * lookup instead of a signature check and a store read.
+ *
+ * An answer is kept until the JWT's `exp` and never served at or past it,
+ * nor before its `nbf`; the sunset date is checked by the caller on every
+ * read, before the cache. Revocation is by `jti` (that is all the revocation
+ * log knows of a legacy JWT), so the cache keeps an index `jti → digests`,
+ * maintained as entries come and go, so it is never larger than the cache:
+ * `evictJti` drops every cached answer of that jti and fences lookups in
+ * flight, like `TokenCache.evict`. Freshness works as for opaque tokens: the
+ * revocation channel's heartbeats confirm entries, and without them entries
+ * age out within `stalenessMs`.
+ *
+ * A JWT without `jti` (accepted with `REQUIRE_JTI=false`) is cached too: it
+ * cannot be revoked one by one anyway, with or without a cache. Rotating the
+ * legacy HMAC secret or JWKS evicts nothing: a signature that verified stays
+ * valid until `exp` (to cut off all legacy JWTs at once, move the sunset date).
+ */
+export class LegacyJwtCache<V extends LegacyCacheable> {
+  private readonly cache: TokenCache<V>;
+  /** jti → the digest key of its one cached JWT, or several (re-signed copies of one jti). */
+  private readonly byJti = new Map<string, string | string[]>();
+
+  constructor(options: LegacyJwtCacheOptions) {
+    this.cache = new TokenCache<V>({
+      maxEntries: options.maxEntries,
+      maxBytes: options.maxBytes,
+      stalenessMs: options.stalenessMs,
+      negativeTtlMs: 0,
+      negativeMaxEntries: 1,
+      // Every kept answer (active, revoked, refused by the environment guard) holds until exp.
+      isNegative: () => false,
+      sizeOf: (key, value) => 600 + 2 * (key.length + (value.jti?.length ?? 0)),
+      onDrop: (key, value) => this.unindex(key, value.jti),
+    });
+  }
+
+  /** The kept answer for a digest, if it may be served at `nowMs`. */
+  get(key: string, nowMs: number): V | undefined {
+    const entry: CacheEntry<V> | undefined = this.cache.get(key, nowMs);
+    if (entry === undefined) return undefined;
+    const value = entry.record;
+    if (nowMs >= value.expiresAtMs) {
+      // Never again: an expired JWT stays expired.
+      this.cache.drop(key);
+      return undefined;
+    }
+    return nowMs >= value.validFromMs ? value : undefined;
+  }
+
+  /** The generation to hand back to `put`: take it before the store read of the revocation. */
+  fence(): number {
+    return this.cache.fence();
+  }
+
+  /** Keeps an answer read under `fence`, unless something was evicted since or it has already expired. */
+  put(key: string, value: V, fence: number, nowMs: number): void {
+    if (fence !== this.cache.fence() || value.expiresAtMs <= nowMs) return;
+    this.cache.put(key, value, fence, nowMs);
+    if (value.jti === undefined) return;
+    const known = this.byJti.get(value.jti);
+    if (known === undefined) this.byJti.set(value.jti, key);
+    else if (typeof known === "string") {
+      if (known !== key) this.byJti.set(value.jti, [known, key]);
+    } else if (!known.includes(key)) known.push(key);
+  }
+
+  /** A legacy jti was revoked: drops every answer kept for it and fences lookups in flight. */
+  evictJti(jti: string): void {
+    const known = this.byJti.get(jti);
+    if (known === undefined) {
+      // Still fence: a lookup of this jti may be reading the store right now.
+      this.cache.evict("");
+      return;
+    }
+    for (const key of typeof known === "string" ? [known] : [...known]) this.cache.evict(key);
+    this.byJti.delete(jti);
+  }
+
+  /** Drops everything (revocations may have been missed). */
+  clear(): void {
+    this.cache.clear();
+    this.byJti.clear();
+  }
+
+  /** Every revocation committed before `atMs` has been applied. */
+  confirmUntil(atMs: number): void {
+    this.cache.confirmUntil(atMs);
+  }
+
+  /** Counters, with the index's size. */
+  stats() {
+    return { ...this.cache.stats(), jtis: this.byJti.size };
+  }
+
+  private unindex(key: string, jti: string | undefined): void {
+    if (jti === undefined) return;
+    const known = this.byJti.get(jti);
+    if (known === key) this.byJti.delete(jti);
+    else if (Array.isArray(known)) {
+      const rest = known.filter((k) => k !== key);
+      if (rest.length === 0) this.byJti.delete(jti);
+      else this.byJti.set(jti, rest.length === 1 ? rest[0]! : rest);
+    }
+  }
 }

@@ -1,5 +1,5 @@
 import type { Environment } from "./environment.js";
-import type { InactiveReason, IntrospectedClaims, IntrospectionUse, TokenKind, IntrospectionCache } from "./introspect.js";
+import type { InactiveReason, IntrospectedClaims, IntrospectionUse, TokenKind, IntrospectionCache, LegacyAnswerCache } from "./introspect.js";
 
 import type { RateLimits } from "./rate-limit.js";
 import type { TokenRateLimiter } from "./usage-binding.js";
@@ -57,8 +57,13 @@ export interface TokenStore {
    * row is written (so a cascade racing an issue cannot leave a live child).
    */
   insert(token: NewToken, limits: { readonly maxActivePerSubject: number; readonly now: Date }): Promise<TokenRecord>;
-  /** The token with this SHA-256 digest, if any. */
-  findByDigest(digest: Uint8Array): Promise<TokenRecord | undefined>;
+  /**
+   * The token with this SHA-256 digest, if any. A store that may answer from
+   * a read replica calls `provenAt` with the time (ms) up to which its answer
+   * is proven to reflect every revocation (earlier than the call); an answer
+   * without it is current as of the call (see domain/replica-reads.ts).
+   */
+  findByDigest(digest: Uint8Array, provenAt?: (atMs: number) => void): Promise<TokenRecord | undefined>;
   /** The token with this id, if any. */
   findById(id: string): Promise<TokenRecord | undefined>;
   /** Marks a token revoked, durably, before resolving. Undefined when no such id. */
@@ -295,6 +300,11 @@ export interface LegacyDeps {
   readonly store: LegacyJwtStore;
   /** Notes a legacy introspection by a subject; batched off the request path. */
   readonly usage: { note(subject: string, at: Date): void };
+  /**
+   * Verified answers kept until the JWT's `exp`, evicted by `jti` on a
+   * revocation (`LegacyJwtCache`). Unset: every legacy JWT is verified anew.
+   */
+  readonly cache?: LegacyAnswerCache;
 }
 
 /** A keyset position in a list: the sort time and the id that breaks ties. */

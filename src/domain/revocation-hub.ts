@@ -7,6 +7,12 @@ export interface RevocationListener {
    * the revocation log (undefined from a writer that predates the log).
    */
   revoked(key: string, tokenId: string, position?: number): void;
+  /**
+   * A legacy JWT's `jti` was revoked, at `position` in the log: drop the
+   * answers kept for it. Its notice carries only the position, so the hub
+   * reads the jti from the log before calling this.
+   */
+  legacyRevoked?(jti: string, position: number): void;
   /** Every revocation committed before `atMs` has been heard. */
   confirmed(atMs: number): void;
   /** Revocations may have been missed: drop everything cached. */
@@ -17,7 +23,7 @@ export interface RevocationListener {
 export interface RevocationLogEntry {
   /** Strictly increasing, gapless, in commit order. */
   readonly position: number;
-  /** An opaque token (cached, so evicted) or a legacy `jti` (never cached). */
+  /** An opaque token or a legacy `jti`: both cached, both evicted. */
   readonly kind: "token" | "legacy_jti";
   /** The token's id, or the legacy jti. */
   readonly id: string;
@@ -84,6 +90,11 @@ export class RevocationHub {
   private syncing: Promise<boolean> | undefined;
   /** Highest position noticed while a catch-up was in flight. */
   private noticedDuringSync = 0;
+  /**
+   * Highest legacy-jti position noticed and not yet read from the log: the
+   * applied position may not pass it until a catch-up has read its jti.
+   */
+  private legacyUnread = 0;
   /** Highest confirmation held back while behind. */
   private heldConfirmation = 0;
   /** The last read of the log failed (logged once per streak). */
@@ -130,11 +141,30 @@ export class RevocationHub {
   /** A notice: a token was revoked, at `position` in the log (if the writer said). */
   revoked(key: string, tokenId: string, position?: number): void {
     for (const l of this.listeners) l.revoked(key, tokenId, position);
-    if (position !== undefined) this.noticed(position);
+    if (position !== undefined) this.advance(position);
   }
 
-  /** A notice of a log position with nothing to evict (a legacy jti). */
+  /**
+   * A notice of a log position that names nothing to evict: a legacy jti,
+   * whose notice (`l:<position>`, migration 0009) carries no jti. Its
+   * answers are cached, so the jti is read from the log (a catch-up, with
+   * confirmations held back until it succeeds) before the position counts
+   * as applied. Without a log there is nothing to read: the position moves on.
+   */
   noticed(position: number): void {
+    if (this.log === undefined || !this.placed) {
+      this.advance(position);
+      return;
+    }
+    if (position <= this.applied) return;
+    if (position > this.legacyUnread) this.legacyUnread = position;
+    if (position > this.noticedDuringSync) this.noticedDuringSync = position;
+    this.behind = true;
+    void this.catchUp();
+  }
+
+  /** A token notice's position: applied at once (its listeners already ran), or read from the log if one was skipped. */
+  private advance(position: number): void {
     if (this.syncing !== undefined || this.behind) {
       if (position > this.noticedDuringSync) this.noticedDuringSync = position;
       return;
@@ -248,6 +278,9 @@ export class RevocationHub {
             if (entry.key !== undefined) {
               for (const l of this.listeners) l.revoked(entry.key, entry.id, entry.position);
               evicted++;
+            } else if (entry.kind === "legacy_jti") {
+              // Every legacy revocation comes this way (its notice names no jti): not worth a log line each.
+              for (const l of this.listeners) l.legacyRevoked?.(entry.id, entry.position);
             }
             after = entry.position;
           }
@@ -256,6 +289,14 @@ export class RevocationHub {
             break;
           }
         }
+        if (this.legacyUnread > after) {
+          // A legacy notice arrived after this read's snapshot: its jti is
+          // still unread. Stay behind (token notices above `after` may be
+          // dispatched twice; evicting twice is harmless) and read again.
+          this.applied = Math.max(after, this.applied);
+          return this.readLog(log);
+        }
+        this.legacyUnread = 0;
         this.applied = Math.max(after, this.noticedDuringSync, this.applied);
         if (evicted > 0) this.logger?.info({ evicted, position: this.applied }, "caught up from the revocation log");
       }

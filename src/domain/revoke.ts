@@ -175,6 +175,8 @@ async function revokeLegacyJti(
   meta: RequestMeta,
 ): Promise<RevokeResult> {
   const outcome = await deps.legacy.store.revoke(jti, { by: caller.subject, reason: details.reason, at: deps.clock.now(), expiresAt: details.expiresAt });
+  // At once here; every other replica hears it through the revocation log.
+  deps.legacy.cache?.evictJti(jti);
   if (!outcome.alreadyRevoked) {
     deps.events.record({
       type: "token_revoked",

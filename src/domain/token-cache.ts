@@ -26,6 +26,12 @@ export interface TokenCacheOptions<V> {
   readonly isNegative?: (value: V) => boolean;
   /** Estimated bytes of an entry, for the memory bound. */
   readonly sizeOf: (key: string, value: V) => number;
+  /**
+   * Called when an entry leaves the cache one by one (evicted, replaced, or
+   * pushed out by the bounds), not on `clear()`: lets an owner keep a
+   * secondary index (legacy JWTs by `jti`) exactly as large as the cache.
+   */
+  readonly onDrop?: (key: string, value: V) => void;
 }
 
 /** One cached answer (null, by default, for "no such token"). */
@@ -143,9 +149,11 @@ export class TokenCache<V> {
    * under a fence taken now. Identical misses while that read is in flight
    * share it (one store read for a burst of the same unknown token), unless an
    * eviction or flush happened since it started: a read that may predate a
-   * revocation is never handed to a request that arrived after it.
+   * revocation is never handed to a request that arrived after it. The
+   * loader may say its answer is proven only up to an earlier time (a read
+   * replica's, see domain/replica-reads.ts): it is cached as of then.
    */
-  load(key: string, fetchedAt: number, loader: () => Promise<V>): Promise<V> {
+  load(key: string, fetchedAt: number, loader: (provenAt: (atMs: number) => void) => Promise<V>): Promise<V> {
     const pending = this.loading.get(key);
     if (pending !== undefined && pending.generation === this.generation) {
       this.coalesced++;
@@ -156,12 +164,16 @@ export class TokenCache<V> {
       if (this.loading.get(key)?.promise === promise) this.loading.delete(key);
     };
     // Callbacks run later, so `promise` is assigned by the time they read it.
+    let asOf = fetchedAt;
+    const provenAt = (atMs: number) => {
+      if (atMs < asOf) asOf = atMs;
+    };
     const promise: Promise<V> = Promise.resolve()
-      .then(loader)
+      .then(() => loader(provenAt))
       .then(
         (value) => {
           settled();
-          this.put(key, value, fence, fetchedAt);
+          this.put(key, value, fence, asOf);
           return value;
         },
         (error: unknown) => {
@@ -176,6 +188,14 @@ export class TokenCache<V> {
   /** Drops one digest (a revocation notice) and fences in-flight lookups. */
   evict(key: string): void {
     this.generation++;
+    if (this.remove(key)) this.evictions++;
+  }
+
+  /**
+   * Drops one entry that can no longer be served (expired), without fencing
+   * lookups in flight: nothing was revoked.
+   */
+  drop(key: string): void {
     if (this.remove(key)) this.evictions++;
   }
 
@@ -213,12 +233,14 @@ export class TokenCache<V> {
     if (entry !== undefined) {
       this.entries.delete(key);
       this.bytes -= entry.bytes;
+      this.options.onDrop?.(key, entry.record);
       return true;
     }
     const negative = this.negatives.get(key);
     if (negative === undefined) return false;
     this.negatives.delete(key);
     this.negativeBytes -= negative.bytes;
+    this.options.onDrop?.(key, negative.record);
     return true;
   }
 
@@ -228,6 +250,7 @@ export class TokenCache<V> {
       if (!entry.used) {
         this.bytes -= entry.bytes;
         this.evictions++;
+        this.options.onDrop?.(key, entry.record);
         return;
       }
       // Second chance: recently used, so it goes to the back of the line.

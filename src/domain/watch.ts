@@ -4,6 +4,8 @@ import type { RevocationHub } from "./revocation-hub.js";
 /** One event of a revocation stream. */
 export type WatchEvent =
   | { readonly kind: "revocation"; readonly key: string; readonly tokenId: string; readonly position?: number | undefined }
+  /** A legacy JWT's `jti` was revoked: a gateway drops the answers it keeps for that jti. */
+  | { readonly kind: "legacy_revocation"; readonly jti: string; readonly position: number }
   | { readonly kind: "heartbeat"; readonly atMs: number; readonly confirmedAgeMs: number; readonly position?: number }
   | { readonly kind: "reset" };
 
@@ -74,13 +76,18 @@ export async function* watchRevocations(
       push({ kind: "revocation", key, tokenId, position });
       if (tokenId === owner?.tokenId) end(new TokenError("unauthenticated", "caller credential refused: The token has been revoked."));
     },
+    // Never the owner's own credential: a legacy JWT cannot authenticate a caller.
+    legacyRevoked: (jti, position) => push({ kind: "legacy_revocation", jti, position }),
     confirmed: () => undefined, // reported by the heartbeat's age
     reset: () => push({ kind: "reset" }),
   });
   if (resumeAfter !== undefined) {
     // Subscribed first, so nothing committed after this read can fall between the two.
     const missed = await hub.since(resumeAfter, MAX_QUEUED).catch(() => undefined);
-    const caughtUp: WatchEvent[] = missed === undefined ? [{ kind: "reset" }] : missed.flatMap((e) => (e.key === undefined ? [] : [{ kind: "revocation" as const, key: e.key, tokenId: e.id, position: e.position }]));
+    const caughtUp: WatchEvent[] =
+      missed === undefined
+        ? [{ kind: "reset" }]
+        : missed.map((e): WatchEvent => (e.key === undefined ? { kind: "legacy_revocation", jti: e.id, position: e.position } : { kind: "revocation", key: e.key, tokenId: e.id, position: e.position }));
     queue = [...caughtUp, ...queue];
   }
   const timer = setInterval(heartbeat, heartbeatMs);

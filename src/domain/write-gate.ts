@@ -48,8 +48,8 @@ export class GatedTokenStore implements TokenStore {
   }
 
   /** The hot path: never gated. */
-  findByDigest(digest: Uint8Array): Promise<TokenRecord | undefined> {
-    return this.inner.findByDigest(digest);
+  findByDigest(digest: Uint8Array, provenAt?: (atMs: number) => void): Promise<TokenRecord | undefined> {
+    return this.inner.findByDigest(digest, provenAt);
   }
 
   findById(id: string): Promise<TokenRecord | undefined> {

@@ -342,6 +342,27 @@ export class ServiceMetrics implements DomainMetrics, SecurityEventMetrics, Call
     }
   }
 
+  /**
+   * Cache misses by where they were read (DATABASE_READ_URL): `served` by
+   * the read replica, every other outcome read again (or only) from the
+   * primary; and the replica pool's use.
+   */
+  watchReplicaReads(reads: { stats(): Readonly<Record<string, number>> }, pool: () => { total: number; idle: number; waiting: number; max: number }): void {
+    const registers = [this.registry];
+    new Counter({
+      name: `${METRIC_PREFIX}replica_reads_total`,
+      help: "Cache misses routed to the read replica, by outcome: served (answered by the replica), lagging (the replica had not replayed a revocation this replica applied), unconfirmed (no recent revocation confirmation to prove a replica answer by), not_found (no such row on the replica, perhaps not replayed yet), failed (replica error), skipped (replica unreachable or recently lagging); all but served are read from the primary.",
+      labelNames: ["outcome"],
+      registers,
+      collect() {
+        this.reset();
+        for (const [outcome, count] of Object.entries(reads.stats())) this.inc({ outcome }, count);
+      },
+    });
+    scrapedGauge(registers, "replica_pool_connections", "Read replica connections open in its pool (in use and idle).", () => pool().total);
+    scrapedGauge(registers, "replica_pool_waiting_requests", "Queries waiting for a read replica connection.", () => pool().waiting);
+  }
+
   /** The text exposition and its content type. */
   async exposition(): Promise<{ contentType: string; body: string }> {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };

@@ -228,7 +228,7 @@ export function introspectResponse(
  * (frozen, which also lets the gRPC adapter reuse its encoded bytes). Bounded
  * to a hot set rather than kept per cached token: a message costs about 2 KB,
  * more than the cached token itself. Answers carrying per-call parts (a
- * backend JWT, a deprecation notice) are built each time.
+ * backend JWT) are built each time.
  */
 const HOT_ANSWERS = new Map<object, IntrospectTokenResponse>();
 const MAX_HOT_ANSWERS = 10_000;
@@ -238,7 +238,8 @@ export function introspectAnswer(result: IntrospectResult, claimsContext: { read
   // Only tokens seen again (answered from the cache) earn a kept answer: a
   // one-off token would only churn the hot set.
   // A rate-limited answer is new each time (its retry-after): not kept.
-  const memoKey = result.active ? (result.fromCache === true && result.backendJwt === undefined && result.deprecation === undefined ? result.claims : undefined) : result.retryAfterMs === undefined ? result : undefined;
+  // A kept legacy answer's deprecation notice is one object per policy, so its built answer is reusable too.
+  const memoKey = result.active ? (result.fromCache === true && result.backendJwt === undefined ? result.claims : undefined) : result.retryAfterMs === undefined ? result : undefined;
   if (memoKey !== undefined) {
     const known = HOT_ANSWERS.get(memoKey);
     if (known !== undefined) return known;
@@ -286,7 +287,18 @@ const STAMPED = new WeakMap<IntrospectTokenResponse, { readonly mark: object; re
  * `@`-prefixed epoch), `Sunset` (RFC 8594, an HTTP-date) and `Link` to the
  * migration documentation (RFC 8288, relation `deprecation`).
  */
-export function deprecationHeaders(d: Deprecation): [string, string][] {
+export function deprecationHeaders(d: Deprecation): readonly (readonly [string, string])[] {
+  // One notice per policy: its headers are built once, off the hot path of a kept legacy answer.
+  const known = DEPRECATION_HEADERS.get(d);
+  if (known !== undefined) return known;
+  const headers = Object.freeze(buildDeprecationHeaders(d));
+  DEPRECATION_HEADERS.set(d, headers);
+  return headers;
+}
+
+const DEPRECATION_HEADERS = new WeakMap<Deprecation, readonly (readonly [string, string])[]>();
+
+function buildDeprecationHeaders(d: Deprecation): [string, string][] {
   return [
     ["x-auth-deprecation", d.notice],
     ["deprecation", `@${Math.floor(d.deprecatedSince.getTime() / 1000)}`],
@@ -329,6 +341,11 @@ export function watchResponse(event: WatchEvent): MessageInitShape<typeof WatchR
   switch (event.kind) {
     case "revocation":
       return { event: { case: "revocation", value: { tokenDigest: Buffer.from(event.key, "base64"), tokenId: event.tokenId, position: BigInt(event.position ?? 0) } } };
+    case "legacy_revocation":
+      // No digest: the log knows a legacy JWT only by its jti, which goes in
+      // `token_id`. A gateway evicts the legacy answers it keeps with that jti;
+      // older gateways never cached legacy answers and evict nothing.
+      return { event: { case: "revocation", value: { tokenDigest: new Uint8Array(0), tokenId: event.jti, position: BigInt(event.position) } } };
     case "heartbeat":
       return { event: { case: "heartbeat", value: { time: timestampFromMs(event.atMs), confirmedAge: durationFromMs(event.confirmedAgeMs), position: BigInt(event.position ?? 0) } } };
     case "reset":

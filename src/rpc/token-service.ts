@@ -218,7 +218,7 @@ export class TokenServiceHandler implements Impl {
       return { events: page.items.map(securityEvent), nextPageToken: page.nextPageToken };
     });
 
-  watchRevocations: Impl["watchRevocations"] = (req, ctx) => this.watch(req.heartbeatInterval, ctx, req.resumeAfterPosition);
+  watchRevocations: Impl["watchRevocations"] = (req, ctx) => this.watch(req.heartbeatInterval, ctx, req.resumeAfterPosition > 0n ? req.resumeAfterPosition : undefined);
 
   private async *watch(interval: Duration | undefined, ctx: HandlerContext, resumeAfter?: bigint): AsyncGenerator<MessageInitShape<typeof WatchRevocationsResponseSchema>> {
     try {

@@ -139,6 +139,58 @@ function openPostgres(url: string, options: DatabaseOptions): OpenedDatabase {
   return { db, kind: "postgres", listen, prepared, close: once(() => db.destroy()), poolStats };
 }
 
+/** A read replica's pool: prepared reads only, never writes, never LISTEN. */
+export interface ReadReplicaPool {
+  /** Runs one read by name, prepared once per connection (as `OpenedDatabase.prepared`). */
+  readonly prepared: <R>(name: string, text: string, values: readonly unknown[]) => Promise<R[]>;
+  /** Resolves when the replica answers `SELECT 1`. */
+  ping(): Promise<void>;
+  /** Closes the pool; safe to call more than once. */
+  close(): Promise<void>;
+  /** The pool's use now, for metrics. */
+  poolStats(): { total: number; idle: number; waiting: number; max: number };
+}
+
+/**
+ * Opens a pool on a PostgreSQL streaming replica (`DATABASE_READ_URL`) for
+ * the cache misses' digest lookups. Its own pool, so a slow or unreachable
+ * standby never holds the primary's connections, with the same timeouts
+ * (a standby that stops answering costs one connect timeout, then the
+ * caller falls back to the primary). Connects on first use.
+ *
+ * @throws Error when the URL is not a PostgreSQL one
+ */
+export function openReadReplica(url: string, options: Omit<DatabaseOptions, "url" | "dataDir">): ReadReplicaPool {
+  if (!/^postgres(ql)?:\/\//.test(url)) {
+    throw new Error("the read replica URL must start with postgres:// or postgresql://");
+  }
+  const statementTimeout = options.statementTimeoutMs > 0 ? options.statementTimeoutMs : undefined;
+  const pool = new Pool({
+    connectionString: url,
+    max: options.poolMax,
+    connectionTimeoutMillis: options.connectTimeoutMs,
+    statement_timeout: statementTimeout ?? false,
+    query_timeout: statementTimeout === undefined ? undefined : statementTimeout + QUERY_TIMEOUT_MARGIN_MS,
+    keepAlive: true,
+    application_name: "token-introspection-service/replica-reads",
+  });
+  // As for the primary's pool: an idle or in-use connection dying must not crash the process.
+  pool.on("error", (error) => options.onIdleClientError?.(error));
+  pool.on("connect", (client) => {
+    client.on("error", (error) => options.onIdleClientError?.(error));
+  });
+  const prepared = async <R>(name: string, text: string, values: readonly unknown[]): Promise<R[]> =>
+    (await pool.query({ name, text, values: [...values] })).rows as R[];
+  return {
+    prepared,
+    ping: async () => {
+      await pool.query("SELECT 1");
+    },
+    close: once(() => pool.end()),
+    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount, max: options.poolMax }),
+  };
+}
+
 async function openPglite(dataDir: string): Promise<OpenedDatabase> {
   // A plain path or file:// is a directory on disk, which PGlite does not create itself;
   // other schemes (memory://, and browser-only ones) are PGlite's business.

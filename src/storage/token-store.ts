@@ -483,7 +483,7 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
 }
 
 /** Maps a row to the domain record. */
-function toRecord(row: Selectable<TokensTable>): TokenRecord {
+export function toRecord(row: Selectable<TokensTable>): TokenRecord {
   return {
     id: row.id,
     // `pg` returns a Buffer (often a view into a larger pooled one); the domain gets a plain, own copy.

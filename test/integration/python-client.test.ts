@@ -72,7 +72,13 @@ describe("a Python client generated from proto/", () => {
     expect(result.revoked.info).toMatchObject({ id, state: "TOKEN_STATE_REVOKED", revoke_reason: "python smoke test" });
     expect(result.revoked.already_revoked).toBeUndefined(); // false: this call revoked it
     // Inactive: `active` is false (omitted in protobuf JSON) and there are no claims.
-    expect(result.introspected_after_revoke).toEqual({ reason: "INACTIVE_REASON_REVOKED", message: "The token has been revoked." });
+    // Every answer also says up to which revocation log position its replica had applied, and since when.
+    expect(result.introspected_after_revoke).toEqual({
+      reason: "INACTIVE_REASON_REVOKED",
+      message: "The token has been revoked.",
+      revocation_position: expect.stringMatching(/^[1-9]\d*$/),
+      revocation_confirmed_at: expect.any(String),
+    });
     expect(result.listed).toContainEqual(expect.objectContaining({ id, state: "TOKEN_STATE_REVOKED" }));
   }
 

@@ -6,7 +6,11 @@ import { InactiveReason, TokenKind, TokenService } from "../../gen/tokens/v1/tok
 import { authenticateClient } from "../../src/domain/client-auth.js";
 import { bootstrapAdmin } from "../../src/domain/issue.js";
 import type { LegacyJwtPolicy, LegacyKey } from "../../src/domain/legacy-jwt.js";
+import { createLegacyAnswerCache } from "../../src/domain/introspect.js";
+import { RevocationHub, type RevocationLog, type RevocationLogEntry, type RevocationLogPage } from "../../src/domain/revocation-hub.js";
+import { watchRevocations, type WatchEvent } from "../../src/domain/watch.js";
 import { TokenServiceHandler } from "../../src/rpc/token-service.js";
+import { watchResponse } from "../../src/rpc/mapping.js";
 import { NO_LEGACY, fakeDeps } from "../support/fakes.js";
 
 const CURRENT = "current-secret-0123456789abcdef0123456789";
@@ -49,9 +53,22 @@ async function setup(overrides: Partial<LegacyJwtPolicy> = {}, keys?: LegacyKey[
     sunsetAt: new Date("2027-01-30T00:00:00Z"),
     ...overrides,
   };
-  const f = fakeDeps({}, policy);
+  const base = fakeDeps({}, policy);
+  // As main.ts wires it: verified answers kept until exp, evicted by jti through the hub.
+  const legacyCache = createLegacyAnswerCache({ maxEntries: 100, maxBytes: 1 << 20, stalenessMs: 2000 });
+  const log = new MemoryRevocationLog();
+  const revocations = new RevocationHub(log);
+  revocations.subscribe({ revoked: () => undefined, legacyRevoked: (jti) => legacyCache.evictJti(jti), confirmed: (at) => legacyCache.confirmUntil(at), reset: () => legacyCache.clear() });
+  const f = { ...base, revocations, log, legacyCache, deps: { ...base.deps, revocations, legacy: { ...base.deps.legacy, cache: legacyCache } } };
   const admin = (await bootstrapAdmin(f.deps, "admin@example.com", "cli")).token;
   f.events.events.length = 0;
+  // Count the store reads of revocations: a kept answer makes none.
+  const isRevoked = f.legacyStore.isRevoked.bind(f.legacyStore);
+  const revocationReads = { count: 0 };
+  f.legacyStore.isRevoked = (jti: string) => {
+    revocationReads.count++;
+    return isRevoked(jti);
+  };
   const transport = createRouterTransport(({ service }) => service(TokenService, new TokenServiceHandler(f.deps)));
   const client = createClient(TokenService, transport);
   /** Introspects and returns the answer with the response headers. */
@@ -60,7 +77,25 @@ async function setup(overrides: Partial<LegacyJwtPolicy> = {}, keys?: LegacyKey[
     const answer = await client.introspectToken({ token }, { headers: { authorization: `Bearer ${admin}` }, onHeader: (h) => (headers = h) });
     return { answer, headers };
   };
-  return { ...f, client, admin, introspect };
+  return { ...f, client, admin, introspect, revocationReads };
+}
+
+/** The revocation log of the store, in memory: what another replica's revocation leaves for this one to read. */
+class MemoryRevocationLog implements RevocationLog {
+  readonly entries: RevocationLogEntry[] = [];
+  async readAfter(position: number, limit: number): Promise<RevocationLogPage> {
+    const head = this.entries.length;
+    return { entries: this.entries.filter((e) => e.position > position).slice(0, limit), head, prunedThrough: 0 };
+  }
+  async prune(): Promise<number> {
+    return 0;
+  }
+  /** Logs a legacy jti revocation; returns its position. */
+  legacy(jti: string): number {
+    const position = this.entries.length + 1;
+    this.entries.push({ position, kind: "legacy_jti", id: jti, key: undefined });
+    return position;
+  }
 }
 
 const noDeprecationHeaders = (headers: Headers) => {
@@ -303,4 +338,201 @@ describe("legacy JWT introspection", () => {
 beforeAll(() => {
   // The fakes' clock starts at NOW; the JWTs above are built around it.
   expect(fakeDeps().clock.now()).toEqual(NOW);
+
 });
+
+describe("legacy JWT introspection, kept answers", () => {
+    it("answers a repeat from the cache with the deprecation headers, counting every use", async () => {
+      const s = await setup();
+      const jwt = await hs256(rich);
+      const first = await s.introspect(jwt);
+      const again = await s.introspect(jwt);
+      expect(s.revocationReads.count).toBe(1);
+      expect(s.legacyCache.stats()).toMatchObject({ size: 1, hits: 1, jtis: 1 });
+      expect(again.answer).toEqual(first.answer);
+      expect(again.answer).toMatchObject({ active: true, tokenKind: TokenKind.LEGACY_JWT, jti: "jti-1", deprecation: { notice: "JWT tokens are deprecated. Please migrate to API tokens." } });
+      expect(again.headers.get("x-auth-deprecation")).toBe("JWT tokens are deprecated. Please migrate to API tokens.");
+      expect(again.headers.get("sunset")).toBe("Sat, 30 Jan 2027 00:00:00 GMT");
+      expect(s.legacyUsed).toEqual([{ subject: "alice@example.com", at: NOW }, { subject: "alice@example.com", at: NOW }]);
+    });
+
+    it("never serves it at or past its exp (read time, injected clock)", async () => {
+      const s = await setup();
+      const jwt = await hs256({ ...rich, exp: nowSec + 60 });
+      expect((await s.introspect(jwt)).answer.active).toBe(true);
+      s.clock.advance(59_999);
+      s.legacyCache.confirmUntil(s.clock.now().getTime()); // the revocation channel's heartbeats
+      expect((await s.introspect(jwt)).answer.active).toBe(true);
+      expect(s.revocationReads.count).toBe(1);
+      s.clock.advance(1);
+      expect((await s.introspect(jwt)).answer).toMatchObject({ active: false, reason: InactiveReason.EXPIRED });
+      expect(s.legacyCache.stats().size).toBe(0);
+    });
+
+    it("never serves it before its nbf (a clock set back)", async () => {
+      const s = await setup();
+      const jwt = await hs256(rich);
+      expect((await s.introspect(jwt)).answer.active).toBe(true);
+      s.clock.advance(-120_000);
+      expect((await s.introspect(jwt)).answer).toMatchObject({ active: false, reason: InactiveReason.INVALID, message: "The token is not valid yet." });
+    });
+
+    it("turns into the sunset answer on the sunset date, without deprecation headers", async () => {
+      const s = await setup({ sunsetAt: new Date(NOW.getTime() + 1000) });
+      const jwt = await hs256(rich);
+      expect((await s.introspect(jwt)).answer.active).toBe(true);
+      s.clock.advance(1000);
+      const { answer, headers } = await s.introspect(jwt);
+      expect(answer).toMatchObject({ active: false, reason: InactiveReason.LEGACY_JWT_SUNSET });
+      noDeprecationHeaders(headers);
+      expect(s.legacyUsed).toHaveLength(1);
+    });
+
+    it("is evicted when its jti is revoked here", async () => {
+      const s = await setup();
+      const jwt = await hs256(rich);
+      expect((await s.introspect(jwt)).answer.active).toBe(true);
+      await s.client.revokeToken({ target: { case: "legacyJti", value: "jti-1" } }, { headers: { authorization: `Bearer ${s.admin}` } });
+      expect((await s.introspect(jwt)).answer).toMatchObject({ active: false, reason: InactiveReason.REVOKED });
+      expect(s.legacyUsed).toHaveLength(1);
+    });
+
+    it("is evicted, with every copy signed for the same jti, when another replica revokes it (the jti read from the revocation log)", async () => {
+      const s = await setup();
+      s.revocations.restored();
+      await s.revocations.catchUp();
+      const jwt = await hs256(rich);
+      const copy = await hs256({ ...rich, iat: nowSec - 30 });
+      const other = await hs256({ ...rich, jti: "jti-2" });
+      for (const t of [jwt, copy, other]) expect((await s.introspect(t)).answer.active).toBe(true);
+      expect(s.legacyCache.stats()).toMatchObject({ size: 3, jtis: 2 });
+      // Another replica: the store row and its log entry; the notice names only the position.
+      await s.legacyStore.revoke("jti-1", { by: "ops", reason: "leaked" });
+      s.revocations.noticed(s.log.legacy("jti-1"));
+      expect(s.revocations.position).toBe(0); // not applied until the jti is read
+      await s.revocations.catchUp();
+      expect(s.revocations.position).toBe(1);
+      expect(s.legacyCache.stats()).toMatchObject({ size: 1, jtis: 1 });
+      for (const t of [jwt, copy]) expect((await s.introspect(t)).answer).toMatchObject({ active: false, reason: InactiveReason.REVOKED });
+      expect((await s.introspect(other)).answer.active).toBe(true);
+    });
+
+    it("reads the log again when a second jti is noticed while the first read is in flight", async () => {
+      const s = await setup();
+      s.revocations.restored();
+      await s.revocations.catchUp();
+      const one = await hs256(rich);
+      const two = await hs256({ ...rich, jti: "jti-2" });
+      for (const t of [one, two]) expect((await s.introspect(t)).answer.active).toBe(true);
+      // The first read takes its snapshot, then waits: the second revocation commits after it.
+      const read = s.log.readAfter.bind(s.log);
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      s.log.readAfter = async (position, limit) => {
+        const page = await read(position, limit);
+        s.log.readAfter = read;
+        await gate;
+        return page;
+      };
+      s.revocations.noticed(s.log.legacy("jti-1"));
+      s.revocations.noticed(s.log.legacy("jti-2"));
+      release();
+      await s.revocations.catchUp();
+      await s.revocations.catchUp();
+      expect(s.legacyCache.stats()).toMatchObject({ size: 0, jtis: 0 });
+      expect(s.revocations.position).toBe(2);
+    });
+
+    it("holds confirmations back until the revoked jti has been read from the log", async () => {
+      const s = await setup();
+      s.revocations.restored();
+      await s.revocations.catchUp();
+      const jwt = await hs256(rich);
+      s.revocations.confirm(NOW.getTime());
+      await s.introspect(jwt);
+      s.log.readAfter = () => Promise.reject(new Error("store down"));
+      s.revocations.noticed(s.log.legacy("jti-1"));
+      await s.revocations.catchUp();
+      s.revocations.confirm(NOW.getTime() + 5000);
+      expect(s.revocations.confirmedAt).toBe(NOW.getTime());
+    });
+
+    it("keeps a fresh answer out when its jti is revoked while the store is read (fenced)", async () => {
+      const s = await setup();
+      const jwt = await hs256(rich);
+      s.legacyStore.isRevoked = async () => {
+        s.legacyCache.evictJti("jti-1"); // the revocation lands during the read
+        return false;
+      };
+      expect((await s.introspect(jwt)).answer.active).toBe(true);
+      expect(s.legacyCache.stats().size).toBe(0);
+    });
+
+    it("keeps a JWT without jti (it cannot be revoked one by one anyway), raising its warning on every use", async () => {
+      const s = await setup();
+      const jwt = await hs256({ ...rich, jti: undefined });
+      await s.introspect(jwt);
+      expect((await s.introspect(jwt)).answer).toMatchObject({ active: true, jti: "" });
+      expect(s.legacyCache.stats()).toMatchObject({ size: 1, hits: 1, jtis: 0 });
+      expect(s.events.events.map((e) => e.type)).toEqual(["legacy_jwt_without_jti", "legacy_jwt_without_jti"]);
+      expect(s.legacyUsed).toHaveLength(2);
+    });
+
+    it("keeps the environment guard's verdict, raising its critical event on every use", async () => {
+      const s = await setup();
+      const jwt = await hs256({ ...rich, env: "production" });
+      await s.introspect(jwt);
+      const { answer, headers } = await s.introspect(jwt);
+      expect(answer).toMatchObject({ active: false, reason: InactiveReason.ENVIRONMENT_MISMATCH, message: "Token environment mismatch: production token used in development" });
+      noDeprecationHeaders(headers);
+      expect(s.legacyCache.stats().hits).toBe(1);
+      expect(s.events.events.map((e) => e.type)).toEqual(["environment_mismatch", "environment_mismatch"]);
+    });
+
+    it("keeps nothing for a JWT that does not verify", async () => {
+      const s = await setup();
+      await s.introspect(await hs256(rich, "not-the-secret-at-all-0123456789abcdef"));
+      await s.introspect(await hs256({ ...rich, exp: nowSec - 1 }));
+      expect(s.legacyCache.stats().size).toBe(0);
+    });
+
+    it("keeps its jti index no larger than the cache (entries pushed out leave the index)", () => {
+      const cache = createLegacyAnswerCache({ maxEntries: 2, maxBytes: 1 << 20, stalenessMs: 2000 });
+      const at = NOW.getTime();
+      const kept = (jti: string) => ({ result: { active: false as const, reason: "revoked" as const, message: "" }, jti, expiresAtMs: at + 60_000, validFromMs: 0, subject: undefined, event: undefined });
+      for (const jti of ["a", "b", "c", "d"]) cache.put(`key-${jti}`, kept(jti), cache.fence(), at);
+      expect(cache.stats()).toMatchObject({ size: 2, jtis: 2 });
+      cache.evictJti("d");
+      expect(cache.stats()).toMatchObject({ size: 1, jtis: 1 });
+      expect(cache.get("key-d", at)).toBeUndefined();
+      // Past exp the entry goes, and the index with it.
+      cache.confirmUntil(at + 60_000);
+      expect(cache.get("key-c", at + 60_000)).toBeUndefined();
+      expect(cache.stats()).toMatchObject({ size: 0, jtis: 0 });
+    });
+
+    it("streams a legacy revocation on WatchRevocations as a revocation with no digest and the jti as token_id", async () => {
+      const s = await setup();
+      s.revocations.restored();
+      await s.revocations.catchUp();
+      const abort = new AbortController();
+      const events: WatchEvent[] = [];
+      const stream = watchRevocations(s.revocations, 60_000, abort.signal);
+      const reading = (async () => {
+        for await (const e of stream) {
+          events.push(e);
+          if (e.kind === "legacy_revocation") abort.abort();
+        }
+      })();
+      await new Promise((r) => setTimeout(r, 5));
+      s.revocations.noticed(s.log.legacy("jti-9"));
+      await reading;
+      const legacy = events.find((e) => e.kind === "legacy_revocation")!;
+      expect(legacy).toEqual({ kind: "legacy_revocation", jti: "jti-9", position: 1 });
+      expect(watchResponse(legacy)).toMatchObject({ event: { case: "revocation", value: { tokenDigest: new Uint8Array(0), tokenId: "jti-9", position: 1n } } });
+      // A stream resuming from before it gets it from the log.
+      const resumed = watchRevocations(s.revocations, 60_000, new AbortController().signal, Date.now, undefined, 0);
+      expect((await resumed.next()).value).toEqual({ kind: "legacy_revocation", jti: "jti-9", position: 1 });
+      await resumed.return(undefined);
+    });
+  });
