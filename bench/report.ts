@@ -154,9 +154,10 @@ export function table(header: readonly string[], rows: readonly (readonly string
 /** The printed report: Markdown tables, so it pastes straight into the README. */
 export function renderTable(r: BenchResults): string {
   const out: string[] = [];
-  const floorAt = (c: number) => r.floor.find((row) => row.concurrency === c)?.cpuUsPerCall ?? Number.NaN;
+  const floorAt = (c: number, floor: readonly LoadRow[] = r.floor) => floor.find((row) => row.concurrency === c)?.cpuUsPerCall ?? Number.NaN;
   const loadRows: string[][] = [];
-  const add = (label: string, rows: readonly LoadRow[], vsFloor: boolean) => {
+  /** `vsFloor`: compare with the floor of the hits phase (true) or with the given floor rows. */
+  const add = (label: string, rows: readonly LoadRow[], vsFloor: boolean | readonly LoadRow[]) => {
     for (const row of rows) {
       loadRows.push([
         `${label} c=${row.concurrency}`,
@@ -164,7 +165,7 @@ export function renderTable(r: BenchResults): string {
         fmt(row.p50Ms),
         fmt(row.p99Ms),
         fmt(row.cpuUsPerCall),
-        vsFloor ? `${fmt(row.cpuUsPerCall / floorAt(row.concurrency))}×` : "",
+        vsFloor === false ? "" : `${fmt(row.cpuUsPerCall / floorAt(row.concurrency, vsFloor === true ? r.floor : vsFloor))}×`,
         row.failures > 0 ? String(row.failures) : "0",
       ]);
     }
@@ -185,7 +186,7 @@ export function renderTable(r: BenchResults): string {
   if (r.peer) {
     add("RFC 7662 POST /oauth2/introspect hit, service (wrk)", r.peer.serviceHttp, false);
     add(`RFC 7662 POST /introspect, peer: ${r.peer.peer} (wrk)`, r.peer.peerHttp, false);
-    add("IntrospectToken hit beside the peer, gRPC (h2load)", r.peer.serviceGrpc, true);
+    add("IntrospectToken hit beside the peer, gRPC (h2load)", r.peer.serviceGrpc, r.peer.floor);
     add("grpc-js echo floor beside the peer (h2load)", r.peer.floor, false);
   }
   const m = r.miss;
