@@ -148,3 +148,15 @@ export function round(value: number): number {
   if (Math.abs(value) >= 100) return Math.round(value);
   return Number(value.toPrecision(3));
 }
+
+/**
+ * Busy and total clock ticks of one core so far (/proc/stat `cpuN`: busy is
+ * everything but idle and iowait), to tell whether anything else kept a
+ * pinned server's core busy over a window.
+ */
+export function coreTicks(cpu: number): { busy: number; total: number } {
+  const line = readFileSync("/proc/stat", "utf8").split("\n").find((l) => l.startsWith(`cpu${cpu} `));
+  const fields = (line ?? "").trim().split(/\s+/).slice(1).map(Number);
+  const total = fields.reduce((sum, value) => sum + value, 0);
+  return { busy: total - (fields[3] ?? 0) - (fields[4] ?? 0), total };
+}

@@ -148,3 +148,21 @@ export async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: numb
   const usage = (JSON.parse(last) as { benchGc: NodeJS.MemoryUsage }).benchGc;
   return { rawRssKiB, gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, heapTotalKiB: usage.heapTotal / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 } };
 }
+
+/**
+ * Starts the peer, oidc-provider's introspection (bench/oidc-peer.ts), pinned
+ * like the service, with `NODE_ENV=production` as a deployment would run it.
+ * Its one opaque access token is written to `tokenFile`; its port is `httpPort`.
+ */
+export function startOidcPeer(clientId: string, clientSecret: string, tokenFile: string): Promise<ServerProcess> {
+  return spawnServer({
+    name: "oidc-provider",
+    script: "dist/bench/oidc-peer.js",
+    env: { NODE_ENV: "production", PEER_CLIENT_ID: clientId, PEER_CLIENT_SECRET: clientSecret, PEER_TOKEN_FILE: tokenFile },
+    timeoutMs: 30_000,
+    ready: (line) => {
+      const match = /^oidc-provider listening on 127\.0\.0\.1:(\d+)$/.exec(line.trim());
+      return match ? { grpcPort: 0, httpPort: Number(match[1]) } : undefined;
+    },
+  });
+}

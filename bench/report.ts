@@ -99,6 +99,28 @@ export interface BenchResults {
    * each concurrency, every request carrying a sampled `traceparent`.
    */
   tracing?: { off: LoadRow[]; on: LoadRow[]; exportRequests: number; exportedKiB: number; spansExported: number; callsTraced: number };
+  /**
+   * The peer (phase `peer`): oidc-provider's RFC 7662 introspection (memory
+   * adapter, its own pinned child process) and the service's
+   * `POST /oauth2/introspect`, both driven by wrk with the same form and
+   * client_secret_basic, and the service's gRPC hit (h2load), in turns at
+   * each concurrency. Ratios are service ÷ oidc-provider requests/s, and
+   * oidc-provider's CPU per call ÷ the service's.
+   */
+  peer?: {
+    peer: string;
+    /** Bytes of one active answer's JSON body from each. */
+    answerBytes: { service: number; peer: number };
+    serviceHttp: LoadRow[];
+    peerHttp: LoadRow[];
+    serviceGrpc: LoadRow[];
+    /** The bare grpc-js echo floor, in the same turns. */
+    floor: LoadRow[];
+    /** How busy core 0 was over each point, by anyone (%): the server's own share is rate × CPU per call. */
+    coreBusy: { concurrency: number; serviceHttp: number; peerHttp: number; serviceGrpc: number; floor: number }[];
+    /** Service (RFC 7662, gRPC) and echo floor ÷ oidc-provider, requests/s; oidc-provider's CPU per call ÷ theirs. */
+    ratios: { concurrency: number; http: number; grpc: number; floor: number; peerCpuOverHttp: number; peerCpuOverGrpc: number; peerCpuOverFloor: number }[];
+  };
   client: Record<string, number> | null;
   checks: string[];
   notes: string[];
@@ -132,9 +154,10 @@ export function table(header: readonly string[], rows: readonly (readonly string
 /** The printed report: Markdown tables, so it pastes straight into the README. */
 export function renderTable(r: BenchResults): string {
   const out: string[] = [];
-  const floorAt = (c: number) => r.floor.find((row) => row.concurrency === c)?.cpuUsPerCall ?? Number.NaN;
+  const floorAt = (c: number, floor: readonly LoadRow[] = r.floor) => floor.find((row) => row.concurrency === c)?.cpuUsPerCall ?? Number.NaN;
   const loadRows: string[][] = [];
-  const add = (label: string, rows: readonly LoadRow[], vsFloor: boolean) => {
+  /** `vsFloor`: compare with the floor of the hits phase (true) or with the given floor rows. */
+  const add = (label: string, rows: readonly LoadRow[], vsFloor: boolean | readonly LoadRow[]) => {
     for (const row of rows) {
       loadRows.push([
         `${label} c=${row.concurrency}`,
@@ -142,7 +165,7 @@ export function renderTable(r: BenchResults): string {
         fmt(row.p50Ms),
         fmt(row.p99Ms),
         fmt(row.cpuUsPerCall),
-        vsFloor ? `${fmt(row.cpuUsPerCall / floorAt(row.concurrency))}×` : "",
+        vsFloor === false ? "" : `${fmt(row.cpuUsPerCall / floorAt(row.concurrency, vsFloor === true ? r.floor : vsFloor))}×`,
         row.failures > 0 ? String(row.failures) : "0",
       ]);
     }
@@ -159,6 +182,12 @@ export function renderTable(r: BenchResults): string {
   if (r.tracing) {
     add("IntrospectToken hit, gRPC, tracing off, traceparent sent (h2load)", r.tracing.off, true);
     add("IntrospectToken hit, gRPC, tracing on, OTLP/protobuf export (h2load)", r.tracing.on, true);
+  }
+  if (r.peer) {
+    add("RFC 7662 POST /oauth2/introspect hit, service (wrk)", r.peer.serviceHttp, false);
+    add(`RFC 7662 POST /introspect, peer: ${r.peer.peer} (wrk)`, r.peer.peerHttp, false);
+    add("IntrospectToken hit beside the peer, gRPC (h2load)", r.peer.serviceGrpc, r.peer.floor);
+    add("grpc-js echo floor beside the peer (h2load)", r.peer.floor, false);
   }
   const m = r.miss;
   loadRows.push(["IntrospectToken miss, PostgreSQL (h2 loader, 32 in flight)", fmt(m.postgres.rate), fmt(m.postgres.p50Ms), fmt(m.postgres.p99Ms), fmt(m.postgres.cpuUsPerCall), "", String(m.postgres.failures)]);
@@ -189,6 +218,25 @@ export function renderTable(r: BenchResults): string {
       if (off) other.push([`tracing on ÷ off, gRPC hit c=${on.concurrency}: req/s / server CPU per call`, `${fmt(on.rate / off.rate)}× / ${fmt(on.cpuUsPerCall / off.cpuUsPerCall)}× (+${fmt(on.cpuUsPerCall - off.cpuUsPerCall)} µs)`]);
     }
     other.push(["tracing on: spans exported / calls traced (OTLP requests, KiB)", `${r.tracing.spansExported.toLocaleString("en-US")} / ${r.tracing.callsTraced.toLocaleString("en-US")} (${r.tracing.exportRequests} requests, ${fmt(r.tracing.exportedKiB)} KiB)`]);
+  }
+  if (r.peer) {
+    for (const ratio of r.peer.ratios) {
+      other.push([`service ÷ ${r.peer.peer}, c=${ratio.concurrency}: req/s RFC 7662 / gRPC (echo floor)`, `${fmt(ratio.http)}× / ${fmt(ratio.grpc)}× (${fmt(ratio.floor)}×)`]);
+      other.push([`… oidc-provider's server CPU per call ÷ the service's, c=${ratio.concurrency}: RFC 7662 / gRPC (echo floor)`, `${fmt(ratio.peerCpuOverHttp)}× / ${fmt(ratio.peerCpuOverGrpc)}× (${fmt(ratio.peerCpuOverFloor)}×)`]);
+    }
+    // Share of core 0 each server kept busy (rate × CPU per call): well under
+    // 100 % means something else set the pace (the shared machine, the loader),
+    // and the requests/s ratio says less than the CPU ratio above.
+    const busy = (row: LoadRow | undefined) => (row ? `${fmt((row.rate * row.cpuUsPerCall) / 10_000)} %` : "n/a");
+    for (const ratio of r.peer.ratios) {
+      const at = (rows: readonly LoadRow[]) => rows.find((row) => row.concurrency === ratio.concurrency);
+      const core = r.peer.coreBusy.find((x) => x.concurrency === ratio.concurrency);
+      other.push([
+        `… core 0 busy with the server / with anything, c=${ratio.concurrency}: service RFC 7662; oidc-provider; service gRPC; echo floor`,
+        `${busy(at(r.peer.serviceHttp))} / ${fmt(core?.serviceHttp ?? Number.NaN)} %; ${busy(at(r.peer.peerHttp))} / ${fmt(core?.peerHttp ?? Number.NaN)} %; ${busy(at(r.peer.serviceGrpc))} / ${fmt(core?.serviceGrpc ?? Number.NaN)} %; ${busy(at(r.peer.floor))} / ${fmt(core?.floor ?? Number.NaN)} %`,
+      ]);
+    }
+    other.push(["… one active answer's JSON: service / oidc-provider", `${r.peer.answerBytes.service} / ${r.peer.answerBytes.peer} bytes`]);
   }
   if (r.client) for (const [key, value] of Object.entries(r.client)) other.push([`client library: ${key}`, fmt(value)]);
   else other.push(["client library (bench/client-bench.ts)", "not present"]);

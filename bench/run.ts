@@ -6,7 +6,8 @@
  * the grpc-js floor, cache hits over gRPC and Connect, cache misses against
  * PostgreSQL (beside raw `pg` lookups) and PGlite, legacy JWTs, revocation
  * across two replicas (with and without the notification channel), memory
- * per cached token, and issue throughput. Servers run from dist/ as child
+ * per cached token, issue throughput, and the peer: oidc-provider's RFC 7662
+ * introspection beside the service's. Servers run from dist/ as child
  * processes pinned to core 0; load generators are pinned to core 1 (the
  * runner itself is started on core 1 by the npm script). Everything listens
  * on 127.0.0.1, and every load loop is bounded in count and time.
@@ -14,7 +15,7 @@
  * Options:
  *   --profile         also profile the service (node --cpu-prof) under the
  *                     gRPC cache-hit load and summarise where its CPU goes
- *   --only=a,b        run only some phases (hits, legacy, extauthz, tracing, issue,
+ *   --only=a,b        run only some phases (hits, legacy, extauthz, tracing, peer, issue,
  *                     revocation, miss, pglite, jose, profile); results then go to
  *                     bench/results/tmp/partial.json, not latest.*
  *
@@ -37,12 +38,12 @@ import { CheckRequestSchema } from "../gen/envoy/service/auth/v3/external_auth_p
 import type { Environment } from "../src/domain/environment.js";
 import { migrateToLatest, openDatabase } from "../src/storage/database.js";
 import type { ClientBenchContext, ClientBenchModule } from "./client-bench-api.js";
-import { DIST_BENCH, RESULTS_DIR, ROOT, TMP_DIR, cpuMicros, localTcpPorts, quantile, round, rssKiB, runBounded, runLoadScript, schedMicros, sleep, sortedCopy } from "./common.js";
+import { DIST_BENCH, RESULTS_DIR, ROOT, SERVER_CPU, TMP_DIR, coreTicks, cpuMicros, localTcpPorts, quantile, round, rssKiB, runBounded, runLoadScript, schedMicros, sleep, sortedCopy } from "./common.js";
 import { checkOnce, tokenClient } from "./grpc-client.js";
 import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
 import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
 import { adminDatabaseUrl, databaseUrl, dropDatabase, ensurePostgres } from "./postgres.js";
-import { memoryOf, startEchoServer, startTokenService, type ServerProcess } from "./processes.js";
+import { memoryOf, startEchoServer, startOidcPeer, startTokenService, type ServerProcess } from "./processes.js";
 import { summarizeProfile } from "./profile.js";
 import { renderSvg, renderTable, target, type BenchResults, type LoadRow, type TimingStats } from "./report.js";
 import { insertRows, mintCaller, mintTokens, type PgliteSeedInput } from "./seed.js";
@@ -55,6 +56,11 @@ const WARM_UP_S = 2;
 const MEASURE_S = 5;
 /** The runner's own time budget (the build before it takes ~20 s of the five minutes). */
 const RUNNER_BUDGET_S = 265;
+/**
+ * Seconds the peer phase took (about one minute): the budget grows by it, so
+ * the peer does not take its time from the memory phase's fill.
+ */
+let peerPhaseS = 0;
 const CONCURRENCIES = [1, 16, 64] as const;
 /** Connect JSON over HTTP/1.1 (wrk) at one point only, to keep within five minutes; Connect proto over h2c covers all three. */
 const JSON_CONCURRENCIES = [16] as const;
@@ -77,6 +83,8 @@ const ENVIRONMENT: Environment = "production";
 const SERVICE_PATH = "/tokens.v1.TokenService/IntrospectToken";
 const CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check";
 const LISTENER_APPLICATION_NAME = "token-introspection-service/listener";
+/** The peer (bench/oidc-peer.ts): the devDependency's version, read from its package.json at run time. */
+const PEER_NAME = `oidc-provider ${(JSON.parse(readFileSync(resolve(ROOT, "node_modules", "oidc-provider", "package.json"), "utf8")) as { version: string }).version}, memory adapter`;
 
 const argv = process.argv.slice(2);
 const PROFILE = argv.includes("--profile");
@@ -138,17 +146,46 @@ async function h2loadSeries(label: string, server: ServerProcess, url: string, b
   return rows;
 }
 
+/** One measured wrk point (HTTP/1.1), after an unmeasured warm-up when `warm`. */
+async function wrkPoint(label: string, server: ServerProcess, url: string, script: string, concurrency: number, warm: boolean): Promise<LoadRow> {
+  if (warm) await wrk({ url, script, connections: concurrency, seconds: WARM_UP_S });
+  const row = await measured(server, concurrency, () => wrk({ url, script, connections: concurrency, seconds: MEASURE_S }));
+  if (row.failures > 0) checks.push(`${label} c=${concurrency}: ${row.failures} failed requests (wrk)`);
+  log(`${label} c=${concurrency}: ${row.rate} req/s, p99 ${row.p99Ms} ms, ${row.cpuUsPerCall} µs CPU/call`);
+  return row;
+}
+
 /** wrk (Connect JSON over HTTP/1.1) at each concurrency, after one unmeasured warm-up. */
 async function wrkSeries(label: string, server: ServerProcess, url: string, script: string, concurrencies: readonly number[]): Promise<LoadRow[]> {
   const rows: LoadRow[] = [];
-  for (const [index, concurrency] of concurrencies.entries()) {
-    if (index === 0) await wrk({ url, script, connections: concurrency, seconds: WARM_UP_S });
-    const row = await measured(server, concurrency, () => wrk({ url, script, connections: concurrency, seconds: MEASURE_S }));
-    if (row.failures > 0) checks.push(`${label} c=${concurrency}: ${row.failures} failed requests (wrk)`);
-    log(`${label} c=${concurrency}: ${row.rate} req/s, p99 ${row.p99Ms} ms, ${row.cpuUsPerCall} µs CPU/call`);
-    rows.push(row);
-  }
+  for (const [index, concurrency] of concurrencies.entries()) rows.push(await wrkPoint(label, server, url, script, concurrency, index === 0));
   return rows;
+}
+
+/** `Authorization: Basic` for `client_secret_basic` (RFC 6749 §2.3.1: each part form-urlencoded, then RFC 7617). */
+function basicAuthorization(clientId: string, secret: string): string {
+  return `Basic ${Buffer.from(`${encodeURIComponent(clientId)}:${encodeURIComponent(secret)}`).toString("base64")}`;
+}
+
+/**
+ * `calls` sequential RFC 7662 introspections of one token with a real client:
+ * wrk counts any 200 as a success, `{"active":false}` included, so every
+ * wrk series of the peer phase is bracketed by these. Returns how many
+ * answered 200 with `active: true`, and the last answer's size.
+ */
+async function introspectionSample(url: string, authorization: string, token: string, calls: number): Promise<{ active: number; bytes: number; last: string }> {
+  let active = 0;
+  let last = "";
+  for (let i = 0; i < calls; i++) {
+    const res = await fetch(url, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", accept: "application/json", authorization },
+      body: new URLSearchParams({ token }).toString(),
+    });
+    last = await res.text();
+    if (res.status === 200 && (JSON.parse(last) as { active?: unknown }).active === true) active++;
+  }
+  return { active, bytes: Buffer.byteLength(last), last: last.slice(0, 120) };
 }
 
 /** Runs the h2 loader (core 1) and reports what it saw. */
@@ -300,6 +337,7 @@ async function main(): Promise<void> {
     floor: [],
     grpcHit: [],
     ...(wants("extauthz") ? { extAuthz: { introspect: [], check: [] } } : {}),
+    ...(wants("peer") ? { peer: { peer: PEER_NAME, answerBytes: { service: 0, peer: 0 }, serviceHttp: [], peerHttp: [], serviceGrpc: [], floor: [], coreBusy: [], ratios: [] } } : {}),
     connectProto: [],
     connectJson: [],
     legacy: { jwtChars: 0, jwtGrpc: [], joseLocalUsPerVerify: Number.NaN },
@@ -497,6 +535,85 @@ async function main(): Promise<void> {
       };
       await sink.close();
       log(`tracing: ${results.tracing.spansExported} spans exported in ${sink.counts.requests} OTLP requests`);
+    }
+
+    if (wants("peer") && results.peer) {
+      // The peer: oidc-provider's RFC 7662 introspection (memory adapter) in
+      // its own child process pinned to the server core like the service.
+      // The same client (wrk, one thread, keep-alive) sends the same form to
+      // both, `token=<opaque access token>` with client_secret_basic; the
+      // service's gRPC hit is measured in the same turns. At each concurrency
+      // the three run one after another so drift on the shared machine hits
+      // all alike.
+      const peerStartedAt = Date.now();
+      const peerClientId = "bench-resource-server";
+      const peerSecret = randomBytes(24).toString("base64url");
+      const peerTokenFile = resolve(TMP_DIR, "oidc-peer-token.txt");
+      rmSync(peerTokenFile, { force: true });
+      const peer = await startOidcPeer(peerClientId, peerSecret, peerTokenFile);
+      servers.push(peer);
+      const peerToken = readFileSync(peerTokenFile, "utf8");
+      const peerUrl = `http://127.0.0.1:${peer.httpPort}/introspect`;
+      const peerAuthorization = basicAuthorization(peerClientId, peerSecret);
+      // The service's clients are its tokens: client id = the caller token's id, secret = the token.
+      const serviceUrl = `http://127.0.0.1:${a.httpPort}/oauth2/introspect`;
+      const serviceAuthorization = basicAuthorization(gatewaySet.rows[0]!.id, gatewayToken);
+      const peerFirst = await introspectionSample(peerUrl, peerAuthorization, peerToken, 1);
+      const serviceFirst = await introspectionSample(serviceUrl, serviceAuthorization, userToken, 1);
+      if (peerFirst.active !== 1) throw new Error(`oidc-provider does not answer active before loading: ${peerFirst.last}`);
+      if (serviceFirst.active !== 1) throw new Error(`POST /oauth2/introspect does not answer active before loading: ${serviceFirst.last}`);
+      results.peer.answerBytes = { service: serviceFirst.bytes, peer: peerFirst.bytes };
+      log(`oidc-provider up (HTTP ${peer.httpPort}); answers active: service ${serviceFirst.bytes} bytes, oidc-provider ${peerFirst.bytes} bytes`);
+      const form = (token: string) => new URLSearchParams({ token }).toString();
+      const serviceScript = wrkPostScript("rfc7662-service", form(userToken), { "Content-Type": "application/x-www-form-urlencoded", Authorization: serviceAuthorization });
+      const peerScript = wrkPostScript("rfc7662-oidc-provider", form(peerToken), { "Content-Type": "application/x-www-form-urlencoded", Authorization: peerAuthorization });
+      const grpcUrl = `http://${grpcA}${SERVICE_PATH}`;
+      // The bare grpc-js echo floor in the same turns: what any service on
+      // grpc-js could reach over gRPC on this core, beside the peer.
+      const echo = await startEchoServer(responseBytes);
+      servers.push(echo);
+      const echoUrl = `http://127.0.0.1:${echo.grpcPort}/bench.v1.Echo/Echo`;
+      /** A point, and how busy the server core was over it, whoever kept it busy (%). */
+      const withCore = async (point: () => Promise<LoadRow>): Promise<[LoadRow, number]> => {
+        const before = coreTicks(SERVER_CPU);
+        const row = await point();
+        const after = coreTicks(SERVER_CPU);
+        return [row, round((100 * (after.busy - before.busy)) / Math.max(1, after.total - before.total))];
+      };
+      for (const [index, concurrency] of CONCURRENCIES.entries()) {
+        if (index === 0) {
+          await wrk({ url: serviceUrl, script: serviceScript, connections: concurrency, seconds: WARM_UP_S });
+          await wrk({ url: peerUrl, script: peerScript, connections: concurrency, seconds: WARM_UP_S });
+          await h2load({ url: grpcUrl, bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency, seconds: WARM_UP_S, latencies: false });
+          await h2load({ url: echoUrl, bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency, seconds: WARM_UP_S, latencies: false });
+        }
+        const [serviceHttp, serviceHttpCore] = await withCore(() => wrkPoint("RFC 7662 hit, service", a, serviceUrl, serviceScript, concurrency, false));
+        const [peerHttp, peerHttpCore] = await withCore(() => wrkPoint("RFC 7662, oidc-provider", peer, peerUrl, peerScript, concurrency, false));
+        const [serviceGrpc, serviceGrpcCore] = await withCore(() => h2loadPoint("gRPC hit (beside the peer)", a, grpcUrl, grpcBodyFile, grpcHeaders, concurrency, false));
+        const [floor, floorCore] = await withCore(() => h2loadPoint("echo floor (beside the peer)", echo, echoUrl, grpcBodyFile, grpcHeaders, concurrency, false));
+        results.peer.floor.push(floor);
+        results.peer.serviceHttp.push(serviceHttp);
+        results.peer.peerHttp.push(peerHttp);
+        results.peer.serviceGrpc.push(serviceGrpc);
+        results.peer.coreBusy.push({ concurrency, serviceHttp: serviceHttpCore, peerHttp: peerHttpCore, serviceGrpc: serviceGrpcCore, floor: floorCore });
+        results.peer.ratios.push({
+          concurrency,
+          http: round(serviceHttp.rate / peerHttp.rate),
+          grpc: round(serviceGrpc.rate / peerHttp.rate),
+          peerCpuOverHttp: round(peerHttp.cpuUsPerCall / serviceHttp.cpuUsPerCall),
+          peerCpuOverGrpc: round(peerHttp.cpuUsPerCall / serviceGrpc.cpuUsPerCall),
+          floor: round(floor.rate / peerHttp.rate),
+          peerCpuOverFloor: round(peerHttp.cpuUsPerCall / floor.cpuUsPerCall),
+        });
+      }
+      const peerAfter = await introspectionSample(peerUrl, peerAuthorization, peerToken, 20);
+      const serviceAfter = await introspectionSample(serviceUrl, serviceAuthorization, userToken, 20);
+      if (peerAfter.active !== 20) checks.push(`oidc-provider: ${20 - peerAfter.active} of 20 answers after the load not active: ${peerAfter.last}`);
+      if (serviceAfter.active !== 20) checks.push(`POST /oauth2/introspect: ${20 - serviceAfter.active} of 20 answers after the load not active: ${serviceAfter.last}`);
+      await statusSample("gRPC hit (beside the peer)", grpcA, gatewayToken, userTokensFile, 500);
+      await echo.stop(3_000);
+      await peer.stop(3_000);
+      peerPhaseS = Math.round((Date.now() - peerStartedAt) / 1000);
     }
 
     // The service must still answer, with a real client, after all that.
@@ -730,7 +847,7 @@ async function main(): Promise<void> {
       // The rest of the 100,000, unmeasured, as fast as the service goes; bounded so the run stays within five minutes.
       const first = MISS_WARM_TOKENS + miss.calls;
       const rest = MEMORY_TOKENS - first;
-      const fillSeconds = Math.max(15, Math.min(150, RUNNER_BUDGET_S - 40 - (Date.now() - startedAt) / 1000));
+      const fillSeconds = Math.max(15, Math.min(150, RUNNER_BUDGET_S + peerPhaseS - 40 - (Date.now() - startedAt) / 1000));
       log(`memory: introspecting the other ${rest.toLocaleString("en-US")} tokens once each (at most ${Math.round(fillSeconds)} s)`);
       const fill = await h2loader({ ...base, first, maxCalls: rest, maxSeconds: fillSeconds });
       if (fill.active !== fill.calls) checks.push(`memory fill: ${fill.calls - fill.active} of ${fill.calls} answers not active (${JSON.stringify(fill.statuses)})`);
@@ -828,6 +945,10 @@ async function main(): Promise<void> {
   const hit64 = at(results.grpcHit, 64);
   const floor64 = at(results.floor, 64);
   if (hit64) t.push(target("gRPC cache hit p99 at concurrency 64", hit64.p99Ms, "max", 5, "ms", floor64 ? `echo floor: ${floor64.p99Ms} ms` : undefined));
+  for (const ratio of results.peer?.ratios ?? []) {
+    t.push(target(`RFC 7662 hit req/s, service ÷ oidc-provider, c=${ratio.concurrency}`, ratio.http, "min", 3, "×", "wrk, same form and client_secret_basic"));
+    t.push(target(`gRPC IntrospectToken hit req/s ÷ oidc-provider RFC 7662, c=${ratio.concurrency}`, ratio.grpc, "min", 3, "×", "h2load vs wrk"));
+  }
   if (Number.isFinite(results.miss.ratio)) t.push(target("cache miss on PostgreSQL ÷ raw pg rate", results.miss.ratio, "min", 0.5, "×"));
   if (results.revocation.channel.n > 0) t.push(target("revocation visible on the other replica, p99", results.revocation.channel.p99Ms, "max", 50, "ms", "from RevokeToken sent"));
   if (results.revocation.cut.n > 0) t.push(target("revocation with the channel cut, max", results.revocation.cut.maxMs, "max", STALENESS_MS, "ms", "CACHE_STALENESS"));
@@ -847,7 +968,7 @@ async function main(): Promise<void> {
   writeFileSync(resolve(TMP_DIR, "latest-table.md"), `${text}\n`);
   process.stdout.write(`\n${text}\n\n`);
   log(`done in ${results.meta.elapsedS} s; wrote ${jsonFile}${partial ? "" : " and latest.svg"}`);
-  if (results.meta.elapsedS > 300) log("WARNING: the run took longer than five minutes");
+  if (results.meta.elapsedS > 300 + peerPhaseS) log(`WARNING: the run took longer than ${peerPhaseS > 0 ? "five minutes plus the peer phase" : "five minutes"}`);
   if (checks.length > 0) process.exitCode = 1;
 }
 
