@@ -82,28 +82,7 @@ function openPostgres(url: string, options: DatabaseOptions): OpenedDatabase {
   if (!/^postgres(ql)?:\/\//.test(url)) {
     throw new Error("the database URL must start with postgres:// or postgresql://");
   }
-  const statementTimeout = options.statementTimeoutMs > 0 ? options.statementTimeoutMs : undefined;
-  const pool = new Pool({
-    connectionString: url,
-    max: options.poolMax,
-    connectionTimeoutMillis: options.connectTimeoutMs,
-    statement_timeout: statementTimeout ?? false,
-    query_timeout: statementTimeout === undefined ? undefined : statementTimeout + QUERY_TIMEOUT_MARGIN_MS,
-    // TCP keepalive lets the kernel notice a half-open connection (node-postgres #967, #3003).
-    keepAlive: true,
-    application_name: "token-introspection-service",
-  });
-  // Without a listener, an idle client's error (server restart, network loss)
-  // is an unhandled 'error' event and kills the process. The pool already
-  // discards that client; the next query opens a fresh one.
-  pool.on("error", (error) => options.onIdleClientError?.(error));
-  // pg-pool removes its own listener while a client is checked out, and a
-  // connection that dies mid-query then emits 'error' with nobody listening,
-  // which would crash the process. The query itself already fails (and is
-  // answered UNAVAILABLE); this listener only keeps the process alive.
-  pool.on("connect", (client) => {
-    client.on("error", (error) => options.onIdleClientError?.(error));
-  });
+  const pool = openPool(url, options, "token-introspection-service");
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   const listen: ListenSessionFactory = async (onPayload, onLost) => {
     // A dedicated session, never a pooled one: LISTEN is session state.
@@ -164,21 +143,7 @@ export function openReadReplica(url: string, options: Omit<DatabaseOptions, "url
   if (!/^postgres(ql)?:\/\//.test(url)) {
     throw new Error("the read replica URL must start with postgres:// or postgresql://");
   }
-  const statementTimeout = options.statementTimeoutMs > 0 ? options.statementTimeoutMs : undefined;
-  const pool = new Pool({
-    connectionString: url,
-    max: options.poolMax,
-    connectionTimeoutMillis: options.connectTimeoutMs,
-    statement_timeout: statementTimeout ?? false,
-    query_timeout: statementTimeout === undefined ? undefined : statementTimeout + QUERY_TIMEOUT_MARGIN_MS,
-    keepAlive: true,
-    application_name: "token-introspection-service/replica-reads",
-  });
-  // As for the primary's pool: an idle or in-use connection dying must not crash the process.
-  pool.on("error", (error) => options.onIdleClientError?.(error));
-  pool.on("connect", (client) => {
-    client.on("error", (error) => options.onIdleClientError?.(error));
-  });
+  const pool = openPool(url, options, "token-introspection-service/replica-reads");
   const prepared = async <R>(name: string, text: string, values: readonly unknown[]): Promise<R[]> =>
     (await pool.query({ name, text, values: [...values] })).rows as R[];
   return {
@@ -189,6 +154,33 @@ export function openReadReplica(url: string, options: Omit<DatabaseOptions, "url
     close: once(() => pool.end()),
     poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount, max: options.poolMax }),
   };
+}
+
+/** A `pg` pool with the service's timeouts, keepalive and error listeners (primary and read replica alike). */
+function openPool(url: string, options: Omit<DatabaseOptions, "url" | "dataDir">, applicationName: string): Pool {
+  const statementTimeout = options.statementTimeoutMs > 0 ? options.statementTimeoutMs : undefined;
+  const pool = new Pool({
+    connectionString: url,
+    max: options.poolMax,
+    connectionTimeoutMillis: options.connectTimeoutMs,
+    statement_timeout: statementTimeout ?? false,
+    query_timeout: statementTimeout === undefined ? undefined : statementTimeout + QUERY_TIMEOUT_MARGIN_MS,
+    // TCP keepalive lets the kernel notice a half-open connection (node-postgres #967, #3003).
+    keepAlive: true,
+    application_name: applicationName,
+  });
+  // Without a listener, an idle client's error (server restart, network loss)
+  // is an unhandled 'error' event and kills the process. The pool already
+  // discards that client; the next query opens a fresh one.
+  pool.on("error", (error) => options.onIdleClientError?.(error));
+  // pg-pool removes its own listener while a client is checked out, and a
+  // connection that dies mid-query then emits 'error' with nobody listening,
+  // which would crash the process. The query itself already fails (and is
+  // answered UNAVAILABLE); this listener only keeps the process alive.
+  pool.on("connect", (client) => {
+    client.on("error", (error) => options.onIdleClientError?.(error));
+  });
+  return pool;
 }
 
 async function openPglite(dataDir: string): Promise<OpenedDatabase> {

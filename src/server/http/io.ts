@@ -75,44 +75,8 @@ export async function readForm(req: HttpRequest, limit = MAX_FORM_BYTES): Promis
   if (type !== "application/x-www-form-urlencoded") {
     return { ok: false, status: 415, description: "send the parameters as application/x-www-form-urlencoded" };
   }
-  const tooLarge = { ok: false, status: 413, description: `the request body must be at most ${limit} bytes` } as const;
-  const declared = Number(header(req, "content-length") ?? "0");
-  if (declared > limit) return tooLarge;
-  // Listeners rather than an async iterator: leaving an iterator early would
-  // destroy the request, and with it the connection the 413 must go out on.
-  const body = await new Promise<Buffer | undefined>((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const done = () => {
-      req.off("data", onData);
-      req.off("end", onEnd);
-      req.off("error", onError);
-      req.off("close", onClose);
-    };
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size <= limit) return void chunks.push(chunk);
-      done();
-      // Discard the rest, so the client reads the 413 rather than a reset.
-      req.resume();
-      resolve(undefined);
-    };
-    const onEnd = () => {
-      done();
-      resolve(Buffer.concat(chunks));
-    };
-    const onError = (error: Error) => {
-      done();
-      reject(error);
-    };
-    // A client that leaves mid-body is its own doing: a 400 nobody reads, not a logged failure.
-    const onClose = () => onError(new TokenError("invalid_argument", "the request body was incomplete"));
-    req.on("data", onData);
-    req.on("end", onEnd);
-    req.on("error", onError);
-    req.on("close", onClose);
-  });
-  if (body === undefined) return tooLarge;
+  const body = await readBodyWithin(req, limit);
+  if (body === undefined) return { ok: false, status: 413, description: `the request body must be at most ${limit} bytes` };
   const fields = new Map<string, string>();
   const repeated = new Set<string>();
   for (const [name, value] of new URLSearchParams(body.toString("utf8"))) {
@@ -177,3 +141,48 @@ export function httpError(error: unknown, log: Logger, route: string): HttpError
 
 /** `Retry-After` for an outage (RFC 9110 §10.2.3): the store is usually back within seconds. */
 export const RETRY_AFTER = { "retry-after": "1" } as const;
+
+/**
+ * Reads a request body of at most `limit` bytes: undefined when it is larger
+ * (a declared length over the limit is refused before reading, and the rest
+ * of a longer body is discarded so the client reads the refusal). A client
+ * that leaves mid-body is an `invalid_argument`, not a server failure.
+ */
+export function readBodyWithin(req: HttpRequest, limit: number): Promise<Buffer | undefined> {
+  const declared = Number(header(req, "content-length") ?? "0");
+  if (declared > limit) return Promise.resolve(undefined);
+  // Listeners rather than an async iterator: leaving an iterator early would
+  // destroy the request, and with it the connection the 413 must go out on.
+  return new Promise<Buffer | undefined>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = () => {
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("error", onError);
+      req.off("close", onClose);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) return void chunks.push(chunk);
+      done();
+      // Discard the rest, so the client reads the 413 rather than a reset.
+      req.resume();
+      resolve(undefined);
+    };
+    const onEnd = () => {
+      done();
+      resolve(Buffer.concat(chunks));
+    };
+    const onError = (error: Error) => {
+      done();
+      reject(error);
+    };
+    // A client that leaves mid-body is its own doing: a 400 nobody reads, not a logged failure.
+    const onClose = () => onError(new TokenError("invalid_argument", "the request body was incomplete"));
+    req.on("data", onData);
+    req.on("end", onEnd);
+    req.on("error", onError);
+    req.on("close", onClose);
+  });
+}

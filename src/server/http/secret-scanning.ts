@@ -7,7 +7,7 @@ import { ConfigError, type Config } from "../../config.js";
 import type { Logger, TokenDeps } from "../../domain/ports.js";
 import { MAX_PRESENTED_TOKEN_LENGTH } from "../../domain/token-format.js";
 import type { HttpRequest, HttpResponse } from "../http-server.js";
-import { RETRY_AFTER, header, httpError, requestMeta, sendJson } from "./io.js";
+import { RETRY_AFTER, header, httpError, readBodyWithin, requestMeta, sendJson } from "./io.js";
 
 /**
  * GitHub's secret scanning partner programme: GitHub POSTs a JSON array of
@@ -139,44 +139,10 @@ export function isJson(req: HttpRequest): boolean {
 }
 
 /**
- * Reads the raw body, at most `limit` bytes; undefined when larger (a
- * declared length over the limit is refused before reading). The signature
+ * The raw body, at most `limit` bytes; undefined when larger. The signature
  * covers these exact bytes, so nothing is decoded before it is checked.
  */
-export async function readBody(req: HttpRequest, limit: number): Promise<Buffer | undefined> {
-  const declared = Number(header(req, "content-length") ?? "0");
-  if (declared > limit) return undefined;
-  return new Promise<Buffer | undefined>((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const done = () => {
-      req.off("data", onData);
-      req.off("end", onEnd);
-      req.off("error", onError);
-      req.off("close", onClose);
-    };
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size <= limit) return void chunks.push(chunk);
-      done();
-      req.resume();
-      resolve(undefined);
-    };
-    const onEnd = () => {
-      done();
-      resolve(Buffer.concat(chunks));
-    };
-    const onError = (error: Error) => {
-      done();
-      reject(error);
-    };
-    const onClose = () => onError(new Error("the request body was incomplete"));
-    req.on("data", onData);
-    req.on("end", onEnd);
-    req.on("error", onError);
-    req.on("close", onClose);
-  });
-}
+export const readBody = readBodyWithin;
 
 /** 413, closing an HTTP/1.1 connection whose body was not read to the end. */
 export function refuseTooLarge(req: HttpRequest, res: HttpResponse, description: string): void {
