@@ -13,6 +13,7 @@ import { toConnectError } from "./errors.js";
 import { checkFactsOf, checkRequestDecoder, type CheckFacts } from "./ext-authz-wire.js";
 import { bearerChallenge, bearerToken, claimHeaders, headerSafe, secretMatcher } from "./gateway-auth.js";
 import { deprecationHeaders } from "./mapping.js";
+import { HotAnswers } from "./hot-answers.js";
 
 /**
  * Envoy's external authorization over gRPC: `envoy.service.auth.v3.Authorization/Check`,
@@ -56,7 +57,7 @@ export class ExtAuthzHandler implements ServiceImpl<typeof Authorization> {
   /** Whether a call carries the secret; undefined when none is configured. */
   private readonly fromEnvoy: ((presented: string | undefined) => boolean) | undefined;
   /** Allowed answers of hot tokens (see {@link allowed}). */
-  private readonly hot = new Map<IntrospectedClaims, CheckResponse>();
+  private readonly hot = new HotAnswers<IntrospectedClaims, CheckResponse>(MAX_HOT_ANSWERS);
   /** Denials per inactive result: the common ones are shared frozen objects, so this allocates nothing per call. */
   private readonly denials = new WeakMap<IntrospectResult, CheckResponse>();
   /**
@@ -108,7 +109,7 @@ export class ExtAuthzHandler implements ServiceImpl<typeof Authorization> {
    * with nothing per call in it) the message built the first time is re-sent,
    * frozen, so the gRPC adapter also reuses its encoded bytes: a hit costs
    * the lookup and no building or encoding. Bounded to a hot set, oldest
-   * out first, like `introspectAnswer`.
+   * out first, and weakly keyed, like `introspectAnswer` (see HotAnswers).
    */
   private allowed(result: Extract<IntrospectResult, { active: true }>): CheckResponse {
     const reusable = result.fromCache === true && result.backendJwt === undefined && result.deprecation === undefined;
@@ -132,7 +133,6 @@ export class ExtAuthzHandler implements ServiceImpl<typeof Authorization> {
       dynamicMetadata: claimsMetadata(result.claims),
     });
     if (reusable) {
-      if (this.hot.size >= MAX_HOT_ANSWERS) this.hot.delete(this.hot.keys().next().value!);
       this.hot.set(result.claims, Object.freeze(answer));
     }
     return answer;

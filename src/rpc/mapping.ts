@@ -23,6 +23,7 @@ import type { Deprecation } from "../domain/legacy-jwt.js";
 import type { SecurityEventRow, Severity, TokenRecord } from "../domain/model.js";
 import { foldedValues } from "../domain/security-events.js";
 import { tokenState } from "../domain/model.js";
+import { HotAnswers } from "./hot-answers.js";
 
 /**
  * Protobuf ⇄ domain mapping: the only place that knows both shapes.
@@ -227,11 +228,16 @@ export function introspectResponse(
  * every hit, so a repeat introspection can re-send a message built once
  * (frozen, which also lets the gRPC adapter reuse its encoded bytes). Bounded
  * to a hot set rather than kept per cached token: a message costs about 2 KB,
- * more than the cached token itself. Answers carrying per-call parts (a
- * backend JWT) are built each time.
+ * more than the cached token itself. Weakly keyed (see HotAnswers): a token
+ * the cache let go takes its answer with it. Answers carrying per-call parts
+ * (a backend JWT) are built each time.
  */
-const HOT_ANSWERS = new Map<object, IntrospectTokenResponse>();
-const MAX_HOT_ANSWERS = 10_000;
+const HOT_ANSWERS = new HotAnswers<object, IntrospectTokenResponse>(10_000);
+
+/** How many built answers are kept now (for tests and metrics). */
+export function hotAnswerCount(): number {
+  return HOT_ANSWERS.size();
+}
 
 /** The introspection answer as a message, reused for hot tokens. */
 export function introspectAnswer(result: IntrospectResult, claimsContext: { readonly issuer: string; readonly audience: readonly string[] }): IntrospectTokenResponse {
@@ -246,8 +252,6 @@ export function introspectAnswer(result: IntrospectResult, claimsContext: { read
   }
   const answer = create(IntrospectTokenResponseSchema, introspectResponse(result, claimsContext));
   if (memoKey !== undefined) {
-    // Oldest first out: a token that is still hot comes straight back.
-    if (HOT_ANSWERS.size >= MAX_HOT_ANSWERS) HOT_ANSWERS.delete(HOT_ANSWERS.keys().next().value!);
     HOT_ANSWERS.set(memoKey, Object.freeze(answer));
   }
   return answer;
