@@ -16,7 +16,7 @@ export interface TokenCacheOptions<V> {
   /** How long "no such token" is remembered, so garbage does not reach the store on every call. */
   readonly negativeTtlMs: number;
   /**
-   * Most negative answers held, in a segment of their own (oldest first out),
+   * Most negative answers held, in a segment of their own (oldest first out; expired ones leave as new ones come),
    * so a flood of unknown tokens only ever evicts other unknown tokens, never
    * a known one. Default: a tenth of `maxEntries`, at least 1. Not counted in
    * `maxEntries` or `maxBytes` (each costs a few hundred bytes).
@@ -129,6 +129,17 @@ export class TokenCache<V> {
     const bytes = this.sizeOf(key, record);
     this.remove(key);
     if (this.isNegative(record)) {
+      // Expired answers are never served again, and an unknown token is
+      // rarely asked about twice: drop them from the front as new ones come,
+      // so the segment holds what the last `negativeTtlMs` brought, not
+      // `negativeMax` dead entries (a flood of random tokens filled it to the
+      // cap and kept it there). Safe: `fetchedAt` is at most now, so an entry
+      // that old is expired by now.
+      for (const [oldKey, old] of this.negatives) {
+        if (fetchedAt - old.fetchedAt <= this.options.negativeTtlMs) break;
+        this.remove(oldKey);
+        this.evictions++;
+      }
       // Oldest out first: negative answers live briefly, recency says little.
       while (this.negatives.size >= this.negativeMax) {
         const oldest = this.negatives.keys().next().value!;

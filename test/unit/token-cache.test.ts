@@ -104,3 +104,15 @@ describe("introspection through the cache", () => {
     expect(await introspectToken(f.deps, issued.token, meta)).toMatchObject({ active: false, reason: "revoked" });
   });
 });
+
+describe("TokenCache negative segment", () => {
+  it("drops expired negative answers as new ones come, not only at its cap (unknown tokens are rarely asked twice)", () => {
+    const cache = cacheOf({ negativeMaxEntries: 20_000, negativeTtlMs: 2_000 });
+    // A steady stream of distinct unknown tokens, 50 a second for 100 s.
+    for (let i = 0; i < 5_000; i++) cache.put(`unknown-${i}`, null, cache.fence(), i * 20);
+    // Only those still within their 2 s remain: 100 of them (plus the edge), far below the cap.
+    expect(cache.stats().negatives).toBeLessThanOrEqual(101);
+    expect(cache.peek("unknown-4999", 99_980)).toBeNull();
+    expect(cache.peek("unknown-4899", 99_980)).toBeNull();
+  });
+});
