@@ -189,10 +189,7 @@ async function issue(args: readonly string[], open: Open, _io: CliIo, out: Outpu
   out.secret(answer.token);
 
   // Warn about what the token actually got (the answer), not what was asked.
-  const granted = answer.info ?? { isAdmin: request.isAdmin ?? false, scopes: request.scopes ?? [] };
-  if (granted.isAdmin) out.warn("this token is an admin token");
-  const beyondRead = granted.scopes.filter((scope) => !isReadScope(scope));
-  if (beyondRead.length > 0) out.warn(`this token has scopes beyond read: ${beyondRead.join(", ")}`);
+  warnElevated(out, answer.info ?? { isAdmin: request.isAdmin ?? false, scopes: request.scopes ?? [] });
 
   // The one place a token is printed: stdout of `issue`, shown this once.
   if (values.json) out.json(IssueTokenResponseSchema, answer);
@@ -627,4 +624,15 @@ function describeIntrospection(answer: IntrospectTokenResponse): string[] {
   const lines = ["active", ...fields.filter(([, value]) => value !== "").map(([key, value]) => `${`${key}:`.padEnd(13)}${safe(value)}`)];
   if (answer.deprecation) lines.push(`deprecation: ${safe(answer.deprecation.notice)} ${safe(answer.deprecation.link)} (sunset ${isoTime(answer.deprecation.sunsetTime)})`);
   return lines;
+}
+
+/**
+ * Warns on stderr about what a new token actually got: admin, or scopes
+ * beyond read. One check for every command that prints a new token
+ * (`issue`, `rotate`).
+ */
+export function warnElevated(out: Output, granted: { readonly isAdmin: boolean; readonly scopes: readonly string[] }): void {
+  if (granted.isAdmin) out.warn("this token is an admin token");
+  const beyondRead = granted.scopes.filter((scope) => !isReadScope(scope));
+  if (beyondRead.length > 0) out.warn(`this token has scopes beyond read: ${beyondRead.join(", ")}`);
 }

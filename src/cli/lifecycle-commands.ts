@@ -3,7 +3,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { RevokeTokensResponseSchema, RotateTokenResponseSchema, type RotateTokenRequestSchema } from "../../gen/tokens/v1/token_service_pb.js";
 import { parseDuration } from "../config.js";
-import { CONNECTION_OPTIONS, isReadScope, isoTime, noPositionals, safe, tokenArgument, tokenRow, ttlMs, wholeNumber, type CliIo, type Command, type Open, type Output } from "./api-commands.js";
+import { CONNECTION_OPTIONS, isoTime, noPositionals, safe, tokenArgument, tokenRow, ttlMs, warnElevated, wholeNumber, type CliIo, type Command, type Open, type Output } from "./api-commands.js";
 import { UsageError } from "./usage.js";
 
 /**
@@ -79,10 +79,7 @@ async function rotate(args: readonly string[], open: Open, io: CliIo, out: Outpu
   out.secret(answer.token);
 
   // The same warnings as `issue`, about what the successor actually got.
-  const info = answer.info;
-  if (info?.isAdmin) out.warn("this token is an admin token");
-  const beyondRead = (info?.scopes ?? []).filter((scope) => !isReadScope(scope));
-  if (beyondRead.length > 0) out.warn(`this token has scopes beyond read: ${beyondRead.join(", ")}`);
+  warnElevated(out, { isAdmin: answer.info?.isAdmin ?? false, scopes: answer.info?.scopes ?? [] });
   const old = answer.predecessor;
   if (old !== undefined) {
     if (old.revokeTime !== undefined) out.note(`the old token ${old.id} is revoked`);
