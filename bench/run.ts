@@ -66,6 +66,8 @@ const CONCURRENCIES = [1, 16, 64] as const;
 const JSON_CONCURRENCIES = [16] as const;
 /** Tracing off and on, in turns, at these concurrencies (two, to keep within five minutes). */
 const TRACING_CONCURRENCIES = [16, 64] as const;
+/** A legacy JWT repeat beside an opaque hit, in turns, at these concurrencies. */
+const LEGACY_CONCURRENCIES = [16, 64] as const;
 /** Distinct tokens introspected once each by the miss and memory phase. */
 const MEMORY_TOKENS = 100_000;
 /** Of those: unmeasured warm-up, then the measured miss window. */
@@ -340,7 +342,7 @@ async function main(): Promise<void> {
     ...(wants("peer") ? { peer: { peer: PEER_NAME, answerBytes: { service: 0, peer: 0 }, serviceHttp: [], peerHttp: [], serviceGrpc: [], floor: [], coreBusy: [], ratios: [] } } : {}),
     connectProto: [],
     connectJson: [],
-    legacy: { jwtChars: 0, jwtGrpc: [], joseLocalUsPerVerify: Number.NaN },
+    legacy: { jwtChars: 0, jwtGrpc: [], opaqueGrpc: [], joseLocalUsPerVerify: Number.NaN },
     miss: {
       postgres: { ...EMPTY_ROW, calls: 0, statuses: {}, serverCpuPercent: Number.NaN, loaderCpuPercent: Number.NaN },
       rawPg: { rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, calls: 0, found: 0, clientCpuPercent: Number.NaN },
@@ -401,7 +403,8 @@ async function main(): Promise<void> {
     // Production serves ext_authz Check only to a caller proving itself: the bench plays Envoy with the secret.
     const extAuthzSecret = randomBytes(16).toString("hex");
     // Production refuses to start without a key-encryption key for the stored signing keys; one per run.
-    const serviceEnv = { TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl, LEGACY_JWT_HMAC_SECRET: legacySecret, EXT_AUTHZ_SECRET: extAuthzSecret, KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64") };
+    // The per-caller write limits (50/s by default) would measure the limiter, not the store: off here.
+    const serviceEnv = { RATE_LIMIT_ISSUE: "off", RATE_LIMIT_REVOKE: "off", TOKEN_ENVIRONMENT: ENVIRONMENT, DATABASE_URL: dbUrl, LEGACY_JWT_HMAC_SECRET: legacySecret, EXT_AUTHZ_SECRET: extAuthzSecret, KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64") };
 
     const userTokensFile = writeTmp("user-token.json", JSON.stringify([userToken]));
     const jwtTokensFile = writeTmp("jwt-token.json", JSON.stringify([jwt]));
@@ -458,7 +461,13 @@ async function main(): Promise<void> {
     if (wants("legacy")) {
       const legacyAnswer = await gatewayA.introspect(jwt);
       if (!legacyAnswer.active) throw new Error(`the legacy JWT is not active before loading: ${legacyAnswer.reason} ${legacyAnswer.message}`);
-      results.legacy.jwtGrpc = await h2loadSeries("legacy JWT", a, `http://${grpcA}${SERVICE_PATH}`, jwtBodyFile, grpcHeaders, [16]);
+      // A repeat of one verified legacy JWT (a cache hit by digest) and an
+      // opaque hit, in turns at each concurrency, so drift hits both alike.
+      const grpcUrl = `http://${grpcA}${SERVICE_PATH}`;
+      for (const [index, concurrency] of LEGACY_CONCURRENCIES.entries()) {
+        results.legacy.opaqueGrpc.push(await h2loadPoint("opaque hit (beside legacy)", a, grpcUrl, grpcBodyFile, grpcHeaders, concurrency, index === 0));
+        results.legacy.jwtGrpc.push(await h2loadPoint("legacy JWT", a, grpcUrl, jwtBodyFile, grpcHeaders, concurrency, index === 0));
+      }
       await statusSample("legacy JWT", grpcA, gatewayToken, jwtTokensFile, 500);
     }
 
@@ -948,6 +957,11 @@ async function main(): Promise<void> {
   for (const ratio of results.peer?.ratios ?? []) {
     t.push(target(`RFC 7662 hit req/s, service ÷ oidc-provider, c=${ratio.concurrency}`, ratio.http, "min", 3, "×", "wrk, same form and client_secret_basic"));
     t.push(target(`gRPC IntrospectToken hit req/s ÷ oidc-provider RFC 7662, c=${ratio.concurrency}`, ratio.grpc, "min", 3, "×", "h2load vs wrk"));
+  }
+  for (const c of LEGACY_CONCURRENCIES) {
+    const legacy = at(results.legacy.jwtGrpc, c);
+    const opaque = at(results.legacy.opaqueGrpc, c);
+    if (legacy && opaque) t.push(target(`legacy JWT repeat server CPU/call ÷ opaque hit, c=${c}`, legacy.cpuUsPerCall / opaque.cpuUsPerCall, "max", 1.2, "×", "gRPC, in turns"));
   }
   if (Number.isFinite(results.miss.ratio)) t.push(target("cache miss on PostgreSQL ÷ raw pg rate", results.miss.ratio, "min", 0.5, "×"));
   if (results.revocation.channel.n > 0) t.push(target("revocation visible on the other replica, p99", results.revocation.channel.p99Ms, "max", 50, "ms", "from RevokeToken sent"));
