@@ -166,7 +166,7 @@ export function renderTable(r: BenchResults): string {
         fmt(row.p50Ms),
         fmt(row.p99Ms),
         fmt(row.cpuUsPerCall),
-        vsFloor === false ? "" : `${fmt(row.cpuUsPerCall / floorAt(row.concurrency, vsFloor === true ? r.floor : vsFloor))}×`,
+        vsFloor === false || !Number.isFinite(floorAt(row.concurrency, vsFloor === true ? r.floor : vsFloor)) ? "" : `${fmt(row.cpuUsPerCall / floorAt(row.concurrency, vsFloor === true ? r.floor : vsFloor))}×`,
         row.failures > 0 ? String(row.failures) : "0",
       ]);
     }
