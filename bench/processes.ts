@@ -166,3 +166,17 @@ export function startOidcPeer(clientId: string, clientSecret: string, tokenFile:
     },
   });
 }
+
+/** Starts the bare `node:http` floor (bench/http-floor.ts), pinned like the service. */
+export function startHttpFloor(responseBytes: number): Promise<ServerProcess> {
+  return spawnServer({
+    name: "http-floor",
+    script: "dist/bench/http-floor.js",
+    env: { FLOOR_RESPONSE_BYTES: String(responseBytes) },
+    timeoutMs: 20_000,
+    ready: (line) => {
+      const match = /^http floor listening on 127\.0\.0\.1:(\d+)$/.exec(line.trim());
+      return match ? { grpcPort: 0, httpPort: Number(match[1]) } : undefined;
+    },
+  });
+}
