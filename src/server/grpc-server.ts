@@ -1,4 +1,5 @@
 import * as http2 from "node:http2";
+import { performance } from "node:perf_hooks";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { Server, ServerCredentials, status as GrpcStatus } from "@grpc/grpc-js";
 import { EnvelopeCheck, declaresCompression } from "./envelope-check.js";
@@ -202,7 +203,7 @@ type GuardedStream = http2.ServerHttp2Stream & { [GUARD]?: StreamGuard };
  */
 class StreamGuard {
   refused = false;
-  /** When the body must be complete (Date.now() ms); set by BodyDeadlines. */
+  /** When the body must be complete (`performance.now()` ms); set by BodyDeadlines. */
   deadline = 0;
   readonly check: EnvelopeCheck;
   /** The stream's own emit (EventEmitter's), called for everything that passes. */
@@ -280,7 +281,6 @@ function guardedEmit(this: GuardedStream, event: string | symbol, arg?: unknown)
   } else if (event === "close") {
     guard.stream = undefined;
   }
-  // eslint-disable-next-line prefer-rest-params -- passes the arguments on as they came, without a copy
   return arguments.length === 2 ? guard.emit.call(this, event, arg) : (Reflect.apply(guard.emit, this, arguments) as boolean);
 }
 
@@ -311,7 +311,7 @@ class BodyDeadlines {
 
   /** Starts timing a stream's body from now. */
   add(guard: StreamGuard): void {
-    guard.deadline = Date.now() + this.timeoutMs;
+    guard.deadline = performance.now() + this.timeoutMs;
     this.#dropSettled();
     const queue = this.#queue;
     if (queue.length >= this.#sweepAt) {
@@ -349,7 +349,7 @@ class BodyDeadlines {
   /** Refuses every stream past its deadline, then waits for the next one. */
   #expire(): void {
     this.#timer = undefined;
-    const now = Date.now();
+    const now = performance.now();
     const queue = this.#queue;
     for (;;) {
       this.#dropSettled();
