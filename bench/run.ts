@@ -704,10 +704,11 @@ async function main(): Promise<void> {
             core0Busy: busy(core0, coreTicks(0)),
             core1Busy: busy(core1, coreTicks(1)),
             cpuUsPerCall: round(figures.requests > 0 ? (serviceUs + primaryUs) / figures.requests : Number.NaN),
+            loaderUsPerCall: round(figures.requests > 0 ? loaderUs / figures.requests : Number.NaN),
           };
           if (point.failures > 0) checks.push(`WORKERS=${n}: ${point.failures} failed requests (h2load)`);
           points.push(point);
-          log(`WORKERS=${n} c=${WORKERS_CONCURRENCY}: ${point.rate} req/s, ${point.cpuUsPerCall} µs CPU/call; service ${point.serviceCpuPercent} %, primary ${point.primaryCpuPercent} %, h2load ${point.loaderCpuPercent} % of a core; cores ${point.core0Busy} / ${point.core1Busy} % busy`);
+          log(`WORKERS=${n} c=${WORKERS_CONCURRENCY}: ${point.rate} req/s, ${point.cpuUsPerCall} µs CPU/call; service ${point.serviceCpuPercent} %, primary ${point.primaryCpuPercent} %, h2load ${point.loaderCpuPercent} % of a core (${point.loaderUsPerCall} µs/call); cores ${point.core0Busy} / ${point.core1Busy} % busy`);
         }
       }
       for (const s of started) await statusSample(`WORKERS=${s === started[0] ? 1 : 2}`, `127.0.0.1:${s.grpcPort}`, gatewayToken, userTokensFile, 500);
@@ -723,6 +724,10 @@ async function main(): Promise<void> {
         ratio: round(mean(2, (p) => p.rate) / mean(1, (p) => p.rate)),
         // Each configuration given all its cores (two workers two, one worker one) at the rate per core it showed.
         ratioPerServiceCore: round((2 * mean(2, perCore)) / mean(1, perCore)),
+        // With h2load on the same two cores and WORKERS=1's costs per call, two
+        // workers could at best share 2 cores with the loader: 2 ÷ (1 + loader/service).
+        ceiling: round(2 / (1 + mean(1, (p) => p.loaderUsPerCall) / mean(1, (p) => p.cpuUsPerCall))),
+        othersCpuPercent: round(mean(2, (p) => p.core0Busy + p.core1Busy - p.serviceCpuPercent - p.primaryCpuPercent - p.loaderCpuPercent)),
       };
     }
 
@@ -1060,7 +1065,7 @@ async function main(): Promise<void> {
     t.push(target(`gRPC IntrospectToken hit req/s ÷ oidc-provider RFC 7662, c=${ratio.concurrency}`, ratio.grpc, "min", 3, "×", "h2load vs wrk"));
   }
   if (results.workers) {
-    t.push(target(`WORKERS=2 ÷ WORKERS=1 req/s, gRPC hits c=${results.workers.concurrency}`, results.workers.ratio, "min", 1.9, "×", "h2load and service unpinned on both cores"));
+    t.push(target(`WORKERS=2 ÷ WORKERS=1 req/s, gRPC hits c=${results.workers.concurrency}`, results.workers.ratio, "min", 1.9, "×", `h2load and service unpinned on both cores; ceiling with the loader on them ${results.workers.ceiling}×`));
   }
   if (Number.isFinite(results.miss.ratio)) t.push(target("cache miss on PostgreSQL ÷ raw pg rate", results.miss.ratio, "min", 0.5, "×"));
   if (results.revocation.channel.n > 0) t.push(target("revocation visible on the other replica, p99", results.revocation.channel.p99Ms, "max", 50, "ms", "from RevokeToken sent"));
