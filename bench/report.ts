@@ -122,6 +122,42 @@ export interface BenchResults {
     /** Service (RFC 7662, gRPC) and echo floor ÷ oidc-provider, requests/s; oidc-provider's CPU per call ÷ theirs. */
     ratios: { concurrency: number; http: number; grpc: number; floor: number; peerCpuOverHttp: number; peerCpuOverGrpc: number; peerCpuOverFloor: number }[];
   };
+  /**
+   * `WORKERS=2` against `WORKERS=1` (phase `workers`): cache hits over gRPC,
+   * h2load, the service and h2load both unpinned (the scheduler spreads all
+   * of them over both cores), in turns. Per point: requests/s, CPU of the
+   * service's processes (the primary apart) and of h2load, in % of one core,
+   * and how busy each core was by anyone.
+   */
+  workers?: {
+    concurrency: number;
+    points: {
+      workers: number;
+      rate: number;
+      requests: number;
+      failures: number;
+      serviceCpuPercent: number;
+      primaryCpuPercent: number;
+      loaderCpuPercent: number;
+      core0Busy: number;
+      core1Busy: number;
+      cpuUsPerCall: number;
+      /** h2load's own CPU per call. */
+      loaderUsPerCall: number;
+    }[];
+    /** Mean requests/s of WORKERS=2 ÷ that of WORKERS=1. */
+    ratio: number;
+    /**
+     * Requests/s per core of CPU the service got, times the cores it would
+     * have without the load generator on them (2 and 1), WORKERS=2 ÷
+     * WORKERS=1: the scaling left once the loader runs elsewhere.
+     */
+    ratioPerServiceCore: number;
+    /** The best WORKERS=2 could do with h2load on the same two cores, at WORKERS=1's CPU per call (service and h2load): 2 ÷ (1 + h2load's ÷ the service's). */
+    ceiling: number;
+    /** CPU of everything else on the machine during the WORKERS=2 points, % of a core (both cores busy minus service, primary and h2load). */
+    othersCpuPercent: number;
+  };
   client: Record<string, number> | null;
   checks: string[];
   notes: string[];
@@ -241,6 +277,16 @@ export function renderTable(r: BenchResults): string {
       ]);
     }
     other.push(["… one active answer's JSON: service / oidc-provider", `${r.peer.answerBytes.service} / ${r.peer.answerBytes.peer} bytes`]);
+  }
+  if (r.workers) {
+    other.push([`WORKERS=2 ÷ WORKERS=1, gRPC hits c=${r.workers.concurrency}, h2load and service unpinned: req/s (per core of service CPU)`, `${fmt(r.workers.ratio)}× (${fmt(r.workers.ratioPerServiceCore)}×)`]);
+    other.push(["… ceiling with h2load on the same two cores: 2 ÷ (1 + h2load ÷ service CPU per call); other work on the machine meanwhile", `${fmt(r.workers.ceiling)}×; ${fmt(r.workers.othersCpuPercent)} % of a core`]);
+    for (const p of r.workers.points) {
+      other.push([
+        `… WORKERS=${p.workers}: req/s; CPU µs/call service / h2load; service / its primary / h2load CPU; core 0 / core 1 busy by anyone`,
+        `${fmt(p.rate)}; ${fmt(p.cpuUsPerCall)} / ${fmt(p.loaderUsPerCall)}; ${fmt(p.serviceCpuPercent)} / ${fmt(p.primaryCpuPercent)} / ${fmt(p.loaderCpuPercent)} % of a core; ${fmt(p.core0Busy)} / ${fmt(p.core1Busy)} %`,
+      ]);
+    }
   }
   if (r.client) for (const [key, value] of Object.entries(r.client)) other.push([`client library: ${key}`, fmt(value)]);
   else other.push(["client library (bench/client-bench.ts)", "not present"]);

@@ -15,8 +15,8 @@
  * Options:
  *   --profile         also profile the service (node --cpu-prof) under the
  *                     gRPC cache-hit load and summarise where its CPU goes
- *   --only=a,b        run only some phases (hits, legacy, extauthz, tracing, peer, issue,
- *                     revocation, miss, pglite, jose, profile); results then go to
+ *   --only=a,b        run only some phases (hits, legacy, extauthz, tracing, peer, workers,
+ *                     issue, revocation, miss, pglite, jose, profile); results then go to
  *                     bench/results/tmp/partial.json, not latest.*
  *
  * Writes bench/results/latest.json and latest.svg, prints the table.
@@ -25,7 +25,7 @@ import { randomBytes, webcrypto } from "node:crypto";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -38,7 +38,7 @@ import { CheckRequestSchema } from "../gen/envoy/service/auth/v3/external_auth_p
 import type { Environment } from "../src/domain/environment.js";
 import { migrateToLatest, openDatabase } from "../src/storage/database.js";
 import type { ClientBenchContext, ClientBenchModule } from "./client-bench-api.js";
-import { DIST_BENCH, RESULTS_DIR, ROOT, SERVER_CPU, TMP_DIR, coreTicks, cpuMicros, localTcpPorts, quantile, round, rssKiB, runBounded, runLoadScript, schedMicros, sleep, sortedCopy } from "./common.js";
+import { CLOCK_TICKS, DIST_BENCH, RESULTS_DIR, ROOT, SERVER_CPU, TMP_DIR, coreTicks, cpuMicros, localTcpPorts, quantile, round, rssKiB, runBounded, runLoadScript, schedMicros, sleep, sortedCopy } from "./common.js";
 import { checkOnce, tokenClient } from "./grpc-client.js";
 import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
 import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
@@ -62,6 +62,9 @@ const RUNNER_BUDGET_S = 265;
  */
 let peerPhaseS = 0;
 const CONCURRENCIES = [1, 16, 64] as const;
+/** The workers phase: concurrency (32 streams per worker), and turns per configuration. */
+const WORKERS_CONCURRENCY = 64;
+const WORKERS_ROUNDS = 2;
 /** Connect JSON over HTTP/1.1 (wrk) at one point only, to keep within five minutes; Connect proto over h2c covers all three. */
 const JSON_CONCURRENCIES = [16] as const;
 /** Tracing off and on, in turns, at these concurrencies (two, to keep within five minutes). */
@@ -241,6 +244,38 @@ async function startOtlpSink() {
     counts,
     close: () => new Promise<void>((done) => server.close(() => done())),
   };
+}
+
+/** CPU time (µs) of a process and its children (a cluster primary and its workers), each on its own. */
+function processTreeCpu(pid: number): { own: number; children: number } {
+  let children = 0;
+  for (const child of childPids(pid)) children += cpuMicros(child);
+  return { own: cpuMicros(pid), children };
+}
+
+/** The live children of a process (/proc/<pid>/task/<tid>/children). */
+function childPids(pid: number): number[] {
+  const out: number[] = [];
+  try {
+    for (const task of readdirSync(`/proc/${pid}/task`)) {
+      const text = readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").trim();
+      if (text !== "") out.push(...text.split(/\s+/).map(Number));
+    }
+  } catch {
+    // the process is gone
+  }
+  return out;
+}
+
+/**
+ * CPU time (µs) of this runner's children that have exited and been waited
+ * for (/proc/self/stat cutime + cstime): across one h2load run, h2load's own.
+ */
+function reapedChildrenCpu(): number {
+  const stat = readFileSync("/proc/self/stat", "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // After the name: state is field 3, so cutime (16) and cstime (17) are at 13 and 14.
+  return ((Number(fields[13]) + Number(fields[14])) * 1_000_000) / CLOCK_TICKS;
 }
 
 const EMPTY_ROW: LoadRow = { concurrency: 0, requests: 0, rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, cpuUsPerCall: Number.NaN, failures: 0 };
@@ -625,6 +660,86 @@ async function main(): Promise<void> {
       peerPhaseS = Math.round((Date.now() - peerStartedAt) / 1000);
     }
 
+    if (wants("workers")) {
+      // WORKERS=2 against WORKERS=1, cache hits over gRPC. On two cores the
+      // load generator needs CPU too, so nothing is pinned here: both
+      // configurations and h2load are left to the scheduler, the same h2load
+      // against each, in turns. Beside requests/s each point records the
+      // service's CPU (workers; the primary apart, which should do nothing
+      // per request: node:cluster hands whole connections to workers),
+      // h2load's own CPU and how busy each core was, so a ratio short of 2
+      // can be told apart from a share of the cores the service never got.
+      const started: ServerProcess[] = [];
+      for (const n of [1, 2]) {
+        const s = await startTokenService(`service-workers-${n}`, { ...serviceEnv, WORKERS: String(n) }, [], false);
+        servers.push(s);
+        started.push(s);
+        // Each worker says it listens; wait for all of them, not the first.
+        const deadline = Date.now() + 30_000;
+        while (readFileSync(s.logFile, "utf8").split("token service listening").length - 1 < n && Date.now() < deadline) await sleep(100);
+        const probe = tokenClient(`127.0.0.1:${s.grpcPort}`, gatewayToken);
+        const answer = await probe.introspect(userToken);
+        probe.close();
+        if (!answer.active) throw new Error(`WORKERS=${n}: the user token is not active before loading: ${answer.reason}`);
+      }
+      const points: NonNullable<BenchResults["workers"]>["points"] = [];
+      const urlOf = (s: ServerProcess) => `http://127.0.0.1:${s.grpcPort}${SERVICE_PATH}`;
+      const unpinned = { bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency: WORKERS_CONCURRENCY, cpus: "0,1" } as const;
+      for (const s of started) await h2load({ ...unpinned, url: urlOf(s), seconds: WARM_UP_S, latencies: false });
+      for (let turn = 0; turn < WORKERS_ROUNDS; turn++) {
+        for (const [index, s] of started.entries()) {
+          const n = index + 1;
+          const cpuBefore = processTreeCpu(s.pid);
+          const loaderBefore = reapedChildrenCpu();
+          const core0 = coreTicks(0);
+          const core1 = coreTicks(1);
+          const t0 = performance.now();
+          const figures = await h2load({ ...unpinned, url: urlOf(s), seconds: MEASURE_S, latencies: false });
+          const wallUs = (performance.now() - t0) * 1000;
+          const cpuAfter = processTreeCpu(s.pid);
+          const loaderUs = reapedChildrenCpu() - loaderBefore;
+          const busy = (before: { busy: number; total: number }, after: { busy: number; total: number }) => round((100 * (after.busy - before.busy)) / Math.max(1, after.total - before.total));
+          // WORKERS=1 runs the service in the one process; under WORKERS=2 it is the workers, and the primary is apart.
+          const serviceUs = n === 1 ? cpuAfter.own - cpuBefore.own : cpuAfter.children - cpuBefore.children;
+          const primaryUs = n === 1 ? 0 : cpuAfter.own - cpuBefore.own;
+          const point = {
+            workers: n,
+            rate: round(figures.rate),
+            requests: figures.requests,
+            failures: figures.failures,
+            serviceCpuPercent: round((100 * serviceUs) / wallUs),
+            primaryCpuPercent: round((100 * primaryUs) / wallUs),
+            loaderCpuPercent: round((100 * loaderUs) / wallUs),
+            core0Busy: busy(core0, coreTicks(0)),
+            core1Busy: busy(core1, coreTicks(1)),
+            cpuUsPerCall: round(figures.requests > 0 ? (serviceUs + primaryUs) / figures.requests : Number.NaN),
+            loaderUsPerCall: round(figures.requests > 0 ? loaderUs / figures.requests : Number.NaN),
+          };
+          if (point.failures > 0) checks.push(`WORKERS=${n}: ${point.failures} failed requests (h2load)`);
+          points.push(point);
+          log(`WORKERS=${n} c=${WORKERS_CONCURRENCY}: ${point.rate} req/s, ${point.cpuUsPerCall} µs CPU/call; service ${point.serviceCpuPercent} %, primary ${point.primaryCpuPercent} %, h2load ${point.loaderCpuPercent} % of a core (${point.loaderUsPerCall} µs/call); cores ${point.core0Busy} / ${point.core1Busy} % busy`);
+        }
+      }
+      for (const s of started) await statusSample(`WORKERS=${s === started[0] ? 1 : 2}`, `127.0.0.1:${s.grpcPort}`, gatewayToken, userTokensFile, 500);
+      for (const s of started) await s.stop(5_000);
+      const mean = (n: number, pick: (p: (typeof points)[number]) => number) => {
+        const mine = points.filter((p) => p.workers === n);
+        return mine.reduce((sum, p) => sum + pick(p), 0) / Math.max(1, mine.length);
+      };
+      const perCore = (p: (typeof points)[number]) => p.rate / Math.max(1, p.serviceCpuPercent / 100);
+      results.workers = {
+        concurrency: WORKERS_CONCURRENCY,
+        points,
+        ratio: round(mean(2, (p) => p.rate) / mean(1, (p) => p.rate)),
+        // Each configuration given all its cores (two workers two, one worker one) at the rate per core it showed.
+        ratioPerServiceCore: round((2 * mean(2, perCore)) / mean(1, perCore)),
+        // With h2load on the same two cores and WORKERS=1's costs per call, two
+        // workers could at best share 2 cores with the loader: 2 ÷ (1 + loader/service).
+        ceiling: round(2 / (1 + mean(1, (p) => p.loaderUsPerCall) / mean(1, (p) => p.cpuUsPerCall))),
+        othersCpuPercent: round(mean(2, (p) => p.core0Busy + p.core1Busy - p.serviceCpuPercent - p.primaryCpuPercent - p.loaderCpuPercent)),
+      };
+    }
+
     // The service must still answer, with a real client, after all that.
     const after = await gatewayA.introspect(userToken);
     if (!after.active) checks.push(`replica A answers inactive for the user token after the load: ${after.reason}`);
@@ -949,7 +1064,7 @@ async function main(): Promise<void> {
   for (const c of CONCURRENCIES) {
     const hit = at(results.grpcHit, c);
     const floor = at(results.floor, c);
-    if (hit && floor) t.push(target(`gRPC cache hit server CPU/call ÷ echo floor, c=${c}`, hit.cpuUsPerCall / floor.cpuUsPerCall, "max", 1.5, "×"));
+    if (hit && floor) t.push(target(`gRPC cache hit server CPU/call ÷ echo floor, c=${c}`, hit.cpuUsPerCall / floor.cpuUsPerCall, "max", 1.3, "×"));
   }
   const hit64 = at(results.grpcHit, 64);
   const floor64 = at(results.floor, 64);
@@ -962,6 +1077,9 @@ async function main(): Promise<void> {
     const legacy = at(results.legacy.jwtGrpc, c);
     const opaque = at(results.legacy.opaqueGrpc, c);
     if (legacy && opaque) t.push(target(`legacy JWT repeat server CPU/call ÷ opaque hit, c=${c}`, legacy.cpuUsPerCall / opaque.cpuUsPerCall, "max", 1.2, "×", "gRPC, in turns"));
+  }
+  if (results.workers) {
+    t.push(target(`WORKERS=2 ÷ WORKERS=1 req/s, gRPC hits c=${results.workers.concurrency}`, results.workers.ratio, "min", 1.9, "×", `h2load and service unpinned on both cores; ceiling with the loader on them ${results.workers.ceiling}×`));
   }
   if (Number.isFinite(results.miss.ratio)) t.push(target("cache miss on PostgreSQL ÷ raw pg rate", results.miss.ratio, "min", 0.5, "×"));
   if (results.revocation.channel.n > 0) t.push(target("revocation visible on the other replica, p99", results.revocation.channel.p99Ms, "max", 50, "ms", "from RevokeToken sent"));

@@ -42,6 +42,8 @@ export interface H2loadRun {
   readonly seconds: number;
   /** Whether to keep per-request latencies (a log file) for percentiles. */
   readonly latencies: boolean;
+  /** Cores h2load may run on (`taskset -c` list); default the load core alone. */
+  readonly cpus?: string;
 }
 
 /**
@@ -58,7 +60,7 @@ export async function h2load(run: H2loadRun): Promise<LoadFigures & { raw: strin
   const { connections, streams } = spread(run.concurrency);
   const logFile = resolve(TMP_DIR, "h2load-requests.log");
   writeFileSync(logFile, "");
-  const args = ["-c", String(LOAD_CPU), "h2load", "-t", "1", "-c", String(connections), "-m", String(streams), "-D", String(run.seconds), "-d", run.bodyFile];
+  const args = ["-c", run.cpus ?? String(LOAD_CPU), "h2load", "-t", "1", "-c", String(connections), "-m", String(streams), "-D", String(run.seconds), "-d", run.bodyFile];
   for (const header of run.headers) args.push("-H", header);
   if (run.latencies) args.push("--log-file", logFile);
   args.push(run.url);

@@ -108,23 +108,35 @@ export class TokenServiceHandler implements Impl {
       return { token: issued.token, info: tokenInfo(issued.record, this.deps.clock.now()) };
     });
 
-  introspectToken: Impl["introspectToken"] = (req, ctx) =>
-    this.run(ctx, async () => {
+  /**
+   * The hot path. The same steps as {@link caller} and {@link run}, written
+   * out in one async function: on a cache hit their closures and the two
+   * extra awaited frames were a good part of what this edge allocated per call.
+   */
+  introspectToken: Impl["introspectToken"] = async (req, ctx) => {
+    try {
       // Refuse oversized and empty values before authenticating: no work for junk.
       if (req.token === "") throw invalidArgument("token", "is required");
       if (req.token.length > MAX_PRESENTED_TOKEN_LENGTH) throw invalidArgument("token", `must be at most ${MAX_PRESENTED_TOKEN_LENGTH} characters`);
       if (req.tokenTypeHint.length > 64) throw invalidArgument("token_type_hint", "must be at most 64 characters");
-      const { caller, meta } = await this.caller(ctx, SCOPES.introspect, "introspect");
+      const deps = this.deps;
+      const meta = requestMeta(ctx);
+      const caller = await authenticateCaller(deps, callerCredential(ctx), meta);
+      deps.limits?.admit(caller, "introspect", meta, deps.clock.now().getTime());
+      requireScope(deps, caller, SCOPES.introspect, meta);
       // Before the lookup: the answer reflects at least every revocation up to this mark.
-      const mark = this.deps.revocations.mark();
+      const mark = deps.revocations.mark();
       if (req.clientAddress !== "" && !isClientAddress(req.clientAddress)) throw invalidArgument("client_address", "must be an IPv4 or IPv6 address (no port, no brackets), at most 64 characters");
       const clientAddress = req.clientAddress === "" ? undefined : req.clientAddress;
-      const result = await introspectToken(this.deps, req.token, meta, { backendJwt: req.includeBackendJwt, lookupOwner: caller.tokenId, clientAddress });
+      const result = await introspectToken(deps, req.token, meta, { backendJwt: req.includeBackendJwt, lookupOwner: caller.tokenId, clientAddress });
       if (result.active && result.deprecation) {
         for (const [name, value] of deprecationHeaders(result.deprecation)) ctx.responseHeader.set(name, value);
       }
-      return withRevocationMark(introspectAnswer(result, this.deps.policy), mark);
-    });
+      return withRevocationMark(introspectAnswer(result, deps.policy), mark);
+    } catch (error) {
+      throw toConnectError(error, this.deps.log, `/${ctx.service.typeName}/${ctx.method.name}`);
+    }
+  };
 
   revokeToken: Impl["revokeToken"] = (req, ctx) =>
     this.run(ctx, async () => {

@@ -36,8 +36,12 @@ export function requestIdFrom(header: unknown): string {
   return typeof header === "string" && ACCEPTED.test(header) ? header : `${PROCESS_PREFIX}.${(++sequence).toString(36)}`;
 }
 
-/** Request ids of the HTTP port's requests, set as each arrives (see {@link httpRequestId}). */
-const HTTP_REQUEST_IDS = new WeakMap<object, string>();
+/**
+ * Where the HTTP port keeps a request's id (see {@link httpRequestId}): a
+ * property of the request object rather than a WeakMap entry, which every
+ * scavenge would have to visit while the request is young.
+ */
+const HTTP_REQUEST_ID: unique symbol = Symbol("request id");
 
 /**
  * Gives an HTTP request its id (from its `x-request-id` header when
@@ -49,7 +53,7 @@ export function assignHttpRequestId(
   res: { setHeader(name: string, value: string): unknown },
 ): string {
   const id = requestIdFrom(req.headers[REQUEST_ID_HEADER]);
-  HTTP_REQUEST_IDS.set(req, id);
+  (req as { [HTTP_REQUEST_ID]?: string })[HTTP_REQUEST_ID] = id;
   res.setHeader(REQUEST_ID_HEADER, id);
   return id;
 }
@@ -59,7 +63,7 @@ export function assignHttpRequestId(
  * raise security events (RPC handlers read `requestIdKey` from their context).
  */
 export function httpRequestId(req: object): string | undefined {
-  return HTTP_REQUEST_IDS.get(req);
+  return (req as { [HTTP_REQUEST_ID]?: string })[HTTP_REQUEST_ID];
 }
 
 /**

@@ -109,6 +109,25 @@ describe("transport limits", () => {
       });
     }
 
+    it("times each stalled body on the gRPC port from its own start, whatever completes around it", async () => {
+      // The gRPC port times bodies in one queue (server/grpc-server.ts): a
+      // stalled call at its head must not hold back the deadline of one
+      // started later, behind calls that completed meanwhile.
+      const port = sut.service.grpcPort;
+      const headers = { "content-type": "application/grpc", te: "trailers", ...as() };
+      const stalled = () => rawCall(port, METHOD, { headers, body: envelope(0, new Uint8Array(0)).subarray(0, 3), endStream: false });
+      const first = stalled();
+      const completed = await Promise.all(Array.from({ length: 20 }, () => rawCall(port, METHOD, { headers, body: envelope(0, new Uint8Array(0)) })));
+      expect(completed.map((a) => a.grpcStatus)).toEqual(completed.map(() => GrpcStatus.OK));
+      await new Promise((r) => setTimeout(r, 400));
+      const startedLater = Date.now();
+      const second = stalled();
+      expect((await first).grpcStatus).toBe(GrpcStatus.DEADLINE_EXCEEDED);
+      expect((await second).grpcStatus).toBe(GrpcStatus.DEADLINE_EXCEEDED);
+      // Its own full second, not the first call's deadline (a lower bound: never flaky on a slow machine).
+      expect(Date.now() - startedLater).toBeGreaterThanOrEqual(900);
+    });
+
     for (const port of ["grpc", "http"] as const) {
       it(`leaves streaming requests (reflection) on the ${port} port open past REQUEST_BODY_TIMEOUT`, async () => {
         const session = http2.connect(`http://127.0.0.1:${port === "grpc" ? sut.service.grpcPort : sut.service.httpPort}`);

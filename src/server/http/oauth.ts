@@ -25,7 +25,16 @@ export interface OAuthEndpointsDeps {
 export const INTROSPECTION_JWT_TYPE = "application/token-introspection+jwt";
 
 /** RFC 6749 §5.1 asks that answers carrying credentials are not stored; the same holds for claims. */
-const NO_STORE = { "cache-control": "no-store", pragma: "no-cache" } as const;
+const NO_STORE = Object.freeze({ "cache-control": "no-store", pragma: "no-cache" } as const);
+
+/** {@link NO_STORE} with the JSON media type: the headers of an ordinary introspection answer. */
+const JSON_NO_STORE = Object.freeze({ "content-type": "application/json", ...NO_STORE });
+
+/** Client credential parameters, each allowed at most once (RFC 6749 §3.2). */
+const CLIENT_PARAMETERS = Object.freeze(["client_id", "client_secret"]);
+
+/** Token parameters, each allowed at most once (RFC 6749 §3.2). */
+const TOKEN_PARAMETERS = Object.freeze(["token", "token_type_hint"]);
 
 /** The challenge realm of the OAuth endpoints (RFC 7235 §2.2). */
 const REALM = "token-introspection";
@@ -48,8 +57,12 @@ export async function introspectEndpoint(o: OAuthEndpointsDeps, req: HttpRequest
     const { token, meta, clientId } = request;
     const result = await introspectToken(o.deps, token, meta, { lookupOwner: clientId });
     const answer = introspectionJson(result, o.deps.policy);
-    const headers: Headers = { ...NO_STORE, ...(result.active && result.deprecation ? Object.fromEntries(deprecationHeaders(result.deprecation)) : {}) };
-    if (!acceptsIntrospectionJwt(header(req, "accept"))) return sendJson(req, res, 200, answer.text, headers);
+    const deprecated = result.active && result.deprecation !== undefined;
+    const headers: Headers = deprecated ? { ...NO_STORE, ...Object.fromEntries(deprecationHeaders(result.deprecation!)) } : NO_STORE;
+    if (!acceptsIntrospectionJwt(header(req, "accept"))) {
+      // The common answer's headers are one constant: no per-call header objects to merge.
+      return deprecated ? sendJson(req, res, 200, answer.text, headers) : send(req, res, 200, answer.text, JSON_NO_STORE);
+    }
     // RFC 9701 §5: iss, aud (the client that asked), iat and the answer itself.
     // No top-level sub or exp, so it cannot pass for an access token (§8.1).
     const jwt = await o.signIntrospection({
@@ -132,7 +145,7 @@ async function clientOf(
   authorization: string | undefined,
   meta: RequestMeta,
 ): Promise<AuthenticatedClient> {
-  for (const name of ["client_id", "client_secret"]) {
+  for (const name of CLIENT_PARAMETERS) {
     if (repeated.has(name)) throw invalidArgument(name, "must be sent at most once");
   }
   const clientId = fields.get("client_id");
@@ -153,7 +166,7 @@ async function clientOf(
 
 /** The `token` parameter: present once, non-empty, not oversized (RFC 6749 §3.2: no repeated parameters). */
 function tokenParameter(fields: ReadonlyMap<string, string>, repeated: ReadonlySet<string>): string {
-  for (const name of ["token", "token_type_hint"]) {
+  for (const name of TOKEN_PARAMETERS) {
     if (repeated.has(name)) throw invalidArgument(name, "must be sent at most once");
   }
   const token = fields.get("token") ?? "";
