@@ -117,10 +117,12 @@ export interface BenchResults {
     serviceGrpc: LoadRow[];
     /** The bare grpc-js echo floor, in the same turns. */
     floor: LoadRow[];
+    /** The bare node:http floor (bench/http-floor.ts) under the service's wrk script, in the same turns. */
+    floorHttp: LoadRow[];
     /** How busy core 0 was over each point, by anyone (%): the server's own share is rate × CPU per call. */
-    coreBusy: { concurrency: number; serviceHttp: number; peerHttp: number; serviceGrpc: number; floor: number }[];
+    coreBusy: { concurrency: number; serviceHttp: number; peerHttp: number; serviceGrpc: number; floor: number; floorHttp: number }[];
     /** Service (RFC 7662, gRPC) and echo floor ÷ oidc-provider, requests/s; oidc-provider's CPU per call ÷ theirs. */
-    ratios: { concurrency: number; http: number; grpc: number; floor: number; peerCpuOverHttp: number; peerCpuOverGrpc: number; peerCpuOverFloor: number }[];
+    ratios: { concurrency: number; http: number; grpc: number; floor: number; peerCpuOverHttp: number; peerCpuOverGrpc: number; peerCpuOverFloor: number; floorHttp: number }[];
   };
   /**
    * `WORKERS=2` against `WORKERS=1` (phase `workers`): cache hits over gRPC,
@@ -226,6 +228,7 @@ export function renderTable(r: BenchResults): string {
     add(`RFC 7662 POST /introspect, peer: ${r.peer.peer} (wrk)`, r.peer.peerHttp, false);
     add("IntrospectToken hit beside the peer, gRPC (h2load)", r.peer.serviceGrpc, r.peer.floor);
     add("grpc-js echo floor beside the peer (h2load)", r.peer.floor, false);
+    add("node:http floor beside the peer, same form (wrk)", r.peer.floorHttp, false);
   }
   const m = r.miss;
   loadRows.push(["IntrospectToken miss, PostgreSQL (h2 loader, 32 in flight)", fmt(m.postgres.rate), fmt(m.postgres.p50Ms), fmt(m.postgres.p99Ms), fmt(m.postgres.cpuUsPerCall), "", String(m.postgres.failures)]);
@@ -261,7 +264,7 @@ export function renderTable(r: BenchResults): string {
   }
   if (r.peer) {
     for (const ratio of r.peer.ratios) {
-      other.push([`service ÷ ${r.peer.peer}, c=${ratio.concurrency}: req/s RFC 7662 / gRPC (echo floor)`, `${fmt(ratio.http)}× / ${fmt(ratio.grpc)}× (${fmt(ratio.floor)}×)`]);
+      other.push([`service ÷ ${r.peer.peer}, c=${ratio.concurrency}: req/s RFC 7662 (node:http floor) / gRPC (grpc-js echo floor)`, `${fmt(ratio.http)}× (${fmt(ratio.floorHttp)}×) / ${fmt(ratio.grpc)}× (${fmt(ratio.floor)}×)`]);
       other.push([`… oidc-provider's server CPU per call ÷ the service's, c=${ratio.concurrency}: RFC 7662 / gRPC (echo floor)`, `${fmt(ratio.peerCpuOverHttp)}× / ${fmt(ratio.peerCpuOverGrpc)}× (${fmt(ratio.peerCpuOverFloor)}×)`]);
     }
     // Share of core 0 each server kept busy (rate × CPU per call): well under
@@ -272,8 +275,8 @@ export function renderTable(r: BenchResults): string {
       const at = (rows: readonly LoadRow[]) => rows.find((row) => row.concurrency === ratio.concurrency);
       const core = r.peer.coreBusy.find((x) => x.concurrency === ratio.concurrency);
       other.push([
-        `… core 0 busy with the server / with anything, c=${ratio.concurrency}: service RFC 7662; oidc-provider; service gRPC; echo floor`,
-        `${busy(at(r.peer.serviceHttp))} / ${fmt(core?.serviceHttp ?? Number.NaN)} %; ${busy(at(r.peer.peerHttp))} / ${fmt(core?.peerHttp ?? Number.NaN)} %; ${busy(at(r.peer.serviceGrpc))} / ${fmt(core?.serviceGrpc ?? Number.NaN)} %; ${busy(at(r.peer.floor))} / ${fmt(core?.floor ?? Number.NaN)} %`,
+        `… core 0 busy with the server / with anything, c=${ratio.concurrency}: service RFC 7662; oidc-provider; node:http floor; service gRPC; echo floor`,
+        `${busy(at(r.peer.serviceHttp))} / ${fmt(core?.serviceHttp ?? Number.NaN)} %; ${busy(at(r.peer.peerHttp))} / ${fmt(core?.peerHttp ?? Number.NaN)} %; ${busy(at(r.peer.floorHttp))} / ${fmt(core?.floorHttp ?? Number.NaN)} %; ${busy(at(r.peer.serviceGrpc))} / ${fmt(core?.serviceGrpc ?? Number.NaN)} %; ${busy(at(r.peer.floor))} / ${fmt(core?.floor ?? Number.NaN)} %`,
       ]);
     }
     other.push(["… one active answer's JSON: service / oidc-provider", `${r.peer.answerBytes.service} / ${r.peer.answerBytes.peer} bytes`]);

@@ -43,7 +43,7 @@ import { checkOnce, tokenClient } from "./grpc-client.js";
 import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
 import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
 import { adminDatabaseUrl, databaseUrl, dropDatabase, ensurePostgres } from "./postgres.js";
-import { memoryOf, startEchoServer, startOidcPeer, startTokenService, type ServerProcess } from "./processes.js";
+import { memoryOf, startEchoServer, startHttpFloor, startOidcPeer, startTokenService, type ServerProcess } from "./processes.js";
 import { summarizeProfile } from "./profile.js";
 import { renderSvg, renderTable, target, type BenchResults, type LoadRow, type TimingStats } from "./report.js";
 import { insertRows, mintCaller, mintTokens, type PgliteSeedInput } from "./seed.js";
@@ -374,7 +374,7 @@ async function main(): Promise<void> {
     floor: [],
     grpcHit: [],
     ...(wants("extauthz") ? { extAuthz: { introspect: [], check: [] } } : {}),
-    ...(wants("peer") ? { peer: { peer: PEER_NAME, answerBytes: { service: 0, peer: 0 }, serviceHttp: [], peerHttp: [], serviceGrpc: [], floor: [], coreBusy: [], ratios: [] } } : {}),
+    ...(wants("peer") ? { peer: { peer: PEER_NAME, answerBytes: { service: 0, peer: 0 }, serviceHttp: [], peerHttp: [], serviceGrpc: [], floor: [], floorHttp: [], coreBusy: [], ratios: [] } } : {}),
     connectProto: [],
     connectJson: [],
     legacy: { jwtChars: 0, jwtGrpc: [], opaqueGrpc: [], joseLocalUsPerVerify: Number.NaN },
@@ -617,6 +617,11 @@ async function main(): Promise<void> {
       const echo = await startEchoServer(responseBytes);
       servers.push(echo);
       const echoUrl = `http://127.0.0.1:${echo.grpcPort}/bench.v1.Echo/Echo`;
+      // And the bare node:http floor: what any Node.js server on node:http
+      // could reach over RFC 7662's HTTP/1.1 on this core, with the same form.
+      const httpFloor = await startHttpFloor(serviceFirst.bytes);
+      servers.push(httpFloor);
+      const httpFloorUrl = `http://127.0.0.1:${httpFloor.httpPort}/introspect`;
       /** A point, and how busy the server core was over it, whoever kept it busy (%). */
       const withCore = async (point: () => Promise<LoadRow>): Promise<[LoadRow, number]> => {
         const before = coreTicks(SERVER_CPU);
@@ -628,18 +633,21 @@ async function main(): Promise<void> {
         if (index === 0) {
           await wrk({ url: serviceUrl, script: serviceScript, connections: concurrency, seconds: WARM_UP_S });
           await wrk({ url: peerUrl, script: peerScript, connections: concurrency, seconds: WARM_UP_S });
+          await wrk({ url: httpFloorUrl, script: serviceScript, connections: concurrency, seconds: WARM_UP_S });
           await h2load({ url: grpcUrl, bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency, seconds: WARM_UP_S, latencies: false });
           await h2load({ url: echoUrl, bodyFile: grpcBodyFile, headers: grpcHeaders, concurrency, seconds: WARM_UP_S, latencies: false });
         }
         const [serviceHttp, serviceHttpCore] = await withCore(() => wrkPoint("RFC 7662 hit, service", a, serviceUrl, serviceScript, concurrency, false));
         const [peerHttp, peerHttpCore] = await withCore(() => wrkPoint("RFC 7662, oidc-provider", peer, peerUrl, peerScript, concurrency, false));
+        const [floorHttp, floorHttpCore] = await withCore(() => wrkPoint("node:http floor (beside the peer)", httpFloor, httpFloorUrl, serviceScript, concurrency, false));
         const [serviceGrpc, serviceGrpcCore] = await withCore(() => h2loadPoint("gRPC hit (beside the peer)", a, grpcUrl, grpcBodyFile, grpcHeaders, concurrency, false));
         const [floor, floorCore] = await withCore(() => h2loadPoint("echo floor (beside the peer)", echo, echoUrl, grpcBodyFile, grpcHeaders, concurrency, false));
         results.peer.floor.push(floor);
+        results.peer.floorHttp.push(floorHttp);
         results.peer.serviceHttp.push(serviceHttp);
         results.peer.peerHttp.push(peerHttp);
         results.peer.serviceGrpc.push(serviceGrpc);
-        results.peer.coreBusy.push({ concurrency, serviceHttp: serviceHttpCore, peerHttp: peerHttpCore, serviceGrpc: serviceGrpcCore, floor: floorCore });
+        results.peer.coreBusy.push({ concurrency, serviceHttp: serviceHttpCore, peerHttp: peerHttpCore, serviceGrpc: serviceGrpcCore, floor: floorCore, floorHttp: floorHttpCore });
         results.peer.ratios.push({
           concurrency,
           http: round(serviceHttp.rate / peerHttp.rate),
@@ -648,6 +656,7 @@ async function main(): Promise<void> {
           peerCpuOverGrpc: round(peerHttp.cpuUsPerCall / serviceGrpc.cpuUsPerCall),
           floor: round(floor.rate / peerHttp.rate),
           peerCpuOverFloor: round(peerHttp.cpuUsPerCall / floor.cpuUsPerCall),
+          floorHttp: round(floorHttp.rate / peerHttp.rate),
         });
       }
       const peerAfter = await introspectionSample(peerUrl, peerAuthorization, peerToken, 20);
@@ -656,6 +665,7 @@ async function main(): Promise<void> {
       if (serviceAfter.active !== 20) checks.push(`POST /oauth2/introspect: ${20 - serviceAfter.active} of 20 answers after the load not active: ${serviceAfter.last}`);
       await statusSample("gRPC hit (beside the peer)", grpcA, gatewayToken, userTokensFile, 500);
       await echo.stop(3_000);
+      await httpFloor.stop(3_000);
       await peer.stop(3_000);
       peerPhaseS = Math.round((Date.now() - peerStartedAt) / 1000);
     }
@@ -1070,8 +1080,8 @@ async function main(): Promise<void> {
   const floor64 = at(results.floor, 64);
   if (hit64) t.push(target("gRPC cache hit p99 at concurrency 64", hit64.p99Ms, "max", 5, "ms", floor64 ? `echo floor: ${floor64.p99Ms} ms` : undefined));
   for (const ratio of results.peer?.ratios ?? []) {
-    t.push(target(`RFC 7662 hit req/s, service ÷ oidc-provider, c=${ratio.concurrency}`, ratio.http, "min", 3, "×", "wrk, same form and client_secret_basic"));
-    t.push(target(`gRPC IntrospectToken hit req/s ÷ oidc-provider RFC 7662, c=${ratio.concurrency}`, ratio.grpc, "min", 3, "×", "h2load vs wrk"));
+    t.push(target(`RFC 7662 hit req/s, service ÷ oidc-provider, c=${ratio.concurrency}`, ratio.http, "min", 3, "×", `wrk, same form and client_secret_basic; a bare node:http floor reached ${ratio.floorHttp}×`));
+    t.push(target(`gRPC IntrospectToken hit req/s ÷ oidc-provider RFC 7662, c=${ratio.concurrency}`, ratio.grpc, "min", 3, "×", `h2load vs wrk; the bare grpc-js echo floor reached ${ratio.floor}×`));
   }
   for (const c of LEGACY_CONCURRENCIES) {
     const legacy = at(results.legacy.jwtGrpc, c);
