@@ -5,8 +5,9 @@
  * from `TokenRecord`s shaped like the bench's seeded tokens (bench/seed.ts
  * `mintTokens`). Each N runs in a child started with `--expose-gc`, so the
  * figures are the cache's alone: RSS, V8 heap used and committed (per space)
- * after a full GC, before and after the fill, and the cache's own estimate
- * (`stats().bytes`) beside them.
+ * after a full GC, before and after the last nine tenths of the fill (the
+ * first tenth warms up, as the service phase does), and the cache's own
+ * estimate (`stats().bytes`) beside them.
  *
  *   node --expose-gc dist/bench/cache-memory.js 1000000     one child's report, as JSON
  *   node dist/bench/cache-memory.js                          100,000 and 1,000,000, each in its own child
@@ -23,7 +24,7 @@ import type { TokenRecord } from "../src/domain/model.js";
 /** What one child measured for N tokens. Per-token figures are in KiB. */
 export interface CacheMemoryResult {
   readonly tokens: number;
-  /** RSS after a full GC, delta over the empty cache ÷ N. */
+  /** RSS after a full GC: growth while the last nine tenths went in ÷ their number (the first tenth warms, unmeasured). */
   readonly rssKiBPerToken: number;
   readonly heapUsedKiBPerToken: number;
   readonly heapCommittedKiBPerToken: number;
@@ -47,13 +48,29 @@ function rssNowKiB(): number {
   return match ? Number(match[1]) : Number.NaN;
 }
 
-function snapshot() {
+/**
+ * Memory after a full GC, once it has settled: V8 sweeps and returns freed
+ * pages to the OS on background threads after the GC returns, so RSS read at
+ * once still counts memory already given back (tens of MiB at 100,000
+ * tokens). Reads again every half second, with a GC each time, until RSS
+ * stops falling (under 1 MiB) or ten seconds pass.
+ */
+async function snapshot() {
   gc!();
   gc!();
+  let rssKiB = rssNowKiB();
+  for (let waited = 0; waited < 10_000; waited += 500) {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    gc!();
+    const now = rssNowKiB();
+    const fell = rssKiB - now;
+    rssKiB = now;
+    if (fell < 1024) break;
+  }
   const usage = process.memoryUsage();
   const spaces: Record<string, { used: number; committed: number }> = {};
   for (const space of getHeapSpaceStatistics()) spaces[space.space_name] = { used: space.space_used_size, committed: space.physical_space_size };
-  return { rssKiB: rssNowKiB(), heapUsed: usage.heapUsed, heapCommitted: usage.heapTotal, spaces };
+  return { rssKiB, heapUsed: usage.heapUsed, heapCommitted: usage.heapTotal, spaces };
 }
 
 /**
@@ -94,26 +111,32 @@ function storeRecord(i: number, now: number, environment: TokenRecord["environme
 }
 
 /** The child: fills one cache with `count` tokens and prints its report as one JSON line. */
-function measureHere(count: number): CacheMemoryResult {
+async function measureHere(count: number): Promise<CacheMemoryResult> {
   if (gc === undefined) throw new Error("cache-memory: run with --expose-gc");
   // The service's defaults (src/config.ts) but room for every token: the figure is per token held.
   const cache = createIntrospectionCache({ maxEntries: count * 2, maxBytes: Number.MAX_SAFE_INTEGER, stalenessMs: 2_000, negativeTtlMs: 2_000, negativeMaxEntries: 20_000 });
   const now = Date.now();
-  // One token through the whole path first, so code and interned names are not counted per token.
-  const warm = storeRecord(-1, now, "production");
-  cache.put(warm.key, new CachedToken(warm.record), cache.fence(), now);
-  const before = snapshot();
+  // A tenth first, unmeasured, as the service phase warms before its
+  // baseline: code, interned names and the young generation's growth under
+  // allocation are the process's fixed costs, not the tokens'.
+  const warm = Math.max(1, Math.floor(count / 10));
+  for (let i = 0; i < warm; i++) {
+    const { key, record } = storeRecord(i, now, "production");
+    cache.put(key, new CachedToken(record), cache.fence(), now);
+  }
+  const before = await snapshot();
   const started = process.hrtime.bigint();
-  for (let i = 0; i < count; i++) {
+  for (let i = warm; i < count; i++) {
     const { key, record } = storeRecord(i, now, "production");
     cache.put(key, new CachedToken(record), cache.fence(), now);
   }
   const fillSeconds = Number(process.hrtime.bigint() - started) / 1e9;
-  const after = snapshot();
+  const after = await snapshot();
   const stats = cache.stats();
-  if (stats.size !== count + 1) throw new Error(`cache-memory: ${stats.size} entries cached of ${count + 1}`);
-  const per = (bytes: number) => Math.round((bytes / 1024 / count) * 1000) / 1000;
-  const rssKiBPerToken = Math.round(((after.rssKiB - before.rssKiB) / count) * 1000) / 1000;
+  if (stats.size !== count) throw new Error(`cache-memory: ${stats.size} entries cached of ${count}`);
+  const measured = count - warm;
+  const per = (bytes: number) => Math.round((bytes / 1024 / measured) * 1000) / 1000;
+  const rssKiBPerToken = Math.round(((after.rssKiB - before.rssKiB) / measured) * 1000) / 1000;
   const estimateKiBPerToken = Math.round((stats.bytes / stats.size / 1024) * 1000) / 1000;
   const spaces: Record<string, { usedKiBPerToken: number; committedKiBPerToken: number }> = {};
   for (const [name, space] of Object.entries(after.spaces)) {
@@ -151,6 +174,6 @@ export function measureCacheMemory(counts: readonly number[], cpu?: number): Cac
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const count = process.argv[2];
-  if (count !== undefined) process.stdout.write(`${JSON.stringify(measureHere(Number(count)))}\n`);
+  if (count !== undefined) process.stdout.write(`${JSON.stringify(await measureHere(Number(count)))}\n`);
   else for (const result of measureCacheMemory([100_000, 1_000_000])) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
 }
