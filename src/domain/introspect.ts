@@ -564,7 +564,7 @@ const TOKEN_BYTES = 24 + 9 * 8;
 /** The extras object with its binding, for the few tokens that have one. */
 const EXTRAS_BYTES = 200;
 /** RSS over live bytes after a full GC, as measured (fragmented old space: see README, cache). */
-const HEAP_OVERHEAD = 1.5;
+const HEAP_OVERHEAD = 1.6;
 
 /** A sequential string's size: 16-byte header, one byte a character (two if any is outside Latin-1), to 8 bytes. */
 function stringBytes(value: string): number {
