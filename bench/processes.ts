@@ -145,7 +145,13 @@ export interface SpaceBytes {
  */
 export async function memoryOf(
   server: ServerProcess,
-): Promise<{ rawRssKiB: number; gc: { rssKiB: number; heapUsedKiB: number; heapTotalKiB: number; externalKiB: number }; spaces: Record<string, SpaceBytes> }> {
+): Promise<{
+  rawRssKiB: number;
+  gc: { rssKiB: number; heapUsedKiB: number; heapTotalKiB: number; externalKiB: number };
+  spaces: Record<string, SpaceBytes>;
+  /** RSS by kind of mapping, bytes (see bench/gc-signal.ts). */
+  mappings: Record<string, number>;
+}> {
   const rawRssKiB = rssKiB(server.pid);
   const lines = () => readFileSync(server.logFile, "utf8").split("\n").filter((line) => line.startsWith('{"benchGc"'));
   const seen = lines().length;
@@ -154,12 +160,13 @@ export async function memoryOf(
   for (let i = 0; i < 300 && lines().length === seen; i++) await sleep(50);
   const last = lines()[seen];
   if (last === undefined) throw new Error(`${server.name} did not answer SIGUSR2 with a GC report`);
-  const report = JSON.parse(last) as { benchGc: NodeJS.MemoryUsage; spaces?: Record<string, SpaceBytes> };
+  const report = JSON.parse(last) as { benchGc: NodeJS.MemoryUsage; spaces?: Record<string, SpaceBytes>; mappings?: Record<string, number> };
   const usage = report.benchGc;
   return {
     rawRssKiB,
     gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, heapTotalKiB: usage.heapTotal / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 },
     spaces: report.spaces ?? {},
+    mappings: report.mappings ?? {},
   };
 }
 

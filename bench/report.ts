@@ -94,6 +94,8 @@ export interface BenchResults {
     externalKiBPerToken: number;
     /** Growth per V8 heap space, used and committed, per token: where RSS above the live heap sits. */
     spaces: Record<string, { usedKiBPerToken: number; committedKiBPerToken: number }>;
+    /** RSS growth per token by kind of mapping: brk (the C allocator's main arena), anonymous (V8 pages, other arenas), file. */
+    mappingsKiBPerToken: Record<string, number>;
     /** The service's own cache estimate (`token_service_cache_bytes`) per added entry. */
     estimateKiBPerToken: number;
   };
@@ -225,6 +227,7 @@ export function renderTable(r: BenchResults): string {
     ["… RSS as found, without forcing a GC", `${fmt(r.memory.raw.kibPerToken)} KiB (${fmt(r.memory.raw.baselineKiB / 1024)} → ${fmt(r.memory.raw.afterKiB / 1024)} MiB)`],
     ["… JS heap used / V8 heap committed / ArrayBuffers and external, per token", `${fmt(r.memory.heapKiBPerToken)} / ${fmt(r.memory.heapCommittedKiBPerToken)} / ${fmt(r.memory.externalKiBPerToken)} KiB`],
     ["… V8 old / new space, used / committed, per token", spacesText(r.memory.spaces)],
+    ["… RSS growth by mapping, per token: [heap] (malloc) / anonymous (V8, other arenas) / file", `${fmt(r.memory.mappingsKiBPerToken["brk"] ?? Number.NaN)} / ${fmt(r.memory.mappingsKiBPerToken["anonymous"] ?? Number.NaN)} / ${fmt(r.memory.mappingsKiBPerToken["file"] ?? Number.NaN)} KiB`],
     ["… the cache's own estimate per token (token_service_cache_bytes)", `${fmt(r.memory.estimateKiBPerToken)} KiB`],
   ];
   for (const row of r.cacheMemory ?? []) {

@@ -373,6 +373,7 @@ async function main(): Promise<void> {
       heapCommittedKiBPerToken: Number.NaN,
       externalKiBPerToken: Number.NaN,
       spaces: {},
+      mappingsKiBPerToken: {},
       estimateKiBPerToken: Number.NaN,
     },
     issue: { calls: 0, rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, errors: 0, cpuUsPerCall: Number.NaN },
@@ -884,6 +885,7 @@ async function main(): Promise<void> {
         heapCommittedKiBPerToken: perToken(after.gc.heapTotalKiB - baseline.gc.heapTotalKiB),
         externalKiBPerToken: perToken(after.gc.externalKiB - baseline.gc.externalKiB),
         spaces,
+        mappingsKiBPerToken: Object.fromEntries(Object.entries(after.mappings).map(([kind, bytes]) => [kind, perToken((bytes - (baseline.mappings[kind] ?? 0)) / 1024)])),
         estimateKiBPerToken: round((estimateAfter.bytes - estimateBefore.bytes) / 1024 / Math.max(1, estimateAfter.entries - estimateBefore.entries)),
       };
       if (results.memory.tokens < MEMORY_TOKENS) notes.push(`memory: ${results.memory.tokens.toLocaleString("en-US")} of ${MEMORY_TOKENS.toLocaleString("en-US")} tokens cached before the phase's time bound (a busy machine); KiB/token is over those`);
@@ -986,9 +988,12 @@ async function main(): Promise<void> {
   if (Number.isFinite(results.memory.kibPerToken)) t.push(target("RSS per cached token at 100,000 (service)", results.memory.kibPerToken, "max", 1, "KiB", "after a full GC, settled"));
   for (const row of results.cacheMemory ?? []) {
     t.push(target(`RSS per cached token at ${row.tokens.toLocaleString("en-US")} (cache in-process)`, row.rssKiBPerToken, "max", 1, "KiB", "after a full GC, settled"));
-    t.push(
-      target(`cache size estimate ÷ measured RSS per token, ${row.tokens.toLocaleString("en-US")} (in-process): error`, Math.abs(row.estimateRatio - 1) * 100, "max", 20, "%", `estimate ${row.estimateKiBPerToken} KiB vs RSS ${row.rssKiBPerToken} KiB: ${row.estimateRatio}×`),
-    );
+    // The estimate is judged where each size is measured as the target says: 100,000 in the service (below), the largest in-process.
+    if (row.tokens === Math.max(...CACHE_MEMORY_TOKENS)) {
+      t.push(
+        target(`cache size estimate ÷ measured RSS per token, ${row.tokens.toLocaleString("en-US")} (in-process): error`, Math.abs(row.estimateRatio - 1) * 100, "max", 20, "%", `estimate ${row.estimateKiBPerToken} KiB vs RSS ${row.rssKiBPerToken} KiB: ${row.estimateRatio}×`),
+      );
+    }
   }
   if (Number.isFinite(results.memory.estimateKiBPerToken) && Number.isFinite(results.memory.kibPerToken)) {
     const ratio = results.memory.estimateKiBPerToken / results.memory.kibPerToken;
