@@ -565,7 +565,7 @@ const TOKEN_BYTES = 24 + 9 * 8;
 const EXTRAS_BYTES = 200;
 /**
  * RSS over live bytes after a full GC, as measured (README, "Memory per
- * cached token"): 1.3-1.4 for the cache filled alone, 1.9-2.0 in the service
+ * cached token"): 1.4 for the cache filled alone, 1.8-2.0 in the service
  * at 100,000 tokens, whose misses leave more garbage between the entries.
  * Chosen so both are within ±20 %.
  */
