@@ -131,22 +131,43 @@ export function startEchoServer(responseBytes: number): Promise<ServerProcess> {
   });
 }
 
+/** Used and committed bytes of one V8 heap space. */
+export interface SpaceBytes {
+  readonly used: number;
+  readonly committed: number;
+}
+
 /**
- * RSS now, then RSS and heap after a full GC: the server must have been
- * started with `--expose-gc` and bench/gc-signal.js preloaded, whose SIGUSR2
- * hook collects and prints `{"benchGc": process.memoryUsage()}`.
+ * RSS now, then RSS and heap after a full GC and once memory has settled:
+ * the server must have been started with `--expose-gc` and bench/gc-signal.js
+ * preloaded, whose SIGUSR2 hook collects, waits for freed pages to go back
+ * to the OS, and prints `{"benchGc": process.memoryUsage(), "spaces": …}`.
  */
-export async function memoryOf(server: ServerProcess): Promise<{ rawRssKiB: number; gc: { rssKiB: number; heapUsedKiB: number; heapTotalKiB: number; externalKiB: number } }> {
+export async function memoryOf(
+  server: ServerProcess,
+): Promise<{
+  rawRssKiB: number;
+  gc: { rssKiB: number; heapUsedKiB: number; heapTotalKiB: number; externalKiB: number };
+  spaces: Record<string, SpaceBytes>;
+  /** RSS by kind of mapping, bytes (see bench/gc-signal.ts). */
+  mappings: Record<string, number>;
+}> {
   const rawRssKiB = rssKiB(server.pid);
   const lines = () => readFileSync(server.logFile, "utf8").split("\n").filter((line) => line.startsWith('{"benchGc"'));
   const seen = lines().length;
   process.kill(server.pid, "SIGUSR2");
-  for (let i = 0; i < 100 && lines().length === seen; i++) await sleep(50);
+  // The hook settles for up to ten seconds.
+  for (let i = 0; i < 300 && lines().length === seen; i++) await sleep(50);
   const last = lines()[seen];
   if (last === undefined) throw new Error(`${server.name} did not answer SIGUSR2 with a GC report`);
-  await sleep(300);
-  const usage = (JSON.parse(last) as { benchGc: NodeJS.MemoryUsage }).benchGc;
-  return { rawRssKiB, gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, heapTotalKiB: usage.heapTotal / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 } };
+  const report = JSON.parse(last) as { benchGc: NodeJS.MemoryUsage; spaces?: Record<string, SpaceBytes>; mappings?: Record<string, number> };
+  const usage = report.benchGc;
+  return {
+    rawRssKiB,
+    gc: { rssKiB: rssKiB(server.pid), heapUsedKiB: usage.heapUsed / 1024, heapTotalKiB: usage.heapTotal / 1024, externalKiB: (usage.external + usage.arrayBuffers) / 1024 },
+    spaces: report.spaces ?? {},
+    mappings: report.mappings ?? {},
+  };
 }
 
 /**

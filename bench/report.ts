@@ -3,6 +3,7 @@
  * printed to the terminal (and pasted into the README), the targets with
  * PASS/MISS, and a small hand-written SVG chart.
  */
+import type { CacheMemoryResult } from "./cache-memory.js";
 import type { ProfileSummary } from "./profile.js";
 import { round } from "./common.js";
 
@@ -92,7 +93,15 @@ export interface BenchResults {
     /** Growth of the V8 heap's committed size (heapTotal) per token. */
     heapCommittedKiBPerToken: number;
     externalKiBPerToken: number;
+    /** Growth per V8 heap space, used and committed, per token: where RSS above the live heap sits. */
+    spaces: Record<string, { usedKiBPerToken: number; committedKiBPerToken: number }>;
+    /** RSS growth per token by kind of mapping: brk (the C allocator's main arena), anonymous (V8 pages, other arenas), file. */
+    mappingsKiBPerToken: Record<string, number>;
+    /** The service's own cache estimate (`token_service_cache_bytes`) per added entry. */
+    estimateKiBPerToken: number;
   };
+  /** Phase `memory`: the replica cache alone, filled in-process (bench/cache-memory.ts). */
+  cacheMemory?: CacheMemoryResult[];
   issue: { calls: number; rate: number; p50Ms: number; p99Ms: number; errors: number; cpuUsPerCall: number };
   /**
    * gRPC cache hits with OpenTelemetry tracing off (replica A) and on (a
@@ -171,6 +180,12 @@ export interface BenchResults {
 export function target(name: string, measured: number, kind: "max" | "min", bound: number, unit: string, note?: string): Target {
   const pass = Number.isFinite(measured) && (kind === "max" ? measured <= bound : measured >= bound);
   return { name, measured: round(measured), bound, unit, kind, pass, ratio: round(measured / bound), ...(note ? { note } : {}) };
+}
+
+/** Old and new space growth per token, used / committed, for the memory rows. */
+function spacesText(spaces: Readonly<Record<string, { usedKiBPerToken: number; committedKiBPerToken: number }>>): string {
+  const space = (name: string) => spaces[name] ?? { usedKiBPerToken: Number.NaN, committedKiBPerToken: Number.NaN };
+  return `${fmt(space("old_space").usedKiBPerToken)} / ${fmt(space("old_space").committedKiBPerToken)} KiB; ${fmt(space("new_space").usedKiBPerToken)} / ${fmt(space("new_space").committedKiBPerToken)} KiB`;
 }
 
 /** A figure for a table: n/a, 3 significant digits, whole numbers from 100, thousands separated. */
@@ -254,7 +269,17 @@ export function renderTable(r: BenchResults): string {
     [`RSS per cached token, after a full GC (${r.memory.tokens.toLocaleString("en-US")} tokens cached)`, `${fmt(r.memory.kibPerToken)} KiB (${fmt(r.memory.baselineKiB / 1024)} → ${fmt(r.memory.afterKiB / 1024)} MiB)`],
     ["… RSS as found, without forcing a GC", `${fmt(r.memory.raw.kibPerToken)} KiB (${fmt(r.memory.raw.baselineKiB / 1024)} → ${fmt(r.memory.raw.afterKiB / 1024)} MiB)`],
     ["… JS heap used / V8 heap committed / ArrayBuffers and external, per token", `${fmt(r.memory.heapKiBPerToken)} / ${fmt(r.memory.heapCommittedKiBPerToken)} / ${fmt(r.memory.externalKiBPerToken)} KiB`],
+    ["… V8 old / new space, used / committed, per token", spacesText(r.memory.spaces)],
+    ["… RSS growth by mapping, per token: [heap] (malloc) / anonymous (V8, other arenas) / file", `${fmt(r.memory.mappingsKiBPerToken["brk"] ?? Number.NaN)} / ${fmt(r.memory.mappingsKiBPerToken["anonymous"] ?? Number.NaN)} / ${fmt(r.memory.mappingsKiBPerToken["file"] ?? Number.NaN)} KiB`],
+    ["… the cache's own estimate per token (token_service_cache_bytes)", `${fmt(r.memory.estimateKiBPerToken)} KiB`],
   ];
+  for (const row of r.cacheMemory ?? []) {
+    other.push([
+      `RSS per cached token, replica cache alone in-process (${row.tokens.toLocaleString("en-US")} tokens, after a full GC)`,
+      `${fmt(row.rssKiBPerToken)} KiB (${fmt(row.baselineRssMiB)} → ${fmt(row.afterRssMiB)} MiB); heap used / committed ${fmt(row.heapUsedKiBPerToken)} / ${fmt(row.heapCommittedKiBPerToken)} KiB; estimate ${fmt(row.estimateKiBPerToken)} KiB (${fmt(row.estimateRatio)}×)`,
+    ]);
+    other.push(["… V8 old / new space, used / committed, per token", spacesText(row.spaces)]);
+  }
   if (r.tracing) {
     for (const on of r.tracing.on) {
       const off = r.tracing.off.find((x) => x.concurrency === on.concurrency);

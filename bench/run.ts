@@ -16,7 +16,7 @@
  *   --profile         also profile the service (node --cpu-prof) under the
  *                     gRPC cache-hit load and summarise where its CPU goes
  *   --only=a,b        run only some phases (hits, legacy, extauthz, tracing, peer, workers,
- *                     issue, revocation, miss, pglite, jose, profile); results then go to
+ *                     issue, revocation, miss, memory, pglite, jose, profile); results then go to
  *                     bench/results/tmp/partial.json, not latest.*
  *
  * Writes bench/results/latest.json and latest.svg, prints the table.
@@ -43,6 +43,7 @@ import { checkOnce, tokenClient } from "./grpc-client.js";
 import type { H2LoadInput, H2LoadResult } from "./h2-load.js";
 import type { PgLookupInput, PgLookupResult } from "./pg-lookup.js";
 import { adminDatabaseUrl, databaseUrl, dropDatabase, ensurePostgres } from "./postgres.js";
+import { measureCacheMemory } from "./cache-memory.js";
 import { memoryOf, startEchoServer, startHttpFloor, startOidcPeer, startTokenService, type ServerProcess } from "./processes.js";
 import { summarizeProfile } from "./profile.js";
 import { renderSvg, renderTable, target, type BenchResults, type LoadRow, type TimingStats } from "./report.js";
@@ -73,6 +74,8 @@ const TRACING_CONCURRENCIES = [16, 64] as const;
 const LEGACY_CONCURRENCIES = [16, 64] as const;
 /** Distinct tokens introspected once each by the miss and memory phase. */
 const MEMORY_TOKENS = 100_000;
+/** Cache sizes the memory phase fills in-process (bench/cache-memory.ts). */
+const CACHE_MEMORY_TOKENS = [100_000, 1_000_000];
 /** Of those: unmeasured warm-up, then the measured miss window. */
 const MISS_WARM_TOKENS = 2_000;
 const MISS_TOKENS = 20_000;
@@ -339,6 +342,13 @@ async function listenerPidOf(admin: Client, database: string, server: ServerProc
   return mine.length === 1 ? mine[0]!.pid : undefined;
 }
 
+/** The service's own cache size estimate and entry count, from its Prometheus metrics. */
+async function cacheEstimate(httpPort: number): Promise<{ bytes: number; entries: number }> {
+  const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+  const gauge = (name: string) => Number(new RegExp(`^token_service_${name} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN);
+  return { bytes: gauge("cache_bytes"), entries: gauge("cache_entries") };
+}
+
 // ---------------------------------------------------------------- phases
 
 async function main(): Promise<void> {
@@ -399,6 +409,9 @@ async function main(): Promise<void> {
       heapKiBPerToken: Number.NaN,
       heapCommittedKiBPerToken: Number.NaN,
       externalKiBPerToken: Number.NaN,
+      spaces: {},
+      mappingsKiBPerToken: {},
+      estimateKiBPerToken: Number.NaN,
     },
     issue: { calls: 0, rate: Number.NaN, p50Ms: Number.NaN, p99Ms: Number.NaN, errors: 0, cpuUsPerCall: Number.NaN },
     client: null,
@@ -929,6 +942,7 @@ async function main(): Promise<void> {
       const warm = await h2loader({ ...base, first: 0, maxCalls: MISS_WARM_TOKENS, maxSeconds: 20 });
       await sleep(1_000);
       const baseline = await memoryOf(m);
+      const estimateBefore = await cacheEstimate(m.httpPort);
       const cpuBefore = cpuMicros(m.pid);
       const schedBefore = schedMicros(m.pid);
       // How many of the service's backends are busy, every 20 ms: a database
@@ -987,20 +1001,39 @@ async function main(): Promise<void> {
       if (fill.active !== fill.calls) checks.push(`memory fill: ${fill.calls - fill.active} of ${fill.calls} answers not active (${JSON.stringify(fill.statuses)})`);
       await sleep(1_000);
       const after = await memoryOf(m);
+      const estimateAfter = await cacheEstimate(m.httpPort);
       const cached = miss.active + fill.active;
+      const perToken = (kib: number) => round(kib / Math.max(1, cached));
+      const spaces: Record<string, { usedKiBPerToken: number; committedKiBPerToken: number }> = {};
+      for (const [name, space] of Object.entries(after.spaces)) {
+        const was = baseline.spaces[name] ?? { used: 0, committed: 0 };
+        spaces[name] = { usedKiBPerToken: perToken((space.used - was.used) / 1024), committedKiBPerToken: perToken((space.committed - was.committed) / 1024) };
+      }
       results.memory = {
         tokens: warm.active + cached,
         baselineKiB: after.gc.rssKiB > 0 ? baseline.gc.rssKiB : Number.NaN,
         afterKiB: after.gc.rssKiB,
-        kibPerToken: round((after.gc.rssKiB - baseline.gc.rssKiB) / Math.max(1, cached)),
-        raw: { baselineKiB: baseline.rawRssKiB, afterKiB: after.rawRssKiB, kibPerToken: round((after.rawRssKiB - baseline.rawRssKiB) / Math.max(1, cached)) },
-        heapKiBPerToken: round((after.gc.heapUsedKiB - baseline.gc.heapUsedKiB) / Math.max(1, cached)),
-        heapCommittedKiBPerToken: round((after.gc.heapTotalKiB - baseline.gc.heapTotalKiB) / Math.max(1, cached)),
-        externalKiBPerToken: round((after.gc.externalKiB - baseline.gc.externalKiB) / Math.max(1, cached)),
+        kibPerToken: perToken(after.gc.rssKiB - baseline.gc.rssKiB),
+        raw: { baselineKiB: baseline.rawRssKiB, afterKiB: after.rawRssKiB, kibPerToken: perToken(after.rawRssKiB - baseline.rawRssKiB) },
+        heapKiBPerToken: perToken(after.gc.heapUsedKiB - baseline.gc.heapUsedKiB),
+        heapCommittedKiBPerToken: perToken(after.gc.heapTotalKiB - baseline.gc.heapTotalKiB),
+        externalKiBPerToken: perToken(after.gc.externalKiB - baseline.gc.externalKiB),
+        spaces,
+        mappingsKiBPerToken: Object.fromEntries(Object.entries(after.mappings).map(([kind, bytes]) => [kind, perToken((bytes - (baseline.mappings[kind] ?? 0)) / 1024)])),
+        estimateKiBPerToken: round((estimateAfter.bytes - estimateBefore.bytes) / 1024 / Math.max(1, estimateAfter.entries - estimateBefore.entries)),
       };
       if (results.memory.tokens < MEMORY_TOKENS) notes.push(`memory: ${results.memory.tokens.toLocaleString("en-US")} of ${MEMORY_TOKENS.toLocaleString("en-US")} tokens cached before the phase's time bound (a busy machine); KiB/token is over those`);
-      log(`memory after full GC: ${baseline.gc.rssKiB} → ${after.gc.rssKiB} KiB RSS for ${cached} more cached tokens: ${results.memory.kibPerToken} KiB/token (raw RSS ${results.memory.raw.kibPerToken}, JS heap ${results.memory.heapKiBPerToken})`);
+      log(`memory after full GC: ${baseline.gc.rssKiB} → ${after.gc.rssKiB} KiB RSS for ${cached} more cached tokens: ${results.memory.kibPerToken} KiB/token (raw RSS ${results.memory.raw.kibPerToken}, JS heap ${results.memory.heapKiBPerToken}, the cache's estimate ${results.memory.estimateKiBPerToken})`);
       await m.stop();
+    }
+
+    // ------------------------------------------------------------ the replica cache alone, in-process, at 100,000 and 1,000,000
+    if (wants("memory")) {
+      log("memory: filling the replica cache in-process (bench/cache-memory.ts), 100,000 then 1,000,000 tokens");
+      results.cacheMemory = measureCacheMemory(CACHE_MEMORY_TOKENS, SERVER_CPU);
+      for (const row of results.cacheMemory) {
+        log(`memory in-process, ${row.tokens.toLocaleString("en-US")} tokens: ${row.rssKiBPerToken} KiB RSS/token (heap used ${row.heapUsedKiBPerToken}, committed ${row.heapCommittedKiBPerToken}); estimate ${row.estimateKiBPerToken} KiB (${row.estimateRatio}×)`);
+      }
     }
 
     // ------------------------------------------------------------ misses on PGlite
@@ -1094,7 +1127,20 @@ async function main(): Promise<void> {
   if (Number.isFinite(results.miss.ratio)) t.push(target("cache miss on PostgreSQL ÷ raw pg rate", results.miss.ratio, "min", 0.5, "×"));
   if (results.revocation.channel.n > 0) t.push(target("revocation visible on the other replica, p99", results.revocation.channel.p99Ms, "max", 50, "ms", "from RevokeToken sent"));
   if (results.revocation.cut.n > 0) t.push(target("revocation with the channel cut, max", results.revocation.cut.maxMs, "max", STALENESS_MS, "ms", "CACHE_STALENESS"));
-  if (Number.isFinite(results.memory.kibPerToken)) t.push(target("RSS per cached token", results.memory.kibPerToken, "max", 1, "KiB"));
+  if (Number.isFinite(results.memory.kibPerToken)) t.push(target("RSS per cached token at 100,000 (service)", results.memory.kibPerToken, "max", 1, "KiB", "after a full GC, settled"));
+  for (const row of results.cacheMemory ?? []) {
+    t.push(target(`RSS per cached token at ${row.tokens.toLocaleString("en-US")} (cache in-process)`, row.rssKiBPerToken, "max", 1, "KiB", "after a full GC, settled"));
+    // The estimate is judged where each size is measured as the target says: 100,000 in the service (below), the largest in-process.
+    if (row.tokens === Math.max(...CACHE_MEMORY_TOKENS)) {
+      t.push(
+        target(`cache size estimate ÷ measured RSS per token, ${row.tokens.toLocaleString("en-US")} (in-process): error`, Math.abs(row.estimateRatio - 1) * 100, "max", 20, "%", `estimate ${row.estimateKiBPerToken} KiB vs RSS ${row.rssKiBPerToken} KiB: ${row.estimateRatio}×`),
+      );
+    }
+  }
+  if (Number.isFinite(results.memory.estimateKiBPerToken) && Number.isFinite(results.memory.kibPerToken)) {
+    const ratio = results.memory.estimateKiBPerToken / results.memory.kibPerToken;
+    t.push(target("cache size estimate ÷ measured RSS per token, 100,000 (service): error", Math.abs(ratio - 1) * 100, "max", 20, "%", `estimate ${results.memory.estimateKiBPerToken} KiB vs RSS ${results.memory.kibPerToken} KiB: ${round(ratio)}×`));
+  }
   if (Number.isFinite(results.issue.rate)) t.push(target("IssueToken on PostgreSQL", results.issue.rate, "min", 1000, "/s", "one grpc-js client, 16 in flight"));
   const client = results.client as Record<string, number> | null | undefined;
   if (client && Number.isFinite(client.repeat_introspection_us)) t.push(target("client library repeat introspection", client.repeat_introspection_us!, "max", 5, "µs"));

@@ -3,6 +3,7 @@ import type { RequestMeta, SecurityEvent, TokenClaims, TokenRecord } from "./mod
 import type { TokenDeps } from "./ports.js";
 import { classifyToken, digestKey, displayHint } from "./token-format.js";
 import { TokenCache, type TokenCacheOptions } from "./token-cache.js";
+import { millisOf, msOf, secondsOf } from "./packed-time.js";
 import { LegacyJwtCache, deprecationOf, sunsetMessage, verifyLegacyJwt, type Deprecation, type LegacyCacheable, type LegacyJwtCacheOptions } from "./legacy-jwt.js";
 import { TokenRateLimiter, UsageBinding, type BindingRefusal, type TokenRateLimit } from "./usage-binding.js";
 
@@ -367,57 +368,160 @@ export function createLegacyAnswerCache(options: LegacyJwtCacheOptions): LegacyA
   return new LegacyJwtCache<KeptLegacyAnswer>(options);
 }
 
+/** The rarely set parts of a cached token, kept out of line so the common token pays one field for them. */
+interface TokenExtras {
+  readonly allowedNetworks: readonly string[];
+  readonly rateLimit: TokenRateLimit | undefined;
+  readonly binding: UsageBinding | undefined;
+  readonly predecessorId: string | undefined;
+  readonly successorId: string | undefined;
+  /** Set only for an environment outside `ENVIRONMENTS` (a row from a store shared more widely). */
+  readonly environment: Environment | undefined;
+}
+
 /**
- * What the cache keeps of a stored token: its claims, built once and shared
- * by every hit, and whether it is revoked. Not the row: no digest, no
- * bookkeeping columns, times as numbers (a `Date` costs over 100 bytes; the
- * `Date` views are made on demand, off the hot path), lists interned. Expiry
- * is judged at read time.
+ * What many tokens share: their lists and metadata, interned as one frozen
+ * object, so a token pays one field for all four and nothing for the lists.
  */
-export class CachedToken implements IntrospectedClaims {
-  readonly kind = "opaque";
-  readonly id: string;
-  readonly subject: string;
-  readonly fullName: string;
+interface TokenProfile {
   readonly teams: readonly string[];
   readonly scopes: readonly string[];
   readonly namespaces: readonly string[];
-  readonly isAdmin: boolean;
-  readonly name: string;
   readonly metadata: Readonly<Record<string, string>>;
-  readonly environment: Environment;
-  readonly issuedAtMs: number;
-  /** Infinity when the token never expires. */
-  readonly expiresAtMs: number;
-  readonly revoked: boolean;
-  readonly allowedNetworks: readonly string[];
-  readonly rateLimit: TokenRateLimit | undefined;
-  /** Parsed once; undefined for a token bound to nothing, so the hot path checks one field. */
-  readonly binding: UsageBinding | undefined;
-  /** The token this one replaced through rotation, if any. */
-  readonly predecessorId: string | undefined;
-  /** The token that replaced this one through rotation, if any. */
-  readonly successorId: string | undefined;
+}
+
+// Bit layout of CachedToken.bits: flags, environment, and the ms parts of the two times.
+const ADMIN = 1;
+const REVOKED = 2;
+const NEVER_EXPIRES = 4;
+const ENV_SHIFT = 3; // two bits: index in ENVIRONMENTS, 3 = in extras
+const ISSUED_MS_SHIFT = 5; // ten bits
+const EXPIRES_MS_SHIFT = 15; // ten bits
+const OTHER_ENVIRONMENT = 3;
+
+/**
+ * What the cache keeps of a stored token: its claims, built once and shared
+ * by every hit, and whether it is revoked. Not the row: no digest, no
+ * bookkeeping columns. Laid out for a cache of a million: nine fields, each
+ * a pointer or a small integer V8 keeps in the field itself (see
+ * `packed-time.ts`), so a token is 96 bytes plus its four own strings.
+ * Lists and metadata are one shared `TokenProfile`; flags, environment and
+ * the times' ms parts are packed in `bits`; what only bound or rotated
+ * tokens carry is in `extras`. Every claim is a getter over these, on the
+ * prototype, costing no memory per token. Expiry is judged at read time.
+ */
+export class CachedToken implements IntrospectedClaims {
+  readonly id: string;
+  readonly subject: string;
+  readonly fullName: string;
+  readonly name: string;
+  private readonly profile: TokenProfile;
+  /** `issuedAt`'s whole seconds since 2020. */
+  private readonly issuedS: number;
+  /** `expiresAt`'s whole seconds since 2020; 0 when it never expires (NEVER_EXPIRES). */
+  private readonly expiresS: number;
+  private readonly bits: number;
+  private readonly extras: TokenExtras | undefined;
 
   constructor(record: TokenRecord) {
     this.id = record.id;
     this.subject = record.subject;
     this.fullName = record.fullName;
-    this.teams = internList(record.teams);
-    this.scopes = internList(record.scopes);
-    this.namespaces = internList(record.namespaces);
-    this.isAdmin = record.isAdmin;
     this.name = record.name;
-    this.metadata = Object.keys(record.metadata).length === 0 ? NO_METADATA : record.metadata;
-    this.environment = ENVIRONMENTS.find((e) => e === record.environment) ?? record.environment;
-    this.issuedAtMs = record.createdAt.getTime();
-    this.expiresAtMs = record.expiresAt === null ? Number.POSITIVE_INFINITY : record.expiresAt.getTime();
-    this.revoked = record.revokedAt !== null;
-    this.allowedNetworks = internList(record.allowedNetworks ?? NO_STRINGS);
-    this.rateLimit = record.rateLimit;
-    this.binding = UsageBinding.of(this.allowedNetworks, this.rateLimit);
-    this.predecessorId = record.rotation?.predecessorId ?? undefined;
-    this.successorId = record.rotation?.successorId ?? undefined;
+    this.profile = profileOf(record);
+    const issuedMs = record.createdAt.getTime();
+    this.issuedS = secondsOf(issuedMs);
+    let bits = (record.isAdmin ? ADMIN : 0) | (record.revokedAt !== null ? REVOKED : 0) | (millisOf(issuedMs) << ISSUED_MS_SHIFT);
+    if (record.expiresAt === null) {
+      this.expiresS = 0;
+      bits |= NEVER_EXPIRES;
+    } else {
+      const expiresMs = record.expiresAt.getTime();
+      this.expiresS = secondsOf(expiresMs);
+      bits |= millisOf(expiresMs) << EXPIRES_MS_SHIFT;
+    }
+    const environment = ENVIRONMENTS.indexOf(record.environment);
+    bits |= (environment < 0 ? OTHER_ENVIRONMENT : environment) << ENV_SHIFT;
+    this.bits = bits;
+    const networks = record.allowedNetworks ?? NO_STRINGS;
+    const predecessorId = record.rotation?.predecessorId ?? undefined;
+    const successorId = record.rotation?.successorId ?? undefined;
+    this.extras =
+      networks.length === 0 && record.rateLimit === undefined && predecessorId === undefined && successorId === undefined && environment >= 0
+        ? undefined
+        : {
+            allowedNetworks: internList(networks),
+            rateLimit: record.rateLimit,
+            binding: UsageBinding.of(networks, record.rateLimit),
+            predecessorId,
+            successorId,
+            environment: environment < 0 ? record.environment : undefined,
+          };
+  }
+
+  get kind(): "opaque" {
+    return "opaque";
+  }
+
+  get teams(): readonly string[] {
+    return this.profile.teams;
+  }
+
+  get scopes(): readonly string[] {
+    return this.profile.scopes;
+  }
+
+  get namespaces(): readonly string[] {
+    return this.profile.namespaces;
+  }
+
+  get metadata(): Readonly<Record<string, string>> {
+    return this.profile.metadata;
+  }
+
+  get isAdmin(): boolean {
+    return (this.bits & ADMIN) !== 0;
+  }
+
+  get revoked(): boolean {
+    return (this.bits & REVOKED) !== 0;
+  }
+
+  get environment(): Environment {
+    const index = (this.bits >>> ENV_SHIFT) & 3;
+    return index === OTHER_ENVIRONMENT ? this.extras!.environment! : ENVIRONMENTS[index]!;
+  }
+
+  get issuedAtMs(): number {
+    return msOf(this.issuedS, (this.bits >>> ISSUED_MS_SHIFT) & 1023);
+  }
+
+  /** Infinity when the token never expires. */
+  get expiresAtMs(): number {
+    return (this.bits & NEVER_EXPIRES) !== 0 ? Number.POSITIVE_INFINITY : msOf(this.expiresS, (this.bits >>> EXPIRES_MS_SHIFT) & 1023);
+  }
+
+  get allowedNetworks(): readonly string[] {
+    return this.extras?.allowedNetworks ?? NO_STRINGS;
+  }
+
+  get rateLimit(): TokenRateLimit | undefined {
+    return this.extras?.rateLimit;
+  }
+
+  /** Parsed once; undefined for a token bound to nothing, so the hot path checks one field. */
+  get binding(): UsageBinding | undefined {
+    return this.extras?.binding;
+  }
+
+  /** The token this one replaced through rotation, if any. */
+  get predecessorId(): string | undefined {
+    return this.extras?.predecessorId;
+  }
+
+  /** The token that replaced this one through rotation, if any. */
+  get successorId(): string | undefined {
+    return this.extras?.successorId;
   }
 
   get issuedAt(): Date {
@@ -425,7 +529,7 @@ export class CachedToken implements IntrospectedClaims {
   }
 
   get expiresAt(): Date | null {
-    return this.expiresAtMs === Number.POSITIVE_INFINITY ? null : new Date(this.expiresAtMs);
+    return (this.bits & NEVER_EXPIRES) !== 0 ? null : new Date(this.expiresAtMs);
   }
 }
 
@@ -437,18 +541,46 @@ export function createIntrospectionCache(limits: Omit<TokenCacheOptions<CachedTo
   return new TokenCache<CachedToken | null>({ ...limits, sizeOf: estimateBytes });
 }
 
-/** A rough size of an entry: fixed overhead plus two bytes per character it holds alone. */
-function estimateBytes(key: string, token: CachedToken | null): number {
-  if (token === null) return 200 + key.length;
-  let chars = key.length + token.id.length + token.name.length + token.subject.length + token.fullName.length;
-  for (const k in token.metadata) chars += k.length + (token.metadata[k]?.length ?? 0) + 16;
-  return 400 + chars * 2 + 16 * (token.teams.length + token.scopes.length + token.namespaces.length);
+/**
+ * The bytes one entry adds to the process, for the cache's memory bound
+ * (CACHE_MAX_MEGABYTES) and its reported size: the key, the Map's slot, the
+ * cache entry, the token and its own strings, times what the V8 heap commits
+ * beyond what is live. Shared profiles and interned names are not counted
+ * (bounded, and shared by every token that has them). Calibrated against
+ * `bench/cache-memory.ts`, which measures RSS after a full GC at 100,000 and
+ * 1,000,000 tokens; see the README's cache section.
+ */
+export function estimateBytes(key: string, token: CachedToken | null): number {
+  if (token === null) return HEAP_OVERHEAD * (ENTRY_BYTES + stringBytes(key));
+  let bytes = ENTRY_BYTES + TOKEN_BYTES + stringBytes(key) + stringBytes(token.id) + stringBytes(token.subject) + stringBytes(token.fullName) + stringBytes(token.name);
+  if (token.binding !== undefined || token.predecessorId !== undefined || token.successorId !== undefined) bytes += EXTRAS_BYTES;
+  return Math.round(HEAP_OVERHEAD * bytes);
+}
+
+/** A Map slot (three words, plus its share of the bucket array at the table's average fill) and an `Entry` (header and three fields). */
+const ENTRY_BYTES = 40 + 48;
+/** A `CachedToken`: header and nine fields. */
+const TOKEN_BYTES = 24 + 9 * 8;
+/** The extras object with its binding, for the few tokens that have one. */
+const EXTRAS_BYTES = 200;
+/**
+ * RSS over live bytes after a full GC, as measured (README, "Memory per
+ * cached token"): 1.4 for the cache filled alone, 1.8-2.0 in the service
+ * at 100,000 tokens, whose misses leave more garbage between the entries.
+ * Chosen so both are within ±20 %.
+ */
+const HEAP_OVERHEAD = 1.58;
+
+/** A sequential string's size: 16-byte header, one byte a character (two if any is outside Latin-1), to 8 bytes. */
+function stringBytes(value: string): number {
+  const width = /^[\u0000-\u00ff]*$/.test(value) ? 1 : 2;
+  return (16 + value.length * width + 7) & ~7;
 }
 
 /**
- * Strings that repeat across many tokens (scope, team and namespace names)
- * are kept once: the driver makes a new string per row. Bounded, so a flood
- * of distinct names cannot grow it without limit.
+ * Strings that repeat across many tokens (network names) are kept once: the
+ * driver makes a new string per row. Bounded, so a flood of distinct names
+ * cannot grow it without limit.
  */
 const INTERNED = new Map<string, string>();
 const MAX_INTERNED = 50_000;
@@ -464,7 +596,35 @@ const NO_STRINGS: readonly string[] = Object.freeze([]);
 const NO_METADATA: Readonly<Record<string, string>> = Object.freeze({});
 
 function internList(values: readonly string[]): readonly string[] {
-  return values.length === 0 ? NO_STRINGS : values.map(intern);
+  return values.length === 0 ? NO_STRINGS : Object.freeze(values.map(intern));
+}
+
+/**
+ * Profiles by their content: tokens of one team with one set of scopes
+ * share one. Bounded like `INTERNED`; past the bound a token gets a profile
+ * of its own (correct, only larger).
+ */
+const PROFILES = new Map<string, TokenProfile>();
+const MAX_PROFILES = 20_000;
+
+function profileOf(record: TokenRecord): TokenProfile {
+  const metadata = record.metadata;
+  let hasMetadata = false;
+  for (const _ in metadata) {
+    hasMetadata = true;
+    break;
+  }
+  const key = JSON.stringify([record.teams, record.scopes, record.namespaces, hasMetadata ? metadata : 0]);
+  const known = PROFILES.get(key);
+  if (known !== undefined) return known;
+  const profile: TokenProfile = Object.freeze({
+    teams: internList(record.teams),
+    scopes: internList(record.scopes),
+    namespaces: internList(record.namespaces),
+    metadata: hasMetadata ? Object.freeze({ ...metadata }) : NO_METADATA,
+  });
+  if (PROFILES.size < MAX_PROFILES) PROFILES.set(key, profile);
+  return profile;
 }
 
 /** The request facts every security event carries. */

@@ -1,3 +1,5 @@
+import { millisOf, msOf, secondsOf } from "./packed-time.js";
+
 
 /** Cache limits and freshness rules. */
 export interface TokenCacheOptions<V> {
@@ -24,7 +26,11 @@ export interface TokenCacheOptions<V> {
   readonly negativeMaxEntries?: number;
   /** Which values are negative answers (kept only `negativeTtlMs`). Default: null. */
   readonly isNegative?: (value: V) => boolean;
-  /** Estimated bytes of an entry, for the memory bound. */
+  /**
+   * Estimated bytes of an entry, for the memory bound. Must give the same
+   * answer for the same key and value every time: it is asked again when the
+   * entry leaves (entries do not carry their size, to stay small).
+   */
   readonly sizeOf: (key: string, value: V) => number;
   /**
    * Called when an entry leaves the cache one by one (evicted, replaced, or
@@ -41,10 +47,41 @@ export interface CacheEntry<V> {
   readonly negative: boolean;
   /** When it was read from the store (ms since the epoch). */
   readonly fetchedAt: number;
-  /** Second-chance bit for the eviction clock: set on every hit. */
-  used: boolean;
-  /** Estimated size, for the memory bound. */
-  readonly bytes: number;
+}
+
+const USED = 1;
+const NEGATIVE = 2;
+/** The ms part of `fetchedAt` sits above the two flag bits. */
+const MILLIS_SHIFT = 2;
+
+/**
+ * An entry as held, one per cached token: three fields, each a pointer or an
+ * integer V8 keeps in the field itself (see `packed-time.ts`), so an entry is
+ * 48 bytes and no HeapNumber. Its size estimate is not kept: `sizeOf` is
+ * asked again when it leaves.
+ */
+class Entry<V> implements CacheEntry<V> {
+  /** `fetchedAt`'s whole seconds since 2020. */
+  readonly atS: number;
+  /** USED | NEGATIVE | `fetchedAt`'s ms part << MILLIS_SHIFT. */
+  bits: number;
+
+  constructor(
+    readonly record: V,
+    fetchedAt: number,
+    negative: boolean,
+  ) {
+    this.atS = secondsOf(fetchedAt);
+    this.bits = (millisOf(fetchedAt) << MILLIS_SHIFT) | (negative ? NEGATIVE : 0);
+  }
+
+  get negative(): boolean {
+    return (this.bits & NEGATIVE) !== 0;
+  }
+
+  get fetchedAt(): number {
+    return msOf(this.atS, this.bits >>> MILLIS_SHIFT);
+  }
 }
 
 /**
@@ -66,9 +103,9 @@ export interface CacheEntry<V> {
  */
 export class TokenCache<V> {
   /** Positive answers: the second-chance clock runs over these alone. */
-  private readonly entries = new Map<string, CacheEntry<V>>();
+  private readonly entries = new Map<string, Entry<V>>();
   /** Negative answers, oldest first: a flood of garbage evicts only garbage. */
-  private readonly negatives = new Map<string, CacheEntry<V>>();
+  private readonly negatives = new Map<string, Entry<V>>();
   /** Store reads in flight by key, with the generation they started in. */
   private readonly loading = new Map<string, { readonly generation: number; readonly promise: Promise<V> }>();
   private readonly negativeMax: number;
@@ -94,10 +131,11 @@ export class TokenCache<V> {
   get(key: string, nowMs: number): CacheEntry<V> | undefined {
     const entry = this.entries.get(key) ?? this.negatives.get(key);
     if (entry !== undefined) {
-      const confirmed = entry.fetchedAt > this.channelVerifiedAt ? entry.fetchedAt : this.channelVerifiedAt;
-      const fresh = entry.negative ? nowMs - entry.fetchedAt <= this.options.negativeTtlMs : nowMs - confirmed <= this.options.stalenessMs;
+      const fetchedAt = entry.fetchedAt;
+      const confirmed = fetchedAt > this.channelVerifiedAt ? fetchedAt : this.channelVerifiedAt;
+      const fresh = entry.negative ? nowMs - fetchedAt <= this.options.negativeTtlMs : nowMs - confirmed <= this.options.stalenessMs;
       if (fresh) {
-        entry.used = true;
+        entry.bits |= USED;
         this.hits++;
         return entry;
       }
@@ -110,8 +148,9 @@ export class TokenCache<V> {
   peek(key: string, nowMs: number): V | undefined {
     const entry = this.entries.get(key) ?? this.negatives.get(key);
     if (entry === undefined) return undefined;
-    const confirmed = entry.fetchedAt > this.channelVerifiedAt ? entry.fetchedAt : this.channelVerifiedAt;
-    const fresh = entry.negative ? nowMs - entry.fetchedAt <= this.options.negativeTtlMs : nowMs - confirmed <= this.options.stalenessMs;
+    const fetchedAt = entry.fetchedAt;
+    const confirmed = fetchedAt > this.channelVerifiedAt ? fetchedAt : this.channelVerifiedAt;
+    const fresh = entry.negative ? nowMs - fetchedAt <= this.options.negativeTtlMs : nowMs - confirmed <= this.options.stalenessMs;
     return fresh ? entry.record : undefined;
   }
 
@@ -146,12 +185,12 @@ export class TokenCache<V> {
         this.remove(oldest);
         this.evictions++;
       }
-      this.negatives.set(key, { record, negative: true, fetchedAt, used: false, bytes });
+      this.negatives.set(key, new Entry(record, fetchedAt, true));
       this.negativeBytes += bytes;
       return;
     }
     while (this.entries.size > 0 && (this.entries.size >= this.options.maxEntries || this.bytes + bytes > this.options.maxBytes)) this.evictOne();
-    this.entries.set(key, { record, negative: false, fetchedAt, used: false, bytes });
+    this.entries.set(key, new Entry(record, fetchedAt, false));
     this.bytes += bytes;
   }
 
@@ -243,14 +282,14 @@ export class TokenCache<V> {
     const entry = this.entries.get(key);
     if (entry !== undefined) {
       this.entries.delete(key);
-      this.bytes -= entry.bytes;
+      this.bytes -= this.sizeOf(key, entry.record);
       this.options.onDrop?.(key, entry.record);
       return true;
     }
     const negative = this.negatives.get(key);
     if (negative === undefined) return false;
     this.negatives.delete(key);
-    this.negativeBytes -= negative.bytes;
+    this.negativeBytes -= this.sizeOf(key, negative.record);
     this.options.onDrop?.(key, negative.record);
     return true;
   }
@@ -258,14 +297,14 @@ export class TokenCache<V> {
   private evictOne(): void {
     for (const [key, entry] of this.entries) {
       this.entries.delete(key);
-      if (!entry.used) {
-        this.bytes -= entry.bytes;
+      if ((entry.bits & USED) === 0) {
+        this.bytes -= this.sizeOf(key, entry.record);
         this.evictions++;
         this.options.onDrop?.(key, entry.record);
         return;
       }
       // Second chance: recently used, so it goes to the back of the line.
-      entry.used = false;
+      entry.bits &= ~USED;
       this.entries.set(key, entry);
     }
   }
