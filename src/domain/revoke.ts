@@ -84,7 +84,7 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
   // One round trip: the store finds and revokes the token in one call.
   const outcome = await deps.store.revokeOne(target, revocation);
   if (outcome === undefined || outcome === "other_subject") return notRevoked(deps, caller, target, outcome === "other_subject", meta);
-  return revoked(deps, caller, outcome, [], hint ?? outcome.record.displayHint, revocation, false, meta);
+  return answerRevoked(deps, caller, outcome, [], hint ?? outcome.record.displayHint, revocation, false, meta);
 }
 
 /**
@@ -105,7 +105,7 @@ async function revokeWithDescendants(
   if (!known || (target.subject !== undefined && found.subject !== target.subject)) return notRevoked(deps, caller, target, known, meta);
   const cascade = await deps.store.revokeCascade(found.id, revocation);
   if (cascade === undefined) throw notFound(found.id);
-  return revoked(deps, caller, cascade.root, cascade.descendants, hint ?? found.displayHint, revocation, true, meta);
+  return answerRevoked(deps, caller, cascade.root, cascade.descendants, hint ?? found.displayHint, revocation, true, meta);
 }
 
 /**
@@ -132,7 +132,7 @@ function notRevoked(deps: TokenDeps, caller: Caller, target: RevokeTarget, other
 }
 
 /** After the store committed: evict here, record the event, shape the answer. */
-function revoked(
+function answerRevoked(
   deps: TokenDeps,
   caller: Caller,
   outcome: RevokeOutcome,
