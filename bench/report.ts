@@ -81,7 +81,18 @@ export interface BenchResults {
     ratio: number;
     pglite: MissRow;
   };
-  revocation: { channel: TimingStats; channelFromAck: TimingStats; cut: TimingStats; cutMechanism: string };
+  revocation: {
+    channel: TimingStats;
+    channelFromAck: TimingStats;
+    /** RevokeToken on A, sent to answered. */
+    revokeCall: TimingStats;
+    /** Sent to the revocation's notice reaching a listener in the runner (committed and delivered). */
+    notice: TimingStats;
+    /** That notice to B answering inactive. */
+    afterNotice: TimingStats;
+    cut: TimingStats;
+    cutMechanism: string;
+  };
   /** RSS after a full GC (the target's figure), RSS as found, and where the growth is. */
   memory: {
     tokens: number;
@@ -265,6 +276,9 @@ export function renderTable(r: BenchResults): string {
     [`jose jwtVerify HS256, ${r.legacy.jwtChars}-char JWT, key imported once (in-process)`, `${fmt(r.legacy.joseLocalUsPerVerify)} µs/verify`],
     [`revocation seen on the other replica (n=${r.revocation.channel.n}, from RevokeToken sent)`, `p50 ${fmt(r.revocation.channel.p50Ms)} ms, p99 ${fmt(r.revocation.channel.p99Ms)} ms, max ${fmt(r.revocation.channel.maxMs)} ms`],
     [`… counted from RevokeToken answered`, `p50 ${fmt(r.revocation.channelFromAck.p50Ms)} ms, p99 ${fmt(r.revocation.channelFromAck.p99Ms)} ms`],
+    [`… RevokeToken itself, sent to answered`, `p50 ${fmt(r.revocation.revokeCall.p50Ms)} ms, p99 ${fmt(r.revocation.revokeCall.p99Ms)} ms, max ${fmt(r.revocation.revokeCall.maxMs)} ms`],
+    [`… sent to its notice heard by a listener in the runner`, `p50 ${fmt(r.revocation.notice.p50Ms)} ms, p99 ${fmt(r.revocation.notice.p99Ms)} ms, max ${fmt(r.revocation.notice.maxMs)} ms`],
+    [`… that notice to B answering inactive`, `p50 ${fmt(r.revocation.afterNotice.p50Ms)} ms, p99 ${fmt(r.revocation.afterNotice.p99Ms)} ms, max ${fmt(r.revocation.afterNotice.maxMs)} ms`],
     [`revocation with B's listener terminated (n=${r.revocation.cut.n})`, `p50 ${fmt(r.revocation.cut.p50Ms)} ms, p99 ${fmt(r.revocation.cut.p99Ms)} ms, max ${fmt(r.revocation.cut.maxMs)} ms`],
     [`RSS per cached token, after a full GC (${r.memory.tokens.toLocaleString("en-US")} tokens cached)`, `${fmt(r.memory.kibPerToken)} KiB (${fmt(r.memory.baselineKiB / 1024)} → ${fmt(r.memory.afterKiB / 1024)} MiB)`],
     ["… RSS as found, without forcing a GC", `${fmt(r.memory.raw.kibPerToken)} KiB (${fmt(r.memory.raw.baselineKiB / 1024)} → ${fmt(r.memory.raw.afterKiB / 1024)} MiB)`],

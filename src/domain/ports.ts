@@ -35,6 +35,23 @@ export interface RevokeOutcome {
   readonly alreadyRevoked: boolean;
 }
 
+/**
+ * Which token `TokenStore.revokeOne` revokes: by id or by SHA-256 digest,
+ * only within `environment` and, when `subject` is given, only if it is that
+ * subject's (a non-admin revoking by id).
+ */
+export type RevokeTarget = ({ readonly id: string } | { readonly digest: Uint8Array }) & {
+  readonly environment: Environment;
+  readonly subject?: string;
+};
+
+/**
+ * What `TokenStore.revokeOne` did: the outcome of a revocation; `other_subject`
+ * when the token exists but is not `subject`'s (left untouched, and never
+ * shown); undefined when there is no such token in the environment.
+ */
+export type RevokeOneOutcome = RevokeOutcome | "other_subject" | undefined;
+
 /** The outcome of revoking a token and everything issued below it. */
 export interface CascadeOutcome {
   /** The named token, as for a single revocation. */
@@ -68,6 +85,12 @@ export interface TokenStore {
   findById(id: string): Promise<TokenRecord | undefined>;
   /** Marks a token revoked, durably, before resolving. Undefined when no such id. */
   revoke(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOutcome | undefined>;
+  /**
+   * Finds and revokes one token in one step (one round trip to the store),
+   * durably, before resolving, with the same guarantees as `revoke`: the
+   * first revocation wins, and a repeat gets the record of the first.
+   */
+  revokeOne(target: RevokeTarget, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOneOutcome>;
   /**
    * Revokes a token and every token below it through `issuedByTokenId`
    * (children, grandchildren, …) in one transaction, durably, before

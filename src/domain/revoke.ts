@@ -3,7 +3,7 @@ import { verifyLegacyJwt } from "./legacy-jwt.js";
 import { TokenError, invalidArgument } from "./errors.js";
 import { environmentMismatchMessage, metaFields } from "./introspect.js";
 import type { Caller, RequestMeta, TokenRecord } from "./model.js";
-import type { RevokeOutcome, TokenDeps } from "./ports.js";
+import type { Revocation, RevokeOutcome, RevokeTarget, TokenDeps } from "./ports.js";
 import { MAX_PRESENTED_TOKEN_LENGTH, classifyToken, digestToken, displayHint, keyOfDigest } from "./token-format.js";
 import * as rules from "./validation.js";
 
@@ -36,18 +36,21 @@ export interface RevokeResult {
  * revoke it may revoke them. That reaches other subjects only below an admin
  * token (a non-admin issues only non-admin tokens for itself), and holding
  * an admin token, or being its subject, already allows as much.
- * The store write is committed before this resolves.
+ * The store write is committed before this resolves. Without cascade,
+ * finding the token and revoking it is one call to the store (one round
+ * trip): the scope (environment, and the subject for a non-admin by id) is
+ * a condition of the revocation itself, not a read before it.
  */
 export async function revokeToken(deps: TokenDeps, caller: Caller, input: RevokeInput, meta: RequestMeta): Promise<RevokeResult> {
   const reason = rules.optionalText("reason", input.reason, 512);
-  let record: TokenRecord | undefined;
-  let hint: string;
 
   if ("legacyJti" in input) {
     requireAdmin(deps, caller, meta, "revoke a legacy JWT by its jti");
     const jti = rules.requiredText("legacy_jti", input.legacyJti, 256);
     return revokeLegacyJti(deps, caller, jti, { reason, expiresAt: null, hint: undefined }, meta);
   }
+  let target: RevokeTarget;
+  let hint: string | undefined;
   if ("token" in input) {
     if (input.token === "") throw invalidArgument("token", "is required (or give token_id)");
     if (input.token.length > MAX_PRESENTED_TOKEN_LENGTH) throw invalidArgument("token", `must be at most ${MAX_PRESENTED_TOKEN_LENGTH} characters`);
@@ -69,50 +72,84 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
       });
       return NOTHING_REVOKED;
     }
-    record = await deps.store.findByDigest(digestToken(input.token));
-    if (record === undefined || record.environment !== deps.policy.environment) return NOTHING_REVOKED;
+    // Possession is authority: no subject to match.
+    target = { digest: digestToken(input.token), environment: deps.policy.environment };
   } else {
     const id = rules.uuid("token_id", input.tokenId);
-    const found = await deps.store.findById(id);
-    const known = found !== undefined && found.environment === deps.policy.environment;
-    if (!known || (!caller.isAdmin && found.subject !== caller.subject)) {
-      if (!caller.isAdmin) {
-        // The same event for both, so not even the metrics (per type and
-        // severity) tell the caller which it was; the message is for admins.
-        deps.events.record({
-          type: "permission_denied",
-          severity: "warning",
-          message: known ? "revoke by id of another subject's token, answered as not found" : "revoke by id of an unknown token",
-          serviceEnvironment: deps.policy.environment,
-          tokenId: id,
-          callerTokenId: caller.tokenId,
-          callerSubject: caller.subject,
-          ...metaFields(meta),
-        });
-      }
-      throw notFound(id);
-    }
-    record = found;
-    hint = found.displayHint;
+    target = { id, environment: deps.policy.environment, ...(caller.isAdmin ? {} : { subject: caller.subject }) };
   }
 
   const revocation = { by: caller.subject, reason, at: deps.clock.now() };
-  let outcome: RevokeOutcome | undefined;
-  let descendants: readonly TokenRecord[] = [];
-  if (input.cascade === true) {
-    const cascade = await deps.store.revokeCascade(record.id, revocation);
-    outcome = cascade?.root;
-    descendants = cascade?.descendants ?? [];
-  } else {
-    outcome = await deps.store.revoke(record.id, revocation);
+  if (input.cascade === true) return revokeWithDescendants(deps, caller, target, hint, revocation, meta);
+  // One round trip: the store finds and revokes the token in one call.
+  const outcome = await deps.store.revokeOne(target, revocation);
+  if (outcome === undefined || outcome === "other_subject") return notRevoked(deps, caller, target, outcome === "other_subject", meta);
+  return answerRevoked(deps, caller, outcome, [], hint ?? outcome.record.displayHint, revocation, false, meta);
+}
+
+/**
+ * With `cascade`: the token is found first (the walk starts from its id),
+ * then it and its descendants are revoked in one transaction. Rare and
+ * heavier by nature, so it keeps its lookup.
+ */
+async function revokeWithDescendants(
+  deps: TokenDeps,
+  caller: Caller,
+  target: RevokeTarget,
+  hint: string | undefined,
+  revocation: Revocation,
+  meta: RequestMeta,
+): Promise<RevokeResult> {
+  const found = "digest" in target ? await deps.store.findByDigest(target.digest) : await deps.store.findById(target.id);
+  const known = found !== undefined && found.environment === target.environment;
+  if (!known || (target.subject !== undefined && found.subject !== target.subject)) return notRevoked(deps, caller, target, known, meta);
+  const cascade = await deps.store.revokeCascade(found.id, revocation);
+  if (cascade === undefined) throw notFound(found.id);
+  return answerRevoked(deps, caller, cascade.root, cascade.descendants, hint ?? found.displayHint, revocation, true, meta);
+}
+
+/**
+ * Nothing revoked: a value that names no token succeeds without saying so
+ * (RFC 7009 §2.2); an id that is unknown or another subject's is the same
+ * `not_found`, and the same event, so not even the metrics (per type and
+ * severity) tell the caller which it was; the message is for admins.
+ */
+function notRevoked(deps: TokenDeps, caller: Caller, target: RevokeTarget, otherSubject: boolean, meta: RequestMeta): RevokeResult {
+  if ("digest" in target) return NOTHING_REVOKED;
+  if (!caller.isAdmin) {
+    deps.events.record({
+      type: "permission_denied",
+      severity: "warning",
+      message: otherSubject ? "revoke by id of another subject's token, answered as not found" : "revoke by id of an unknown token",
+      serviceEnvironment: deps.policy.environment,
+      tokenId: target.id,
+      callerTokenId: caller.tokenId,
+      callerSubject: caller.subject,
+      ...metaFields(meta),
+    });
   }
-  if (outcome === undefined) throw notFound(record.id);
+  throw notFound(target.id);
+}
+
+/** After the store committed: evict here, record the event, shape the answer. */
+function answerRevoked(
+  deps: TokenDeps,
+  caller: Caller,
+  outcome: RevokeOutcome,
+  descendants: readonly TokenRecord[],
+  hint: string,
+  revocation: Revocation,
+  cascade: boolean,
+  meta: RequestMeta,
+): RevokeResult {
+  const record = outcome.record;
+  const reason = revocation.reason;
   // This replica forgets them at once; the others hear of each through the store's notice.
   deps.cache.evict(keyOfDigest(record.digest));
   for (const descendant of descendants) deps.cache.evict(keyOfDigest(descendant.digest));
   const revokedCount = (outcome.alreadyRevoked ? 0 : 1) + descendants.length;
   if (revokedCount > 0) {
-    const what = input.cascade !== true ? "token revoked" : cascadeSummary(outcome.alreadyRevoked, descendants.length);
+    const what = !cascade ? "token revoked" : cascadeSummary(outcome.alreadyRevoked, descendants.length);
     deps.events.record({
       type: "token_revoked",
       severity: "info",
@@ -128,8 +165,8 @@ export async function revokeToken(deps: TokenDeps, caller: Caller, input: Revoke
   if (descendants.length > 0) {
     deps.log.info({ token_id: record.id, token_hint: hint, revoked_count: revokedCount, by: caller.subject }, "token revoked with its descendants (cascade)");
   }
-  const visible = caller.isAdmin || outcome.record.subject === caller.subject;
-  return visible ? { record: outcome.record, alreadyRevoked: outcome.alreadyRevoked, revokedCount } : { alreadyRevoked: outcome.alreadyRevoked, revokedCount };
+  const visible = caller.isAdmin || record.subject === caller.subject;
+  return visible ? { record, alreadyRevoked: outcome.alreadyRevoked, revokedCount } : { alreadyRevoked: outcome.alreadyRevoked, revokedCount };
 }
 
 /** The answer when nothing was revoked and nothing may be shown. */

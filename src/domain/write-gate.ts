@@ -1,5 +1,5 @@
 import { ConcurrencyLimit, type LimitName } from "./rate-limit.js";
-import type { BulkRevocation, CascadeOutcome, LifecycleStore, NewToken, Revocation, RevokeOutcome, TokenListQuery, TokenSelector, TokenStore } from "./ports.js";
+import type { BulkRevocation, CascadeOutcome, LifecycleStore, NewToken, Revocation, RevokeOneOutcome, RevokeOutcome, RevokeTarget, TokenListQuery, TokenSelector, TokenStore } from "./ports.js";
 import type { Environment } from "./environment.js";
 import type { TokenRecord } from "./model.js";
 
@@ -58,6 +58,10 @@ export class GatedTokenStore implements TokenStore {
 
   revoke(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOutcome | undefined> {
     return this.gate.run("", () => this.inner.revoke(id, revocation));
+  }
+
+  revokeOne(target: RevokeTarget, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOneOutcome> {
+    return this.gate.run("", () => this.inner.revokeOne(target, revocation));
   }
 
   revokeCascade(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<CascadeOutcome | undefined> {

@@ -353,6 +353,7 @@ const STORE_OPERATIONS: Readonly<Record<string, "SELECT" | "INSERT" | "UPDATE">>
   findByDigest: "SELECT",
   findById: "SELECT",
   revoke: "UPDATE",
+  revokeOne: "UPDATE",
   revokeCascade: "UPDATE",
   list: "SELECT",
   count: "SELECT",

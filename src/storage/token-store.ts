@@ -13,7 +13,9 @@ import type {
   LifecycleStore,
   NewToken,
   Revocation,
+  RevokeOneOutcome,
   RevokeOutcome,
+  RevokeTarget,
   TokenListQuery,
   TokenSelector,
   TokenStore,
@@ -46,6 +48,12 @@ const BY_DIGESTS = `SELECT d.i, ${RECORD_COLUMNS}
   FROM unnest($1::bytea[]) WITH ORDINALITY AS d(digest, i)
   JOIN tokens t ON t.digest = d.digest
   LEFT JOIN token_last_used u ON u.token_id = t.id`;
+
+/** Revokes one token and returns the outcome with the token's row (migration 0014). */
+const REVOKE_ONE = `SELECT r.outcome, (r.token).* FROM revoke_token_v1($1::uuid, $2::bytea, $3::text, $4::text, $5::timestamptz, $6::text, $7::text) r`;
+
+/** A row of `revoke_token_v1`: the token's columns (all NULL with `other_subject`) and the outcome. */
+type RevokedRow = Selectable<TokensTable> & { readonly outcome: "revoked" | "already_revoked" | "other_subject" };
 
 /** A row as the digest lookups read it. */
 type LookedUpRow = Omit<Selectable<TokensTable>, "digest">;
@@ -171,26 +179,45 @@ export class KyselyTokenStore implements TokenStore, LifecycleStore {
     return translatingErrors(() => this.selectById(id));
   }
 
+  /** `revokeOne` by id in any environment, for every subject. */
+  async revoke(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOutcome | undefined> {
+    const outcome = await this.revokeOne({ id, environment: null }, revocation);
+    // Without a subject to match, every existing token is revoked or already revoked.
+    return outcome === "other_subject" ? undefined : outcome;
+  }
+
   /**
-   * One conditional UPDATE, so the first revocation wins and later ones see
-   * it; the statement has committed when this resolves.
+   * One call of `revoke_token_v1` (migration 0014): the lookup, the
+   * conditional UPDATE (so the first revocation wins and later ones see it)
+   * and the read of what the answer shows, in one round trip. One statement,
+   * so one transaction: the revocation, its entry in the revocation log and
+   * its notice to every replica (LISTEN/NOTIFY), both written by the row
+   * trigger of migration 0009, commit together or not at all, and the
+   * notice is delivered only once the revocation is durable. It has
+   * committed when this resolves.
    */
-  revoke(id: string, revocation: { readonly by: string; readonly reason: string; readonly at: Date }): Promise<RevokeOutcome | undefined> {
+  revokeOne(
+    target: RevokeTarget | { readonly id: string; readonly environment: null },
+    revocation: { readonly by: string; readonly reason: string; readonly at: Date },
+  ): Promise<RevokeOneOutcome> {
     return translatingErrors(async () => {
-      if (!isUuid(id)) return undefined;
-      // One statement, so one transaction: the revocation, its entry in the
-      // revocation log and its notice to every replica (LISTEN/NOTIFY), both
-      // written by the row trigger of migration 0009, commit together or not
-      // at all, and the notice is delivered only once the revocation is durable.
-      const { rows } = await sql<Selectable<TokensTable>>`
-        UPDATE tokens SET revoked_at = ${revocation.at}, revoked_by = ${revocation.by}, revoke_reason = ${revocation.reason}
-        WHERE id = ${id} AND revoked_at IS NULL
-        RETURNING *`.execute(this.db);
+      if ("id" in target && !isUuid(target.id)) return undefined;
+      const values = [
+        "id" in target ? target.id : null,
+        "digest" in target ? Buffer.from(target.digest.buffer, target.digest.byteOffset, target.digest.byteLength) : null,
+        target.environment,
+        ("subject" in target ? target.subject : undefined) ?? null,
+        revocation.at,
+        revocation.by,
+        revocation.reason,
+      ];
+      const rows = this.prepared
+        ? await this.prepared<RevokedRow>("revoke_token_v1", REVOKE_ONE, values)
+        : (await sql<RevokedRow>`SELECT r.outcome, (r.token).* FROM revoke_token_v1(${values[0]}::uuid, ${values[1]}::bytea, ${values[2]}::text, ${values[3]}::text, ${values[4]}::timestamptz, ${values[5]}::text, ${values[6]}::text) r`.execute(this.db)).rows;
       const row = rows[0];
-      if (row !== undefined) return { record: (await recordsOf(this.db, [row]))[0]!, alreadyRevoked: false };
-      // No unrevoked row: either no such id, or revoked before (revocation is never undone).
-      const existing = await this.selectById(id);
-      return existing === undefined ? undefined : { record: existing, alreadyRevoked: true };
+      if (row === undefined) return undefined;
+      if (row.outcome === "other_subject") return "other_subject";
+      return { record: toRecord(row), alreadyRevoked: row.outcome !== "revoked" };
     });
   }
 

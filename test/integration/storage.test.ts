@@ -360,6 +360,62 @@ describe.each(backends)("storage on $name", (backend) => {
       expect(await tokens.revoke(randomUUID(), { by: "alice", reason: "x", at: NOW })).toBeUndefined();
       expect(await tokens.revoke("not-a-uuid", { by: "alice", reason: "x", at: NOW })).toBeUndefined();
     });
+
+    describe("revokeOne (one call: find, revoke, read back)", () => {
+      const first = { by: "alice", reason: "leaked", at: minutes(1) };
+      const again = { by: "bob", reason: "again", at: minutes(2) };
+      const revokedBy = (token: NewToken) => ({ ...stored(token), revokedAt: minutes(1), revokedBy: "alice", revokeReason: "leaked" });
+
+      it.each(["id", "digest"] as const)("by %s: revoked, then the first revocation again, with the last use", async (by) => {
+        const token = newToken();
+        await tokens.insert(token, { maxActivePerSubject: 10, now: NOW });
+        await tokens.touchLastUsed(new Map([[token.id, minutes(0.5)]]));
+        const target = by === "id" ? { id: token.id, environment: token.environment } : { digest: token.digest, environment: token.environment };
+        expect(await tokens.revokeOne(target, first)).toEqual({ alreadyRevoked: false, record: { ...revokedBy(token), lastUsedAt: minutes(0.5) } });
+        expect(await tokens.revokeOne(target, again)).toEqual({ alreadyRevoked: true, record: { ...revokedBy(token), lastUsedAt: minutes(0.5) } });
+      });
+
+      it("an unknown id or digest, and a token of another environment, are undefined and untouched", async () => {
+        const token = newToken({ environment: "production" });
+        await tokens.insert(token, { maxActivePerSubject: 10, now: NOW });
+        expect(await tokens.revokeOne({ id: randomUUID(), environment: "production" }, first)).toBeUndefined();
+        expect(await tokens.revokeOne({ id: "not-a-uuid", environment: "production" }, first)).toBeUndefined();
+        expect(await tokens.revokeOne({ digest: newDigest(), environment: "production" }, first)).toBeUndefined();
+        expect(await tokens.revokeOne({ id: token.id, environment: "development" }, first)).toBeUndefined();
+        expect(await tokens.revokeOne({ digest: token.digest, environment: "development" }, first)).toBeUndefined();
+        expect((await tokens.findById(token.id))?.revokedAt).toBeNull();
+      });
+
+      it("with a subject: another subject's token is other_subject, revoked or not, and untouched", async () => {
+        const mine = newToken({ subject: "carol" });
+        const theirs = newToken({ subject: "dave" });
+        const theirsRevoked = newToken({ subject: "dave" });
+        for (const t of [mine, theirs, theirsRevoked]) await tokens.insert(t, { maxActivePerSubject: 10, now: NOW });
+        await tokens.revoke(theirsRevoked.id, first);
+        const as = (t: NewToken) => ({ id: t.id, environment: t.environment, subject: "carol" });
+        expect(await tokens.revokeOne(as(theirs), again)).toBe("other_subject");
+        expect(await tokens.revokeOne(as(theirsRevoked), again)).toBe("other_subject");
+        expect((await tokens.findById(theirs.id))?.revokedAt).toBeNull();
+        expect((await tokens.findById(theirsRevoked.id))?.revokedBy).toBe("alice");
+        expect(await tokens.revokeOne(as(mine), first)).toEqual({ alreadyRevoked: false, record: revokedBy(mine) });
+        // Unknown ids stay unknown with a subject too.
+        expect(await tokens.revokeOne({ id: randomUUID(), environment: "development", subject: "carol" }, first)).toBeUndefined();
+      });
+
+      it("concurrent revocations: the first wins, every other reports it, one log entry", async () => {
+        const token = newToken();
+        await tokens.insert(token, { maxActivePerSubject: 10, now: NOW });
+        const outcomes = await Promise.all(
+          Array.from({ length: 8 }, (_, i) => tokens.revokeOne({ digest: token.digest, environment: token.environment }, { by: `admin-${i}`, reason: "race", at: minutes(i) })),
+        );
+        const winners = outcomes.filter((o) => typeof o === "object" && !o.alreadyRevoked);
+        expect(winners).toHaveLength(1);
+        const winner = winners[0] as { record: TokenRecord };
+        for (const o of outcomes) expect(o).toEqual({ alreadyRevoked: o !== winner, record: winner.record });
+        const logged = await sql<{ n: string | number }>`SELECT count(*) AS n FROM revocation_log WHERE subject_id = ${token.id}`.execute(opened.db);
+        expect(Number(logged.rows[0]?.n)).toBe(1);
+      });
+    });
   });
 
   describe("list", () => {
@@ -534,13 +590,14 @@ describe.each(backends)("storage on $name", (backend) => {
       await tokens.insert(t, { maxActivePerSubject: 10, now: NOW });
       await tokens.touchLastUsed(new Map([[t.id, minutes(4)]]));
       const migrator = new Migrator({ db: opened.db, provider: migrationProvider });
-      const down = await migrator.migrateDown();
+      // Down to the one before it, through any later migrations.
+      const down = await migrator.migrateTo("0011_usage_binding");
       expect(down.error).toBeUndefined();
-      expect(down.results?.[0]?.migrationName).toBe("0012_token_last_used");
+      expect(down.results?.at(-1)?.migrationName).toBe("0012_token_last_used");
       const old = (await sql<{ at: Date | null }>`SELECT last_used_at AS at FROM tokens WHERE id = ${t.id}`.execute(opened.db)).rows[0];
       expect(old?.at).toEqual(minutes(4));
       await sql`UPDATE tokens SET last_used_at = ${minutes(6)} WHERE id = ${t.id}`.execute(opened.db);
-      expect(await migrateToLatest(opened.db)).toEqual(["0012_token_last_used"]);
+      expect((await migrateToLatest(opened.db))[0]).toBe("0012_token_last_used");
       const moved = (await sql<{ at: Date }>`SELECT last_used_at AS at FROM token_last_used WHERE token_id = ${t.id}`.execute(opened.db)).rows[0];
       expect(moved?.at).toEqual(minutes(6));
     });

@@ -18,7 +18,9 @@ import type {
   LegacyUsage,
   Logger,
   NewToken,
+  RevokeOneOutcome,
   RevokeOutcome,
+  RevokeTarget,
   SecurityEventQuery,
   SecurityEventStore,
   TokenDeps,
@@ -76,6 +78,13 @@ export class MemoryTokenStore implements TokenStore {
     const record = { ...row, revokedAt: revocation.at, revokedBy: revocation.by, revokeReason: revocation.reason };
     this.rows.set(id, record);
     return { record, alreadyRevoked: false };
+  }
+  async revokeOne(target: RevokeTarget, revocation: { by: string; reason: string; at: Date }): Promise<RevokeOneOutcome> {
+    this.check();
+    const row = "id" in target ? this.rows.get(target.id) : await this.findByDigest(target.digest);
+    if (!row || row.environment !== target.environment) return undefined;
+    if (target.subject !== undefined && row.subject !== target.subject) return "other_subject";
+    return this.revoke(row.id, revocation);
   }
   async revokeCascade(id: string, revocation: { by: string; reason: string; at: Date }): Promise<CascadeOutcome | undefined> {
     this.check();

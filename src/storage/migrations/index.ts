@@ -15,6 +15,7 @@ import * as m0009 from "./0009_revocation_log.js";
 import * as m0010 from "./0010_rotation_and_bulk_revocation.js";
 import * as m0011 from "./0011_usage_binding.js";
 import * as m0012 from "./0012_token_last_used.js";
+import * as m0014 from "./0014_revoke_in_one_call.js";
 
 /**
  * The migrations by name. Kysely applies them in name order and refuses to
@@ -33,6 +34,7 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0010_rotation_and_bulk_revocation": m0010,
   "0011_usage_binding": m0011,
   "0012_token_last_used": m0012,
+  "0014_revoke_in_one_call": m0014,
 });
 
 /** A Kysely `MigrationProvider` serving {@link MIGRATIONS}. */
