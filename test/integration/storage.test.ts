@@ -226,6 +226,28 @@ describe.each(backends)("storage on $name", (backend) => {
     });
   });
 
+  describe("lookups by digest read the same record as by id", () => {
+    it("with every optional part set and microsecond times, alone and batched", async () => {
+      const old = newToken({ allowedNetworks: ["10.0.0.0/8", "2001:db8::/32"], rateLimit: { requests: 7, windowMs: 60_000 }, metadata: { a: "1", "ü": "✓" } });
+      const successor = newToken();
+      for (const t of [old, successor]) await tokens.insert(t, { maxActivePerSubject: 10, now: NOW });
+      await tokens.linkRotation(old.id, successor.id, { scheduledRevokeAt: minutes(30), revokeOnSuccessorUse: true });
+      await tokens.markSuccessorUsed(old.id, successor.id, minutes(2));
+      await tokens.touchLastUsed(new Map([[old.id, minutes(4)]]));
+      await tokens.revoke(old.id, { by: "ops", reason: "rotated", at: minutes(5) });
+      // Times PostgreSQL keeps to the microsecond: read back truncated to the millisecond either way.
+      await sql`UPDATE tokens SET created_at = '2030-06-01 11:00:00.123987+00', expires_at = '2031-02-03 04:05:06.999999+00' WHERE id = ${old.id}`.execute(opened.db);
+      const byId = await tokens.findById(old.id);
+      expect(byId?.rotation?.successorUsedAt).toEqual(minutes(2));
+      expect(byId?.createdAt.getTime()).toBe(Date.parse("2030-06-01T11:00:00.123Z"));
+      expect(byId?.expiresAt?.getTime()).toBe(Date.parse("2031-02-03T04:05:06.999Z"));
+      expect(await tokens.findByDigest(old.digest)).toEqual(byId);
+      const [batched, other] = await Promise.all([tokens.findByDigest(old.digest), tokens.findByDigest(successor.digest)]);
+      expect(batched).toEqual(byId);
+      expect(other).toEqual(await tokens.findById(successor.id));
+    });
+  });
+
   describe("insert and find", () => {
     it("round-trips every field exactly, by digest and by id", async () => {
       const token = newToken({
