@@ -224,6 +224,22 @@ describe.each(backends)("storage on $name", (backend) => {
       const answers = await Promise.all([...inserted.map((t) => tokens.findByDigest(t.digest)), tokens.findByDigest(unknown), tokens.findByDigest(inserted[0]!.digest)]);
       expect(answers.map((r) => r?.id)).toEqual([inserted[0]!.id, inserted[1]!.id, inserted[2]!.id, undefined, inserted[0]!.id]);
     });
+
+    it("answer each caller exactly when more arrive than one query takes and while queries are out", async () => {
+      const inserted = Array.from({ length: 20 }, () => newToken());
+      for (const token of inserted) await tokens.insert(token, { maxActivePerSubject: 1000, now: NOW });
+      // 300 in one turn (more than one query's 128), then more on later turns while those are out.
+      const digests = Array.from({ length: 300 }, (_, i) => (i % 7 === 0 ? newDigest() : inserted[i % inserted.length]!.digest));
+      const first = digests.map((d) => tokens.findByDigest(d));
+      const later: Promise<TokenRecord | undefined>[] = [];
+      for (let turn = 0; turn < 5; turn++) {
+        await new Promise((done) => setImmediate(done));
+        later.push(...digests.slice(0, 40).map((d) => tokens.findByDigest(d)));
+      }
+      const expected = digests.map((_, i) => (i % 7 === 0 ? undefined : inserted[i % inserted.length]!.id));
+      expect((await Promise.all(first)).map((r) => r?.id)).toEqual(expected);
+      expect((await Promise.all(later)).map((r) => r?.id)).toEqual([0, 1, 2, 3, 4].flatMap(() => expected.slice(0, 40)));
+    });
   });
 
   describe("lookups by digest read the same record as by id", () => {
