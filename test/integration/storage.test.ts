@@ -224,6 +224,44 @@ describe.each(backends)("storage on $name", (backend) => {
       const answers = await Promise.all([...inserted.map((t) => tokens.findByDigest(t.digest)), tokens.findByDigest(unknown), tokens.findByDigest(inserted[0]!.digest)]);
       expect(answers.map((r) => r?.id)).toEqual([inserted[0]!.id, inserted[1]!.id, inserted[2]!.id, undefined, inserted[0]!.id]);
     });
+
+    it("answer each caller exactly when more arrive than one query takes and while queries are out", async () => {
+      const inserted = Array.from({ length: 20 }, () => newToken());
+      for (const token of inserted) await tokens.insert(token, { maxActivePerSubject: 1000, now: NOW });
+      // 300 in one turn (more than one query's 128), then more on later turns while those are out.
+      const digests = Array.from({ length: 300 }, (_, i) => (i % 7 === 0 ? newDigest() : inserted[i % inserted.length]!.digest));
+      const first = digests.map((d) => tokens.findByDigest(d));
+      const later: Promise<TokenRecord | undefined>[] = [];
+      for (let turn = 0; turn < 5; turn++) {
+        await new Promise((done) => setImmediate(done));
+        later.push(...digests.slice(0, 40).map((d) => tokens.findByDigest(d)));
+      }
+      const expected = digests.map((_, i) => (i % 7 === 0 ? undefined : inserted[i % inserted.length]!.id));
+      expect((await Promise.all(first)).map((r) => r?.id)).toEqual(expected);
+      expect((await Promise.all(later)).map((r) => r?.id)).toEqual([0, 1, 2, 3, 4].flatMap(() => expected.slice(0, 40)));
+    });
+  });
+
+  describe("lookups by digest read the same record as by id", () => {
+    it("with every optional part set and microsecond times, alone and batched", async () => {
+      const old = newToken({ allowedNetworks: ["10.0.0.0/8", "2001:db8::/32"], rateLimit: { requests: 7, windowMs: 60_000 }, metadata: { a: "1", "ü": "✓" } });
+      const successor = newToken();
+      for (const t of [old, successor]) await tokens.insert(t, { maxActivePerSubject: 10, now: NOW });
+      await tokens.linkRotation(old.id, successor.id, { scheduledRevokeAt: minutes(30), revokeOnSuccessorUse: true });
+      await tokens.markSuccessorUsed(old.id, successor.id, minutes(2));
+      await tokens.touchLastUsed(new Map([[old.id, minutes(4)]]));
+      await tokens.revoke(old.id, { by: "ops", reason: "rotated", at: minutes(5) });
+      // Times PostgreSQL keeps to the microsecond: read back truncated to the millisecond either way.
+      await sql`UPDATE tokens SET created_at = '2030-06-01 11:00:00.123987+00', expires_at = '2031-02-03 04:05:06.999999+00' WHERE id = ${old.id}`.execute(opened.db);
+      const byId = await tokens.findById(old.id);
+      expect(byId?.rotation?.successorUsedAt).toEqual(minutes(2));
+      expect(byId?.createdAt.getTime()).toBe(Date.parse("2030-06-01T11:00:00.123Z"));
+      expect(byId?.expiresAt?.getTime()).toBe(Date.parse("2031-02-03T04:05:06.999Z"));
+      expect(await tokens.findByDigest(old.digest)).toEqual(byId);
+      const [batched, other] = await Promise.all([tokens.findByDigest(old.digest), tokens.findByDigest(successor.digest)]);
+      expect(batched).toEqual(byId);
+      expect(other).toEqual(await tokens.findById(successor.id));
+    });
   });
 
   describe("insert and find", () => {
