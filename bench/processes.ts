@@ -6,6 +6,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
+import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { ROOT, SERVER_CPU, TMP_DIR, rssKiB, sleep } from "./common.js";
 
@@ -40,7 +41,10 @@ async function spawnServer(options: SpawnOptions): Promise<ServerProcess> {
   const logFile = resolve(TMP_DIR, `${options.name}.log`);
   const fd = openSync(logFile, "w");
   const nodeCommand = [process.execPath, ...(options.nodeArgs ?? []), resolve(ROOT, options.script)];
-  const [command, ...args] = options.pinned === false ? nodeCommand : ["taskset", "-c", String(SERVER_CPU), ...nodeCommand];
+  // Unpinned means every core: without an explicit list the child would
+  // inherit the runner's own affinity (core 1, from the npm script).
+  const cores = options.pinned === false ? `0-${Math.max(0, cpus().length - 1)}` : String(SERVER_CPU);
+  const [command, ...args] = ["taskset", "-c", cores, ...nodeCommand];
   const child: ChildProcess = spawn(
     command!,
     args,

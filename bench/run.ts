@@ -1029,7 +1029,7 @@ async function main(): Promise<void> {
       // The rest of the 100,000, unmeasured, as fast as the service goes; bounded so the run stays within five minutes.
       const first = MISS_WARM_TOKENS + miss.calls;
       const rest = MEMORY_TOKENS - first;
-      const fillSeconds = Math.max(15, Math.min(150, RUNNER_BUDGET_S + peerPhaseS - 40 - (Date.now() - startedAt) / 1000));
+      const fillSeconds = Math.max(60, Math.min(150, RUNNER_BUDGET_S + peerPhaseS - 40 - (Date.now() - startedAt) / 1000));
       log(`memory: introspecting the other ${rest.toLocaleString("en-US")} tokens once each (at most ${Math.round(fillSeconds)} s)`);
       const fill = await h2loader({ ...base, first, maxCalls: rest, maxSeconds: fillSeconds });
       if (fill.active !== fill.calls) checks.push(`memory fill: ${fill.calls - fill.active} of ${fill.calls} answers not active (${JSON.stringify(fill.statuses)})`);
