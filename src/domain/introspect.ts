@@ -388,6 +388,12 @@ interface TokenProfile {
   readonly scopes: readonly string[];
   readonly namespaces: readonly string[];
   readonly metadata: Readonly<Record<string, string>>;
+  /**
+   * Estimated bytes when the token holds this profile alone (the table of
+   * shared ones was full); 0 for a shared profile, whose bounded cost is
+   * not any one token's.
+   */
+  readonly ownBytes: number;
 }
 
 // Bit layout of CachedToken.bits: flags, environment, and the ms parts of the two times.
@@ -457,6 +463,11 @@ export class CachedToken implements IntrospectedClaims {
             successorId,
             environment: environment < 0 ? record.environment : undefined,
           };
+  }
+
+  /** What this token's profile costs it alone (see `TokenProfile.ownBytes`). */
+  get profileBytes(): number {
+    return this.profile.ownBytes;
   }
 
   get kind(): "opaque" {
@@ -554,6 +565,10 @@ export function estimateBytes(key: string, token: CachedToken | null): number {
   if (token === null) return HEAP_OVERHEAD * (ENTRY_BYTES + stringBytes(key));
   let bytes = ENTRY_BYTES + TOKEN_BYTES + stringBytes(key) + stringBytes(token.id) + stringBytes(token.subject) + stringBytes(token.fullName) + stringBytes(token.name);
   if (token.binding !== undefined || token.predecessorId !== undefined || token.successorId !== undefined) bytes += EXTRAS_BYTES;
+  // A profile of its own (distinct lists or metadata past the shared table's
+  // bound) is this token's memory: without it, tokens with large unique
+  // metadata would slip past CACHE_MAX_MEGABYTES.
+  bytes += token.profileBytes;
   return Math.round(HEAP_OVERHEAD * bytes);
 }
 
@@ -617,14 +632,27 @@ function profileOf(record: TokenRecord): TokenProfile {
   const key = JSON.stringify([record.teams, record.scopes, record.namespaces, hasMetadata ? metadata : 0]);
   const known = PROFILES.get(key);
   if (known !== undefined) return known;
-  const profile: TokenProfile = Object.freeze({
-    teams: internList(record.teams),
-    scopes: internList(record.scopes),
-    namespaces: internList(record.namespaces),
-    metadata: hasMetadata ? Object.freeze({ ...metadata }) : NO_METADATA,
-  });
-  if (PROFILES.size < MAX_PROFILES) PROFILES.set(key, profile);
+  const shared = PROFILES.size < MAX_PROFILES;
+  const lists = { teams: internList(record.teams), scopes: internList(record.scopes), namespaces: internList(record.namespaces) };
+  const ownMetadata = hasMetadata ? Object.freeze({ ...metadata }) : NO_METADATA;
+  const profile: TokenProfile = Object.freeze({ ...lists, metadata: ownMetadata, ownBytes: shared ? 0 : profileBytes(lists, ownMetadata) });
+  if (shared) PROFILES.set(key, profile);
   return profile;
+}
+
+/** A profile's own objects: the profile, three lists and their strings, the metadata object and its strings. */
+function profileBytes(lists: { readonly teams: readonly string[]; readonly scopes: readonly string[]; readonly namespaces: readonly string[] }, metadata: Readonly<Record<string, string>>): number {
+  let bytes = 24 + 5 * 8;
+  for (const list of [lists.teams, lists.scopes, lists.namespaces]) {
+    if (list.length === 0) continue;
+    bytes += 32 + 16 + 8 * list.length;
+    for (const value of list) bytes += stringBytes(value);
+  }
+  if (metadata !== NO_METADATA) {
+    bytes += 56;
+    for (const name in metadata) bytes += 16 + stringBytes(name) + stringBytes(metadata[name] ?? "");
+  }
+  return bytes;
 }
 
 /** The request facts every security event carries. */
